@@ -1,0 +1,279 @@
+//! proto <-> domain conversion, the only place that knows both. Parsing a request here is the
+//! first half of validation: every field that cannot be turned into a domain value is refused
+//! with its name and what would be accepted.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
+
+use faultline_proto::v1 as pb;
+use ipnet::IpNet;
+
+use crate::{
+    engine::{ApplyRequest, Fault, FaultState},
+    errors::InvalidSpec,
+    faults::{BlockSpec, Direction, FaultSpec, LossSpec, PacketMatch, PortRange, Protocol},
+};
+
+pub fn apply_request(req: pb::ApplyRequest) -> Result<ApplyRequest, InvalidSpec> {
+    let spec = fault_spec(req.spec.ok_or_else(|| missing_spec())?)?;
+    let duration = duration(
+        req.duration
+            .ok_or_else(|| InvalidSpec::new("duration", "missing: every fault needs one (e.g. 30s)"))?,
+    )?;
+    Ok(ApplyRequest {
+        spec,
+        duration,
+        labels: req.labels.into_iter().collect(),
+        dry_run: req.dry_run,
+        force: req.force,
+    })
+}
+
+fn missing_spec() -> InvalidSpec {
+    InvalidSpec::new("spec", "missing: set one fault kind (block or loss)")
+}
+
+pub fn fault_spec(spec: pb::FaultSpec) -> Result<FaultSpec, InvalidSpec> {
+    match spec.kind.ok_or_else(missing_spec)? {
+        pb::fault_spec::Kind::Block(b) => Ok(FaultSpec::Block(BlockSpec {
+            direction: direction(b.direction, None)?,
+            matcher: packet_match(b.r#match.unwrap_or_default())?,
+            reject: b.reject,
+            percent: b.percent,
+            device: Some(b.device).filter(|d| !d.is_empty()),
+        })),
+        pb::fault_spec::Kind::Loss(l) => Ok(FaultSpec::Loss(LossSpec {
+            device: if l.device.is_empty() {
+                return Err(InvalidSpec::new("dev", "missing: name the interface whose packets to drop"));
+            } else {
+                l.device
+            },
+            direction: direction(l.direction, Some(Direction::Egress))?,
+            percent: l.percent,
+            matcher: packet_match(l.r#match.unwrap_or_default())?,
+        })),
+    }
+}
+
+fn direction(value: i32, default: Option<Direction>) -> Result<Direction, InvalidSpec> {
+    match pb::Direction::try_from(value) {
+        Ok(pb::Direction::Ingress) => Ok(Direction::Ingress),
+        Ok(pb::Direction::Egress) => Ok(Direction::Egress),
+        Ok(pb::Direction::Unspecified) => default.ok_or_else(|| InvalidSpec::new("dir", "missing: expected in (ingress) or out (egress)")),
+        Err(_) => Err(InvalidSpec::new("dir", format!("unknown direction {value}, expected in (ingress) or out (egress)"))),
+    }
+}
+
+fn packet_match(m: pb::PacketMatch) -> Result<PacketMatch, InvalidSpec> {
+    let protocol = match pb::Protocol::try_from(m.protocol) {
+        Ok(pb::Protocol::Unspecified | pb::Protocol::Any) => Protocol::Any,
+        Ok(pb::Protocol::Tcp) => Protocol::Tcp,
+        Ok(pb::Protocol::Udp) => Protocol::Udp,
+        Err(_) => {
+            return Err(InvalidSpec::new(
+                "proto",
+                format!("unknown protocol {}, expected tcp, udp or any", m.protocol),
+            ))
+        }
+    };
+    let ports = m
+        .ports
+        .iter()
+        .map(|r| PortRange::new(r.first, if r.last == 0 { r.first } else { r.last }, "port"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cidrs = m.cidrs.iter().map(|c| parse_cidr(c)).collect::<Result<Vec<_>, _>>()?;
+    Ok(PacketMatch { protocol, ports, cidrs })
+}
+
+/// `10.0.0.0/8`, `2001:db8::/32`, or a bare address (a /32 or /128). Host bits are cleared.
+pub fn parse_cidr(text: &str) -> Result<IpNet, InvalidSpec> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map(|net| net.trunc())
+        .map_err(|_| {
+            InvalidSpec::new(
+                "cidr",
+                format!("{text:?} is not a CIDR, expected e.g. 10.0.0.0/8, 2001:db8::/32 or a single address"),
+            )
+        })
+}
+
+pub fn duration(d: prost_types::Duration) -> Result<Duration, InvalidSpec> {
+    Duration::try_from(d).map_err(|_| InvalidSpec::new("duration", "must not be negative"))
+}
+
+fn proto_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration::try_from(d).unwrap_or(prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 0,
+    })
+}
+
+fn proto_direction(d: Direction) -> i32 {
+    match d {
+        Direction::Ingress => pb::Direction::Ingress,
+        Direction::Egress => pb::Direction::Egress,
+    }
+    .into()
+}
+
+fn proto_match(m: &PacketMatch) -> pb::PacketMatch {
+    pb::PacketMatch {
+        protocol: match m.protocol {
+            Protocol::Any => pb::Protocol::Any,
+            Protocol::Tcp => pb::Protocol::Tcp,
+            Protocol::Udp => pb::Protocol::Udp,
+        }
+        .into(),
+        ports: m
+            .ports
+            .iter()
+            .map(|r| pb::PortRange {
+                first: r.first.into(),
+                last: r.last.into(),
+            })
+            .collect(),
+        cidrs: m.cidrs.iter().map(ToString::to_string).collect(),
+    }
+}
+
+pub fn proto_spec(spec: &FaultSpec) -> pb::FaultSpec {
+    let kind = match spec {
+        FaultSpec::Block(b) => pb::fault_spec::Kind::Block(pb::BlockSpec {
+            direction: proto_direction(b.direction),
+            r#match: Some(proto_match(&b.matcher)),
+            reject: b.reject,
+            percent: b.percent,
+            device: b.device.clone().unwrap_or_default(),
+        }),
+        FaultSpec::Loss(l) => pb::fault_spec::Kind::Loss(pb::LossSpec {
+            device: l.device.clone(),
+            direction: proto_direction(l.direction),
+            percent: l.percent,
+            r#match: Some(proto_match(&l.matcher)),
+        }),
+    };
+    pb::FaultSpec { kind: Some(kind) }
+}
+
+fn proto_state(state: FaultState) -> i32 {
+    match state {
+        FaultState::Pending => pb::FaultState::Pending,
+        FaultState::Active => pb::FaultState::Active,
+        FaultState::Reverting => pb::FaultState::Reverting,
+        FaultState::Reverted => pb::FaultState::Reverted,
+        FaultState::Failed => pb::FaultState::Failed,
+    }
+    .into()
+}
+
+pub fn proto_fault(f: &Fault) -> pb::Fault {
+    pb::Fault {
+        id: f.id.clone(),
+        spec: Some(proto_spec(&f.spec)),
+        labels: f.labels.clone().into_iter().collect(),
+        state: proto_state(f.state),
+        created_at: Some(f.created_at.into()),
+        deadline: Some(f.deadline.into()),
+        duration: Some(proto_duration(f.duration)),
+        reason: f.reason.clone(),
+        plan: f.plan.clone(),
+    }
+}
+
+/// The way back, for the CLI: a fault as the agent reported it.
+pub fn fault(f: pb::Fault) -> Result<Fault, InvalidSpec> {
+    let time = |t: Option<prost_types::Timestamp>, field: &str| {
+        t.and_then(|t| SystemTime::try_from(t).ok())
+            .ok_or_else(|| InvalidSpec::new(field, "missing or out of range"))
+    };
+    let state = match pb::FaultState::try_from(f.state) {
+        Ok(pb::FaultState::Pending) => FaultState::Pending,
+        Ok(pb::FaultState::Active) => FaultState::Active,
+        Ok(pb::FaultState::Reverting) => FaultState::Reverting,
+        Ok(pb::FaultState::Reverted) => FaultState::Reverted,
+        Ok(pb::FaultState::Failed) => FaultState::Failed,
+        _ => return Err(InvalidSpec::new("state", format!("unknown fault state {}", f.state))),
+    };
+    Ok(Fault {
+        spec: fault_spec(f.spec.ok_or_else(missing_spec)?)?,
+        labels: f.labels.into_iter().collect::<BTreeMap<_, _>>(),
+        state,
+        created_at: time(f.created_at, "created_at")?,
+        deadline: time(f.deadline, "deadline")?,
+        duration: duration(f.duration.unwrap_or_default())?,
+        reason: f.reason,
+        plan: f.plan,
+        id: f.id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loss(percent: f64, ports: Vec<pb::PortRange>, cidrs: Vec<&str>) -> pb::ApplyRequest {
+        pb::ApplyRequest {
+            spec: Some(pb::FaultSpec {
+                kind: Some(pb::fault_spec::Kind::Loss(pb::LossSpec {
+                    device: "veth0".into(),
+                    direction: 0,
+                    percent,
+                    r#match: Some(pb::PacketMatch {
+                        protocol: pb::Protocol::Udp.into(),
+                        ports,
+                        cidrs: cidrs.into_iter().map(str::to_owned).collect(),
+                    }),
+                })),
+            }),
+            duration: Some(prost_types::Duration { seconds: 30, nanos: 0 }),
+            ..Default::default()
+        }
+    }
+
+    fn port(first: u32, last: u32) -> pb::PortRange {
+        pb::PortRange { first, last }
+    }
+
+    #[test]
+    fn a_request_round_trips_through_the_domain() {
+        let req = apply_request(loss(30.0, vec![port(53, 0), port(8000, 8100)], vec!["10.1.2.3/8", "fd00::1"])).unwrap();
+        let FaultSpec::Loss(spec) = &req.spec else { panic!("not loss") };
+        assert_eq!(spec.direction, Direction::Egress, "loss defaults to egress");
+        assert_eq!(spec.matcher.ports, vec![PortRange { first: 53, last: 53 }, PortRange { first: 8000, last: 8100 }]);
+        assert_eq!(spec.matcher.cidrs[0].to_string(), "10.0.0.0/8");
+        assert_eq!(spec.matcher.cidrs[1].to_string(), "fd00::1/128");
+        assert_eq!(fault_spec(proto_spec(&req.spec)).unwrap(), req.spec);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let field = |r| apply_request(r).unwrap_err().field;
+        assert_eq!(field(loss(30.0, vec![port(0, 0)], vec![])), "port");
+        assert_eq!(field(loss(30.0, vec![port(70000, 0)], vec![])), "port");
+        assert_eq!(field(loss(30.0, vec![port(90, 80)], vec![])), "port");
+        assert_eq!(field(loss(30.0, vec![], vec!["10.0.0.300/8"])), "cidr");
+        assert_eq!(field(loss(30.0, vec![], vec!["fd00::/129"])), "cidr");
+        let mut no_duration = loss(30.0, vec![], vec![]);
+        no_duration.duration = None;
+        assert_eq!(field(no_duration), "duration");
+        let err = apply_request(loss(30.0, vec![port(70000, 0)], vec![])).unwrap_err();
+        assert_eq!(err.to_string(), "port: 70000 is out of range, expected 1-65535");
+    }
+
+    #[test]
+    fn block_needs_a_direction() {
+        let req = pb::ApplyRequest {
+            spec: Some(pb::FaultSpec {
+                kind: Some(pb::fault_spec::Kind::Block(pb::BlockSpec::default())),
+            }),
+            duration: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+            ..Default::default()
+        };
+        assert_eq!(apply_request(req).unwrap_err().field, "dir");
+    }
+}

@@ -1,0 +1,112 @@
+//! The one-shot flow every fault subcommand shares: apply through the agent, then either
+//! return (`--detach`, `--dry-run`) or stay with the fault -- showing the time left, following
+//! its lifecycle, and reverting it on Ctrl-C -- until it has ended.
+
+use std::{
+    io::{IsTerminal, Write},
+    time::{Duration, SystemTime},
+};
+
+use faultline_proto::v1::{self as pb, faults_client::FaultsClient};
+use tokio::signal::unix::{signal, SignalKind};
+use tonic::transport::Channel;
+
+use super::{
+    args::{ApplyArgs, Global, Output},
+    output::{self, Failure},
+};
+use crate::{
+    api::{connect, AgentAddress},
+    engine::{Fault, FaultState},
+};
+
+pub async fn client(global: &Global) -> Result<FaultsClient<Channel>, Failure> {
+    let address = AgentAddress::parse(&global.agent);
+    let channel = connect(&address).await.map_err(|e| Failure::unreachable(&address, e))?;
+    Ok(FaultsClient::new(channel))
+}
+
+pub async fn run(global: &Global, args: &ApplyArgs, kind: pb::fault_spec::Kind) -> Result<(), Failure> {
+    let mut faults = client(global).await?;
+    let response = faults.apply(args.request(kind)).await?.into_inner();
+    if args.dry_run {
+        output::print_plan(&response.plan, global.output);
+        return Ok(());
+    }
+    let fault = output::fault(
+        response
+            .fault
+            .ok_or_else(|| Failure::internal("the agent applied the fault but did not return it"))?,
+    )?;
+    if args.detach {
+        match global.output {
+            Output::Json => output::print_fault(&fault, Output::Json),
+            Output::Text => println!("{}", fault.id),
+        }
+        return Ok(());
+    }
+    let last = follow(&mut faults, fault).await?;
+    if global.output == Output::Json {
+        output::print_fault(&last, Output::Json);
+    }
+    match last.state {
+        FaultState::Reverted => Ok(()),
+        _ => Err(Failure::internal(format!("fault {} ended {}: {}", last.id, last.state, last.reason))),
+    }
+}
+
+/// Stays with an active fault until it ends; Ctrl-C (or SIGTERM) reverts it first.
+async fn follow(faults: &mut FaultsClient<Channel>, fault: Fault) -> Result<Fault, Failure> {
+    let tty = std::io::stderr().is_terminal();
+    eprintln!(
+        "fault {} active: {} (Ctrl-C reverts it now)",
+        fault.id,
+        fault.spec.family().summary()
+    );
+    let mut events = faults
+        .watch(pb::WatchRequest {
+            fault_id: fault.id.clone(),
+        })
+        .await?
+        .into_inner();
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| Failure::internal(format!("SIGINT handler: {e}")))?;
+    let mut term = signal(SignalKind::terminate()).map_err(|e| Failure::internal(format!("SIGTERM handler: {e}")))?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut current = fault;
+    loop {
+        tokio::select! {
+            event = events.message() => match event? {
+                Some(pb::FaultEvent { fault: Some(f), .. }) => {
+                    current = output::fault(f)?;
+                    if current.state.is_finished() {
+                        break;
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    // The agent closed the stream: it is shutting down, and reverts on its way out.
+                    return Err(Failure::unreachable(&"the agent", "it went away while the fault was active; it reverts its faults when it shuts down"));
+                }
+            },
+            _ = int.recv() => { current = revert(faults, &current.id).await?; break; }
+            _ = term.recv() => { current = revert(faults, &current.id).await?; break; }
+            _ = tick.tick() => {
+                if tty {
+                    let left = current.remaining(SystemTime::now()).as_secs();
+                    eprint!("\r\x1b[K{} {}: {} left", current.id, current.state, humantime::format_duration(Duration::from_secs(left)));
+                    let _ = std::io::stderr().flush();
+                }
+            }
+        }
+    }
+    if tty {
+        eprint!("\r\x1b[K");
+    }
+    eprintln!("fault {} {} ({})", current.id, current.state, current.reason);
+    Ok(current)
+}
+
+async fn revert(faults: &mut FaultsClient<Channel>, id: &str) -> Result<Fault, Failure> {
+    let reverted = faults.revert(pb::RevertRequest { id: id.to_owned() }).await?.into_inner();
+    output::fault(reverted)
+}

@@ -1,0 +1,159 @@
+//! clap types shared by the subcommands: where the agent is, how to print, and the flags every
+//! network fault takes.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use clap::{Args, ValueEnum};
+use faultline_proto::v1 as pb;
+
+use crate::config::DEFAULT_SOCKET;
+
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// The agent to talk to: a unix socket path, unix:PATH, or http://HOST:PORT
+    #[arg(long, global = true, env = "FAULTLINE_AGENT", default_value = DEFAULT_SOCKET)]
+    pub agent: String,
+    /// Output format
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Dir {
+    /// Packets the host receives
+    In,
+    /// Packets the host sends
+    Out,
+}
+
+impl From<Dir> for pb::Direction {
+    fn from(d: Dir) -> Self {
+        match d {
+            Dir::In => pb::Direction::Ingress,
+            Dir::Out => pb::Direction::Egress,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Proto {
+    #[default]
+    Any,
+    Tcp,
+    Udp,
+}
+
+/// Which packets: protocol, destination ports, remote addresses.
+#[derive(Debug, Clone, Args)]
+pub struct MatchArgs {
+    /// Protocol of the packets
+    #[arg(long, value_enum, default_value_t = Proto::Any)]
+    pub proto: Proto,
+    /// Destination port or range (8080, 8000-8100); repeat or separate with commas
+    #[arg(long = "port", value_name = "PORT[-PORT]", value_delimiter = ',', value_parser = parse_port_range)]
+    pub ports: Vec<pb::PortRange>,
+    /// Remote address or CIDR (10.0.0.0/8, 2001:db8::/32); repeat or separate with commas
+    #[arg(long = "cidr", value_name = "CIDR", value_delimiter = ',')]
+    pub cidrs: Vec<String>,
+}
+
+impl MatchArgs {
+    pub fn to_proto(&self) -> pb::PacketMatch {
+        pb::PacketMatch {
+            protocol: match self.proto {
+                Proto::Any => pb::Protocol::Any,
+                Proto::Tcp => pb::Protocol::Tcp,
+                Proto::Udp => pb::Protocol::Udp,
+            }
+            .into(),
+            ports: self.ports.clone(),
+            cidrs: self.cidrs.clone(),
+        }
+    }
+}
+
+/// How long, how labelled, and how to run a fault.
+#[derive(Debug, Clone, Args)]
+pub struct ApplyArgs {
+    /// How long the fault lasts (30s, 1m30s, 2h); it is reverted then
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// A label to attach (key=value); repeatable
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Apply even where the safety guard refuses (SSH sessions, the agent's own control port)
+    #[arg(long)]
+    pub force: bool,
+    /// Print the kernel operations and touch nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Return as soon as the fault is active, printing its id; the agent reverts it at its deadline
+    #[arg(long)]
+    pub detach: bool,
+}
+
+impl ApplyArgs {
+    pub fn request(&self, spec: pb::fault_spec::Kind) -> pb::ApplyRequest {
+        pb::ApplyRequest {
+            spec: Some(pb::FaultSpec { kind: Some(spec) }),
+            duration: prost_types::Duration::try_from(self.duration).ok(),
+            labels: self.labels.iter().cloned().collect::<BTreeMap<_, _>>().into_iter().collect(),
+            dry_run: self.dry_run,
+            force: self.force,
+        }
+    }
+}
+
+/// `30s`, `1m30s`, `500ms`, `2h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (expected e.g. 30s, 1m30s, 500ms, 2h)"))
+}
+
+/// `8080` or `8000-8100`; range checks are the agent's, so every interface gets the same ones.
+pub fn parse_port_range(text: &str) -> Result<pb::PortRange, String> {
+    let number = |s: &str| {
+        s.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("{s:?} is not a port number (expected 1-65535, or a range like 8000-8100)"))
+    };
+    match text.split_once('-') {
+        Some((first, last)) => Ok(pb::PortRange {
+            first: number(first)?,
+            last: number(last)?,
+        }),
+        None => {
+            let port = number(text)?;
+            Ok(pb::PortRange { first: port, last: port })
+        }
+    }
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_and_durations_parse_as_users_write_them() {
+        let r = parse_port_range("8000-8100").unwrap();
+        assert_eq!((r.first, r.last), (8000, 8100));
+        let r = parse_port_range("53").unwrap();
+        assert_eq!((r.first, r.last), (53, 53));
+        assert!(parse_port_range("http").is_err());
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_label("team=sre").unwrap(), ("team".to_owned(), "sre".to_owned()));
+    }
+}

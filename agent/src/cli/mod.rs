@@ -1,0 +1,84 @@
+//! The `faultline` command line: `serve` runs the agent, every other subcommand is a gRPC
+//! client of it (over the local unix socket unless `--agent` says otherwise). One file per
+//! subcommand; `args` holds the shared flags, `output` the printing and the exit codes.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod apply;
+pub mod args;
+mod block;
+mod get;
+mod info;
+mod loss;
+mod ls;
+pub mod output;
+mod revert;
+mod serve;
+
+pub use output::Failure;
+
+/// faultline: inject network, CPU and memory faults into this host, and revert them, always.
+#[derive(Debug, Parser)]
+#[command(name = "faultline", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: args::Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent in the foreground (root): gRPC on a unix socket, faults reverted on exit
+    Serve(serve::Options),
+    /// Block packets with nftables: drop, or reject with a TCP reset / ICMP unreachable
+    Block(block::Options),
+    /// Drop a share of an interface's packets with an eBPF classifier (no netem needed)
+    Loss(loss::Options),
+    /// List the agent's faults
+    #[command(alias = "list")]
+    Ls(ls::Options),
+    /// Show one fault
+    Get(get::Options),
+    /// Revert one fault, or all of them
+    Revert(revert::Options),
+    /// Show the agent's version, host and what its kernel offers
+    Info(info::Options),
+}
+
+/// Runs the command line and turns the outcome into an exit status scripts can rely on.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(options) => serve::run(options),
+        command => client_runtime().and_then(|rt| {
+            rt.block_on(async {
+                match command {
+                    Command::Block(o) => block::run(&cli.global, o).await,
+                    Command::Loss(o) => loss::run(&cli.global, o).await,
+                    Command::Ls(o) => ls::run(&cli.global, o).await,
+                    Command::Get(o) => get::run(&cli.global, o).await,
+                    Command::Revert(o) => revert::run(&cli.global, o).await,
+                    Command::Info(o) => info::run(&cli.global, o).await,
+                    Command::Serve(_) => unreachable!("handled above"),
+                }
+            })
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("faultline: {failure}");
+            failure.exit_code()
+        }
+    }
+}
+
+fn client_runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::internal(format!("cannot start the async runtime: {e}")))
+}

@@ -1,0 +1,154 @@
+//! How the CLI prints faults (text for people, `--output json` for scripts) and how failures
+//! become exit statuses:
+//! 0 ok, 1 internal error, 2 invalid argument, 3 not found, 4 refused (missing kernel
+//! feature, safety guard, conflict), 5 agent unreachable, 6 permission denied.
+
+use std::{fmt, process::ExitCode, time::SystemTime};
+
+use faultline_proto::v1 as pb;
+use serde_json::{json, Value};
+use tonic::Code;
+
+use super::args::Output;
+use crate::{api::convert, engine::Fault};
+
+#[derive(Debug)]
+pub struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self {
+            code: 1,
+            message: message.into(),
+        }
+    }
+
+    pub fn unreachable(agent: &impl fmt::Display, error: impl fmt::Display) -> Self {
+        Self {
+            code: 5,
+            message: format!(
+                "cannot reach the agent at {agent}: {error} (is `faultline serve` running? --agent or FAULTLINE_AGENT point elsewhere)"
+            ),
+        }
+    }
+
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(self.code)
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(status: tonic::Status) -> Self {
+        let code = match status.code() {
+            Code::InvalidArgument | Code::OutOfRange => 2,
+            Code::NotFound => 3,
+            Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => 4,
+            Code::Unavailable => 5,
+            Code::PermissionDenied | Code::Unauthenticated => 6,
+            _ => 1,
+        };
+        let message = if status.message().is_empty() {
+            format!("the agent answered {:?}", status.code())
+        } else {
+            status.message().to_owned()
+        };
+        Self { code, message }
+    }
+}
+
+/// The agent's fault as the CLI shows it; `None` when the agent sent something unreadable.
+pub fn fault(f: pb::Fault) -> Result<Fault, Failure> {
+    convert::fault(f).map_err(|e| Failure::internal(format!("the agent sent a fault this CLI cannot read: {e}")))
+}
+
+/// A fault as JSON: the journal's shape plus `kind` and `remaining_secs` for scripts.
+pub fn fault_json(f: &Fault) -> Value {
+    let mut value = serde_json::to_value(f).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut value {
+        map.insert("kind".into(), json!(f.spec.kind()));
+        if let Some(duration) = map.remove("duration") {
+            map.insert("duration_secs".into(), duration);
+        }
+        let remaining = if f.state.is_finished() { 0.0 } else { f.remaining(SystemTime::now()).as_secs_f64() };
+        map.insert("remaining_secs".into(), json!(remaining));
+    }
+    value
+}
+
+pub fn print_json(value: &Value) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
+fn remaining_text(f: &Fault) -> String {
+    if f.state.is_finished() {
+        "-".to_owned()
+    } else {
+        let secs = f.remaining(SystemTime::now()).as_secs();
+        humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+    }
+}
+
+/// A table of faults for people.
+pub fn print_faults(faults: &[Fault], output: Output) {
+    match output {
+        Output::Json => print_json(&Value::Array(faults.iter().map(fault_json).collect())),
+        Output::Text => {
+            if faults.is_empty() {
+                println!("no faults");
+                return;
+            }
+            println!("{:<12}  {:<5}  {:<9}  {:>9}  WHAT", "ID", "KIND", "STATE", "REMAINING");
+            for f in faults {
+                let mut what = f.spec.family().summary();
+                if f.state.is_finished() && !f.reason.is_empty() {
+                    what.push_str(&format!(" [{}]", f.reason));
+                }
+                println!("{:<12}  {:<5}  {:<9}  {:>9}  {what}", f.id, f.spec.kind(), f.state.to_string(), remaining_text(f));
+            }
+        }
+    }
+}
+
+/// One fault in detail.
+pub fn print_fault(f: &Fault, output: Output) {
+    match output {
+        Output::Json => print_json(&fault_json(f)),
+        Output::Text => {
+            println!("id:        {}", f.id);
+            println!("what:      {}", f.spec.family().summary());
+            println!("state:     {}", f.state);
+            if !f.reason.is_empty() {
+                println!("reason:    {}", f.reason);
+            }
+            println!("created:   {}", humantime::format_rfc3339_seconds(f.created_at));
+            println!("deadline:  {} ({} left)", humantime::format_rfc3339_seconds(f.deadline), remaining_text(f));
+            for (k, v) in &f.labels {
+                println!("label:     {k}={v}");
+            }
+            for line in &f.plan {
+                println!("plan:      {line}");
+            }
+        }
+    }
+}
+
+pub fn print_plan(plan: &[String], output: Output) {
+    match output {
+        Output::Json => print_json(&json!({ "plan": plan })),
+        Output::Text => {
+            println!("dry run: nothing was applied; the agent would do:");
+            for line in plan {
+                println!("  {line}");
+            }
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! `faultline serve`: the agent itself. Probes the kernel, reverts whatever an earlier run
+//! left behind, then serves the gRPC API until SIGTERM/SIGINT, reverting every fault on exit.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use clap::Args;
+use tracing::{info, warn};
+
+use super::{args::parse_duration, output::Failure};
+use crate::{
+    api,
+    config::{AgentConfig, DEFAULT_BPF_PIN_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR},
+    engine::Engine,
+    kernel::caps::Capabilities,
+};
+
+#[derive(Debug, Args)]
+pub struct Options {
+    /// The local gRPC socket (created with mode 0600)
+    #[arg(long, env = "FAULTLINE_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Where the journal of unfinished faults is kept
+    #[arg(long, env = "FAULTLINE_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Where eBPF attachments are pinned (on bpffs) so they outlive a crashed agent
+    #[arg(long, env = "FAULTLINE_BPF_PIN_DIR", default_value = DEFAULT_BPF_PIN_DIR)]
+    pub bpf_pin_dir: PathBuf,
+    /// The longest duration a fault may ask for
+    #[arg(long, value_parser = parse_duration, default_value = "24h")]
+    pub max_duration: Duration,
+    /// Local TCP port whose established connections no fault may cut without --force;
+    /// repeatable (default: 22)
+    #[arg(long = "protected-port", value_name = "PORT", default_values_t = [22u16])]
+    pub protected_ports: Vec<u16>,
+    /// Log filter (error, warn, info, debug, or a tracing directive)
+    #[arg(long, env = "FAULTLINE_LOG", default_value = "info")]
+    pub log_level: String,
+}
+
+pub fn run(o: Options) -> Result<(), Failure> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&o.log_level)
+        .map_err(|e| Failure::internal(format!("--log-level {:?}: {e}", o.log_level)))?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let config = AgentConfig {
+        socket: o.socket,
+        state_dir: o.state_dir,
+        bpf_pin_dir: o.bpf_pin_dir,
+        max_duration: o.max_duration,
+        protected_ports: o.protected_ports,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::internal(format!("cannot start the async runtime: {e}")))?;
+    runtime
+        .block_on(serve(config))
+        .map_err(|e| Failure::internal(format!("{e:#}")))
+}
+
+async fn serve(config: AgentConfig) -> anyhow::Result<()> {
+    let caps = Capabilities::probe();
+    info!(version = env!("CARGO_PKG_VERSION"), kernel = %caps.kernel_release, "faultline agent starting");
+    for (name, cap) in caps.list() {
+        if cap.available {
+            info!(capability = name, detail = %cap.detail, "available");
+        } else {
+            warn!(capability = name, detail = %cap.detail, "missing");
+        }
+    }
+    let engine = Engine::new(config, caps).context("opening the journal")?;
+    let recovery = engine.recover().await.context("reverting what an earlier run left behind")?;
+    if !recovery.reverted.is_empty() || !recovery.swept.is_empty() {
+        info!(
+            reverted = recovery.reverted.len(),
+            swept = recovery.swept.len(),
+            "recovered from an earlier run that did not shut down cleanly"
+        );
+    }
+    for (id, error) in &recovery.failed {
+        warn!(id, error, "a fault from an earlier run could not be reverted; it stays journalled");
+    }
+    api::serve(engine).await
+}

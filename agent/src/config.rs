@@ -1,0 +1,37 @@
+//! The agent's configuration: where it listens and keeps state, and the limits it enforces.
+//! Every field has a default that works on a stock host, so `faultline serve` needs no file.
+
+use std::{path::PathBuf, time::Duration};
+
+pub const DEFAULT_SOCKET: &str = "/run/faultline/faultline.sock";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/faultline";
+pub const DEFAULT_BPF_PIN_DIR: &str = "/sys/fs/bpf/faultline";
+pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// SSH: a fault that cuts the operator's session loses the host.
+pub const DEFAULT_PROTECTED_PORTS: &[u16] = &[22];
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The local gRPC listener (unix socket, mode 0600).
+    pub socket: PathBuf,
+    /// Holds the journal; must survive a crash (not tmpfs, for the journal to mean anything).
+    pub state_dir: PathBuf,
+    /// Where eBPF attachments are pinned so that they outlive the agent until their deadline.
+    pub bpf_pin_dir: PathBuf,
+    /// The longest duration a fault may ask for.
+    pub max_duration: Duration,
+    /// Local TCP ports whose established connections the safety guard protects.
+    pub protected_ports: Vec<u16>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            socket: DEFAULT_SOCKET.into(),
+            state_dir: DEFAULT_STATE_DIR.into(),
+            bpf_pin_dir: DEFAULT_BPF_PIN_DIR.into(),
+            max_duration: DEFAULT_MAX_DURATION,
+            protected_ports: DEFAULT_PROTECTED_PORTS.to_vec(),
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! A fault as the engine tracks it: identity, what it does, when it ends, where it is in its
+//! lifecycle. The same value is journalled, returned by the API and printed by the CLI.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    time::{Duration, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::faults::FaultSpec;
+
+/// `pending -> active -> reverting -> reverted | failed`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultState {
+    /// Journalled, being applied.
+    Pending,
+    Active,
+    Reverting,
+    Reverted,
+    /// Apply or revert failed; `reason` says why.
+    Failed,
+}
+
+impl FaultState {
+    pub fn is_finished(self) -> bool {
+        matches!(self, FaultState::Reverted | FaultState::Failed)
+    }
+}
+
+impl fmt::Display for FaultState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FaultState::Pending => "pending",
+            FaultState::Active => "active",
+            FaultState::Reverting => "reverting",
+            FaultState::Reverted => "reverted",
+            FaultState::Failed => "failed",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fault {
+    /// 12 lowercase hex digits; short enough for nftables chain names and bpffs paths.
+    pub id: String,
+    pub spec: FaultSpec,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub state: FaultState,
+    #[serde(with = "rfc3339")]
+    pub created_at: SystemTime,
+    #[serde(with = "rfc3339")]
+    pub deadline: SystemTime,
+    #[serde(with = "seconds")]
+    pub duration: Duration,
+    /// Why the fault ended or failed.
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub plan: Vec<String>,
+}
+
+impl Fault {
+    pub fn new_id() -> String {
+        uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+    }
+
+    /// Time left before the deadline, zero once it has passed.
+    pub fn remaining(&self, now: SystemTime) -> Duration {
+        self.deadline.duration_since(now).unwrap_or_default()
+    }
+}
+
+/// Timestamps as RFC 3339 strings: readable in the journal and in `--output json`.
+pub mod rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_millis(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&text).map_err(D::Error::custom)
+    }
+}
+
+/// Durations as fractional seconds.
+pub mod seconds {
+    use std::time::Duration;
+
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Duration::try_from_secs_f64(f64::deserialize(d)?).map_err(D::Error::custom)
+    }
+}

@@ -1,0 +1,48 @@
+//! The safety guard: the connections a fault must not cut unless the request says `force`.
+//! Today that is every established TCP connection on a protected local port (SSH by default;
+//! the remote control port once one is configured). It reads /proc/net/tcp{,6} of the agent's
+//! network namespace and never changes anything.
+
+use procfs::net::TcpState;
+
+use crate::faults::{Connection, Family};
+
+pub struct Guard {
+    protected_ports: Vec<u16>,
+}
+
+impl Guard {
+    pub fn new(protected_ports: Vec<u16>) -> Self {
+        Self { protected_ports }
+    }
+
+    /// Established connections on protected local ports, as the kernel lists them now.
+    pub fn protected_connections(&self) -> Vec<Connection> {
+        let v4 = procfs::net::tcp().unwrap_or_default();
+        let v6 = procfs::net::tcp6().unwrap_or_default();
+        v4.into_iter()
+            .chain(v6)
+            .filter(|e| e.state == TcpState::Established)
+            .filter(|e| self.protected_ports.contains(&e.local_address.port()))
+            .map(|e| Connection {
+                local: e.local_address,
+                remote: e.remote_address,
+            })
+            .collect()
+    }
+
+    /// The first protected connection the fault would touch, described for the refusal.
+    pub fn check(&self, fault: &dyn Family) -> Option<String> {
+        self.protected_connections()
+            .into_iter()
+            .find(|c| fault.touches(c))
+            .map(|c| {
+                format!(
+                    "the established TCP connection {} -> {} on protected port {}",
+                    c.remote,
+                    c.local,
+                    c.local.port()
+                )
+            })
+    }
+}

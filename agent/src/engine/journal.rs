@@ -1,0 +1,194 @@
+//! The state journal: one JSON file per unfinished fault under `<state dir>/journal/`, written
+//! and fsynced before the kernel is touched and removed once the fault is reverted. After a
+//! crash, what is left here is exactly what start-up must revert. It never touches the kernel.
+//!
+//! One file per fault, replaced atomically (write, fsync, rename, fsync the directory), keeps
+//! every update crash-safe without a log to compact.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use super::fault::Fault;
+use crate::errors::JournalError;
+
+pub struct Journal {
+    dir: PathBuf,
+}
+
+/// A journal entry that could not be read back, moved aside so start-up goes on.
+#[derive(Debug)]
+pub struct Unreadable {
+    pub path: PathBuf,
+    pub error: String,
+}
+
+impl Journal {
+    pub fn open(state_dir: &Path) -> Result<Self, JournalError> {
+        let dir = state_dir.join("journal");
+        fs::create_dir_all(&dir).map_err(|source| JournalError::CreateDir {
+            path: dir.clone(),
+            source,
+        })?;
+        restrict(state_dir);
+        restrict(&dir);
+        Ok(Self { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn entry(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    /// Durably records the fault's current state.
+    pub fn record(&self, fault: &Fault) -> Result<(), JournalError> {
+        let body = serde_json::to_vec_pretty(fault).map_err(|source| JournalError::Encode {
+            id: fault.id.clone(),
+            source,
+        })?;
+        let path = self.entry(&fault.id);
+        let tmp = self.dir.join(format!(".{}.json.tmp", fault.id));
+        let write = || -> std::io::Result<()> {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
+            file.write_all(&body)?;
+            file.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            sync_dir(&self.dir)
+        };
+        write().map_err(|source| JournalError::Write { path, source })
+    }
+
+    /// Forgets a fault whose kernel objects are gone. Already forgotten is fine.
+    pub fn remove(&self, id: &str) -> Result<(), JournalError> {
+        let path = self.entry(id);
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(&self.dir).map_err(|source| JournalError::Remove { path, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(JournalError::Remove { path, source }),
+        }
+    }
+
+    /// Every recorded fault, and the entries that could not be parsed (renamed to
+    /// `*.unreadable` so they are kept for a human but not read again).
+    pub fn load(&self) -> Result<(Vec<Fault>, Vec<Unreadable>), JournalError> {
+        let read_err = |source| JournalError::Read {
+            path: self.dir.clone(),
+            source,
+        };
+        let mut faults = Vec::new();
+        let mut unreadable = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(read_err)? {
+            let path = entry.map_err(read_err)?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let parsed = fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| serde_json::from_slice::<Fault>(&bytes).map_err(|e| e.to_string()));
+            match parsed {
+                Ok(fault) => faults.push(fault),
+                Err(error) => {
+                    let aside = path.with_extension("unreadable");
+                    let _ = fs::rename(&path, &aside);
+                    unreadable.push(Unreadable { path: aside, error });
+                }
+            }
+        }
+        faults.sort_by_key(|f| f.created_at);
+        Ok((faults, unreadable))
+    }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// The journal says what faults exist on the host: root's business only.
+fn restrict(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::BTreeMap,
+        time::{Duration, SystemTime},
+    };
+
+    use super::*;
+    use crate::{
+        engine::fault::FaultState,
+        faults::{BlockSpec, Direction, FaultSpec, PacketMatch},
+    };
+
+    fn fault(id: &str) -> Fault {
+        let now = SystemTime::now();
+        Fault {
+            id: id.to_owned(),
+            spec: FaultSpec::Block(BlockSpec {
+                direction: Direction::Ingress,
+                matcher: PacketMatch::default(),
+                reject: true,
+                percent: Some(30.0),
+                device: None,
+            }),
+            labels: BTreeMap::from([("team".to_owned(), "sre".to_owned())]),
+            state: FaultState::Pending,
+            created_at: now,
+            deadline: now + Duration::from_secs(30),
+            duration: Duration::from_secs(30),
+            reason: String::new(),
+            plan: vec!["add table inet faultline".to_owned()],
+        }
+    }
+
+    #[test]
+    fn records_survive_reopening_and_removal_forgets() {
+        let tmp = tempfile::tempdir().unwrap();
+        let journal = Journal::open(tmp.path()).unwrap();
+        let mut a = fault("aaaaaaaaaaaa");
+        journal.record(&a).unwrap();
+        a.state = FaultState::Active;
+        journal.record(&a).unwrap();
+        journal.record(&fault("bbbbbbbbbbbb")).unwrap();
+
+        let (faults, unreadable) = Journal::open(tmp.path()).unwrap().load().unwrap();
+        assert!(unreadable.is_empty());
+        assert_eq!(faults.len(), 2);
+        let back = faults.iter().find(|f| f.id == a.id).unwrap();
+        assert_eq!(back.state, FaultState::Active);
+        assert_eq!(back.spec, a.spec);
+        assert_eq!(back.labels, a.labels);
+
+        journal.remove(&a.id).unwrap();
+        journal.remove(&a.id).unwrap();
+        let (faults, _) = journal.load().unwrap();
+        assert_eq!(faults.len(), 1);
+        assert!(fs::read_dir(journal.dir())
+            .unwrap()
+            .all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
+    }
+
+    #[test]
+    fn a_corrupt_entry_is_set_aside_not_fatal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let journal = Journal::open(tmp.path()).unwrap();
+        journal.record(&fault("cccccccccccc")).unwrap();
+        fs::write(journal.dir().join("dddddddddddd.json"), b"{ torn").unwrap();
+        let (faults, unreadable) = journal.load().unwrap();
+        assert_eq!(faults.len(), 1);
+        assert_eq!(unreadable.len(), 1);
+        assert!(unreadable[0].path.ends_with("dddddddddddd.unreadable"));
+        assert_eq!(journal.load().unwrap().1.len(), 0);
+    }
+}

@@ -1,0 +1,509 @@
+//! The fault engine: the one way every request goes, whatever interface it came from.
+//! It owns the registry of faults and their lifecycle (`pending -> active -> reverting ->
+//! reverted | failed`), deadlines, conflicts between faults, the safety guard, the journal,
+//! and the start-up reconcile that reverts what a crashed agent left behind. Families do the
+//! kernel work; the engine decides when, and makes sure a revert always follows an apply.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::{Duration, SystemTime},
+};
+
+use tokio::{
+    sync::{broadcast, watch},
+    task::AbortHandle,
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    config::AgentConfig,
+    errors::{EngineError, InvalidSpec, KernelError},
+    faults::{Deadline, FaultSpec, Host},
+    kernel::{caps::Capabilities, nft, tc::LossPins},
+};
+
+pub mod fault;
+pub mod guard;
+pub mod journal;
+
+pub use fault::{Fault, FaultState};
+use guard::Guard;
+use journal::Journal;
+
+/// Finished faults kept for `get`/`ls` after they ended.
+const KEEP_FINISHED: usize = 64;
+const MAX_LABELS: usize = 32;
+
+/// Why a fault was reverted, as recorded in its `reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevertReason {
+    Deadline,
+    Requested,
+    Shutdown,
+}
+
+impl RevertReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            RevertReason::Deadline => "deadline",
+            RevertReason::Requested => "requested",
+            RevertReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// A request to apply a fault, already parsed into domain types.
+#[derive(Debug, Clone)]
+pub struct ApplyRequest {
+    pub spec: FaultSpec,
+    pub duration: Duration,
+    pub labels: BTreeMap<String, String>,
+    pub dry_run: bool,
+    pub force: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum ApplyOutcome {
+    /// Nothing was touched; this is what would be done.
+    DryRun { plan: Vec<String> },
+    Applied(Fault),
+}
+
+/// What start-up found and cleaned.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Faults the journal said were unfinished, now reverted.
+    pub reverted: Vec<String>,
+    /// Faults whose revert failed again; they stay journalled.
+    pub failed: Vec<(String, String)>,
+    /// Tagged kernel objects no journal entry accounted for, removed.
+    pub swept: Vec<String>,
+    /// Journal entries that could not be read.
+    pub unreadable: Vec<String>,
+}
+
+struct Entry {
+    fault: Fault,
+    timer: Option<AbortHandle>,
+}
+
+#[derive(Default)]
+struct Registry {
+    faults: BTreeMap<String, Entry>,
+    finished: VecDeque<String>,
+}
+
+pub struct Engine {
+    config: AgentConfig,
+    caps: Capabilities,
+    loss_pins: LossPins,
+    journal: Journal,
+    guard: Guard,
+    registry: Mutex<Registry>,
+    events: broadcast::Sender<Fault>,
+    shutting_down: AtomicBool,
+    /// Turns true once shutdown has reverted everything: long-lived streams end on it.
+    closing: watch::Sender<bool>,
+}
+
+impl Engine {
+    pub fn new(config: AgentConfig, caps: Capabilities) -> Result<Arc<Self>, EngineError> {
+        let journal = Journal::open(&config.state_dir)?;
+        let (events, _) = broadcast::channel(256);
+        Ok(Arc::new(Self {
+            loss_pins: LossPins::new(config.bpf_pin_dir.clone()),
+            guard: Guard::new(config.protected_ports.clone()),
+            journal,
+            caps,
+            config,
+            registry: Mutex::default(),
+            events,
+            shutting_down: AtomicBool::new(false),
+            closing: watch::Sender::new(false),
+        }))
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    fn host(&self) -> Host<'_> {
+        Host {
+            caps: &self.caps,
+            loss_pins: &self.loss_pins,
+        }
+    }
+
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        // A panic while holding the lock leaves plain data behind, still worth reverting.
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lifecycle events of every fault, from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Fault> {
+        self.events.subscribe()
+    }
+
+    /// Becomes true when the agent shuts down.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    fn publish(&self, fault: &Fault) {
+        // No subscriber is not an error.
+        let _ = self.events.send(fault.clone());
+    }
+
+    /// Start-up reconcile: reverts every fault the journal left unfinished, then removes any
+    /// faultline-tagged kernel object that no remaining journal entry accounts for.
+    pub async fn recover(self: &Arc<Self>) -> Result<Recovery, EngineError> {
+        let engine = Arc::clone(self);
+        tokio::task::spawn_blocking(move || engine.recover_blocking())
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    fn recover_blocking(&self) -> Result<Recovery, EngineError> {
+        let mut recovery = Recovery::default();
+        let (faults, unreadable) = self.journal.load()?;
+        for entry in unreadable {
+            warn!(path = %entry.path.display(), error = %entry.error, "unreadable journal entry set aside");
+            recovery.unreadable.push(entry.path.display().to_string());
+        }
+        for fault in faults {
+            match fault.spec.family().revert(&fault.id, &self.host()) {
+                Ok(()) => {
+                    self.journal.remove(&fault.id)?;
+                    info!(id = %fault.id, spec = %fault.spec.family().summary(), "reverted a fault left by an earlier run");
+                    recovery.reverted.push(fault.id);
+                }
+                Err(e) => {
+                    error!(id = %fault.id, error = %e, "cannot revert a fault left by an earlier run");
+                    recovery.failed.push((fault.id, e.to_string()));
+                }
+            }
+        }
+        let keep: Vec<&str> = recovery.failed.iter().map(|(id, _)| id.as_str()).collect();
+        let sweep = || -> Result<Vec<String>, KernelError> {
+            let mut swept = Vec::new();
+            if self.caps.nftables.available {
+                for id in nft::fault_ids()? {
+                    if !keep.contains(&id.as_str()) {
+                        nft::remove(&id)?;
+                        swept.push(format!("nftables chains of {id}"));
+                    }
+                }
+            }
+            for id in self.loss_pins.sweep(&keep)? {
+                swept.push(format!("eBPF loss classifier of {id}"));
+            }
+            Ok(swept)
+        };
+        recovery.swept = sweep().map_err(|source| EngineError::Revert {
+            id: "(start-up sweep)".to_owned(),
+            source,
+        })?;
+        for object in &recovery.swept {
+            warn!(object, "removed a faultline kernel object no journal entry knew");
+        }
+        Ok(recovery)
+    }
+
+    /// Validates, plans, journals and applies a fault, then arms its deadline.
+    pub async fn apply(self: &Arc<Self>, request: ApplyRequest) -> Result<ApplyOutcome, EngineError> {
+        self.check_request(&request)?;
+        let family = request.spec.family();
+        let host = self.host();
+        family.validate(&host)?;
+        if let Some((feature, detail)) = family.missing_capability(&self.caps) {
+            return Err(EngineError::Unsupported { feature, detail });
+        }
+        let id = Fault::new_id();
+        let deadline = Deadline {
+            remaining: request.duration,
+        };
+        let plan = family.plan(&id, deadline, &host);
+        if request.dry_run {
+            return Ok(ApplyOutcome::DryRun { plan });
+        }
+        if !request.force {
+            if let Some(what) = self.guard.check(family) {
+                return Err(EngineError::Guarded { what });
+            }
+        }
+
+        let now = SystemTime::now();
+        let mut fault = Fault {
+            id: id.clone(),
+            spec: request.spec.clone(),
+            labels: request.labels,
+            state: FaultState::Pending,
+            created_at: now,
+            deadline: now + request.duration,
+            duration: request.duration,
+            reason: String::new(),
+            plan,
+        };
+        {
+            // Checked and registered under one lock, so two racing requests cannot both win.
+            let mut registry = self.registry();
+            if self.shutting_down.load(Ordering::SeqCst) {
+                return Err(EngineError::ShuttingDown);
+            }
+            let claims = family.claims();
+            for other in registry.faults.values().filter(|e| !e.fault.state.is_finished()) {
+                if let Some(claim) = other
+                    .fault
+                    .spec
+                    .family()
+                    .claims()
+                    .into_iter()
+                    .find(|c| claims.contains(c))
+                {
+                    return Err(EngineError::Conflict {
+                        other: other.fault.id.clone(),
+                        object: claim.to_string(),
+                    });
+                }
+            }
+            registry.faults.insert(
+                id.clone(),
+                Entry {
+                    fault: fault.clone(),
+                    timer: None,
+                },
+            );
+        }
+        if let Err(e) = self.journal.record(&fault) {
+            self.registry().faults.remove(&id);
+            return Err(e.into());
+        }
+        self.publish(&fault);
+
+        let applied = self.kernel(&fault, |family, id, host| family.apply(id, deadline, host)).await;
+        if let Err(source) = applied {
+            // apply cleans up after itself; the revert is a second line of defence and must
+            // not hide the original error.
+            if let Err(e) = self.kernel(&fault, |family, id, host| family.revert(id, host)).await {
+                error!(id = %fault.id, error = %e, "clean-up after a failed apply failed");
+                fault.state = FaultState::Failed;
+                fault.reason = format!("apply failed: {source}; clean-up failed: {e}");
+                let _ = self.journal.record(&fault);
+            } else {
+                fault.state = FaultState::Failed;
+                fault.reason = format!("apply failed: {source}");
+                let _ = self.journal.remove(&id);
+            }
+            self.finish(&fault);
+            return Err(EngineError::Apply { id, source });
+        }
+
+        fault.state = FaultState::Active;
+        if let Err(e) = self.journal.record(&fault) {
+            // The pending entry still names the fault, so a crash now is still recovered.
+            warn!(id = %fault.id, error = %e, "cannot mark the fault active in the journal");
+        }
+        let timer = {
+            let engine = Arc::clone(self);
+            let id = id.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(request.duration).await;
+                // Reverting in a task of its own: a revert request aborts this timer, and must
+                // never abort a revert half-way.
+                tokio::spawn(async move {
+                    if let Err(e) = engine.revert(&id, RevertReason::Deadline).await {
+                        error!(id, error = %e, "revert at the deadline failed");
+                    }
+                });
+            })
+            .abort_handle()
+        };
+        {
+            let mut registry = self.registry();
+            if let Some(entry) = registry.faults.get_mut(&id) {
+                entry.fault = fault.clone();
+                entry.timer = Some(timer);
+            }
+        }
+        info!(id = %fault.id, spec = %fault.spec.family().summary(), duration = %humantime::format_duration(fault.duration), "fault active");
+        self.publish(&fault);
+        Ok(ApplyOutcome::Applied(fault))
+    }
+
+    fn check_request(&self, request: &ApplyRequest) -> Result<(), InvalidSpec> {
+        let max = self.config.max_duration;
+        if request.duration.is_zero() {
+            return Err(InvalidSpec::new(
+                "duration",
+                "a fault needs a duration greater than zero (e.g. 30s, 5m)",
+            ));
+        }
+        if request.duration > max {
+            return Err(InvalidSpec::new(
+                "duration",
+                format!(
+                    "{} is longer than this agent's maximum of {} (faultline serve --max-duration)",
+                    humantime::format_duration(request.duration),
+                    humantime::format_duration(max)
+                ),
+            ));
+        }
+        if request.labels.len() > MAX_LABELS {
+            return Err(InvalidSpec::new(
+                "label",
+                format!("{} labels given, at most {MAX_LABELS} are accepted", request.labels.len()),
+            ));
+        }
+        for (key, value) in &request.labels {
+            let key_ok = !key.is_empty()
+                && key.len() <= 63
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'));
+            if !key_ok {
+                return Err(InvalidSpec::new(
+                    "label",
+                    format!("key {key:?} is not accepted: 1-63 characters of a-z, A-Z, 0-9, '_', '-', '.', '/'"),
+                ));
+            }
+            if value.len() > 256 {
+                return Err(InvalidSpec::new(
+                    "label",
+                    format!("the value of {key:?} is {} bytes long, at most 256 are accepted", value.len()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a kernel operation of the fault's family off the async runtime.
+    async fn kernel<F>(&self, fault: &Fault, op: F) -> Result<(), KernelError>
+    where
+        F: FnOnce(&dyn crate::faults::Family, &str, &Host<'_>) -> Result<(), KernelError>,
+    {
+        // Netlink and bpf() calls finish in microseconds to milliseconds; blocking the
+        // runtime for that long is cheaper than moving borrowed state to another thread.
+        tokio::task::block_in_place(|| op(fault.spec.family(), &fault.id, &self.host()))
+    }
+
+    pub fn get(&self, id: &str) -> Result<Fault, EngineError> {
+        self.registry()
+            .faults
+            .get(id)
+            .map(|e| e.fault.clone())
+            .ok_or_else(|| EngineError::NotFound { id: id.to_owned() })
+    }
+
+    /// Every fault the agent knows, oldest first.
+    pub fn list(&self) -> Vec<Fault> {
+        let mut faults: Vec<Fault> = self.registry().faults.values().map(|e| e.fault.clone()).collect();
+        faults.sort_by_key(|f| f.created_at);
+        faults
+    }
+
+    pub fn active_count(&self) -> usize {
+        self.registry()
+            .faults
+            .values()
+            .filter(|e| !e.fault.state.is_finished())
+            .count()
+    }
+
+    /// Reverts one fault. Reverting a fault that already ended returns it unchanged.
+    pub async fn revert(&self, id: &str, reason: RevertReason) -> Result<Fault, EngineError> {
+        let mut fault = {
+            let mut registry = self.registry();
+            let entry = registry
+                .faults
+                .get_mut(id)
+                .ok_or_else(|| EngineError::NotFound { id: id.to_owned() })?;
+            if entry.fault.state != FaultState::Active {
+                // Finished, or another revert (or the apply) is under way and will finish it.
+                return Ok(entry.fault.clone());
+            }
+            if let Some(timer) = entry.timer.take() {
+                timer.abort();
+            }
+            entry.fault.state = FaultState::Reverting;
+            entry.fault.clone()
+        };
+        self.publish(&fault);
+        match self.kernel(&fault, |family, id, host| family.revert(id, host)).await {
+            Ok(()) => {
+                fault.state = FaultState::Reverted;
+                fault.reason = reason.as_str().to_owned();
+                if let Err(e) = self.journal.remove(&fault.id) {
+                    // The objects are gone; a stale entry only costs an idempotent revert later.
+                    warn!(id = %fault.id, error = %e, "cannot remove the journal entry of a reverted fault");
+                }
+                info!(id = %fault.id, reason = reason.as_str(), "fault reverted");
+                self.finish(&fault);
+                Ok(fault)
+            }
+            Err(source) => {
+                fault.state = FaultState::Failed;
+                fault.reason = format!("revert ({}) failed: {source}", reason.as_str());
+                let _ = self.journal.record(&fault);
+                error!(id = %fault.id, error = %source, "revert failed");
+                self.finish(&fault);
+                Err(EngineError::Revert {
+                    id: fault.id,
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Reverts every active fault; one failure does not stop the others.
+    pub async fn revert_all(&self, reason: RevertReason) -> Vec<Result<Fault, EngineError>> {
+        let ids: Vec<String> = self
+            .registry()
+            .faults
+            .values()
+            .filter(|e| e.fault.state == FaultState::Active)
+            .map(|e| e.fault.id.clone())
+            .collect();
+        let mut results = Vec::with_capacity(ids.len());
+        for id in ids {
+            results.push(self.revert(&id, reason).await);
+        }
+        results
+    }
+
+    /// Refuses new faults and reverts every active one.
+    pub async fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        for result in self.revert_all(RevertReason::Shutdown).await {
+            if let Err(e) = result {
+                error!(error = %e, "revert at shutdown failed; the next start-up retries it");
+            }
+        }
+        self.closing.send_replace(true);
+    }
+
+    /// Records a fault's final state in the registry and trims old finished faults.
+    fn finish(&self, fault: &Fault) {
+        {
+            let mut registry = self.registry();
+            if let Some(entry) = registry.faults.get_mut(&fault.id) {
+                entry.fault = fault.clone();
+                entry.timer = None;
+            }
+            registry.finished.push_back(fault.id.clone());
+            while registry.finished.len() > KEEP_FINISHED {
+                if let Some(old) = registry.finished.pop_front() {
+                    registry.faults.remove(&old);
+                }
+            }
+        }
+        self.publish(fault);
+    }
+}

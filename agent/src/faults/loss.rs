@@ -1,0 +1,128 @@
+//! The loss family: drop a share of an interface's packets with faultline's eBPF tc classifier.
+//! It works where netem is missing, and the classifier checks the fault's deadline itself, so
+//! the loss stops on time even when the agent is dead.
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    check_percent, Claim, Connection, Deadline, Direction, Family, Host, PacketMatch, Protocol,
+};
+use crate::{
+    errors::{InvalidSpec, KernelError},
+    kernel::{caps::Capabilities, netdev, tc},
+};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LossSpec {
+    pub device: String,
+    pub direction: Direction,
+    pub percent: f64,
+    #[serde(rename = "match", default)]
+    pub matcher: PacketMatch,
+}
+
+impl LossSpec {
+    fn tc_direction(&self) -> tc::TcDirection {
+        match self.direction {
+            Direction::Ingress => tc::TcDirection::Ingress,
+            Direction::Egress => tc::TcDirection::Egress,
+        }
+    }
+
+    fn config(&self, deadline: Deadline) -> Result<tc::LossConfig, KernelError> {
+        let deadline_ns = tc::monotonic_deadline_ns(deadline.remaining)?;
+        Ok(tc::loss_config(
+            self.percent,
+            self.tc_direction(),
+            match self.matcher.protocol {
+                Protocol::Any => tc::L4Filter::Any,
+                Protocol::Tcp => tc::L4Filter::Tcp,
+                Protocol::Udp => tc::L4Filter::Udp,
+            },
+            &self
+                .matcher
+                .ports
+                .iter()
+                .map(|r| (r.first, r.last))
+                .collect::<Vec<_>>(),
+            &self.matcher.cidrs,
+            deadline_ns,
+        ))
+    }
+}
+
+impl Family for LossSpec {
+    fn validate(&self, _host: &Host<'_>) -> Result<(), InvalidSpec> {
+        check_percent(self.percent, "percent")?;
+        self.matcher.validate()?;
+        netdev::check_exists(&self.device)?;
+        Ok(())
+    }
+
+    fn missing_capability(&self, caps: &Capabilities) -> Option<(String, String)> {
+        (!caps.cls_bpf.available).then(|| {
+            (
+                "eBPF tc classifiers".to_owned(),
+                format!(
+                    "{}; loss faults need BPF syscall access and cls_bpf/clsact or TCX",
+                    caps.cls_bpf.detail
+                ),
+            )
+        })
+    }
+
+    fn claims(&self) -> Vec<Claim> {
+        vec![Claim::LossHook {
+            device: self.device.clone(),
+            direction: self.direction,
+        }]
+    }
+
+    fn touches(&self, conn: &Connection) -> bool {
+        // The classifier sees every interface's traffic; which interface carries the session
+        // is not worth a route lookup: refusing a little too often is the safe side.
+        let dport = match self.direction {
+            Direction::Ingress => conn.local.port(),
+            Direction::Egress => conn.remote.port(),
+        };
+        self.matcher.matches(Protocol::Tcp, conn.remote.ip(), dport)
+    }
+
+    fn plan(&self, id: &str, deadline: Deadline, host: &Host<'_>) -> Vec<String> {
+        host.loss_pins.describe(
+            id,
+            &self.device,
+            self.tc_direction(),
+            &format!(
+                "drop {}% of {} for {}",
+                self.percent,
+                self.matcher.describe(self.direction),
+                humantime::format_duration(deadline.remaining)
+            ),
+        )
+    }
+
+    fn apply(&self, id: &str, deadline: Deadline, host: &Host<'_>) -> Result<(), KernelError> {
+        let config = self.config(deadline)?;
+        // The handle only serves statistics; dropping it leaves the pinned attachment alone.
+        host.loss_pins
+            .attach(id, &self.device, self.tc_direction(), &config)?;
+        Ok(())
+    }
+
+    fn revert(&self, id: &str, host: &Host<'_>) -> Result<(), KernelError> {
+        host.loss_pins
+            .detach(id, &self.device, self.tc_direction())?;
+        Ok(())
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "loss {}% {} {} on {}",
+            self.percent,
+            self.direction,
+            self.matcher.describe(self.direction),
+            self.device
+        )
+    }
+}

@@ -1,0 +1,264 @@
+//! The fault families and the one trait they implement. A family owns how its spec is checked
+//! against the host, which kernel objects it needs exclusively, the plan it shows for a dry run,
+//! and how it is applied and reverted through the kernel adapters. It owns no policy: deadlines,
+//! conflicts, guards and the journal belong to the engine, which treats every family alike.
+
+use std::{fmt, net::IpAddr, time::Duration};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    errors::{InvalidSpec, KernelError},
+    kernel::{caps::Capabilities, tc::LossPins},
+};
+
+pub mod block;
+pub mod loss;
+
+pub use block::BlockSpec;
+pub use loss::LossSpec;
+
+/// The most port ranges and CIDRs one fault may name: enough to describe a service, small
+/// enough that the kernel objects stay a handful of rules and the eBPF filter a bounded loop.
+pub const MAX_PORT_RANGES: usize = 16;
+pub const MAX_CIDRS: usize = 8;
+
+/// Which packets of the host a network fault is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Packets the host receives.
+    Ingress,
+    /// Packets the host sends.
+    Egress,
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::Ingress => "in",
+            Direction::Egress => "out",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    #[default]
+    Any,
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Any => "any",
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// An inclusive range of ports, never containing port 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    /// Checks a range as a caller wrote it; `field` names it in the error.
+    pub fn new(first: u32, last: u32, field: &str) -> Result<Self, InvalidSpec> {
+        let check = |p: u32| {
+            u16::try_from(p)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| InvalidSpec::new(field, format!("{p} is out of range, expected 1-65535")))
+        };
+        let (first, last) = (check(first)?, check(last)?);
+        if first > last {
+            return Err(InvalidSpec::new(
+                field,
+                format!("range {first}-{last} is reversed, expected first <= last"),
+            ));
+        }
+        Ok(Self { first, last })
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+/// Which packets a network fault touches; an empty list matches everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PacketMatch {
+    pub protocol: Protocol,
+    /// Destination port of the packet in the fault's direction.
+    #[serde(default)]
+    pub ports: Vec<PortRange>,
+    /// The remote side: destination on egress, source on ingress.
+    #[serde(default)]
+    pub cidrs: Vec<IpNet>,
+}
+
+impl PacketMatch {
+    pub fn validate(&self) -> Result<(), InvalidSpec> {
+        if self.ports.len() > MAX_PORT_RANGES {
+            return Err(InvalidSpec::new(
+                "port",
+                format!("{} port ranges given, at most {MAX_PORT_RANGES} are accepted", self.ports.len()),
+            ));
+        }
+        if self.cidrs.len() > MAX_CIDRS {
+            return Err(InvalidSpec::new(
+                "cidr",
+                format!("{} CIDRs given, at most {MAX_CIDRS} are accepted", self.cidrs.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Would a packet with this protocol, remote address and destination port match?
+    pub fn matches(&self, protocol: Protocol, remote: IpAddr, dport: u16) -> bool {
+        let proto_ok = self.protocol == Protocol::Any || self.protocol == protocol;
+        let port_ok = self.ports.is_empty() || self.ports.iter().any(|r| r.contains(dport));
+        let addr_ok = self.cidrs.is_empty() || self.cidrs.iter().any(|c| c.contains(&remote));
+        proto_ok && port_ok && addr_ok
+    }
+
+    /// `tcp dport 80,8000-8100 from 10.0.0.0/8` -- for plans and messages.
+    pub fn describe(&self, direction: Direction) -> String {
+        let mut out = self.protocol.to_string();
+        if !self.ports.is_empty() {
+            let ports: Vec<String> = self.ports.iter().map(ToString::to_string).collect();
+            out.push_str(&format!(" dport {}", ports.join(",")));
+        }
+        if !self.cidrs.is_empty() {
+            let cidrs: Vec<String> = self.cidrs.iter().map(ToString::to_string).collect();
+            let side = match direction {
+                Direction::Ingress => "from",
+                Direction::Egress => "to",
+            };
+            out.push_str(&format!(" {side} {}", cidrs.join(",")));
+        }
+        out
+    }
+}
+
+/// A share of packets, in percent: `0 < p <= 100`.
+pub fn check_percent(value: f64, field: &str) -> Result<f64, InvalidSpec> {
+    if value.is_finite() && value > 0.0 && value <= 100.0 {
+        Ok(value)
+    } else {
+        Err(InvalidSpec::new(field, format!("{value} is out of range, expected 0 < percent <= 100")))
+    }
+}
+
+/// What a fault does, one variant per family.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FaultSpec {
+    Block(BlockSpec),
+    Loss(LossSpec),
+}
+
+impl FaultSpec {
+    pub fn family(&self) -> &dyn Family {
+        match self {
+            FaultSpec::Block(spec) => spec,
+            FaultSpec::Loss(spec) => spec,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FaultSpec::Block(_) => "block",
+            FaultSpec::Loss(_) => "loss",
+        }
+    }
+}
+
+/// A kernel object that only one fault at a time may own; two faults claiming the same object
+/// would fight over it, so the engine refuses the second.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Claim {
+    /// The eBPF loss classifier slot of an interface's hook.
+    LossHook { device: String, direction: Direction },
+}
+
+impl fmt::Display for Claim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Claim::LossHook { device, direction } => {
+                let hook = match direction {
+                    Direction::Ingress => "ingress",
+                    Direction::Egress => "egress",
+                };
+                write!(f, "the {hook} loss classifier on {device}")
+            }
+        }
+    }
+}
+
+/// An established TCP connection the safety guard protects, seen from this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    pub local: std::net::SocketAddr,
+    pub remote: std::net::SocketAddr,
+}
+
+/// What families may use of the host while planning, applying and reverting.
+pub struct Host<'a> {
+    pub caps: &'a Capabilities,
+    pub loss_pins: &'a LossPins,
+}
+
+/// When a fault stops by itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    /// Time left from the moment the fault is applied.
+    pub remaining: Duration,
+}
+
+/// One fault family. The engine calls these in order: `validate`, `claims`, `plan`, then
+/// `apply`, and `revert` at the end (also after a crash, on a spec read back from the journal).
+pub trait Family: Send + Sync {
+    /// Semantic checks against the host (devices exist, combinations make sense), before
+    /// anything is touched. Field-level parsing already happened at the API edge.
+    fn validate(&self, host: &Host<'_>) -> Result<(), InvalidSpec>;
+
+    /// A kernel facility this family needs and the host lacks: `(feature, what to do instead)`.
+    fn missing_capability(&self, caps: &Capabilities) -> Option<(String, String)>;
+
+    /// Kernel objects this fault takes for itself.
+    fn claims(&self) -> Vec<Claim>;
+
+    /// Would the fault touch this connection's packets (in its direction)?
+    fn touches(&self, conn: &Connection) -> bool;
+
+    /// The kernel operations, one line each, for a dry run and for the record.
+    fn plan(&self, id: &str, deadline: Deadline, host: &Host<'_>) -> Vec<String>;
+
+    /// Creates the fault's kernel objects; on error, whatever was created is removed again.
+    fn apply(&self, id: &str, deadline: Deadline, host: &Host<'_>) -> Result<(), KernelError>;
+
+    /// Removes the fault's kernel objects. Idempotent: objects already gone are not an error.
+    fn revert(&self, id: &str, host: &Host<'_>) -> Result<(), KernelError>;
+
+    /// One line for humans: `block in tcp dport 22 (drop)`.
+    fn summary(&self) -> String;
+}

@@ -1,0 +1,265 @@
+//! What the running kernel offers faultline, probed once at start-up and shown by
+//! `faultline info`. Probes only read (procfs, sysfs, kernel config, a netlink list request);
+//! they never create anything, so probing is safe on any host.
+
+use std::{
+    fs,
+    io::Read,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{nft, tc};
+
+/// One facility: whether faultline can use it, and what was found or what is missing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capability {
+    pub available: bool,
+    pub detail: String,
+}
+
+impl Capability {
+    fn yes(detail: impl Into<String>) -> Self {
+        Self {
+            available: true,
+            detail: detail.into(),
+        }
+    }
+
+    fn no(detail: impl Into<String>) -> Self {
+        Self {
+            available: false,
+            detail: detail.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub kernel_release: String,
+    pub netem: Capability,
+    pub nftables: Capability,
+    pub btf: Capability,
+    pub tcx: Capability,
+    /// eBPF tc classifiers by any attach path (TCX, or clsact + cls_bpf).
+    pub cls_bpf: Capability,
+    pub cgroup: Capability,
+    /// 1 or 2; 0 when no usable hierarchy was found.
+    pub cgroup_version: u32,
+}
+
+impl Capabilities {
+    pub fn probe() -> Self {
+        let kernel_release = nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let config = KernelConfig::read(&kernel_release);
+        let modules = Modules::new(&kernel_release);
+        let tcx = if tc::tcx_supported() {
+            Capability::yes(format!("kernel {kernel_release} >= 6.6 attaches tc programs through TCX links"))
+        } else {
+            Capability::no(format!(
+                "kernel {kernel_release} is older than 6.6; tc programs attach through clsact + cls_bpf"
+            ))
+        };
+        let cls_bpf = if tcx.available {
+            Capability::yes("through TCX")
+        } else {
+            match (
+                feature(&config, &modules, "CONFIG_NET_CLS_BPF", "cls_bpf"),
+                feature(&config, &modules, "CONFIG_NET_SCH_INGRESS", "sch_ingress"),
+            ) {
+                (Ok(c), Ok(i)) => Capability::yes(format!("cls_bpf {c}, clsact {i}")),
+                (Err(missing), _) | (_, Err(missing)) => Capability::no(missing),
+            }
+        };
+        let netem = match feature(&config, &modules, "CONFIG_NET_SCH_NETEM", "sch_netem") {
+            Ok(how) => Capability::yes(format!("sch_netem {how}")),
+            Err(missing) => Capability::no(format!(
+                "{missing}; delay/jitter/duplicate/corrupt/reorder need it, packet loss works \
+                 without it (faultline loss, eBPF)"
+            )),
+        };
+        let btf = if Path::new("/sys/kernel/btf/vmlinux").exists() {
+            Capability::yes("/sys/kernel/btf/vmlinux")
+        } else {
+            Capability::no("no /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF); fentry programs cannot load")
+        };
+        let nftables = match nft::probe() {
+            Ok(()) => Capability::yes("nf_tables answers over netlink"),
+            Err(e) => Capability::no(e.to_string()),
+        };
+        let (cgroup_version, cgroup) = probe_cgroup(Path::new("/sys/fs/cgroup"));
+        Self {
+            kernel_release,
+            netem,
+            nftables,
+            btf,
+            tcx,
+            cls_bpf,
+            cgroup,
+            cgroup_version,
+        }
+    }
+
+    /// `(name, capability)` pairs in display order.
+    pub fn list(&self) -> Vec<(&'static str, &Capability)> {
+        vec![
+            ("netem", &self.netem),
+            ("nftables", &self.nftables),
+            ("btf", &self.btf),
+            ("tcx", &self.tcx),
+            ("cls_bpf", &self.cls_bpf),
+            ("cgroup", &self.cgroup),
+        ]
+    }
+}
+
+/// The running kernel's build configuration, where the distribution exposes it.
+struct KernelConfig(Option<String>);
+
+impl KernelConfig {
+    fn read(release: &str) -> Self {
+        let from_proc = fs::File::open("/proc/config.gz").ok().and_then(|f| {
+            let mut text = String::new();
+            flate2::read::GzDecoder::new(f)
+                .read_to_string(&mut text)
+                .ok()
+                .map(|_| text)
+        });
+        Self(from_proc.or_else(|| fs::read_to_string(format!("/boot/config-{release}")).ok()))
+    }
+
+    /// `Some('y' | 'm')`, `Some('n')` when the config says it is not set, `None` when unknown.
+    fn value(&self, option: &str) -> Option<char> {
+        let text = self.0.as_deref()?;
+        let set = format!("{option}=");
+        let unset = format!("# {option} is not set");
+        text.lines().find_map(|line| {
+            if let Some(v) = line.strip_prefix(&set) {
+                v.chars().next()
+            } else if line == unset {
+                Some('n')
+            } else {
+                None
+            }
+        })
+        .or(Some('n'))
+    }
+}
+
+/// The kernel's module directory, for modules that are not loaded yet.
+struct Modules {
+    dir: PathBuf,
+}
+
+impl Modules {
+    fn new(release: &str) -> Self {
+        Self {
+            dir: PathBuf::from(format!("/lib/modules/{release}")),
+        }
+    }
+
+    fn listed_in(&self, index: &str, module: &str) -> bool {
+        let needle = format!("/{module}.ko");
+        fs::read_to_string(self.dir.join(index))
+            .map(|text| text.lines().any(|l| l.contains(&needle)))
+            .unwrap_or(false)
+    }
+}
+
+/// How a kernel feature is present (`loaded`, `built in`, `available as a module`), or why not.
+fn feature(
+    config: &KernelConfig,
+    modules: &Modules,
+    option: &str,
+    module: &str,
+) -> Result<&'static str, String> {
+    if Path::new("/sys/module").join(module).exists() {
+        return Ok("loaded");
+    }
+    if modules.listed_in("modules.builtin", module) {
+        return Ok("built in");
+    }
+    if modules.listed_in("modules.dep", module) {
+        return Ok("available as a module");
+    }
+    match config.value(option) {
+        Some('y') => Ok("built in"),
+        Some('m') => Err(format!(
+            "{module} is configured as a module ({option}=m) but {} does not have it",
+            modules.dir.display()
+        )),
+        Some(_) => Err(format!("{module} is not in this kernel ({option} is not set)")),
+        None => Err(format!(
+            "{module} is neither loaded nor found in {}",
+            modules.dir.display()
+        )),
+    }
+}
+
+fn probe_cgroup(root: &Path) -> (u32, Capability) {
+    use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC};
+
+    let is_v2 = |p: &Path| statfs(p).map(|s| s.filesystem_type() == CGROUP2_SUPER_MAGIC).unwrap_or(false);
+    let controllers = |p: &Path| {
+        fs::read_to_string(p.join("cgroup.controllers"))
+            .map(|s| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    if is_v2(root) {
+        let list = controllers(root);
+        return (
+            2,
+            Capability::yes(format!(
+                "cgroup v2 at {}, controllers: {}",
+                root.display(),
+                if list.is_empty() { "none".to_owned() } else { list.join(" ") }
+            )),
+        );
+    }
+    let v1: Vec<&str> = ["cpu", "cpuacct", "cpuset", "memory", "pids"]
+        .into_iter()
+        .filter(|c| root.join(c).join("tasks").exists())
+        .collect();
+    if v1.is_empty() {
+        return (0, Capability::no(format!("no cgroup hierarchy found under {}", root.display())));
+    }
+    let mut detail = format!("cgroup v1 at {}, controllers: {}", root.display(), v1.join(" "));
+    let unified = root.join("unified");
+    if is_v2(&unified) {
+        let list = controllers(&unified);
+        detail.push_str(&format!(
+            "; cgroup2 mounted at {} with {}",
+            unified.display(),
+            if list.is_empty() { "no controllers".to_owned() } else { format!("controllers {}", list.join(" ")) }
+        ));
+    }
+    (1, Capability::yes(detail))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_values_are_read_by_exact_option() {
+        let config = KernelConfig(Some(
+            "CONFIG_NET_SCH_TBF=y\n# CONFIG_NET_SCH_NETEM is not set\nCONFIG_IFB=m\n".to_owned(),
+        ));
+        assert_eq!(config.value("CONFIG_NET_SCH_TBF"), Some('y'));
+        assert_eq!(config.value("CONFIG_NET_SCH_NETEM"), Some('n'));
+        assert_eq!(config.value("CONFIG_IFB"), Some('m'));
+        assert_eq!(config.value("CONFIG_NET_SCH_TB"), Some('n'));
+    }
+
+    #[test]
+    fn probe_describes_this_host() {
+        let caps = Capabilities::probe();
+        assert!(!caps.kernel_release.is_empty());
+        for (name, cap) in caps.list() {
+            assert!(!cap.detail.is_empty(), "{name} has no detail");
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Thin, typed adapters over the kernel interfaces faultline drives: nftables over netlink,
+//! eBPF tc classifiers, and the probe of what the running kernel offers. Adapters do what they
+//! are told and nothing more; policy (guards, conflicts, deadlines) lives in the engine.
+
+pub mod caps;
+pub mod netdev;
+pub mod nft;
+pub mod tc;
