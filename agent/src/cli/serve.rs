@@ -41,7 +41,12 @@ pub struct Options {
 pub fn run(o: Options) -> Result<(), Failure> {
     let filter = tracing_subscriber::EnvFilter::try_new(&o.log_level)
         .map_err(|e| Failure::internal(format!("--log-level {:?}: {e}", o.log_level)))?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    use std::io::IsTerminal as _;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     let config = AgentConfig {
         socket: o.socket,
         state_dir: o.state_dir,

@@ -111,8 +111,7 @@ impl Family for LossSpec {
     }
 
     fn revert(&self, id: &str, host: &Host<'_>) -> Result<(), KernelError> {
-        host.loss_pins
-            .detach(id, &self.device, self.tc_direction())?;
+        host.loss_pins.detach(id)?;
         Ok(())
     }
 

@@ -1,0 +1,161 @@
+//! The loss classifier and what it needs to stand alone in a BPF object.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, TC_ACT_STOLEN},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    macros::{classifier, map},
+    maps::{Array, PerCpuArray},
+    programs::TcContext,
+};
+use faultline_common::{
+    LossConfig, LossStats, L4_ANY, L4_TCP, L4_UDP, MAX_CIDRS, MAX_PORT_RANGES,
+};
+
+#[map]
+static CONFIG: Array<LossConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+static STATS: PerCpuArray<LossStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// TC_ACT_UNSPEC in cls_bpf direct-action mode and TCX_NEXT under TCX: "not my business, go on".
+const NEXT: i32 = -1;
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+#[classifier]
+pub fn faultline_loss(ctx: TcContext) -> i32 {
+    let Some(config) = CONFIG.get(0) else {
+        return NEXT;
+    };
+    // SAFETY: a helper without arguments.
+    if unsafe { bpf_ktime_get_ns() } >= config.deadline_ns {
+        return NEXT;
+    }
+    if !matches(&ctx, config).unwrap_or(false) {
+        return NEXT;
+    }
+    // SAFETY: a helper without arguments.
+    let drop = (unsafe { bpf_get_prandom_u32() } as u64) < config.threshold;
+    if let Some(stats) = STATS.get_ptr_mut(0) {
+        // SAFETY: the per-CPU slot belongs to this CPU while the program runs.
+        unsafe {
+            (*stats).matched += 1;
+            if drop {
+                (*stats).dropped += 1;
+            }
+        }
+    }
+    match (drop, config.consume != 0) {
+        (false, _) => NEXT,
+        (true, false) => TC_ACT_SHOT,
+        (true, true) => TC_ACT_STOLEN,
+    }
+}
+
+/// Whether the packet is one the fault targets; `None` when it is too short to tell.
+///
+/// The loops run to constant bounds and stop at the configured count, and every comparison is
+/// on whole words: that keeps the number of paths the verifier walks small.
+#[inline(always)]
+fn matches(ctx: &TcContext, config: &LossConfig) -> Option<bool> {
+    let l3 = config.l2_len as usize;
+    let ingress = config.ingress != 0;
+    // Only IP packets are subject to the fault; ARP and other link-layer traffic passes.
+    let (proto, l4, first_fragment) = match u16::from_be(ctx.skb.protocol() as u16) {
+        ETH_P_IP => {
+            let version_ihl: u8 = ctx.load(l3).ok()?;
+            if version_ihl >> 4 != 4 {
+                return Some(false);
+            }
+            let addr: u32 = ctx.load(l3 + if ingress { 12 } else { 16 }).ok()?;
+            if !v4_matches(config, addr) {
+                return Some(false);
+            }
+            let ihl = ((version_ihl & 0x0f) as usize) * 4;
+            let fragment: u16 = u16::from_be(ctx.load(l3 + 6).ok()?);
+            let proto: u8 = ctx.load(l3 + 9).ok()?;
+            (proto, l3 + ihl, fragment & 0x1fff == 0)
+        }
+        ETH_P_IPV6 => {
+            let addr: [u64; 2] = ctx.load(l3 + if ingress { 8 } else { 24 }).ok()?;
+            if !v6_matches(config, addr) {
+                return Some(false);
+            }
+            // The next header is taken as the transport: packets with extension headers
+            // do not match a protocol or port filter.
+            let proto: u8 = ctx.load(l3 + 6).ok()?;
+            (proto, l3 + 40, true)
+        }
+        _ => return Some(false),
+    };
+    if config.l4 != L4_ANY && proto != config.l4 {
+        return Some(false);
+    }
+    let n_ports = config.n_ports as usize;
+    if n_ports == 0 {
+        return Some(true);
+    }
+    if !first_fragment || (proto != L4_TCP && proto != L4_UDP) {
+        return Some(false);
+    }
+    // TCP and UDP both keep the destination port two bytes into their header.
+    let dport = u16::from_be(ctx.load::<u16>(l4 + 2).ok()?);
+    for i in 0..MAX_PORT_RANGES {
+        if i >= n_ports {
+            break;
+        }
+        let range = &config.ports[i];
+        if range.first <= dport && dport <= range.last {
+            return Some(true);
+        }
+    }
+    Some(false)
+}
+
+#[inline(always)]
+fn v4_matches(config: &LossConfig, addr: u32) -> bool {
+    let n = config.n_v4 as usize;
+    if n == 0 {
+        // With only IPv6 networks named, no IPv4 packet is targeted.
+        return config.n_v6 == 0;
+    }
+    for i in 0..MAX_CIDRS {
+        if i >= n {
+            break;
+        }
+        let net = &config.v4[i];
+        if addr & net.mask == net.addr {
+            return true;
+        }
+    }
+    false
+}
+
+#[inline(always)]
+fn v6_matches(config: &LossConfig, addr: [u64; 2]) -> bool {
+    let n = config.n_v6 as usize;
+    if n == 0 {
+        return config.n_v4 == 0;
+    }
+    for i in 0..MAX_CIDRS {
+        if i >= n {
+            break;
+        }
+        let net = &config.v6[i];
+        if ((addr[0] & net.mask[0]) ^ net.addr[0]) | ((addr[1] & net.mask[1]) ^ net.addr[1]) == 0 {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,616 @@
+//! faultline's eBPF tc classifier (`faultline_loss`, from agent-ebpf/): loading it for one fault,
+//! attaching it to an interface, and taking it away again.
+//!
+//! Two attach paths, chosen per direction:
+//! - egress: always a cls_bpf filter in a clsact qdisc (netlink, direct action). A dropped packet
+//!   is consumed (`TC_ACT_STOLEN`) and its sender is told the send succeeded, as with netem or a
+//!   real network. Under TCX a drop can only be `TCX_DROP`, which hands the sender ENOBUFS: TCP
+//!   would retry at once instead of losing the segment, and ping would resend.
+//! - ingress: a TCX link on kernels that have TCX (6.6+), cls_bpf in clsact otherwise; the
+//!   receiver never learns of a drop either way.
+//!
+//! Every fault's objects are pinned under `<pin dir>/<fault id>/` on the BPF filesystem: the
+//! `CONFIG` and `STATS` maps, and the TCX link, whose pin alone keeps the program attached after
+//! the agent exits or dies; a cls_bpf filter is held by its qdisc and the program is pinned only
+//! to record that a filter must be removed. Pin names carry the interface and
+//! direction (`tcx-egress-eth0`, `cls-ingress-eth0`), so a start-up sweep can undo an attachment
+//! whose journal entry was lost.
+
+use std::{
+    fmt, fs, io,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::{
+    maps::{Array, MapError},
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::{self as aya_tc, NlOptions, TcAttachOptions},
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+    },
+    pin::PinError,
+    util::KernelVersion,
+    Ebpf, EbpfError,
+};
+pub use faultline_common::LossConfig;
+use faultline_common::{Cidr4, Cidr6, PortRange, L4_ANY, L4_TCP, L4_UDP, MAX_CIDRS, MAX_PORT_RANGES};
+use ipnet::IpNet;
+use thiserror::Error;
+
+/// The compiled eBPF object, built by agent/build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/faultline-ebpf"));
+
+const PROGRAM: &str = "faultline_loss";
+/// Runs ahead of other cls_bpf filters (lower is earlier), so a filter that ends classification
+/// cannot hide packets from the fault.
+const NETLINK_PRIORITY: u16 = 1;
+const BPF_FS: &str = "/sys/fs/bpf";
+
+#[derive(Debug, Error)]
+pub enum TcError {
+    #[error("cannot read CLOCK_MONOTONIC: {0}")]
+    Clock(#[source] nix::Error),
+    #[error("cannot load faultline's eBPF object: {0}")]
+    Load(#[source] EbpfError),
+    #[error("faultline's eBPF object lacks {0} (the agent binary is broken)")]
+    Missing(&'static str),
+    #[error("the kernel refused the eBPF program {PROGRAM}: {0}")]
+    Program(#[source] ProgramError),
+    #[error("cannot attach the classifier to {device} ({direction}): {source}")]
+    Attach {
+        device: String,
+        direction: TcDirection,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("cannot add a clsact qdisc to {device}: {source}")]
+    Clsact {
+        device: String,
+        #[source]
+        source: aya_tc::TcError,
+    },
+    #[error("cannot remove the classifier from {device} ({direction}): {source}")]
+    Detach {
+        device: String,
+        direction: TcDirection,
+        #[source]
+        source: aya_tc::TcError,
+    },
+    #[error("cannot write the classifier's configuration map: {0}")]
+    Map(#[source] MapError),
+    #[error("cannot pin {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: PinError,
+    },
+    #[error("cannot take hold of the TCX link {path}: {source}")]
+    PinnedLink {
+        path: PathBuf,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is not on a BPF filesystem (mount -t bpf bpf {BPF_FS}, or choose a pin directory under it)")]
+    NotBpfFs { path: PathBuf },
+    #[error("interface {device} has link type {link_type}, which the loss classifier cannot parse (it handles Ethernet, loopback and raw IP devices)")]
+    LinkType { device: String, link_type: u32 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcDirection {
+    Ingress,
+    Egress,
+}
+
+impl TcDirection {
+    fn attach_type(self) -> TcAttachType {
+        match self {
+            TcDirection::Ingress => TcAttachType::Ingress,
+            TcDirection::Egress => TcAttachType::Egress,
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "ingress" => Some(Self::Ingress),
+            "egress" => Some(Self::Egress),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for TcDirection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TcDirection::Ingress => "ingress",
+            TcDirection::Egress => "egress",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L4Filter {
+    Any,
+    Tcp,
+    Udp,
+}
+
+/// Whether this kernel attaches tc programs through TCX links (Linux 6.6 and later).
+pub fn tcx_supported() -> bool {
+    KernelVersion::current()
+        .map(|v| v >= KernelVersion::new(6, 6, 0))
+        .unwrap_or(false)
+}
+
+/// Whether a classifier for `direction` attaches through TCX (see the module docs).
+fn uses_tcx(direction: TcDirection) -> bool {
+    direction == TcDirection::Ingress && tcx_supported()
+}
+
+/// The `bpf_ktime_get_ns()` value (CLOCK_MONOTONIC) `remaining` from now.
+pub fn monotonic_deadline_ns(remaining: Duration) -> Result<u64, TcError> {
+    use nix::time::{clock_gettime, ClockId};
+    let now = clock_gettime(ClockId::CLOCK_MONOTONIC).map_err(TcError::Clock)?;
+    let now_ns = now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64;
+    Ok(now_ns.saturating_add(remaining.as_nanos().min(u64::MAX as u128) as u64))
+}
+
+/// The classifier's configuration for one fault. Callers have validated the lists against
+/// the same limits (`faults::MAX_PORT_RANGES`, `faults::MAX_CIDRS`); extra entries would be cut.
+pub fn loss_config(
+    percent: f64,
+    direction: TcDirection,
+    l4: L4Filter,
+    ports: &[(u16, u16)],
+    cidrs: &[IpNet],
+    deadline_ns: u64,
+) -> LossConfig {
+    let mut config = LossConfig::EMPTY;
+    config.deadline_ns = deadline_ns;
+    // A random u32 below the threshold drops the packet; 100 % is 2^32, above every u32.
+    config.threshold = ((percent / 100.0) * 4_294_967_296.0).round() as u64;
+    config.ingress = u8::from(direction == TcDirection::Ingress);
+    config.l4 = match l4 {
+        L4Filter::Any => L4_ANY,
+        L4Filter::Tcp => L4_TCP,
+        L4Filter::Udp => L4_UDP,
+    };
+    for (slot, (first, last)) in config.ports.iter_mut().zip(ports.iter().take(MAX_PORT_RANGES)) {
+        *slot = PortRange {
+            first: *first,
+            last: *last,
+        };
+        config.n_ports += 1;
+    }
+    for cidr in cidrs {
+        match cidr {
+            IpNet::V4(net) if (config.n_v4 as usize) < MAX_CIDRS => {
+                config.v4[config.n_v4 as usize] =
+                    Cidr4::new(net.network().octets(), net.netmask().octets());
+                config.n_v4 += 1;
+            }
+            IpNet::V6(net) if (config.n_v6 as usize) < MAX_CIDRS => {
+                config.v6[config.n_v6 as usize] =
+                    Cidr6::new(net.network().octets(), net.netmask().octets());
+                config.n_v6 += 1;
+            }
+            _ => {}
+        }
+    }
+    config
+}
+
+/// Bytes of link-layer header before the IP header on `device`, from its ARPHRD type.
+fn l2_len(device: &str) -> Result<u16, TcError> {
+    let link_type = link_type(device).map_err(|source| TcError::Io {
+        what: "cannot read the link type of",
+        path: PathBuf::from(device),
+        source,
+    })?;
+    match link_type {
+        // ARPHRD_ETHER, ARPHRD_LOOPBACK
+        1 | 772 => Ok(14),
+        // ARPHRD_TUNNEL, ARPHRD_TUNNEL6, ARPHRD_SIT, ARPHRD_IPGRE, ARPHRD_IP6GRE, ARPHRD_NONE
+        // (WireGuard, tun): the packet starts with its IP header.
+        768 | 769 | 776 | 778 | 823 | 65534 => Ok(0),
+        _ => Err(TcError::LinkType {
+            device: device.to_owned(),
+            link_type: link_type.into(),
+        }),
+    }
+}
+
+/// The interface's ARPHRD type through SIOCGIFHWADDR, which answers for the calling thread's
+/// network namespace (sysfs shows the namespace it was mounted in, which may be another one).
+fn link_type(device: &str) -> io::Result<u16> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    let name = device.as_bytes();
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= request.ifr_name.len() {
+        return Err(io::Error::from_raw_os_error(libc::ENODEV));
+    }
+    for (slot, byte) in request.ifr_name.iter_mut().zip(name) {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: a plain socket call; the descriptor is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: SIOCGIFHWADDR reads the name from and writes the address into `request`.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFHWADDR, &mut request) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFHWADDR filled the hardware-address member of the union.
+    Ok(unsafe { request.ifr_ifru.ifru_hwaddr.sa_family })
+}
+
+/// The pinned loss classifiers under one directory.
+#[derive(Debug)]
+pub struct LossPins {
+    root: PathBuf,
+}
+
+/// How an attachment is held, as recorded in its pin's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Attachment {
+    tcx: bool,
+    direction: TcDirection,
+    device: String,
+}
+
+impl Attachment {
+    fn pin_name(&self) -> String {
+        format!("{}-{}-{}", if self.tcx { "tcx" } else { "cls" }, self.direction, self.device)
+    }
+
+    fn from_pin_name(name: &str) -> Option<Self> {
+        let mut parts = name.splitn(3, '-');
+        let tcx = match parts.next()? {
+            "tcx" => true,
+            "cls" => false,
+            _ => return None,
+        };
+        let direction = TcDirection::parse(parts.next()?)?;
+        let device = parts.next()?.to_owned();
+        Some(Self {
+            tcx,
+            direction,
+            device,
+        })
+    }
+}
+
+impl LossPins {
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    /// The plan for `attach`, for dry runs and `faultline get`.
+    pub fn describe(&self, id: &str, device: &str, direction: TcDirection, what: &str) -> Vec<String> {
+        let how = if uses_tcx(direction) {
+            format!("attach to {device} {direction} through a TCX link, first in order")
+        } else {
+            format!(
+                "add a clsact qdisc to {device} if it has none; attach to its {direction} hook as a \
+                 cls_bpf filter (direct action, priority {NETLINK_PRIORITY})"
+            )
+        };
+        vec![
+            format!("ebpf: load tc classifier {PROGRAM} configured to {what}"),
+            format!("ebpf: {how}"),
+            format!(
+                "ebpf: pin its maps and attachment under {} (the classifier stops dropping at the \
+                 deadline by itself)",
+                self.dir(id).display()
+            ),
+        ]
+    }
+
+    /// Loads a fresh copy of the classifier with `config`, attaches it and pins it.
+    pub fn attach(
+        &self,
+        id: &str,
+        device: &str,
+        direction: TcDirection,
+        config: &LossConfig,
+    ) -> Result<(), TcError> {
+        let mut config = *config;
+        config.l2_len = l2_len(device)?;
+        config.consume = u8::from(!uses_tcx(direction));
+        ensure_bpffs(&self.root)?;
+        let dir = self.dir(id);
+        fs::create_dir_all(&dir).map_err(|source| TcError::Io {
+            what: "cannot create the pin directory",
+            path: dir.clone(),
+            source,
+        })?;
+        let attached = self.load_and_attach(&dir, device, direction, &config);
+        if attached.is_err() {
+            // Leave nothing half-made behind: whatever got pinned goes again.
+            let _ = self.detach(id);
+        }
+        attached
+    }
+
+    fn load_and_attach(
+        &self,
+        dir: &Path,
+        device: &str,
+        direction: TcDirection,
+        config: &LossConfig,
+    ) -> Result<(), TcError> {
+        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(TcError::Load)?;
+        {
+            let map = ebpf.map_mut("CONFIG").ok_or(TcError::Missing("the CONFIG map"))?;
+            let mut array: Array<_, LossConfig> = Array::try_from(map).map_err(TcError::Map)?;
+            array.set(0, config, 0).map_err(TcError::Map)?;
+        }
+        for (name, file) in [("CONFIG", "config"), ("STATS", "stats")] {
+            let map = ebpf.map(name).ok_or(TcError::Missing("a map"))?;
+            let path = dir.join(file);
+            map.pin(&path).map_err(|source| TcError::Pin { path, source })?;
+        }
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(PROGRAM)
+            .ok_or(TcError::Missing("the faultline_loss program"))?
+            .try_into()
+            .map_err(TcError::Program)?;
+        program.load().map_err(TcError::Program)?;
+        let attach_error = |source| TcError::Attach {
+            device: device.to_owned(),
+            direction,
+            source,
+        };
+        let attachment = Attachment {
+            tcx: uses_tcx(direction),
+            direction,
+            device: device.to_owned(),
+        };
+        let pin_path = dir.join(attachment.pin_name());
+        if attachment.tcx {
+            let link_id = program
+                .attach_with_options(
+                    device,
+                    direction.attach_type(),
+                    TcAttachOptions::TcxOrder(LinkOrder::first()),
+                )
+                .map_err(attach_error)?;
+            let link = program.take_link(link_id).map_err(attach_error)?;
+            let link: FdLink = link.try_into().map_err(|source| TcError::PinnedLink {
+                path: pin_path.clone(),
+                source,
+            })?;
+            // The pin holds the link, and the link holds the attachment, once this process
+            // has closed its descriptors.
+            link.pin(&pin_path)
+                .map_err(|source| TcError::Pin { path: pin_path, source })?;
+        } else {
+            match aya_tc::qdisc_add_clsact(device) {
+                Ok(()) => {}
+                Err(aya_tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(source) => {
+                    return Err(TcError::Clsact {
+                        device: device.to_owned(),
+                        source,
+                    })
+                }
+            }
+            let link_id = program
+                .attach_with_options(
+                    device,
+                    direction.attach_type(),
+                    TcAttachOptions::Netlink(NlOptions {
+                        priority: NETLINK_PRIORITY,
+                        ..Default::default()
+                    }),
+                )
+                .map_err(attach_error)?;
+            let link = program.take_link(link_id).map_err(attach_error)?;
+            // Dropping the link would detach the filter; the qdisc holds it from here on and
+            // `detach` removes it by program name.
+            std::mem::forget(link);
+            program
+                .pin(&pin_path)
+                .map_err(|source| TcError::Pin { path: pin_path, source })?;
+        }
+        Ok(())
+    }
+
+    /// Detaches a fault's classifier and removes its pins. Idempotent: a fault with nothing
+    /// pinned any more is fine. The interface and direction come from the pin names, which
+    /// also serves the start-up sweep, where no journal entry tells them.
+    pub fn detach(&self, id: &str) -> Result<(), TcError> {
+        let dir = self.dir(id);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => {
+                return Err(TcError::Io {
+                    what: "cannot read the pin directory",
+                    path: dir,
+                    source,
+                })
+            }
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        // Attachments first, so the maps outlive the program that reads them.
+        names.sort_by_key(|n| Attachment::from_pin_name(n).is_none());
+        for name in names {
+            let path = dir.join(&name);
+            match Attachment::from_pin_name(&name) {
+                Some(Attachment { tcx: true, .. }) => {
+                    let link = PinnedLink::from_pin(&path).map_err(|source| TcError::PinnedLink {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    // Unpinning drops the last reference: the kernel detaches the link.
+                    link.unpin().map_err(|source| TcError::Io {
+                        what: "cannot unpin",
+                        path: path.clone(),
+                        source,
+                    })?;
+                }
+                Some(Attachment {
+                    tcx: false,
+                    direction: pinned_direction,
+                    device: pinned_device,
+                }) => {
+                    match aya_tc::qdisc_detach_program(
+                        &pinned_device,
+                        pinned_direction.attach_type(),
+                        PROGRAM,
+                    ) {
+                        Ok(()) => {}
+                        // Already gone, or the interface itself is gone.
+                        Err(aya_tc::TcError::IoError(e))
+                            if matches!(e.kind(), io::ErrorKind::NotFound)
+                                || e.raw_os_error() == Some(libc::ENODEV) => {}
+                        Err(source) => {
+                            return Err(TcError::Detach {
+                                device: pinned_device,
+                                direction: pinned_direction,
+                                source,
+                            })
+                        }
+                    }
+                    remove_pin(&path)?;
+                }
+                None => remove_pin(&path)?,
+            }
+        }
+        match fs::remove_dir(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(TcError::Io {
+                what: "cannot remove the pin directory",
+                path: dir,
+                source,
+            }),
+        }
+    }
+
+    /// Detaches every pinned classifier whose fault id is not in `keep`; returns their ids.
+    pub fn sweep(&self, keep: &[&str]) -> Result<Vec<String>, TcError> {
+        let entries = match fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(TcError::Io {
+                    what: "cannot read the pin directory",
+                    path: self.root.clone(),
+                    source,
+                })
+            }
+        };
+        let mut swept = Vec::new();
+        for entry in entries.filter_map(Result::ok) {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if keep.contains(&id.as_str()) || !entry.path().is_dir() {
+                continue;
+            }
+            self.detach(&id)?;
+            swept.push(id);
+        }
+        swept.sort();
+        Ok(swept)
+    }
+}
+
+fn remove_pin(path: &Path) -> Result<(), TcError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(TcError::Io {
+            what: "cannot unpin",
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Makes sure `root` exists on a BPF filesystem, mounting bpffs at /sys/fs/bpf when the host
+/// (or a fresh mount namespace) has not.
+fn ensure_bpffs(root: &Path) -> Result<(), TcError> {
+    use nix::{
+        mount::{mount, MsFlags},
+        sys::statfs::{statfs, BPF_FS_MAGIC},
+    };
+    let on_bpffs = |p: &Path| statfs(p).map(|s| s.filesystem_type() == BPF_FS_MAGIC).unwrap_or(false);
+    let bpf_fs = Path::new(BPF_FS);
+    if root.starts_with(bpf_fs) && !on_bpffs(bpf_fs) {
+        mount(Some("bpf"), bpf_fs, Some("bpf"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None::<&str>)
+            .map_err(|e| TcError::Io {
+                what: "cannot mount the BPF filesystem at",
+                path: bpf_fs.to_owned(),
+                source: e.into(),
+            })?;
+    }
+    fs::create_dir_all(root).map_err(|source| TcError::Io {
+        what: "cannot create the pin directory",
+        path: root.to_owned(),
+        source,
+    })?;
+    if !on_bpffs(root) {
+        return Err(TcError::NotBpfFs {
+            path: root.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pin_names_round_trip_devices_with_dashes() {
+        let a = Attachment {
+            tcx: false,
+            direction: TcDirection::Ingress,
+            device: "veth-fl-a1".to_owned(),
+        };
+        assert_eq!(a.pin_name(), "cls-ingress-veth-fl-a1");
+        assert_eq!(Attachment::from_pin_name(&a.pin_name()), Some(a));
+        assert_eq!(Attachment::from_pin_name("config"), None);
+    }
+
+    #[test]
+    fn config_carries_filters_and_threshold() {
+        let c = loss_config(
+            25.0,
+            TcDirection::Ingress,
+            L4Filter::Udp,
+            &[(53, 53), (8000, 8100)],
+            &["10.1.0.0/16".parse().unwrap(), "fd00::/8".parse().unwrap()],
+            42,
+        );
+        assert_eq!(c.threshold, 1 << 30);
+        assert_eq!((c.ingress, c.l4, c.n_ports, c.n_v4, c.n_v6), (1, L4_UDP, 2, 1, 1));
+        assert_eq!(c.v4[0].addr.to_ne_bytes(), [10, 1, 0, 0]);
+        assert_eq!(c.v4[0].mask.to_ne_bytes(), [255, 255, 0, 0]);
+        assert_eq!(c.v6[0].mask[0].to_ne_bytes(), [0xff, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(c.v6[0].mask[1], 0);
+        assert_eq!(c.deadline_ns, 42);
+        assert_eq!(loss_config(100.0, TcDirection::Egress, L4Filter::Any, &[], &[], 1).threshold, 1 << 32);
+    }
+}
