@@ -33,7 +33,10 @@ fn main() -> anyhow::Result<()> {
     }
 
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../agent-ebpf");
-    println!("cargo:rerun-if-changed={}", concat!(env!("CARGO_MANIFEST_DIR"), "/../common/src"));
+    println!(
+        "cargo:rerun-if-changed={}",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../common/src")
+    );
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "faultline-ebpf",

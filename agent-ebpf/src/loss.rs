@@ -7,9 +7,7 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
     programs::TcContext,
 };
-use faultline_common::{
-    LossConfig, LossStats, L4_ANY, L4_TCP, L4_UDP, MAX_CIDRS, MAX_PORT_RANGES,
-};
+use faultline_common::{LossConfig, LossStats, L4_ANY, L4_TCP, L4_UDP, MAX_CIDRS, MAX_PORT_RANGES};
 
 #[map]
 static CONFIG: Array<LossConfig> = Array::with_max_entries(1, 0);

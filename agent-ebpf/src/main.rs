@@ -16,6 +16,8 @@ mod loss;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {
-    eprintln!("faultline-ebpf holds eBPF programs: the agent's build compiles it for bpfel-unknown-none");
+    eprintln!(
+        "faultline-ebpf holds eBPF programs: the agent's build compiles it for bpfel-unknown-none"
+    );
     std::process::exit(2);
 }

@@ -33,8 +33,16 @@ impl InvalidSpec {
 pub enum KernelError {
     #[error(transparent)]
     Nft(#[from] NftError),
+    /// Boxed: aya's errors are large, and every `Result` carrying a `KernelError` would pay
+    /// for their size.
     #[error(transparent)]
-    Tc(#[from] TcError),
+    Tc(Box<TcError>),
+}
+
+impl From<TcError> for KernelError {
+    fn from(e: TcError) -> Self {
+        KernelError::Tc(Box::new(e))
+    }
 }
 
 #[derive(Debug, Error)]

@@ -136,10 +136,7 @@ mod tests {
 
     #[test]
     fn layout_has_no_hidden_padding() {
-        let fields = 8 + 8 + 2 + 1 + 1 + 4
-            + MAX_PORT_RANGES * 4
-            + MAX_CIDRS * 8
-            + MAX_CIDRS * 32;
+        let fields = 8 + 8 + 2 + 1 + 1 + 4 + MAX_PORT_RANGES * 4 + MAX_CIDRS * 8 + MAX_CIDRS * 32;
         assert_eq!(core::mem::size_of::<LossConfig>(), fields);
         assert_eq!(core::mem::size_of::<LossStats>(), 16);
     }

@@ -19,7 +19,10 @@ impl AgentService {
 
 #[tonic::async_trait]
 impl Agent for AgentService {
-    async fn info(&self, _: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
+    async fn info(
+        &self,
+        _: Request<pb::InfoRequest>,
+    ) -> Result<Response<pb::InfoResponse>, Status> {
         let caps = self.engine.capabilities();
         let config = self.engine.config();
         Ok(Response::new(pb::InfoResponse {

@@ -18,11 +18,10 @@ use crate::{
 };
 
 pub fn apply_request(req: pb::ApplyRequest) -> Result<ApplyRequest, InvalidSpec> {
-    let spec = fault_spec(req.spec.ok_or_else(|| missing_spec())?)?;
-    let duration = duration(
-        req.duration
-            .ok_or_else(|| InvalidSpec::new("duration", "missing: every fault needs one (e.g. 30s)"))?,
-    )?;
+    let spec = fault_spec(req.spec.ok_or_else(missing_spec)?)?;
+    let duration = duration(req.duration.ok_or_else(|| {
+        InvalidSpec::new("duration", "missing: every fault needs one (e.g. 30s)")
+    })?)?;
     Ok(ApplyRequest {
         spec,
         duration,
@@ -47,7 +46,10 @@ pub fn fault_spec(spec: pb::FaultSpec) -> Result<FaultSpec, InvalidSpec> {
         })),
         pb::fault_spec::Kind::Loss(l) => Ok(FaultSpec::Loss(LossSpec {
             device: if l.device.is_empty() {
-                return Err(InvalidSpec::new("dev", "missing: name the interface whose packets to drop"));
+                return Err(InvalidSpec::new(
+                    "dev",
+                    "missing: name the interface whose packets to drop",
+                ));
             } else {
                 l.device
             },
@@ -62,8 +64,13 @@ fn direction(value: i32, default: Option<Direction>) -> Result<Direction, Invali
     match pb::Direction::try_from(value) {
         Ok(pb::Direction::Ingress) => Ok(Direction::Ingress),
         Ok(pb::Direction::Egress) => Ok(Direction::Egress),
-        Ok(pb::Direction::Unspecified) => default.ok_or_else(|| InvalidSpec::new("dir", "missing: expected in (ingress) or out (egress)")),
-        Err(_) => Err(InvalidSpec::new("dir", format!("unknown direction {value}, expected in (ingress) or out (egress)"))),
+        Ok(pb::Direction::Unspecified) => default.ok_or_else(|| {
+            InvalidSpec::new("dir", "missing: expected in (ingress) or out (egress)")
+        }),
+        Err(_) => Err(InvalidSpec::new(
+            "dir",
+            format!("unknown direction {value}, expected in (ingress) or out (egress)"),
+        )),
     }
 }
 
@@ -84,8 +91,16 @@ fn packet_match(m: pb::PacketMatch) -> Result<PacketMatch, InvalidSpec> {
         .iter()
         .map(|r| PortRange::new(r.first, if r.last == 0 { r.first } else { r.last }, "port"))
         .collect::<Result<Vec<_>, _>>()?;
-    let cidrs = m.cidrs.iter().map(|c| parse_cidr(c)).collect::<Result<Vec<_>, _>>()?;
-    Ok(PacketMatch { protocol, ports, cidrs })
+    let cidrs = m
+        .cidrs
+        .iter()
+        .map(|c| parse_cidr(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(PacketMatch {
+        protocol,
+        ports,
+        cidrs,
+    })
 }
 
 /// `10.0.0.0/8`, `2001:db8::/32`, or a bare address (a /32 or /128). Host bits are cleared.
@@ -197,7 +212,12 @@ pub fn fault(f: pb::Fault) -> Result<Fault, InvalidSpec> {
         Ok(pb::FaultState::Reverting) => FaultState::Reverting,
         Ok(pb::FaultState::Reverted) => FaultState::Reverted,
         Ok(pb::FaultState::Failed) => FaultState::Failed,
-        _ => return Err(InvalidSpec::new("state", format!("unknown fault state {}", f.state))),
+        _ => {
+            return Err(InvalidSpec::new(
+                "state",
+                format!("unknown fault state {}", f.state),
+            ))
+        }
     };
     Ok(Fault {
         spec: fault_spec(f.spec.ok_or_else(missing_spec)?)?,
@@ -230,7 +250,10 @@ mod tests {
                     }),
                 })),
             }),
-            duration: Some(prost_types::Duration { seconds: 30, nanos: 0 }),
+            duration: Some(prost_types::Duration {
+                seconds: 30,
+                nanos: 0,
+            }),
             ..Default::default()
         }
     }
@@ -241,10 +264,29 @@ mod tests {
 
     #[test]
     fn a_request_round_trips_through_the_domain() {
-        let req = apply_request(loss(30.0, vec![port(53, 0), port(8000, 8100)], vec!["10.1.2.3/8", "fd00::1"])).unwrap();
-        let FaultSpec::Loss(spec) = &req.spec else { panic!("not loss") };
+        let req = apply_request(loss(
+            30.0,
+            vec![port(53, 0), port(8000, 8100)],
+            vec!["10.1.2.3/8", "fd00::1"],
+        ))
+        .unwrap();
+        let FaultSpec::Loss(spec) = &req.spec else {
+            panic!("not loss")
+        };
         assert_eq!(spec.direction, Direction::Egress, "loss defaults to egress");
-        assert_eq!(spec.matcher.ports, vec![PortRange { first: 53, last: 53 }, PortRange { first: 8000, last: 8100 }]);
+        assert_eq!(
+            spec.matcher.ports,
+            vec![
+                PortRange {
+                    first: 53,
+                    last: 53
+                },
+                PortRange {
+                    first: 8000,
+                    last: 8100
+                }
+            ]
+        );
         assert_eq!(spec.matcher.cidrs[0].to_string(), "10.0.0.0/8");
         assert_eq!(spec.matcher.cidrs[1].to_string(), "fd00::1/128");
         assert_eq!(fault_spec(proto_spec(&req.spec)).unwrap(), req.spec);
@@ -262,7 +304,10 @@ mod tests {
         no_duration.duration = None;
         assert_eq!(field(no_duration), "duration");
         let err = apply_request(loss(30.0, vec![port(70000, 0)], vec![])).unwrap_err();
-        assert_eq!(err.to_string(), "port: 70000 is out of range, expected 1-65535");
+        assert_eq!(
+            err.to_string(),
+            "port: 70000 is out of range, expected 1-65535"
+        );
     }
 
     #[test]
@@ -271,7 +316,10 @@ mod tests {
             spec: Some(pb::FaultSpec {
                 kind: Some(pb::fault_spec::Kind::Block(pb::BlockSpec::default())),
             }),
-            duration: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+            duration: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
             ..Default::default()
         };
         assert_eq!(apply_request(req).unwrap_err().field, "dir");

@@ -22,8 +22,12 @@ impl FaultsService {
 
 #[tonic::async_trait]
 impl Faults for FaultsService {
-    async fn apply(&self, request: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
-        let request = convert::apply_request(request.into_inner()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    async fn apply(
+        &self,
+        request: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let request = convert::apply_request(request.into_inner())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let response = match self.engine.apply(request).await.map_err(from_engine)? {
             ApplyOutcome::DryRun { plan } => pb::ApplyResponse { fault: None, plan },
             ApplyOutcome::Applied(fault) => pb::ApplyResponse {
@@ -35,16 +39,30 @@ impl Faults for FaultsService {
     }
 
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::Fault>, Status> {
-        let fault = self.engine.get(&request.into_inner().id).map_err(from_engine)?;
+        let fault = self
+            .engine
+            .get(&request.into_inner().id)
+            .map_err(from_engine)?;
         Ok(Response::new(convert::proto_fault(&fault)))
     }
 
-    async fn list(&self, _: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
-        let faults = self.engine.list().iter().map(convert::proto_fault).collect();
+    async fn list(
+        &self,
+        _: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        let faults = self
+            .engine
+            .list()
+            .iter()
+            .map(convert::proto_fault)
+            .collect();
         Ok(Response::new(pb::ListResponse { faults }))
     }
 
-    async fn revert(&self, request: Request<pb::RevertRequest>) -> Result<Response<pb::Fault>, Status> {
+    async fn revert(
+        &self,
+        request: Request<pb::RevertRequest>,
+    ) -> Result<Response<pb::Fault>, Status> {
         let fault = self
             .engine
             .revert(&request.into_inner().id, RevertReason::Requested)
@@ -53,7 +71,10 @@ impl Faults for FaultsService {
         Ok(Response::new(convert::proto_fault(&fault)))
     }
 
-    async fn revert_all(&self, _: Request<pb::RevertAllRequest>) -> Result<Response<pb::RevertAllResponse>, Status> {
+    async fn revert_all(
+        &self,
+        _: Request<pb::RevertAllRequest>,
+    ) -> Result<Response<pb::RevertAllResponse>, Status> {
         let mut faults = Vec::new();
         let mut failures = Vec::new();
         for result in self.engine.revert_all(RevertReason::Requested).await {
@@ -75,7 +96,10 @@ impl Faults for FaultsService {
 
     type WatchStream = ReceiverStream<Result<pb::FaultEvent, Status>>;
 
-    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let only = Some(request.into_inner().fault_id).filter(|id| !id.is_empty());
         if let Some(id) = &only {
             self.engine.get(id).map_err(from_engine)?;

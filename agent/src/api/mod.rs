@@ -46,7 +46,9 @@ pub async fn serve(engine: Arc<Engine>) -> anyhow::Result<()> {
     health_reporter
         .set_serving::<FaultsServer<FaultsService>>()
         .await;
-    health_reporter.set_serving::<AgentServer<AgentService>>().await;
+    health_reporter
+        .set_serving::<AgentServer<AgentService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -114,7 +116,8 @@ fn bind(path: &Path) -> anyhow::Result<UnixListener> {
                 path.display()
             );
         }
-        fs::remove_file(path).with_context(|| format!("removing the stale socket {}", path.display()))?;
+        fs::remove_file(path)
+            .with_context(|| format!("removing the stale socket {}", path.display()))?;
     }
     // Create the socket with no permissions for others at all, rather than chmod after bind,
     // so there is no moment in which someone else could connect.
@@ -136,7 +139,10 @@ pub enum AgentAddress {
 
 impl AgentAddress {
     pub fn parse(text: &str) -> Self {
-        if let Some(path) = text.strip_prefix("unix://").or_else(|| text.strip_prefix("unix:")) {
+        if let Some(path) = text
+            .strip_prefix("unix://")
+            .or_else(|| text.strip_prefix("unix:"))
+        {
             AgentAddress::Unix(path.into())
         } else if text.starts_with("http://") || text.starts_with("https://") {
             AgentAddress::Tcp(text.to_owned())
@@ -164,7 +170,9 @@ pub async fn connect(address: &AgentAddress) -> Result<Channel, tonic::transport
             Endpoint::from_static("http://localhost")
                 .connect_with_connector(tower::service_fn(move |_: Uri| {
                     let path = path.clone();
-                    async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+                    async move {
+                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
+                    }
                 }))
                 .await
         }

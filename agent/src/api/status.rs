@@ -12,7 +12,9 @@ pub fn from_engine(e: EngineError) -> Status {
         EngineError::Conflict { .. } => Code::AlreadyExists,
         EngineError::Guarded { .. } | EngineError::Unsupported { .. } => Code::FailedPrecondition,
         EngineError::ShuttingDown => Code::Unavailable,
-        EngineError::Journal(_) | EngineError::Apply { .. } | EngineError::Revert { .. } => Code::Internal,
+        EngineError::Journal(_) | EngineError::Apply { .. } | EngineError::Revert { .. } => {
+            Code::Internal
+        }
     };
     // `{:#}`-style chain: the kernel's own words are what an operator needs on a failure.
     let mut message = e.to_string();

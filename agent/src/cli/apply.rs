@@ -22,22 +22,27 @@ use crate::{
 
 pub async fn client(global: &Global) -> Result<FaultsClient<Channel>, Failure> {
     let address = AgentAddress::parse(&global.agent);
-    let channel = connect(&address).await.map_err(|e| Failure::unreachable(&address, e))?;
+    let channel = connect(&address)
+        .await
+        .map_err(|e| Failure::unreachable(&address, e))?;
     Ok(FaultsClient::new(channel))
 }
 
-pub async fn run(global: &Global, args: &ApplyArgs, kind: pb::fault_spec::Kind) -> Result<(), Failure> {
+pub async fn run(
+    global: &Global,
+    args: &ApplyArgs,
+    kind: pb::fault_spec::Kind,
+) -> Result<(), Failure> {
     let mut faults = client(global).await?;
     let response = faults.apply(args.request(kind)).await?.into_inner();
     if args.dry_run {
         output::print_plan(&response.plan, global.output);
         return Ok(());
     }
-    let fault = output::fault(
-        response
-            .fault
-            .ok_or_else(|| Failure::internal("the agent applied the fault but did not return it"))?,
-    )?;
+    let fault =
+        output::fault(response.fault.ok_or_else(|| {
+            Failure::internal("the agent applied the fault but did not return it")
+        })?)?;
     if args.detach {
         match global.output {
             Output::Json => output::print_fault(&fault, Output::Json),
@@ -51,7 +56,10 @@ pub async fn run(global: &Global, args: &ApplyArgs, kind: pb::fault_spec::Kind) 
     }
     match last.state {
         FaultState::Reverted => Ok(()),
-        _ => Err(Failure::internal(format!("fault {} ended {}: {}", last.id, last.state, last.reason))),
+        _ => Err(Failure::internal(format!(
+            "fault {} ended {}: {}",
+            last.id, last.state, last.reason
+        ))),
     }
 }
 
@@ -69,8 +77,10 @@ async fn follow(faults: &mut FaultsClient<Channel>, fault: Fault) -> Result<Faul
         })
         .await?
         .into_inner();
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| Failure::internal(format!("SIGINT handler: {e}")))?;
-    let mut term = signal(SignalKind::terminate()).map_err(|e| Failure::internal(format!("SIGTERM handler: {e}")))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|e| Failure::internal(format!("SIGINT handler: {e}")))?;
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| Failure::internal(format!("SIGTERM handler: {e}")))?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut current = fault;
     loop {
@@ -102,11 +112,17 @@ async fn follow(faults: &mut FaultsClient<Channel>, fault: Fault) -> Result<Faul
     if tty {
         eprint!("\r\x1b[K");
     }
-    eprintln!("fault {} {} ({})", current.id, current.state, current.reason);
+    eprintln!(
+        "fault {} {} ({})",
+        current.id, current.state, current.reason
+    );
     Ok(current)
 }
 
 async fn revert(faults: &mut FaultsClient<Channel>, id: &str) -> Result<Fault, Failure> {
-    let reverted = faults.revert(pb::RevertRequest { id: id.to_owned() }).await?.into_inner();
+    let reverted = faults
+        .revert(pb::RevertRequest { id: id.to_owned() })
+        .await?
+        .into_inner();
     output::fault(reverted)
 }

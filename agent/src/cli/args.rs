@@ -103,7 +103,13 @@ impl ApplyArgs {
         pb::ApplyRequest {
             spec: Some(pb::FaultSpec { kind: Some(spec) }),
             duration: prost_types::Duration::try_from(self.duration).ok(),
-            labels: self.labels.iter().cloned().collect::<BTreeMap<_, _>>().into_iter().collect(),
+            labels: self
+                .labels
+                .iter()
+                .cloned()
+                .collect::<BTreeMap<_, _>>()
+                .into_iter()
+                .collect(),
             dry_run: self.dry_run,
             force: self.force,
         }
@@ -112,15 +118,16 @@ impl ApplyArgs {
 
 /// `30s`, `1m30s`, `500ms`, `2h`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{e} (expected e.g. 30s, 1m30s, 500ms, 2h)"))
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{e} (expected e.g. 30s, 1m30s, 500ms, 2h)"))
 }
 
 /// `8080` or `8000-8100`; range checks are the agent's, so every interface gets the same ones.
 pub fn parse_port_range(text: &str) -> Result<pb::PortRange, String> {
     let number = |s: &str| {
-        s.trim()
-            .parse::<u32>()
-            .map_err(|_| format!("{s:?} is not a port number (expected 1-65535, or a range like 8000-8100)"))
+        s.trim().parse::<u32>().map_err(|_| {
+            format!("{s:?} is not a port number (expected 1-65535, or a range like 8000-8100)")
+        })
     };
     match text.split_once('-') {
         Some((first, last)) => Ok(pb::PortRange {
@@ -129,7 +136,10 @@ pub fn parse_port_range(text: &str) -> Result<pb::PortRange, String> {
         }),
         None => {
             let port = number(text)?;
-            Ok(pb::PortRange { first: port, last: port })
+            Ok(pb::PortRange {
+                first: port,
+                last: port,
+            })
         }
     }
 }
@@ -154,6 +164,9 @@ mod tests {
         assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert!(parse_duration("soon").is_err());
-        assert_eq!(parse_label("team=sre").unwrap(), ("team".to_owned(), "sre".to_owned()));
+        assert_eq!(
+            parse_label("team=sre").unwrap(),
+            ("team".to_owned(), "sre".to_owned())
+        );
     }
 }

@@ -16,7 +16,11 @@ pub struct Options {
 }
 
 pub async fn run(global: &Global, o: Options) -> Result<(), Failure> {
-    let fault = client(global).await?.get(pb::GetRequest { id: o.id }).await?.into_inner();
+    let fault = client(global)
+        .await?
+        .get(pb::GetRequest { id: o.id })
+        .await?
+        .into_inner();
     output::print_fault(&output::fault(fault)?, global.output);
     Ok(())
 }

@@ -15,8 +15,13 @@ pub struct Options {}
 
 pub async fn run(global: &Global, _: Options) -> Result<(), Failure> {
     let address = AgentAddress::parse(&global.agent);
-    let channel = connect(&address).await.map_err(|e| Failure::unreachable(&address, e))?;
-    let info = AgentClient::new(channel).info(pb::InfoRequest {}).await?.into_inner();
+    let channel = connect(&address)
+        .await
+        .map_err(|e| Failure::unreachable(&address, e))?;
+    let info = AgentClient::new(channel)
+        .info(pb::InfoRequest {})
+        .await?
+        .into_inner();
     match global.output {
         Output::Json => output::print_json(&json!({
             "version": info.version,
@@ -31,10 +36,21 @@ pub async fn run(global: &Global, _: Options) -> Result<(), Failure> {
             "active_faults": info.active_faults,
         })),
         Output::Text => {
-            println!("faultline {} on {} (kernel {})", info.version, info.hostname, info.kernel_release);
-            println!("socket {}, state {}, {} active fault(s)", info.socket_path, info.state_dir, info.active_faults);
+            println!(
+                "faultline {} on {} (kernel {})",
+                info.version, info.hostname, info.kernel_release
+            );
+            println!(
+                "socket {}, state {}, {} active fault(s)",
+                info.socket_path, info.state_dir, info.active_faults
+            );
             for c in &info.capabilities {
-                println!("  {:<9} {:<3}  {}", c.name, if c.available { "yes" } else { "no" }, c.detail);
+                println!(
+                    "  {:<9} {:<3}  {}",
+                    c.name,
+                    if c.available { "yes" } else { "no" },
+                    c.detail
+                );
             }
         }
     }

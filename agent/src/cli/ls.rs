@@ -17,8 +17,16 @@ pub struct Options {
 }
 
 pub async fn run(global: &Global, o: Options) -> Result<(), Failure> {
-    let listed = client(global).await?.list(pb::ListRequest {}).await?.into_inner();
-    let mut faults = listed.faults.into_iter().map(output::fault).collect::<Result<Vec<_>, _>>()?;
+    let listed = client(global)
+        .await?
+        .list(pb::ListRequest {})
+        .await?
+        .into_inner();
+    let mut faults = listed
+        .faults
+        .into_iter()
+        .map(output::fault)
+        .collect::<Result<Vec<_>, _>>()?;
     if o.active {
         faults.retain(|f| !f.state.is_finished());
     }

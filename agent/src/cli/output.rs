@@ -67,7 +67,8 @@ impl From<tonic::Status> for Failure {
 
 /// The agent's fault as the CLI shows it; `None` when the agent sent something unreadable.
 pub fn fault(f: pb::Fault) -> Result<Fault, Failure> {
-    convert::fault(f).map_err(|e| Failure::internal(format!("the agent sent a fault this CLI cannot read: {e}")))
+    convert::fault(f)
+        .map_err(|e| Failure::internal(format!("the agent sent a fault this CLI cannot read: {e}")))
 }
 
 /// A fault as JSON: the journal's shape plus `kind` and `remaining_secs` for scripts.
@@ -78,14 +79,21 @@ pub fn fault_json(f: &Fault) -> Value {
         if let Some(duration) = map.remove("duration") {
             map.insert("duration_secs".into(), duration);
         }
-        let remaining = if f.state.is_finished() { 0.0 } else { f.remaining(SystemTime::now()).as_secs_f64() };
+        let remaining = if f.state.is_finished() {
+            0.0
+        } else {
+            f.remaining(SystemTime::now()).as_secs_f64()
+        };
         map.insert("remaining_secs".into(), json!(remaining));
     }
     value
 }
 
 pub fn print_json(value: &Value) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
 }
 
 fn remaining_text(f: &Fault) -> String {
@@ -106,13 +114,22 @@ pub fn print_faults(faults: &[Fault], output: Output) {
                 println!("no faults");
                 return;
             }
-            println!("{:<12}  {:<5}  {:<9}  {:>9}  WHAT", "ID", "KIND", "STATE", "REMAINING");
+            println!(
+                "{:<12}  {:<5}  {:<9}  {:>9}  WHAT",
+                "ID", "KIND", "STATE", "REMAINING"
+            );
             for f in faults {
                 let mut what = f.spec.family().summary();
                 if f.state.is_finished() && !f.reason.is_empty() {
                     what.push_str(&format!(" [{}]", f.reason));
                 }
-                println!("{:<12}  {:<5}  {:<9}  {:>9}  {what}", f.id, f.spec.kind(), f.state.to_string(), remaining_text(f));
+                println!(
+                    "{:<12}  {:<5}  {:<9}  {:>9}  {what}",
+                    f.id,
+                    f.spec.kind(),
+                    f.state.to_string(),
+                    remaining_text(f)
+                );
             }
         }
     }
@@ -129,8 +146,15 @@ pub fn print_fault(f: &Fault, output: Output) {
             if !f.reason.is_empty() {
                 println!("reason:    {}", f.reason);
             }
-            println!("created:   {}", humantime::format_rfc3339_seconds(f.created_at));
-            println!("deadline:  {} ({} left)", humantime::format_rfc3339_seconds(f.deadline), remaining_text(f));
+            println!(
+                "created:   {}",
+                humantime::format_rfc3339_seconds(f.created_at)
+            );
+            println!(
+                "deadline:  {} ({} left)",
+                humantime::format_rfc3339_seconds(f.deadline),
+                remaining_text(f)
+            );
             for (k, v) in &f.labels {
                 println!("label:     {k}={v}");
             }

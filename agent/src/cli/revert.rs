@@ -31,8 +31,15 @@ pub async fn run(global: &Global, o: Options) -> Result<(), Failure> {
             }
         }
         None => {
-            let reverted = faults.revert_all(pb::RevertAllRequest {}).await?.into_inner();
-            let reverted = reverted.faults.into_iter().map(output::fault).collect::<Result<Vec<_>, _>>()?;
+            let reverted = faults
+                .revert_all(pb::RevertAllRequest {})
+                .await?
+                .into_inner();
+            let reverted = reverted
+                .faults
+                .into_iter()
+                .map(output::fault)
+                .collect::<Result<Vec<_>, _>>()?;
             match global.output {
                 Output::Json => output::print_faults(&reverted, Output::Json),
                 Output::Text => println!("{} fault(s) reverted", reverted.len()),

@@ -74,7 +74,10 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         }
     }
     let engine = Engine::new(config, caps).context("opening the journal")?;
-    let recovery = engine.recover().await.context("reverting what an earlier run left behind")?;
+    let recovery = engine
+        .recover()
+        .await
+        .context("reverting what an earlier run left behind")?;
     if !recovery.reverted.is_empty() || !recovery.swept.is_empty() {
         info!(
             reverted = recovery.reverted.len(),
@@ -83,7 +86,10 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         );
     }
     for (id, error) in &recovery.failed {
-        warn!(id, error, "a fault from an earlier run could not be reverted; it stays journalled");
+        warn!(
+            id,
+            error, "a fault from an earlier run could not be reverted; it stays journalled"
+        );
     }
     api::serve(engine).await
 }

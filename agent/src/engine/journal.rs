@@ -93,7 +93,9 @@ impl Journal {
             }
             let parsed = fs::read(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|bytes| serde_json::from_slice::<Fault>(&bytes).map_err(|e| e.to_string()));
+                .and_then(|bytes| {
+                    serde_json::from_slice::<Fault>(&bytes).map_err(|e| e.to_string())
+                });
             match parsed {
                 Ok(fault) => faults.push(fault),
                 Err(error) => {
@@ -174,9 +176,11 @@ mod tests {
         journal.remove(&a.id).unwrap();
         let (faults, _) = journal.load().unwrap();
         assert_eq!(faults.len(), 1);
-        assert!(fs::read_dir(journal.dir())
+        assert!(fs::read_dir(journal.dir()).unwrap().all(|e| !e
             .unwrap()
-            .all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".tmp")));
     }
 
     #[test]

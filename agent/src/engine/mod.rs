@@ -69,8 +69,10 @@ pub struct ApplyRequest {
 #[derive(Debug, Clone)]
 pub enum ApplyOutcome {
     /// Nothing was touched; this is what would be done.
-    DryRun { plan: Vec<String> },
-    Applied(Fault),
+    DryRun {
+        plan: Vec<String>,
+    },
+    Applied(Box<Fault>),
 }
 
 /// What start-up found and cleaned.
@@ -212,13 +214,19 @@ impl Engine {
             source,
         })?;
         for object in &recovery.swept {
-            warn!(object, "removed a faultline kernel object no journal entry knew");
+            warn!(
+                object,
+                "removed a faultline kernel object no journal entry knew"
+            );
         }
         Ok(recovery)
     }
 
     /// Validates, plans, journals and applies a fault, then arms its deadline.
-    pub async fn apply(self: &Arc<Self>, request: ApplyRequest) -> Result<ApplyOutcome, EngineError> {
+    pub async fn apply(
+        self: &Arc<Self>,
+        request: ApplyRequest,
+    ) -> Result<ApplyOutcome, EngineError> {
         self.check_request(&request)?;
         let family = request.spec.family();
         let host = self.host();
@@ -259,7 +267,11 @@ impl Engine {
                 return Err(EngineError::ShuttingDown);
             }
             let claims = family.claims();
-            for other in registry.faults.values().filter(|e| !e.fault.state.is_finished()) {
+            for other in registry
+                .faults
+                .values()
+                .filter(|e| !e.fault.state.is_finished())
+            {
                 if let Some(claim) = other
                     .fault
                     .spec
@@ -288,11 +300,16 @@ impl Engine {
         }
         self.publish(&fault);
 
-        let applied = self.kernel(&fault, |family, id, host| family.apply(id, deadline, host)).await;
+        let applied = self
+            .kernel(&fault, |family, id, host| family.apply(id, deadline, host))
+            .await;
         if let Err(source) = applied {
             // apply cleans up after itself; the revert is a second line of defence and must
             // not hide the original error.
-            if let Err(e) = self.kernel(&fault, |family, id, host| family.revert(id, host)).await {
+            if let Err(e) = self
+                .kernel(&fault, |family, id, host| family.revert(id, host))
+                .await
+            {
                 error!(id = %fault.id, error = %e, "clean-up after a failed apply failed");
                 fault.state = FaultState::Failed;
                 fault.reason = format!("apply failed: {source}; clean-up failed: {e}");
@@ -335,7 +352,7 @@ impl Engine {
         }
         info!(id = %fault.id, spec = %fault.spec.family().summary(), duration = %humantime::format_duration(fault.duration), "fault active");
         self.publish(&fault);
-        Ok(ApplyOutcome::Applied(fault))
+        Ok(ApplyOutcome::Applied(Box::new(fault)))
     }
 
     fn check_request(&self, request: &ApplyRequest) -> Result<(), InvalidSpec> {
@@ -359,7 +376,10 @@ impl Engine {
         if request.labels.len() > MAX_LABELS {
             return Err(InvalidSpec::new(
                 "label",
-                format!("{} labels given, at most {MAX_LABELS} are accepted", request.labels.len()),
+                format!(
+                    "{} labels given, at most {MAX_LABELS} are accepted",
+                    request.labels.len()
+                ),
             ));
         }
         for (key, value) in &request.labels {
@@ -377,7 +397,10 @@ impl Engine {
             if value.len() > 256 {
                 return Err(InvalidSpec::new(
                     "label",
-                    format!("the value of {key:?} is {} bytes long, at most 256 are accepted", value.len()),
+                    format!(
+                        "the value of {key:?} is {} bytes long, at most 256 are accepted",
+                        value.len()
+                    ),
                 ));
             }
         }
@@ -404,7 +427,12 @@ impl Engine {
 
     /// Every fault the agent knows, oldest first.
     pub fn list(&self) -> Vec<Fault> {
-        let mut faults: Vec<Fault> = self.registry().faults.values().map(|e| e.fault.clone()).collect();
+        let mut faults: Vec<Fault> = self
+            .registry()
+            .faults
+            .values()
+            .map(|e| e.fault.clone())
+            .collect();
         faults.sort_by_key(|f| f.created_at);
         faults
     }
@@ -436,7 +464,10 @@ impl Engine {
             entry.fault.clone()
         };
         self.publish(&fault);
-        match self.kernel(&fault, |family, id, host| family.revert(id, host)).await {
+        match self
+            .kernel(&fault, |family, id, host| family.revert(id, host))
+            .await
+        {
             Ok(()) => {
                 fault.state = FaultState::Reverted;
                 fault.reason = reason.as_str().to_owned();

@@ -50,7 +50,12 @@ impl BlockSpec {
                 Protocol::Tcp => nft::L4::Tcp,
                 Protocol::Udp => nft::L4::Udp,
             },
-            ports: self.matcher.ports.iter().map(|r| r.first..=r.last).collect(),
+            ports: self
+                .matcher
+                .ports
+                .iter()
+                .map(|r| r.first..=r.last)
+                .collect(),
             v4,
             v6,
             device: self.device.clone(),
@@ -154,7 +159,13 @@ mod tests {
             direction,
             matcher: PacketMatch {
                 protocol: Protocol::Any,
-                ports: ports.iter().map(|p| PortRange { first: *p, last: *p }).collect(),
+                ports: ports
+                    .iter()
+                    .map(|p| PortRange {
+                        first: *p,
+                        last: *p,
+                    })
+                    .collect(),
                 cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
             },
             reject: false,
@@ -176,7 +187,7 @@ mod tests {
         // Our replies go to the client's ephemeral port, so an outbound port-22 block does
         // not touch an inbound SSH session, while an outbound block of its address does.
         assert!(!block(Direction::Egress, &[22], &[]).touches(&ssh()));
-        assert!(block(Direction::Egress, &[], &["192.0.2.9"]).touches(&ssh()));
+        assert!(block(Direction::Egress, &[], &["192.0.2.9/32"]).touches(&ssh()));
     }
 
     #[test]

@@ -73,10 +73,9 @@ impl PortRange {
     /// Checks a range as a caller wrote it; `field` names it in the error.
     pub fn new(first: u32, last: u32, field: &str) -> Result<Self, InvalidSpec> {
         let check = |p: u32| {
-            u16::try_from(p)
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| InvalidSpec::new(field, format!("{p} is out of range, expected 1-65535")))
+            u16::try_from(p).ok().filter(|p| *p != 0).ok_or_else(|| {
+                InvalidSpec::new(field, format!("{p} is out of range, expected 1-65535"))
+            })
         };
         let (first, last) = (check(first)?, check(last)?);
         if first > last {
@@ -120,13 +119,19 @@ impl PacketMatch {
         if self.ports.len() > MAX_PORT_RANGES {
             return Err(InvalidSpec::new(
                 "port",
-                format!("{} port ranges given, at most {MAX_PORT_RANGES} are accepted", self.ports.len()),
+                format!(
+                    "{} port ranges given, at most {MAX_PORT_RANGES} are accepted",
+                    self.ports.len()
+                ),
             ));
         }
         if self.cidrs.len() > MAX_CIDRS {
             return Err(InvalidSpec::new(
                 "cidr",
-                format!("{} CIDRs given, at most {MAX_CIDRS} are accepted", self.cidrs.len()),
+                format!(
+                    "{} CIDRs given, at most {MAX_CIDRS} are accepted",
+                    self.cidrs.len()
+                ),
             ));
         }
         Ok(())
@@ -164,7 +169,10 @@ pub fn check_percent(value: f64, field: &str) -> Result<f64, InvalidSpec> {
     if value.is_finite() && value > 0.0 && value <= 100.0 {
         Ok(value)
     } else {
-        Err(InvalidSpec::new(field, format!("{value} is out of range, expected 0 < percent <= 100")))
+        Err(InvalidSpec::new(
+            field,
+            format!("{value} is out of range, expected 0 < percent <= 100"),
+        ))
     }
 }
 
@@ -197,7 +205,10 @@ impl FaultSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Claim {
     /// The eBPF loss classifier slot of an interface's hook.
-    LossHook { device: String, direction: Direction },
+    LossHook {
+        device: String,
+        direction: Direction,
+    },
 }
 
 impl fmt::Display for Claim {

@@ -57,7 +57,9 @@ impl Capabilities {
         let config = KernelConfig::read(&kernel_release);
         let modules = Modules::new(&kernel_release);
         let tcx = if tc::tcx_supported() {
-            Capability::yes(format!("kernel {kernel_release} >= 6.6 attaches tc programs through TCX links"))
+            Capability::yes(format!(
+                "kernel {kernel_release} >= 6.6 attaches tc programs through TCX links"
+            ))
         } else {
             Capability::no(format!(
                 "kernel {kernel_release} is older than 6.6; tc programs attach through clsact + cls_bpf"
@@ -84,7 +86,9 @@ impl Capabilities {
         let btf = if Path::new("/sys/kernel/btf/vmlinux").exists() {
             Capability::yes("/sys/kernel/btf/vmlinux")
         } else {
-            Capability::no("no /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF); fentry programs cannot load")
+            Capability::no(
+                "no /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF); fentry programs cannot load",
+            )
         };
         let nftables = match nft::probe() {
             Ok(()) => Capability::yes("nf_tables answers over netlink"),
@@ -136,16 +140,17 @@ impl KernelConfig {
         let text = self.0.as_deref()?;
         let set = format!("{option}=");
         let unset = format!("# {option} is not set");
-        text.lines().find_map(|line| {
-            if let Some(v) = line.strip_prefix(&set) {
-                v.chars().next()
-            } else if line == unset {
-                Some('n')
-            } else {
-                None
-            }
-        })
-        .or(Some('n'))
+        text.lines()
+            .find_map(|line| {
+                if let Some(v) = line.strip_prefix(&set) {
+                    v.chars().next()
+                } else if line == unset {
+                    Some('n')
+                } else {
+                    None
+                }
+            })
+            .or(Some('n'))
     }
 }
 
@@ -191,7 +196,9 @@ fn feature(
             "{module} is configured as a module ({option}=m) but {} does not have it",
             modules.dir.display()
         )),
-        Some(_) => Err(format!("{module} is not in this kernel ({option} is not set)")),
+        Some(_) => Err(format!(
+            "{module} is not in this kernel ({option} is not set)"
+        )),
         None => Err(format!(
             "{module} is neither loaded nor found in {}",
             modules.dir.display()
@@ -202,7 +209,11 @@ fn feature(
 fn probe_cgroup(root: &Path) -> (u32, Capability) {
     use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC};
 
-    let is_v2 = |p: &Path| statfs(p).map(|s| s.filesystem_type() == CGROUP2_SUPER_MAGIC).unwrap_or(false);
+    let is_v2 = |p: &Path| {
+        statfs(p)
+            .map(|s| s.filesystem_type() == CGROUP2_SUPER_MAGIC)
+            .unwrap_or(false)
+    };
     let controllers = |p: &Path| {
         fs::read_to_string(p.join("cgroup.controllers"))
             .map(|s| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
@@ -215,7 +226,11 @@ fn probe_cgroup(root: &Path) -> (u32, Capability) {
             Capability::yes(format!(
                 "cgroup v2 at {}, controllers: {}",
                 root.display(),
-                if list.is_empty() { "none".to_owned() } else { list.join(" ") }
+                if list.is_empty() {
+                    "none".to_owned()
+                } else {
+                    list.join(" ")
+                }
             )),
         );
     }
@@ -224,16 +239,30 @@ fn probe_cgroup(root: &Path) -> (u32, Capability) {
         .filter(|c| root.join(c).join("tasks").exists())
         .collect();
     if v1.is_empty() {
-        return (0, Capability::no(format!("no cgroup hierarchy found under {}", root.display())));
+        return (
+            0,
+            Capability::no(format!(
+                "no cgroup hierarchy found under {}",
+                root.display()
+            )),
+        );
     }
-    let mut detail = format!("cgroup v1 at {}, controllers: {}", root.display(), v1.join(" "));
+    let mut detail = format!(
+        "cgroup v1 at {}, controllers: {}",
+        root.display(),
+        v1.join(" ")
+    );
     let unified = root.join("unified");
     if is_v2(&unified) {
         let list = controllers(&unified);
         detail.push_str(&format!(
             "; cgroup2 mounted at {} with {}",
             unified.display(),
-            if list.is_empty() { "no controllers".to_owned() } else { format!("controllers {}", list.join(" ")) }
+            if list.is_empty() {
+                "no controllers".to_owned()
+            } else {
+                format!("controllers {}", list.join(" "))
+            }
         ));
     }
     (1, Capability::yes(detail))

@@ -22,8 +22,8 @@ use nftnl::{
         Ipv6HeaderField, Meta, NetworkHeaderField, Payload, RejectionType, TcpHeaderField,
         TransportHeaderField,
     },
-    nftnl_sys as sys, Batch, Chain, ChainType, FinalizedBatch, MsgType, Policy, ProtoFamily,
-    Rule, Table,
+    nftnl_sys as sys, Batch, Chain, ChainType, FinalizedBatch, MsgType, Policy, ProtoFamily, Rule,
+    Table,
 };
 use thiserror::Error;
 
@@ -153,7 +153,11 @@ impl BlockRules {
         if percent >= 100.0 {
             return None;
         }
-        Some(((percent / 100.0) * 4_294_967_296.0).round().clamp(1.0, u32::MAX as f64) as u32)
+        Some(
+            ((percent / 100.0) * 4_294_967_296.0)
+                .round()
+                .clamp(1.0, u32::MAX as f64) as u32,
+        )
     }
 }
 
@@ -255,7 +259,9 @@ pub fn apply(rules: &BlockRules) -> Result<(), NftError> {
             rule.add_expr(&Counter);
             rule.add_expr(&match (rules.verdict, spec.proto) {
                 (Verdict::Drop, _) => nftnl::expr::Verdict::Drop,
-                (Verdict::Reject, Proto::Tcp) => nftnl::expr::Verdict::Reject(RejectionType::TcpRst),
+                (Verdict::Reject, Proto::Tcp) => {
+                    nftnl::expr::Verdict::Reject(RejectionType::TcpRst)
+                }
                 (Verdict::Reject, _) => {
                     nftnl::expr::Verdict::Reject(RejectionType::Icmp(IcmpCode::PortUnreach))
                 }
@@ -273,7 +279,9 @@ pub fn apply(rules: &BlockRules) -> Result<(), NftError> {
     for rule in &built {
         batch.add(rule, MsgType::Add);
     }
-    send(batch.finalize(), || format!("the rules of fault {}", rules.fault_id))
+    send(batch.finalize(), || {
+        format!("the rules of fault {}", rules.fault_id)
+    })
 }
 
 fn add_match(rule: &mut Rule, hook: Hook, spec: &RuleSpec) {
@@ -283,22 +291,26 @@ fn add_match(rule: &mut Rule, hook: Hook, spec: &RuleSpec) {
         Net::V4(net) => {
             rule.add_expr(&Meta::NfProto);
             rule.add_expr(&Cmp::new(CmpOp::Eq, libc::NFPROTO_IPV4 as u8));
-            rule.add_expr(&Payload::Network(NetworkHeaderField::Ipv4(if remote_is_source {
-                Ipv4HeaderField::Saddr
-            } else {
-                Ipv4HeaderField::Daddr
-            })));
+            rule.add_expr(&Payload::Network(NetworkHeaderField::Ipv4(
+                if remote_is_source {
+                    Ipv4HeaderField::Saddr
+                } else {
+                    Ipv4HeaderField::Daddr
+                },
+            )));
             rule.add_expr(&Bitwise::new(net.netmask(), Ipv4Addr::UNSPECIFIED));
             rule.add_expr(&Cmp::new(CmpOp::Eq, net.network()));
         }
         Net::V6(net) => {
             rule.add_expr(&Meta::NfProto);
             rule.add_expr(&Cmp::new(CmpOp::Eq, libc::NFPROTO_IPV6 as u8));
-            rule.add_expr(&Payload::Network(NetworkHeaderField::Ipv6(if remote_is_source {
-                Ipv6HeaderField::Saddr
-            } else {
-                Ipv6HeaderField::Daddr
-            })));
+            rule.add_expr(&Payload::Network(NetworkHeaderField::Ipv6(
+                if remote_is_source {
+                    Ipv6HeaderField::Saddr
+                } else {
+                    Ipv6HeaderField::Daddr
+                },
+            )));
             rule.add_expr(&Bitwise::new(net.netmask(), Ipv6Addr::UNSPECIFIED));
             rule.add_expr(&Cmp::new(CmpOp::Eq, net.network()));
         }
@@ -320,7 +332,9 @@ fn add_match(rule: &mut Rule, hook: Hook, spec: &RuleSpec) {
     }
     if let Some(port) = &spec.port {
         // TCP and UDP keep the destination port at the same offset of their headers.
-        rule.add_expr(&Payload::Transport(TransportHeaderField::Tcp(TcpHeaderField::Dport)));
+        rule.add_expr(&Payload::Transport(TransportHeaderField::Tcp(
+            TcpHeaderField::Dport,
+        )));
         if port.start() == port.end() {
             rule.add_expr(&Cmp::new(CmpOp::Eq, &port.start().to_be_bytes()[..]));
         } else {
@@ -345,7 +359,11 @@ pub fn describe(rules: &BlockRules) -> Vec<String> {
     ];
     for spec in rules.expand() {
         let mut line = format!("nftables: add rule inet {TABLE} {chain}");
-        let side = if rules.hook == Hook::Input { "saddr" } else { "daddr" };
+        let side = if rules.hook == Hook::Input {
+            "saddr"
+        } else {
+            "daddr"
+        };
         match spec.net {
             Net::Any => {}
             Net::V4(net) => write!(line, " ip {side} {net}").unwrap(),
@@ -358,7 +376,11 @@ pub fn describe(rules: &BlockRules) -> Vec<String> {
             Proto::NotTcp => line.push_str(" meta l4proto != tcp"),
         }
         if let Some(port) = &spec.port {
-            let proto = if spec.proto == Proto::Udp { "udp" } else { "tcp" };
+            let proto = if spec.proto == Proto::Udp {
+                "udp"
+            } else {
+                "tcp"
+            };
             if port.start() == port.end() {
                 write!(line, " {proto} dport {}", port.start()).unwrap();
             } else {
@@ -366,12 +388,20 @@ pub fn describe(rules: &BlockRules) -> Vec<String> {
             }
         }
         if let Some(device) = &rules.device {
-            let key = if rules.hook == Hook::Input { "iifname" } else { "oifname" };
+            let key = if rules.hook == Hook::Input {
+                "iifname"
+            } else {
+                "oifname"
+            };
             write!(line, " {key} {device:?}").unwrap();
         }
         if let Some(threshold) = rules.threshold() {
-            write!(line, " meta random < {threshold:#010x} ({}%)", rules.percent.unwrap_or(100.0))
-                .unwrap();
+            write!(
+                line,
+                " meta random < {threshold:#010x} ({}%)",
+                rules.percent.unwrap_or(100.0)
+            )
+            .unwrap();
         }
         line.push_str(" counter");
         line.push_str(match (rules.verdict, spec.proto) {
@@ -401,10 +431,13 @@ pub fn remove(fault_id: &str) -> Result<(), NftError> {
             batch.add(&Rule::new(chain), MsgType::Del);
             batch.add(chain, MsgType::Del);
         }
-        match send(batch.finalize(), || format!("the removal of fault {fault_id}'s chains")) {
+        match send(batch.finalize(), || {
+            format!("the removal of fault {fault_id}'s chains")
+        }) {
             Ok(()) => {}
             // Another remove (a revert racing the start-up sweep) got there first.
-            Err(NftError::Refused { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(NftError::Refused { source, .. })
+                if source.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => return Err(e),
         }
     }
@@ -420,10 +453,15 @@ fn remove_table_if_empty() -> Result<(), NftError> {
     }
     let mut batch = Batch::new();
     batch.add(&table(), MsgType::Del);
-    match send(batch.finalize(), || format!("the removal of table inet {TABLE}")) {
+    match send(batch.finalize(), || {
+        format!("the removal of table inet {TABLE}")
+    }) {
         // Gone already, or a fault added a chain meanwhile: both leave nothing to do.
         Err(NftError::Refused { source, .. })
-            if matches!(source.raw_os_error(), Some(libc::ENOENT) | Some(libc::EBUSY)) =>
+            if matches!(
+                source.raw_os_error(),
+                Some(libc::ENOENT) | Some(libc::EBUSY)
+            ) =>
         {
             Ok(())
         }
@@ -435,7 +473,9 @@ fn remove_table_if_empty() -> Result<(), NftError> {
 pub fn remove_table() -> Result<(), NftError> {
     let mut batch = Batch::new();
     batch.add(&table(), MsgType::Del);
-    match send(batch.finalize(), || format!("the removal of table inet {TABLE}")) {
+    match send(batch.finalize(), || {
+        format!("the removal of table inet {TABLE}")
+    }) {
         Err(NftError::Refused { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
             Ok(())
         }
@@ -526,7 +566,10 @@ fn dump<T>(
         data.out.push(value);
         mnl_sys_ok()
     }
-    let mut collect = Collect { parse, out: Vec::new() };
+    let mut collect = Collect {
+        parse,
+        out: Vec::new(),
+    };
     let mut buffer = AlignedBuffer::new();
     loop {
         let n = socket
@@ -535,7 +578,13 @@ fn dump<T>(
         if n == 0 {
             break;
         }
-        match mnl::cb_run2(&buffer.bytes()[..n], seq, portid, callback::<T>, &mut collect) {
+        match mnl::cb_run2(
+            &buffer.bytes()[..n],
+            seq,
+            portid,
+            callback::<T>,
+            &mut collect,
+        ) {
             Ok(mnl::CbResult::Stop) => break,
             Ok(mnl::CbResult::Ok) => {}
             // nf_tables answers a dump of an unknown family/table with ENOENT: nothing there.
@@ -557,21 +606,32 @@ fn send(batch: FinalizedBatch, what: impl Fn() -> String) -> Result<(), NftError
     let portid = socket.portid();
     socket
         .send_all(&batch)
-        .map_err(|source| NftError::Refused { what: what(), source })?;
+        .map_err(|source| NftError::Refused {
+            what: what(),
+            source,
+        })?;
     let mut buffer = AlignedBuffer::new();
     let mut expected = batch.sequence_numbers();
     while !expected.is_empty() {
         let n = socket
             .recv_raw(buffer.bytes_mut())
-            .map_err(|source| NftError::Refused { what: what(), source })?;
+            .map_err(|source| NftError::Refused {
+                what: what(),
+                source,
+            })?;
         if n == 0 {
             break;
         }
         for message in mnl::NlMessages::new(&buffer.bytes()[..n]) {
-            let message = message.map_err(|source| NftError::Refused { what: what(), source })?;
+            let message = message.map_err(|source| NftError::Refused {
+                what: what(),
+                source,
+            })?;
             let Some(seq) = expected.next() else { break };
-            mnl::cb_run(message, seq, portid)
-                .map_err(|source| NftError::Refused { what: what(), source })?;
+            mnl::cb_run(message, seq, portid).map_err(|source| NftError::Refused {
+                what: what(),
+                source,
+            })?;
         }
     }
     Ok(())
@@ -639,7 +699,10 @@ mod tests {
         let mut r = rules();
         r.verdict = Verdict::Reject;
         let plan = describe(&r);
-        assert!(plan[2].ends_with("meta l4proto tcp counter reject with tcp reset"), "{plan:?}");
+        assert!(
+            plan[2].ends_with("meta l4proto tcp counter reject with tcp reset"),
+            "{plan:?}"
+        );
         assert!(
             plan[3].ends_with("meta l4proto != tcp counter reject with icmpx port-unreachable"),
             "{plan:?}"

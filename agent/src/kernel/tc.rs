@@ -24,22 +24,25 @@ use std::{
 
 use aya::{
     maps::{Array, MapError},
+    pin::PinError,
     programs::{
         links::{FdLink, PinnedLink},
         tc::{self as aya_tc, NlOptions, TcAttachOptions},
         LinkOrder, ProgramError, SchedClassifier, TcAttachType,
     },
-    pin::PinError,
     util::KernelVersion,
     Ebpf, EbpfError,
 };
 pub use faultline_common::LossConfig;
-use faultline_common::{Cidr4, Cidr6, PortRange, L4_ANY, L4_TCP, L4_UDP, MAX_CIDRS, MAX_PORT_RANGES};
+use faultline_common::{
+    Cidr4, Cidr6, PortRange, L4_ANY, L4_TCP, L4_UDP, MAX_CIDRS, MAX_PORT_RANGES,
+};
 use ipnet::IpNet;
 use thiserror::Error;
 
 /// The compiled eBPF object, built by agent/build.rs.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/faultline-ebpf"));
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/faultline-ebpf"));
 
 const PROGRAM: &str = "faultline_loss";
 /// Runs ahead of other cls_bpf filters (lower is earlier), so a filter that ends classification
@@ -183,7 +186,11 @@ pub fn loss_config(
         L4Filter::Tcp => L4_TCP,
         L4Filter::Udp => L4_UDP,
     };
-    for (slot, (first, last)) in config.ports.iter_mut().zip(ports.iter().take(MAX_PORT_RANGES)) {
+    for (slot, (first, last)) in config
+        .ports
+        .iter_mut()
+        .zip(ports.iter().take(MAX_PORT_RANGES))
+    {
         *slot = PortRange {
             first: *first,
             last: *last,
@@ -273,7 +280,12 @@ struct Attachment {
 
 impl Attachment {
     fn pin_name(&self) -> String {
-        format!("{}-{}-{}", if self.tcx { "tcx" } else { "cls" }, self.direction, self.device)
+        format!(
+            "{}-{}-{}",
+            if self.tcx { "tcx" } else { "cls" },
+            self.direction,
+            self.device
+        )
     }
 
     fn from_pin_name(name: &str) -> Option<Self> {
@@ -303,7 +315,13 @@ impl LossPins {
     }
 
     /// The plan for `attach`, for dry runs and `faultline get`.
-    pub fn describe(&self, id: &str, device: &str, direction: TcDirection, what: &str) -> Vec<String> {
+    pub fn describe(
+        &self,
+        id: &str,
+        device: &str,
+        direction: TcDirection,
+        what: &str,
+    ) -> Vec<String> {
         let how = if uses_tcx(direction) {
             format!("attach to {device} {direction} through a TCX link, first in order")
         } else {
@@ -358,14 +376,17 @@ impl LossPins {
     ) -> Result<(), TcError> {
         let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(TcError::Load)?;
         {
-            let map = ebpf.map_mut("CONFIG").ok_or(TcError::Missing("the CONFIG map"))?;
+            let map = ebpf
+                .map_mut("CONFIG")
+                .ok_or(TcError::Missing("the CONFIG map"))?;
             let mut array: Array<_, LossConfig> = Array::try_from(map).map_err(TcError::Map)?;
             array.set(0, config, 0).map_err(TcError::Map)?;
         }
         for (name, file) in [("CONFIG", "config"), ("STATS", "stats")] {
             let map = ebpf.map(name).ok_or(TcError::Missing("a map"))?;
             let path = dir.join(file);
-            map.pin(&path).map_err(|source| TcError::Pin { path, source })?;
+            map.pin(&path)
+                .map_err(|source| TcError::Pin { path, source })?;
         }
         let program: &mut SchedClassifier = ebpf
             .program_mut(PROGRAM)
@@ -399,12 +420,15 @@ impl LossPins {
             })?;
             // The pin holds the link, and the link holds the attachment, once this process
             // has closed its descriptors.
-            link.pin(&pin_path)
-                .map_err(|source| TcError::Pin { path: pin_path, source })?;
+            link.pin(&pin_path).map_err(|source| TcError::Pin {
+                path: pin_path,
+                source,
+            })?;
         } else {
             match aya_tc::qdisc_add_clsact(device) {
                 Ok(()) => {}
-                Err(aya_tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(aya_tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {
+                }
                 Err(source) => {
                     return Err(TcError::Clsact {
                         device: device.to_owned(),
@@ -426,9 +450,10 @@ impl LossPins {
             // Dropping the link would detach the filter; the qdisc holds it from here on and
             // `detach` removes it by program name.
             std::mem::forget(link);
-            program
-                .pin(&pin_path)
-                .map_err(|source| TcError::Pin { path: pin_path, source })?;
+            program.pin(&pin_path).map_err(|source| TcError::Pin {
+                path: pin_path,
+                source,
+            })?;
         }
         Ok(())
     }
@@ -459,10 +484,11 @@ impl LossPins {
             let path = dir.join(&name);
             match Attachment::from_pin_name(&name) {
                 Some(Attachment { tcx: true, .. }) => {
-                    let link = PinnedLink::from_pin(&path).map_err(|source| TcError::PinnedLink {
-                        path: path.clone(),
-                        source,
-                    })?;
+                    let link =
+                        PinnedLink::from_pin(&path).map_err(|source| TcError::PinnedLink {
+                            path: path.clone(),
+                            source,
+                        })?;
                     // Unpinning drops the last reference: the kernel detaches the link.
                     link.unpin().map_err(|source| TcError::Io {
                         what: "cannot unpin",
@@ -555,15 +581,25 @@ fn ensure_bpffs(root: &Path) -> Result<(), TcError> {
         mount::{mount, MsFlags},
         sys::statfs::{statfs, BPF_FS_MAGIC},
     };
-    let on_bpffs = |p: &Path| statfs(p).map(|s| s.filesystem_type() == BPF_FS_MAGIC).unwrap_or(false);
+    let on_bpffs = |p: &Path| {
+        statfs(p)
+            .map(|s| s.filesystem_type() == BPF_FS_MAGIC)
+            .unwrap_or(false)
+    };
     let bpf_fs = Path::new(BPF_FS);
     if root.starts_with(bpf_fs) && !on_bpffs(bpf_fs) {
-        mount(Some("bpf"), bpf_fs, Some("bpf"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None::<&str>)
-            .map_err(|e| TcError::Io {
-                what: "cannot mount the BPF filesystem at",
-                path: bpf_fs.to_owned(),
-                source: e.into(),
-            })?;
+        mount(
+            Some("bpf"),
+            bpf_fs,
+            Some("bpf"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .map_err(|e| TcError::Io {
+            what: "cannot mount the BPF filesystem at",
+            path: bpf_fs.to_owned(),
+            source: e.into(),
+        })?;
     }
     fs::create_dir_all(root).map_err(|source| TcError::Io {
         what: "cannot create the pin directory",
@@ -605,12 +641,18 @@ mod tests {
             42,
         );
         assert_eq!(c.threshold, 1 << 30);
-        assert_eq!((c.ingress, c.l4, c.n_ports, c.n_v4, c.n_v6), (1, L4_UDP, 2, 1, 1));
+        assert_eq!(
+            (c.ingress, c.l4, c.n_ports, c.n_v4, c.n_v6),
+            (1, L4_UDP, 2, 1, 1)
+        );
         assert_eq!(c.v4[0].addr.to_ne_bytes(), [10, 1, 0, 0]);
         assert_eq!(c.v4[0].mask.to_ne_bytes(), [255, 255, 0, 0]);
         assert_eq!(c.v6[0].mask[0].to_ne_bytes(), [0xff, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(c.v6[0].mask[1], 0);
         assert_eq!(c.deadline_ns, 42);
-        assert_eq!(loss_config(100.0, TcDirection::Egress, L4Filter::Any, &[], &[], 1).threshold, 1 << 32);
+        assert_eq!(
+            loss_config(100.0, TcDirection::Egress, L4Filter::Any, &[], &[], 1).threshold,
+            1 << 32
+        );
     }
 }
