@@ -1,0 +1,62 @@
+//! faultline's developer tasks, run as `cargo xtask <task>` from anywhere in the workspace.
+//!
+//! One clap enum of tasks, one module per task with its own `Options` and one entry function;
+//! `main` maps the task to its function and prints the error chain once. Tasks never hide a
+//! failure or a skipped layer: whatever did not run says so on its own line.
+
+mod exec;
+mod host;
+mod prereqs;
+mod run;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "faultline's developer tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install the prerequisites, build faultline (release) and run the agent in the foreground
+    ///
+    /// Needs root. The agent listens on /run/faultline/faultline.sock and keeps its journal in
+    /// /var/lib/faultline; Ctrl-C stops it and reverts every fault.
+    Run(run::Options),
+    /// Install the prerequisites and run the whole test suite
+    ///
+    /// Needs root. In order: rustfmt (nightly) check, clippy with warnings denied, unit and
+    /// integration tests (network namespaces), then the real-kernel VM layer or a SKIP line
+    /// saying why it did not run. Stops at the first failing step.
+    Test(test::Options),
+    /// Install only the prerequisites: apt packages, nightly Rust, clippy, bpf-linker
+    ///
+    /// Each check says what it finds and what it installs; a present prerequisite is left as
+    /// it is. Installing apt packages needs root.
+    Prereqs(prereqs::Options),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Run(options) => run::run(options),
+        Task::Test(options) => test::run(options),
+        Task::Prereqs(options) => prereqs::run(options),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The prerequisites shared by `run` and `test`: the apt packages that building and testing
+//! faultline needs, nightly Rust with `rust-src` and `rustfmt` (the eBPF programs and our
+//! rustfmt.toml need nightly), clippy, and `bpf-linker`. Each check says what it finds and
+//! what it installs before installing it; a check whose thing is present changes nothing.
+//! It never removes or downgrades anything.
+
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+
+use crate::{exec, host};
+
+/// apt packages: nftnl/mnl headers and pkg-config to build the nftables adapter, protoc for
+/// the gRPC code, and the tools the integration tests use to set up hosts and check effects
+/// independently (`ip`, `ping`, `nft`, `unshare`/`nsenter` from util-linux).
+const APT_PACKAGES: &[&str] = &[
+    "libnftnl-dev",
+    "libmnl-dev",
+    "pkg-config",
+    "protobuf-compiler",
+    "iproute2",
+    "iputils-ping",
+    "nftables",
+    "util-linux",
+];
+
+/// bpf-linker 0.10.x links with rustc's own LLVM; later versions need a system LLVM.
+const BPF_LINKER_VERSION: &str = "0.10.4";
+
+#[derive(Debug, Args)]
+pub struct Options {}
+
+/// `cargo xtask prereqs`.
+pub fn run(_: Options) -> Result<()> {
+    ensure()?;
+    println!("prerequisites: all present");
+    Ok(())
+}
+
+/// Makes sure every prerequisite is installed, installing what is missing.
+pub fn ensure() -> Result<()> {
+    apt_packages().context("apt packages")?;
+    rust_toolchains().context("Rust toolchains")?;
+    bpf_linker().context("bpf-linker")?;
+    Ok(())
+}
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|package| !apt_installed(package))
+        .collect();
+    if missing.is_empty() {
+        println!("apt: all present ({})", APT_PACKAGES.join(" "));
+        return Ok(());
+    }
+    let missing = missing.join(" ");
+    if !host::is_root()? {
+        bail!(
+            "missing apt packages: {missing}; installing them needs root \
+             (sudo apt-get install --no-install-recommends {missing})"
+        );
+    }
+    println!("apt: installing {missing}");
+    // A stale package index gives 404s on install, so always refresh it first.
+    exec::run(exec::command("apt-get", ["update"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    exec::run(
+        exec::command("apt-get", ["install", "-y", "--no-install-recommends"])
+            .args(missing.split(' '))
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// dpkg knows the package and it is fully installed (not merely configured-files-left).
+fn apt_installed(package: &str) -> bool {
+    exec::probe(&mut exec::command(
+        "dpkg-query",
+        ["-W", "-f=${Status}", package],
+    ))
+    .is_some_and(|status| status.trim() == "install ok installed")
+}
+
+fn rust_toolchains() -> Result<()> {
+    let toolchains = exec::capture(&mut exec::command("rustup", ["toolchain", "list"]))?;
+    if toolchains.lines().any(|line| line.starts_with("nightly")) {
+        println!("rustup: nightly toolchain present");
+    } else {
+        println!("rustup: installing the nightly toolchain (minimal profile)");
+        exec::run(&mut exec::command(
+            "rustup",
+            ["toolchain", "install", "nightly", "--profile", "minimal"],
+        ))?;
+    }
+    // No-ops when present; rustup's own line says which.
+    let components: [(&str, &[&str]); 3] = [
+        (
+            "rust-src for nightly (builds core for the eBPF target)",
+            &["rust-src", "--toolchain", "nightly"],
+        ),
+        (
+            "rustfmt for nightly (rustfmt.toml uses unstable options)",
+            &["rustfmt", "--toolchain", "nightly"],
+        ),
+        ("clippy", &["clippy"]),
+    ];
+    for (what, args) in components {
+        println!("rustup: component {what}");
+        exec::run(exec::command("rustup", ["component", "add"]).args(args))?;
+    }
+    Ok(())
+}
+
+fn bpf_linker() -> Result<()> {
+    // `bpf-linker 0.10.4`; absent, unrunnable or another version all mean "install ours".
+    let found = exec::probe(&mut exec::command("bpf-linker", ["--version"]));
+    match found.as_deref().map(str::trim) {
+        Some(version)
+            if version
+                .split_whitespace()
+                .any(|word| word == BPF_LINKER_VERSION) =>
+        {
+            println!("bpf-linker: {version} present");
+            return Ok(());
+        }
+        Some(other) => println!("bpf-linker: found {other:?}, need {BPF_LINKER_VERSION}"),
+        None => println!("bpf-linker: not found"),
+    }
+    println!(
+        "bpf-linker: installing {BPF_LINKER_VERSION} with cargo install (this takes a few minutes; \
+         0.10.x links with rustc's own LLVM, later versions need a system LLVM)"
+    );
+    exec::run(&mut exec::command(
+        "cargo",
+        [
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+        ],
+    ))
+}
