@@ -80,6 +80,12 @@ pub enum TcError {
         #[source]
         source: aya_tc::TcError,
     },
+    #[error("cannot inspect or remove the idle clsact qdisc of {device}: {source}")]
+    Qdisc {
+        device: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
     #[error("cannot write the classifier's configuration map: {0}")]
     Map(#[source] MapError),
     #[error("cannot pin {path}: {source}")]
@@ -520,6 +526,7 @@ impl LossPins {
                         }
                     }
                     remove_pin(&path)?;
+                    remove_idle_clsact(&pinned_device)?;
                 }
                 None => remove_pin(&path)?,
             }
@@ -559,6 +566,88 @@ impl LossPins {
         }
         swept.sort();
         Ok(swept)
+    }
+}
+
+/// Removes the clsact qdisc of `device` when no filter is left on either of its hooks.
+///
+/// faultline adds the qdisc when an interface has none, and a clsact without filters does
+/// nothing, so taking it away leaves the interface as the fault found it. A qdisc that still
+/// holds anyone's filter stays.
+fn remove_idle_clsact(device: &str) -> Result<(), TcError> {
+    use futures_util::TryStreamExt as _;
+    use rtnetlink::packet_route::tc::{TcAttribute, TcHandle};
+
+    let Ok(index) = nix::net::if_::if_nametoindex(device) else {
+        // The interface went away, and its qdiscs with it.
+        return Ok(());
+    };
+    let index = index as i32;
+    let error = |source| TcError::Qdisc {
+        device: device.to_owned(),
+        source,
+    };
+    block_on(async {
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(|e| TcError::Io {
+            what: "cannot open a route netlink socket for",
+            path: PathBuf::from(device),
+            source: e,
+        })?;
+        let task = tokio::spawn(connection);
+        let result = async {
+            for hook in [TcHandle::MIN_INGRESS, TcHandle::MIN_EGRESS] {
+                let mut request = handle.traffic_filter(index).get();
+                request = if hook == TcHandle::MIN_INGRESS {
+                    request.ingress()
+                } else {
+                    request.egress()
+                };
+                let filters: Vec<_> = request.execute().try_collect().await.map_err(error)?;
+                if !filters.is_empty() {
+                    return Ok(());
+                }
+            }
+            let mut delete = handle.qdisc().del(index);
+            let message = delete.message_mut();
+            message.header.parent = TcHandle::CLSACT;
+            message.header.handle = TcHandle {
+                major: 0xffff,
+                minor: 0,
+            };
+            // Only a clsact: an `ingress` qdisc is somebody else's, and the kernel refuses a
+            // delete whose kind does not match.
+            message
+                .attributes
+                .push(TcAttribute::Kind("clsact".to_owned()));
+            match delete.execute().await {
+                Ok(()) => Ok(()),
+                Err(rtnetlink::Error::NetlinkError(e))
+                    if matches!(
+                        e.raw_code().abs(),
+                        libc::ENOENT | libc::EINVAL | libc::ENODEV
+                    ) =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(error(e)),
+            }
+        }
+        .await;
+        task.abort();
+        result
+    })
+}
+
+/// Runs a netlink future from the synchronous adapters: on the agent's runtime when there is
+/// one (the engine calls adapters from blocking sections), else on a runtime of its own.
+fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => handle.block_on(future),
+        Err(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("cannot build a tokio runtime")
+            .block_on(future),
     }
 }
 
