@@ -300,9 +300,11 @@ impl Engine {
         }
         self.publish(&fault);
 
+        let started = std::time::Instant::now();
         let applied = self
             .kernel(&fault, |family, id, host| family.apply(id, deadline, host))
             .await;
+        let kernel_time = started.elapsed();
         if let Err(source) = applied {
             // apply cleans up after itself; the revert is a second line of defence and must
             // not hide the original error.
@@ -350,7 +352,7 @@ impl Engine {
                 entry.timer = Some(timer);
             }
         }
-        info!(id = %fault.id, spec = %fault.spec.family().summary(), duration = %humantime::format_duration(fault.duration), "fault active");
+        info!(id = %fault.id, spec = %fault.spec.family().summary(), duration = %humantime::format_duration(fault.duration), kernel_us = kernel_time.as_micros() as u64, "fault active");
         self.publish(&fault);
         Ok(ApplyOutcome::Applied(Box::new(fault)))
     }

@@ -19,7 +19,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use nftnl::{
     expr::{
         Bitwise, Cmp, CmpOp, Counter, Expression, IcmpCode, InterfaceName, Ipv4HeaderField,
-        Ipv6HeaderField, Meta, NetworkHeaderField, Payload, RejectionType, TcpHeaderField,
+        Ipv6HeaderField, Meta, NetworkHeaderField, Payload, RejectionType, TcpHeaderField, ToSlice,
         TransportHeaderField,
     },
     nftnl_sys as sys, Batch, Chain, ChainType, FinalizedBatch, MsgType, Policy, ProtoFamily, Rule,
@@ -288,32 +288,26 @@ fn add_match(rule: &mut Rule, hook: Hook, spec: &RuleSpec) {
     let remote_is_source = hook == Hook::Input;
     match spec.net {
         Net::Any => {}
-        Net::V4(net) => {
-            rule.add_expr(&Meta::NfProto);
-            rule.add_expr(&Cmp::new(CmpOp::Eq, libc::NFPROTO_IPV4 as u8));
-            rule.add_expr(&Payload::Network(NetworkHeaderField::Ipv4(
-                if remote_is_source {
-                    Ipv4HeaderField::Saddr
-                } else {
-                    Ipv4HeaderField::Daddr
-                },
-            )));
-            rule.add_expr(&Bitwise::new(net.netmask(), Ipv4Addr::UNSPECIFIED));
-            rule.add_expr(&Cmp::new(CmpOp::Eq, net.network()));
-        }
-        Net::V6(net) => {
-            rule.add_expr(&Meta::NfProto);
-            rule.add_expr(&Cmp::new(CmpOp::Eq, libc::NFPROTO_IPV6 as u8));
-            rule.add_expr(&Payload::Network(NetworkHeaderField::Ipv6(
-                if remote_is_source {
-                    Ipv6HeaderField::Saddr
-                } else {
-                    Ipv6HeaderField::Daddr
-                },
-            )));
-            rule.add_expr(&Bitwise::new(net.netmask(), Ipv6Addr::UNSPECIFIED));
-            rule.add_expr(&Cmp::new(CmpOp::Eq, net.network()));
-        }
+        Net::V4(net) => add_network(
+            rule,
+            libc::NFPROTO_IPV4,
+            NetworkHeaderField::Ipv4(if remote_is_source {
+                Ipv4HeaderField::Saddr
+            } else {
+                Ipv4HeaderField::Daddr
+            }),
+            (net.netmask(), Ipv4Addr::UNSPECIFIED, net.network()),
+        ),
+        Net::V6(net) => add_network(
+            rule,
+            libc::NFPROTO_IPV6,
+            NetworkHeaderField::Ipv6(if remote_is_source {
+                Ipv6HeaderField::Saddr
+            } else {
+                Ipv6HeaderField::Daddr
+            }),
+            (net.netmask(), Ipv6Addr::UNSPECIFIED, net.network()),
+        ),
     }
     match spec.proto {
         Proto::Any => {}
@@ -342,6 +336,21 @@ fn add_match(rule: &mut Rule, hook: Hook, spec: &RuleSpec) {
             rule.add_expr(&Cmp::new(CmpOp::Lte, &port.end().to_be_bytes()[..]));
         }
     }
+}
+
+/// `meta nfproto <family> <address field> & <mask> == <network>`; `(mask, zero, network)`.
+fn add_network<A: ToSlice>(
+    rule: &mut Rule,
+    nfproto: i32,
+    field: NetworkHeaderField,
+    net: (A, A, A),
+) {
+    let (mask, zero, network) = net;
+    rule.add_expr(&Meta::NfProto);
+    rule.add_expr(&Cmp::new(CmpOp::Eq, nfproto as u8));
+    rule.add_expr(&Payload::Network(field));
+    rule.add_expr(&Bitwise::new(mask, zero));
+    rule.add_expr(&Cmp::new(CmpOp::Eq, network));
 }
 
 /// The plan, in `nft` syntax, of what `apply` would install.
