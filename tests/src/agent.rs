@@ -1,0 +1,309 @@
+//! The agent under test: `faultline serve` running in a test namespace with its own socket,
+//! state directory and eBPF pin directory, and the CLI pointed at it. The guard's `Drop`
+//! stops the agent (SIGTERM, then SIGKILL), removes its pin directory and, defensively, the
+//! nftables table in its namespace, and prints the agent's log: the test harness captures it
+//! and shows it when the test fails, so error messages need not repeat it.
+
+use std::{
+    fs::{self, OpenOptions},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::{lab::Netns, process, unique};
+
+/// How long the agent may take to become ready, and to exit after SIGTERM.
+pub const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub struct Agent {
+    ns_name: String,
+    ns_path: PathBuf,
+    dir: TempDir,
+    pin_dir: PathBuf,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Agent {
+    /// Starts an agent in `ns` with default options and waits until it answers.
+    pub fn start(ns: &Netns) -> Result<Self> {
+        Self::start_with(ns, &[])
+    }
+
+    /// Starts an agent in `ns` with extra `serve` arguments (`--protected-port 8022`).
+    pub fn start_with(ns: &Netns, extra_args: &[&str]) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("faultline-test-")
+            .tempdir()?;
+        let pin_dir = PathBuf::from(format!(
+            "/sys/fs/bpf/faultline-test-{}-{}",
+            std::process::id(),
+            unique()
+        ));
+        let mut agent = Self {
+            ns_name: ns.name().to_owned(),
+            ns_path: ns.path().to_owned(),
+            dir,
+            pin_dir,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        agent.restart()?;
+        Ok(agent)
+    }
+
+    /// Starts the agent (again) with the same socket, state and pin directories, and waits
+    /// until `faultline info` answers.
+    pub fn restart(&mut self) -> Result<()> {
+        ensure!(self.child.is_none(), "the agent is still running");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net={}", self.ns_path.display()))
+            .arg(process::faultline_bin()?)
+            .arg("serve")
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--bpf-pin-dir")
+            .arg(&self.pin_dir)
+            .args(["--log-level", "info"])
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        self.child = Some(command.spawn().context("starting the agent")?);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            let child = self.child.as_mut().expect("started above");
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                bail!(
+                    "the agent in {} exited before it was ready ({status}); see the agent log in \
+                     this test's output",
+                    self.ns_name
+                );
+            }
+            if self.socket().exists() && self.cli(&["info"])?.status.success() {
+                return Ok(());
+            }
+            if started.elapsed() > AGENT_TIMEOUT {
+                bail!(
+                    "the agent in {} was not ready within {AGENT_TIMEOUT:?}; see the agent log in \
+                     this test's output",
+                    self.ns_name
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs `faultline --agent <socket> <args>` and returns whatever it did.
+    pub fn cli(&self, args: &[&str]) -> Result<Output> {
+        let mut command = Command::new(process::faultline_bin()?);
+        command.arg("--agent").arg(self.socket()).args(args);
+        process::run(command, process::COMMAND_TIMEOUT)
+    }
+
+    /// Runs the CLI, fails unless it exits 0, and returns its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> Result<String> {
+        let output = self.cli(args)?;
+        if !output.status.success() {
+            bail!("{}", process::describe(&cli_line(args), &output));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Runs the CLI and fails unless it exits with `code`; returns its stderr.
+    pub fn cli_fails(&self, args: &[&str], code: i32) -> Result<String> {
+        let output = self.cli(args)?;
+        if output.status.code() != Some(code) {
+            bail!(
+                "expected exit status {code}; {}",
+                process::describe(&cli_line(args), &output)
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+
+    /// Applies a fault (`block ...` / `loss ...`) with `--detach -o json`, checks that the
+    /// agent reports it active, and returns its id.
+    pub fn apply(&self, args: &[&str]) -> Result<String> {
+        let mut full = args.to_vec();
+        full.extend(["--detach", "-o", "json"]);
+        let stdout = self.cli_ok(&full)?;
+        let fault: Value = serde_json::from_str(&stdout)
+            .with_context(|| format!("{} printed no fault JSON: {stdout}", cli_line(&full)))?;
+        ensure!(
+            fault["state"] == "active",
+            "{} returned a fault that is not active: {fault:#}",
+            cli_line(&full)
+        );
+        fault["id"]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("fault without an id: {fault:#}"))
+    }
+
+    /// `faultline get ID -o json`.
+    pub fn fault(&self, id: &str) -> Result<Value> {
+        let stdout = self.cli_ok(&["get", id, "-o", "json"])?;
+        serde_json::from_str(&stdout).with_context(|| format!("get {id} printed {stdout}"))
+    }
+
+    /// `faultline ls -o json`.
+    pub fn faults(&self) -> Result<Vec<Value>> {
+        let stdout = self.cli_ok(&["ls", "-o", "json"])?;
+        serde_json::from_str(&stdout).with_context(|| format!("ls -o json printed {stdout}"))
+    }
+
+    /// `faultline revert ID`.
+    pub fn revert(&self, id: &str) -> Result<()> {
+        self.cli_ok(&["revert", id]).map(drop)
+    }
+
+    /// SIGKILL: the agent dies without reverting anything.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then waits up to [`AGENT_TIMEOUT`] for the agent to exit; returns how it
+    /// exited and how long that took (SIGKILL and an error if it did not).
+    pub fn terminate(&mut self) -> Result<(ExitStatus, Duration)> {
+        let mut child = self.child.take().context("the agent is not running")?;
+        let started = Instant::now();
+        // SAFETY: plain kill(2) on our own child, which has not been reaped yet.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok((status, started.elapsed()));
+            }
+            if started.elapsed() > AGENT_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the agent did not exit within {AGENT_TIMEOUT:?} of SIGTERM");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("fl.sock")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// One JSON file per fault the agent has not finished reverting.
+    pub fn journal_dir(&self) -> PathBuf {
+        self.state_dir().join("journal")
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// What the agent's faults left in the kernel and on disk: the nftables table, pins and
+    /// journal entries. Empty when everything was reverted.
+    pub fn leftovers(&self) -> Result<Vec<String>> {
+        let mut found = Vec::new();
+        let mut nft = Command::new("nsenter");
+        nft.arg(format!("--net={}", self.ns_path.display())).args([
+            "nft",
+            "list",
+            "table",
+            "inet",
+            "faultline",
+        ]);
+        if process::run(nft, process::COMMAND_TIMEOUT)?
+            .status
+            .success()
+        {
+            found.push(format!("nftables table inet faultline in {}", self.ns_name));
+        }
+        for dir in [self.pin_dir.clone(), self.journal_dir()] {
+            found.extend(entries(&dir)?.into_iter().map(|p| p.display().to_string()));
+        }
+        Ok(found)
+    }
+
+    /// Fails, naming them, if [`Agent::leftovers`] finds anything.
+    pub fn assert_clean(&self) -> Result<()> {
+        let leftovers = self.leftovers()?;
+        ensure!(leftovers.is_empty(), "left behind: {leftovers:?}");
+        Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            if let Err(e) = self.terminate() {
+                eprintln!("cleanup: {e:#}");
+            }
+        }
+        if self.pin_dir.exists() {
+            if let Err(e) = fs::remove_dir_all(&self.pin_dir) {
+                eprintln!("cleanup: cannot remove {}: {e}", self.pin_dir.display());
+            }
+        }
+        let mut nft = Command::new("nsenter");
+        nft.arg(format!("--net={}", self.ns_path.display())).args([
+            "nft",
+            "delete",
+            "table",
+            "inet",
+            "faultline",
+        ]);
+        let _ = process::run(nft, process::COMMAND_TIMEOUT);
+        // Captured by the test harness: shown only when the test fails.
+        eprintln!(
+            "---- agent log ({}) ----\n{}---- end of agent log ----",
+            self.ns_name,
+            self.log()
+        );
+    }
+}
+
+/// The entries of `dir` (none if it does not exist).
+pub fn entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    match fs::read_dir(dir) {
+        Ok(list) => Ok(list
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", dir.display())),
+    }
+}
+
+fn cli_line(args: &[&str]) -> String {
+    format!("faultline {}", args.join(" "))
+}

@@ -1,0 +1,125 @@
+//! Child processes of the tests: the `faultline` binary under test (found, or built once), and
+//! commands run with a time limit so that a hung agent fails a test instead of hanging it.
+//! Never touches kernel state itself.
+
+use std::{
+    io::Read,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    sync::OnceLock,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+
+/// How long a CLI command or a tool like `ip` may take before the test gives up on it.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `faultline` binary: `$FAULTLINE_BIN`, else `<target dir>/debug/faultline`, built with
+/// `cargo build -p faultline` (once per test process) if it is not there.
+pub fn faultline_bin() -> Result<&'static Path> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| locate_or_build().map_err(|e| format!("{e:#}")))
+        .as_deref()
+        .map_err(|e| anyhow!("{e}"))
+}
+
+fn locate_or_build() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("FAULTLINE_BIN") {
+        let bin = PathBuf::from(bin);
+        if !bin.is_file() {
+            bail!("FAULTLINE_BIN={} is not a file", bin.display());
+        }
+        return Ok(bin);
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("the tests crate has no parent directory")?
+        .to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    let bin = target.join("debug").join("faultline");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "-p", "faultline"])
+        .current_dir(&workspace)
+        .status()
+        .context("running cargo build -p faultline")?;
+    if !status.success() || !bin.is_file() {
+        bail!(
+            "cargo build -p faultline {status}, and {} is missing",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// Runs `command` to completion with stdin closed, capturing its output; kills it and fails
+/// after `timeout`.
+pub fn run(mut command: Command, timeout: Duration) -> Result<Output> {
+    let shown = format!("{command:?}");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {shown}"))?;
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let out = thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let err = thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = err.join().unwrap_or_default();
+            bail!(
+                "{shown} did not finish within {timeout:?}; stderr: {}",
+                String::from_utf8_lossy(&stderr)
+            );
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    Ok(Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
+}
+
+/// What a finished command said, for failure messages.
+pub fn describe(what: &str, output: &Output) -> String {
+    format!(
+        "{what}: {}\n--- stdout\n{}--- stderr\n{}---",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Runs a tool (`ip`, `nft`, ...) and fails, with everything it printed, unless it exits 0.
+pub fn run_ok(command: Command) -> Result<String> {
+    let shown = format!("{command:?}");
+    let output = run(command, COMMAND_TIMEOUT)?;
+    if !output.status.success() {
+        bail!("{}", describe(&shown, &output));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}

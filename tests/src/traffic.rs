@@ -1,0 +1,175 @@
+//! Real traffic between test hosts, to measure what a fault does: TCP listeners and connects,
+//! a bulk TCP transfer, and UDP datagram loss counted by sequence number. Sockets are created
+//! inside the hosts' namespaces ([`Netns::run`]) and used from ordinary threads.
+
+use std::{
+    io::{self, Read, Write},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{ensure, Context as _, Result};
+
+use crate::lab::Netns;
+
+/// A TCP listener in `ns`. The kernel completes handshakes into its backlog, so connects
+/// succeed without anyone calling `accept`.
+pub fn tcp_listen(ns: &Netns, addr: SocketAddr) -> Result<TcpListener> {
+    ns.run(|| TcpListener::bind(addr))?
+        .with_context(|| format!("listening on {addr} in {}", ns.name()))
+}
+
+/// A TCP connection from `ns` to `addr`, or the connect error (refused, timed out, ...).
+pub fn tcp_connect(
+    ns: &Netns,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<io::Result<TcpStream>> {
+    ns.run(|| TcpStream::connect_timeout(&addr, timeout))
+}
+
+/// Sends `bytes` over a new TCP connection from `ns` to a fresh listener at `addr` (in
+/// `server_ns`), and returns how long the transfer took until the receiver had it all.
+pub fn tcp_transfer(
+    ns: &Netns,
+    server_ns: &Netns,
+    addr: SocketAddr,
+    bytes: usize,
+    timeout: Duration,
+) -> Result<Duration> {
+    let listener = tcp_listen(server_ns, addr)?;
+    let started = Instant::now();
+    thread::scope(|scope| {
+        let receiver = scope.spawn(|| -> io::Result<usize> {
+            let (mut stream, _) = listener.accept()?;
+            stream.set_read_timeout(Some(timeout))?;
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut total = 0;
+            loop {
+                match stream.read(&mut buf)? {
+                    0 => return Ok(total),
+                    n => total += n,
+                }
+            }
+        });
+        let sent = (|| -> Result<()> {
+            let mut stream = tcp_connect(ns, addr, timeout)??;
+            stream.set_write_timeout(Some(timeout))?;
+            let chunk = vec![0x5au8; 64 * 1024];
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                stream.write_all(&chunk[..n])?;
+                left -= n;
+            }
+            stream.shutdown(std::net::Shutdown::Write)?;
+            Ok(())
+        })();
+        let received = receiver.join().expect("receiver thread panicked");
+        sent.context("sending")?;
+        let received = received.context("receiving")?;
+        ensure!(received == bytes, "received {received} of {bytes} bytes");
+        Ok(started.elapsed())
+    })
+}
+
+/// The fraction of `count` UDP datagrams sent from `from` to `addr` (a socket bound in `to`)
+/// that did not arrive, in 0.0..=1.0. Datagrams carry a run nonce and a sequence number, so
+/// duplicates and strays from other runs are not counted; sending is paced in bursts and the
+/// receiver reads concurrently into a large buffer, so the sockets themselves lose nothing.
+pub fn udp_loss(from: &Netns, to: &Netns, addr: SocketAddr, count: usize) -> Result<f64> {
+    let receiver = to
+        .run(|| -> io::Result<UdpSocket> {
+            let socket = UdpSocket::bind(addr)?;
+            set_receive_buffer(&socket, 16 << 20)?;
+            socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+            Ok(socket)
+        })?
+        .with_context(|| format!("binding {addr} in {}", to.name()))?;
+    let sender = from
+        .run(|| -> io::Result<UdpSocket> {
+            let any = match addr {
+                SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+                SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+            };
+            UdpSocket::bind(any)
+        })?
+        .with_context(|| format!("binding a UDP socket in {}", from.name()))?;
+    let nonce = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default()
+        ^ u64::from(std::process::id());
+    let sending_done = AtomicBool::new(false);
+    let received = thread::scope(|scope| {
+        let counter = scope.spawn(|| {
+            let mut seen = vec![false; count];
+            let mut buf = [0u8; 64];
+            let mut last = Instant::now();
+            let mut done_at: Option<Instant> = None;
+            loop {
+                match receiver.recv(&mut buf) {
+                    Ok(12) if buf[..8] == nonce.to_be_bytes() => {
+                        let seq = u32::from_be_bytes(buf[8..12].try_into().expect("4 bytes"));
+                        if let Some(slot) = seen.get_mut(seq as usize) {
+                            *slot = true;
+                        }
+                        last = Instant::now();
+                    }
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(e) => return Err(e),
+                }
+                if sending_done.load(Ordering::Acquire) {
+                    let done_at = *done_at.get_or_insert_with(Instant::now);
+                    // Quiet for a while after the last datagram was sent: nothing more comes.
+                    if done_at.elapsed() > Duration::from_millis(300)
+                        && last.elapsed() > Duration::from_millis(300)
+                    {
+                        return Ok(seen.iter().filter(|&&s| s).count());
+                    }
+                }
+            }
+        });
+        for seq in 0..count {
+            let mut payload = [0u8; 12];
+            payload[..8].copy_from_slice(&nonce.to_be_bytes());
+            payload[8..].copy_from_slice(&(seq as u32).to_be_bytes());
+            // A send error (ENOBUFS when a classifier drops on egress) is a lost datagram.
+            let _ = sender.send_to(&payload, addr);
+            if seq % 100 == 99 {
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+        sending_done.store(true, Ordering::Release);
+        counter.join().expect("receiver thread panicked")
+    })
+    .context("receiving datagrams")?;
+    Ok(1.0 - received as f64 / count as f64)
+}
+
+fn set_receive_buffer(socket: &UdpSocket, bytes: libc::c_int) -> io::Result<()> {
+    // SAFETY: setsockopt on an open socket with a correctly sized int option; as root,
+    // SO_RCVBUFFORCE may exceed net.core.rmem_max.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

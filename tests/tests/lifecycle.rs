@@ -1,0 +1,182 @@
+//! The agent's own life: faults that outlive a killed agent and are reverted by the next one,
+//! a classifier that stops at its deadline with no agent at all, and a clean SIGTERM.
+
+use std::{
+    net::SocketAddr,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{ensure, Result};
+use faultline_tests::{
+    agent::entries,
+    note, require_root,
+    traffic::{tcp_connect, tcp_listen, udp_loss},
+    Agent, Lab,
+};
+
+const P: u16 = 8080;
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
+
+#[test]
+fn crash_then_restart() -> Result<()> {
+    if !require_root("crash_then_restart") {
+        return Ok(());
+    }
+    let lab = Lab::new()?;
+    let udp = SocketAddr::from((lab.b.v4, P));
+    let tcp = SocketAddr::from((lab.b.v4, 9));
+    let _listener = tcp_listen(&lab.b.ns, tcp)?;
+    let mut agent = Agent::start(&lab.a.ns)?;
+
+    let loss = agent.apply(&[
+        "loss",
+        "--dev",
+        &lab.a.dev,
+        "--dir",
+        "out",
+        "--percent",
+        "100",
+        "--proto",
+        "udp",
+        "--for",
+        "60s",
+    ])?;
+    agent.apply(&[
+        "block", "--dir", "out", "--proto", "tcp", "--port", "9", "--for", "60s",
+    ])?;
+    ensure!(udp_loss(&lab.a.ns, &lab.b.ns, udp, 200)? == 1.0);
+
+    agent.kill()?;
+    let lost = udp_loss(&lab.a.ns, &lab.b.ns, udp, 200)?;
+    ensure!(
+        lost == 1.0,
+        "only {:.1}% lost once the agent died",
+        lost * 100.0
+    );
+    ensure!(
+        lab.a.ns.nft_table_exists()?,
+        "the block vanished with the agent"
+    );
+    ensure!(
+        tcp_connect(&lab.a.ns, tcp, CONNECT_TIMEOUT)?.is_err(),
+        "the block stopped blocking once the agent died"
+    );
+    ensure!(!entries(&agent.pin_dir().join(&loss))?.is_empty());
+    ensure!(
+        entries(&agent.journal_dir())?.len() == 2,
+        "expected 2 journal entries: {:?}",
+        entries(&agent.journal_dir())?
+    );
+
+    let started = Instant::now();
+    agent.restart()?;
+    note(
+        "crash_then_restart",
+        format!("the new agent was ready after {:?}", started.elapsed()),
+    );
+    let lost = udp_loss(&lab.a.ns, &lab.b.ns, udp, 200)?;
+    ensure!(lost == 0.0, "{:.1}% lost after the restart", lost * 100.0);
+    tcp_connect(&lab.a.ns, tcp, CONNECT_TIMEOUT)?
+        .map_err(|e| anyhow::anyhow!("connect after the restart: {e}"))?;
+    ensure!(
+        !lab.a.ns.nft_table_exists()?,
+        "table inet faultline survived the restart"
+    );
+    agent.assert_clean()
+}
+
+#[test]
+fn deadline_without_agent() -> Result<()> {
+    if !require_root("deadline_without_agent") {
+        return Ok(());
+    }
+    let lab = Lab::new()?;
+    let udp = SocketAddr::from((lab.b.v4, P));
+    let mut agent = Agent::start(&lab.a.ns)?;
+
+    agent.apply(&[
+        "loss",
+        "--dev",
+        &lab.a.dev,
+        "--dir",
+        "out",
+        "--percent",
+        "100",
+        "--proto",
+        "udp",
+        "--for",
+        "3s",
+    ])?;
+    let applied = Instant::now();
+    agent.kill()?;
+
+    thread::sleep(Duration::from_secs(1).saturating_sub(applied.elapsed()));
+    let at = applied.elapsed();
+    let lost = udp_loss(&lab.a.ns, &lab.b.ns, udp, 200)?;
+    note(
+        "deadline_without_agent",
+        format!("t={at:.2?}: {:.1}% lost (no agent)", lost * 100.0),
+    );
+    ensure!(
+        lost == 1.0,
+        "only {:.1}% lost before the deadline",
+        lost * 100.0
+    );
+
+    thread::sleep(Duration::from_secs(4).saturating_sub(applied.elapsed()));
+    let at = applied.elapsed();
+    let lost = udp_loss(&lab.a.ns, &lab.b.ns, udp, 1000)?;
+    note(
+        "deadline_without_agent",
+        format!("t={at:.2?}: {:.1}% lost (no agent)", lost * 100.0),
+    );
+    ensure!(
+        lost == 0.0,
+        "{:.1}% lost after the deadline: the classifier ignores it",
+        lost * 100.0
+    );
+
+    agent.restart()?;
+    agent.assert_clean()
+}
+
+#[test]
+fn sigterm_cleanup() -> Result<()> {
+    if !require_root("sigterm_cleanup") {
+        return Ok(());
+    }
+    let lab = Lab::new()?;
+    let udp = SocketAddr::from((lab.b.v4, P));
+    let mut agent = Agent::start(&lab.a.ns)?;
+    agent.apply(&[
+        "block", "--dir", "out", "--proto", "tcp", "--port", "9", "--for", "60s",
+    ])?;
+    agent.apply(&[
+        "loss",
+        "--dev",
+        &lab.a.dev,
+        "--percent",
+        "100",
+        "--proto",
+        "udp",
+        "--for",
+        "60s",
+    ])?;
+    ensure!(udp_loss(&lab.a.ns, &lab.b.ns, udp, 200)? == 1.0);
+
+    let (status, took) = agent.terminate()?;
+    note(
+        "sigterm_cleanup",
+        format!("the agent exited {status} {took:?} after SIGTERM"),
+    );
+    ensure!(status.success(), "the agent exited {status} on SIGTERM");
+    ensure!(!agent.socket().exists(), "the socket is still there");
+    ensure!(
+        !lab.a.ns.nft_table_exists()?,
+        "table inet faultline survived the shutdown"
+    );
+    let lost = udp_loss(&lab.a.ns, &lab.b.ns, udp, 200)?;
+    ensure!(lost == 0.0, "{:.1}% lost after the shutdown", lost * 100.0);
+    agent.assert_clean()
+}
