@@ -52,7 +52,7 @@ pub fn run(_: Options) -> Result<()> {
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| host::workspace_root().join("target"));
         let binary = target.join("debug/faultline");
-        let mut command = exec::command("cargo", &["test", "--workspace"]);
+        let mut command = exec::command("cargo", ["test", "--workspace"]);
         command.env("FAULTLINE_BIN", &binary);
         exec::run(&mut command).map(|()| Outcome::Passed)
     })?;
