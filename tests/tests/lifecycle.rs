@@ -142,6 +142,60 @@ fn deadline_without_agent() -> Result<()> {
 }
 
 #[test]
+fn block_deadline_without_agent() -> Result<()> {
+    if !require_root("block_deadline_without_agent") {
+        return Ok(());
+    }
+    let lab = Lab::new()?;
+    let udp = SocketAddr::from((lab.b.v4, P));
+    let mut agent = Agent::start(&lab.b.ns)?;
+
+    agent.apply(&[
+        "block",
+        "--dir",
+        "in",
+        "--proto",
+        "udp",
+        "--port",
+        &P.to_string(),
+        "--for",
+        "3s",
+    ])?;
+    let applied = Instant::now();
+    agent.kill()?;
+
+    thread::sleep(Duration::from_secs(1).saturating_sub(applied.elapsed()));
+    let at = applied.elapsed();
+    let lost = udp_loss(&lab.a.ns, &lab.b.ns, udp, 200)?;
+    note(
+        "block_deadline_without_agent",
+        format!("t={at:.2?}: {:.1}% blocked (no agent)", lost * 100.0),
+    );
+    ensure!(
+        lost == 1.0,
+        "only {:.1}% blocked before the deadline",
+        lost * 100.0
+    );
+
+    // The rules stay until an agent removes them, but the kernel expired what they look up.
+    thread::sleep(Duration::from_secs(4).saturating_sub(applied.elapsed()));
+    let at = applied.elapsed();
+    let lost = udp_loss(&lab.a.ns, &lab.b.ns, udp, 1000)?;
+    note(
+        "block_deadline_without_agent",
+        format!("t={at:.2?}: {:.1}% blocked (no agent)", lost * 100.0),
+    );
+    ensure!(
+        lost == 0.0,
+        "{:.1}% blocked after the deadline: the kernel-side timeout did not expire the block",
+        lost * 100.0
+    );
+
+    agent.restart()?;
+    agent.assert_clean()
+}
+
+#[test]
 fn sigterm_cleanup() -> Result<()> {
     if !require_root("sigterm_cleanup") {
         return Ok(());

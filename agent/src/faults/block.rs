@@ -31,7 +31,7 @@ pub struct BlockSpec {
 }
 
 impl BlockSpec {
-    fn rules(&self, id: &str) -> nft::BlockRules {
+    fn rules(&self, id: &str, deadline: Deadline) -> nft::BlockRules {
         let (mut v4, mut v6) = (Vec::new(), Vec::new());
         for cidr in &self.matcher.cidrs {
             match cidr {
@@ -65,6 +65,7 @@ impl BlockSpec {
                 nft::Verdict::Drop
             },
             percent: self.percent,
+            lifetime: deadline.remaining,
         }
     }
 }
@@ -109,12 +110,12 @@ impl Family for BlockSpec {
         self.matcher.matches(Protocol::Tcp, remote, dport)
     }
 
-    fn plan(&self, id: &str, _deadline: Deadline, _host: &Host<'_>) -> Vec<String> {
-        nft::describe(&self.rules(id))
+    fn plan(&self, id: &str, deadline: Deadline, _host: &Host<'_>) -> Vec<String> {
+        nft::describe(&self.rules(id, deadline))
     }
 
-    fn apply(&self, id: &str, _deadline: Deadline, _host: &Host<'_>) -> Result<(), KernelError> {
-        nft::apply(&self.rules(id))?;
+    fn apply(&self, id: &str, deadline: Deadline, _host: &Host<'_>) -> Result<(), KernelError> {
+        nft::apply(&self.rules(id, deadline))?;
         Ok(())
     }
 

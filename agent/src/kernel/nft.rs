@@ -4,6 +4,12 @@
 //! base chain named `fl-<fault id>-in` or `fl-<fault id>-out`, so a fault's revert deletes
 //! exactly its own rules, and the chain names alone tell a start-up sweep which fault left them.
 //! Every change is one netlink batch: the kernel applies it whole or not at all.
+//!
+//! A block also expires inside the kernel: every rule of a fault first looks the packet's
+//! family up in the fault's set `fl-<fault id>-live`, whose two elements (ipv4, ipv6) carry the
+//! fault's remaining lifetime as a kernel-side timeout. When they expire the rules match
+//! nothing, so a block ends on time even if the agent is dead; the next start removes the
+//! inert chain.
 
 use std::{
     collections::BTreeSet,
@@ -97,11 +103,18 @@ pub struct BlockRules {
     pub verdict: Verdict,
     /// Share of matching packets blocked, `0 < p <= 100`; `None` blocks all.
     pub percent: Option<f64>,
+    /// How long the rules act; the kernel stops them after that on its own.
+    pub lifetime: std::time::Duration,
 }
 
 impl BlockRules {
     fn chain_name(&self) -> String {
         format!("{CHAIN_PREFIX}{}-{}", self.fault_id, self.hook.suffix())
+    }
+
+    /// Whole milliseconds, at least one: what the kernel's set timeout takes.
+    fn lifetime_ms(&self) -> u64 {
+        (self.lifetime.as_millis().min(u64::MAX as u128) as u64).max(1)
     }
 
     /// nftables rules are conjunctions, so the request's lists (any of these ports, any of
@@ -185,6 +198,35 @@ struct RuleSpec {
     port: Option<RangeInclusive<u16>>,
 }
 
+fn live_set_name(fault_id: &str) -> String {
+    format!("{CHAIN_PREFIX}{fault_id}-live")
+}
+
+/// The key of a fault's live set: a packet's `meta nfproto` (one byte).
+#[derive(Debug, Clone, Copy)]
+struct NfProto(u8);
+
+impl nftnl::set::SetKey for NfProto {
+    /// nftables' `nf_proto` data type, so `nft list` shows the elements as `ipv4`/`ipv6`.
+    const TYPE: u32 = 2;
+    const LEN: u32 = 1;
+
+    fn data(&self) -> Box<[u8]> {
+        Box::new([self.0])
+    }
+}
+
+/// nftnl's `Set` has no setter for timeouts; `NFT_SET_TIMEOUT` (0x10) lets elements expire.
+fn set_timeout(set: &nftnl::set::Set<'_, NfProto>, timeout_ms: u64) {
+    const NFT_SET_TIMEOUT: u32 = 0x10;
+    let raw = set.as_ptr().as_ptr();
+    // SAFETY: the set object is alive for the borrow; both attributes are plain integers.
+    unsafe {
+        sys::nftnl_set_set_u32(raw, sys::NFTNL_SET_FLAGS as u16, NFT_SET_TIMEOUT);
+        sys::nftnl_set_set_u64(raw, sys::NFTNL_SET_TIMEOUT as u16, timeout_ms);
+    }
+}
+
 /// `meta l4proto`, which the `nftnl` crate has no variant for.
 struct MetaL4Proto;
 
@@ -239,11 +281,18 @@ pub fn apply(rules: &BlockRules) -> Result<(), NftError> {
         .transpose()?;
     let comment = cstring(&format!("faultline fault {}", rules.fault_id))?;
     let threshold = rules.threshold();
+    let set_name = cstring(&live_set_name(&rules.fault_id))?;
+    let mut live = nftnl::set::Set::<NfProto>::new_named(&set_name, 1, &table, ProtoFamily::Inet);
+    set_timeout(&live, rules.lifetime_ms());
+    live.add(&NfProto(libc::NFPROTO_IPV4 as u8));
+    live.add(&NfProto(libc::NFPROTO_IPV6 as u8));
     let built: Vec<Rule> = rules
         .expand()
         .iter()
         .map(|spec| {
             let mut rule = Rule::new(&chain);
+            rule.add_expr(&Meta::NfProto);
+            rule.add_expr(&nftnl::expr::Lookup::new(&live));
             add_match(&mut rule, rules.hook, spec);
             if let Some(device) = &device {
                 rule.add_expr(&match rules.hook {
@@ -275,6 +324,8 @@ pub fn apply(rules: &BlockRules) -> Result<(), NftError> {
 
     let mut batch = Batch::new();
     batch.add(&table, MsgType::Add);
+    batch.add(&live, MsgType::Add);
+    batch.add_iter(live.elems_iter(), MsgType::Add);
     batch.add(&chain, MsgType::Add);
     for rule in &built {
         batch.add(rule, MsgType::Add);
@@ -360,14 +411,19 @@ pub fn describe(rules: &BlockRules) -> Vec<String> {
         Hook::Output => "output",
     };
     let chain = rules.chain_name();
+    let set = live_set_name(&rules.fault_id);
     let mut lines = vec![
         format!("nftables: add table inet {TABLE}"),
+        format!(
+            "nftables: add set inet {TABLE} {set} {{ type nf_proto; flags timeout; timeout {}ms; elements = {{ ipv4, ipv6 }}; }}",
+            rules.lifetime_ms()
+        ),
         format!(
             "nftables: add chain inet {TABLE} {chain} {{ type filter hook {hook} priority {PRIORITY}; policy accept; }}"
         ),
     ];
     for spec in rules.expand() {
-        let mut line = format!("nftables: add rule inet {TABLE} {chain}");
+        let mut line = format!("nftables: add rule inet {TABLE} {chain} meta nfproto @{set}");
         let side = if rules.hook == Hook::Input {
             "saddr"
         } else {
@@ -440,6 +496,10 @@ pub fn remove(fault_id: &str) -> Result<(), NftError> {
             batch.add(&Rule::new(chain), MsgType::Del);
             batch.add(chain, MsgType::Del);
         }
+        // The live set goes once no rule refers to it any more.
+        let set_name = cstring(&live_set_name(fault_id))?;
+        let live = nftnl::set::Set::<NfProto>::new_named(&set_name, 1, &table, ProtoFamily::Inet);
+        batch.add(&live, MsgType::Del);
         match send(batch.finalize(), || {
             format!("the removal of fault {fault_id}'s chains")
         }) {
@@ -689,6 +749,7 @@ mod tests {
             device: None,
             verdict: Verdict::Drop,
             percent: None,
+            lifetime: std::time::Duration::from_secs(30),
         }
     }
 
@@ -700,7 +761,7 @@ mod tests {
         r.v6 = vec!["fd00::/8".parse().unwrap()];
         // 2 networks x {tcp, udp} x 2 port ranges
         assert_eq!(r.expand().len(), 8);
-        assert_eq!(describe(&r).len(), 2 + 8);
+        assert_eq!(describe(&r).len(), 3 + 8);
     }
 
     #[test]
@@ -709,11 +770,11 @@ mod tests {
         r.verdict = Verdict::Reject;
         let plan = describe(&r);
         assert!(
-            plan[2].ends_with("meta l4proto tcp counter reject with tcp reset"),
+            plan[3].ends_with("meta l4proto tcp counter reject with tcp reset"),
             "{plan:?}"
         );
         assert!(
-            plan[3].ends_with("meta l4proto != tcp counter reject with icmpx port-unreachable"),
+            plan[4].ends_with("meta l4proto != tcp counter reject with icmpx port-unreachable"),
             "{plan:?}"
         );
     }
