@@ -28,6 +28,8 @@ pub struct Agent {
     dir: TempDir,
     pin_dir: PathBuf,
     extra_args: Vec<String>,
+    /// A program (and its arguments) that runs the agent, e.g. `setpriv` with fewer capabilities.
+    wrapper: Vec<String>,
     child: Option<Child>,
 }
 
@@ -39,6 +41,12 @@ impl Agent {
 
     /// Starts an agent in `ns` with extra `serve` arguments (`--protected-port 8022`).
     pub fn start_with(ns: &Netns, extra_args: &[&str]) -> Result<Self> {
+        Self::start_wrapped(ns, &[], extra_args)
+    }
+
+    /// Starts an agent in `ns` through `wrapper` (a command line that ends by running the
+    /// agent's own command line, like `setpriv --bounding-set ...`).
+    pub fn start_wrapped(ns: &Netns, wrapper: &[&str], extra_args: &[&str]) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("faultline-test-")
             .tempdir()?;
@@ -53,6 +61,7 @@ impl Agent {
             dir,
             pin_dir,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
         agent.restart()?;
@@ -70,6 +79,7 @@ impl Agent {
         let mut command = Command::new("nsenter");
         command
             .arg(format!("--net={}", self.ns_path.display()))
+            .args(&self.wrapper)
             .arg(process::faultline_bin()?)
             .arg("serve")
             .arg("--socket")
@@ -111,6 +121,11 @@ impl Agent {
             }
             thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The agent's process id (nsenter and setpriv exec it in place, so it is the child's).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Runs `faultline --agent <socket> <args>` and returns whatever it did.
