@@ -22,6 +22,11 @@ pub struct AgentConfig {
     pub max_duration: Duration,
     /// Local TCP ports whose established connections the safety guard protects.
     pub protected_ports: Vec<u16>,
+    /// Bytes of available memory a memory stress must leave; `None`: 5 % of memory, at least
+    /// 256 MiB.
+    pub memory_reserve: Option<u64>,
+    /// The cgroup under which stress faults get their cgroups, at each hierarchy's root.
+    pub cgroup_parent: String,
 }
 
 impl Default for AgentConfig {
@@ -32,6 +37,8 @@ impl Default for AgentConfig {
             bpf_pin_dir: DEFAULT_BPF_PIN_DIR.into(),
             max_duration: DEFAULT_MAX_DURATION,
             protected_ports: DEFAULT_PROTECTED_PORTS.to_vec(),
+            memory_reserve: None,
+            cgroup_parent: crate::kernel::cgroup::DEFAULT_PARENT.to_owned(),
         }
     }
 }

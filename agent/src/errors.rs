@@ -7,7 +7,10 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-use crate::kernel::{nft::NftError, tc::TcError};
+use crate::{
+    faults::stress::StressError,
+    kernel::{cgroup::CgroupError, nft::NftError, tc::TcError},
+};
 
 /// A request that is wrong in itself: refused before anything touches the kernel.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
@@ -37,6 +40,14 @@ pub enum KernelError {
     /// for their size.
     #[error(transparent)]
     Tc(Box<TcError>),
+    #[error(transparent)]
+    Stress(#[from] StressError),
+}
+
+impl From<CgroupError> for KernelError {
+    fn from(e: CgroupError) -> Self {
+        KernelError::Stress(StressError::Cgroup(e))
+    }
 }
 
 impl From<TcError> for KernelError {
@@ -110,6 +121,9 @@ pub enum EngineError {
         #[source]
         source: KernelError,
     },
+
+    #[error("refused to keep the host safe: {detail}")]
+    Reserve { detail: String },
 
     #[error("the agent is shutting down and takes no new faults")]
     ShuttingDown,

@@ -27,6 +27,9 @@ pub struct Agent {
     ns_path: PathBuf,
     dir: TempDir,
     pin_dir: PathBuf,
+    /// This agent's own cgroup parent: cgroups are host-wide, and a starting agent sweeps
+    /// every fault cgroup under its parent that its journal does not know.
+    cgroup_parent: String,
     extra_args: Vec<String>,
     /// A program (and its arguments) that runs the agent, e.g. `setpriv` with fewer capabilities.
     wrapper: Vec<String>,
@@ -55,7 +58,9 @@ impl Agent {
             std::process::id(),
             unique()
         ));
+        let cgroup_parent = format!("faultline-test-{}-{}", std::process::id(), unique());
         let mut agent = Self {
+            cgroup_parent,
             ns_name: ns.name().to_owned(),
             ns_path: ns.path().to_owned(),
             dir,
@@ -88,6 +93,8 @@ impl Agent {
             .arg(self.state_dir())
             .arg("--bpf-pin-dir")
             .arg(&self.pin_dir)
+            .arg("--cgroup-parent")
+            .arg(&self.cgroup_parent)
             .args(["--log-level", "info"])
             .args(&self.extra_args)
             .stdin(Stdio::null())
@@ -234,6 +241,11 @@ impl Agent {
         self.state_dir().join("journal")
     }
 
+    /// The cgroup under which this agent's stress faults live (at each hierarchy's root).
+    pub fn cgroup_parent(&self) -> &str {
+        &self.cgroup_parent
+    }
+
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
     }
@@ -267,7 +279,54 @@ impl Agent {
         for dir in [self.pin_dir.clone(), self.journal_dir()] {
             found.extend(entries(&dir)?.into_iter().map(|p| p.display().to_string()));
         }
+        for parent in self.cgroup_parents() {
+            found.extend(
+                entries(&parent)?
+                    .into_iter()
+                    .filter(|p| p.is_dir())
+                    .map(|p| format!("cgroup {}", p.display())),
+            );
+        }
         Ok(found)
+    }
+
+    /// This agent's cgroup parent in every hierarchy it may use (v1 controllers, or v2).
+    fn cgroup_parents(&self) -> Vec<PathBuf> {
+        ["cpu", "cpuacct", "cpuset", "memory", ""]
+            .iter()
+            .map(|c| {
+                Path::new("/sys/fs/cgroup")
+                    .join(c)
+                    .join(&self.cgroup_parent)
+            })
+            .filter(|p| p.exists())
+            .collect()
+    }
+
+    /// Kills what is left in this agent's cgroups and removes them: a failed test must not
+    /// leave load or memory behind.
+    fn remove_cgroups(&self) {
+        for parent in self.cgroup_parents() {
+            for child in entries(&parent)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| p.is_dir())
+            {
+                for _ in 0..50 {
+                    let procs = fs::read_to_string(child.join("cgroup.procs")).unwrap_or_default();
+                    if procs.trim().is_empty() {
+                        break;
+                    }
+                    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                        // SAFETY: kill(2) with a pid read from the cgroup; no memory involved.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                    thread::sleep(Duration::from_millis(20));
+                }
+                let _ = fs::remove_dir(&child);
+            }
+            let _ = fs::remove_dir(&parent);
+        }
     }
 
     /// Fails, naming them, if [`Agent::leftovers`] finds anything.
@@ -285,6 +344,7 @@ impl Drop for Agent {
                 eprintln!("cleanup: {e:#}");
             }
         }
+        self.remove_cgroups();
         if self.pin_dir.exists() {
             if let Err(e) = fs::remove_dir_all(&self.pin_dir) {
                 eprintln!("cleanup: cannot remove {}: {e}", self.pin_dir.display());

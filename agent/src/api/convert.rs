@@ -14,7 +14,10 @@ use ipnet::IpNet;
 use crate::{
     engine::{ApplyRequest, Fault, FaultState},
     errors::InvalidSpec,
-    faults::{BlockSpec, Direction, FaultSpec, LossSpec, PacketMatch, PortRange, Protocol},
+    faults::{
+        stress::{CpuStressSpec, MemSize, MemoryStressSpec},
+        BlockSpec, Direction, FaultSpec, LossSpec, PacketMatch, PortRange, Protocol,
+    },
 };
 
 pub fn apply_request(req: pb::ApplyRequest) -> Result<ApplyRequest, InvalidSpec> {
@@ -32,7 +35,10 @@ pub fn apply_request(req: pb::ApplyRequest) -> Result<ApplyRequest, InvalidSpec>
 }
 
 fn missing_spec() -> InvalidSpec {
-    InvalidSpec::new("spec", "missing: set one fault kind (block or loss)")
+    InvalidSpec::new(
+        "spec",
+        "missing: set one fault kind (block, loss, cpu or memory)",
+    )
 }
 
 pub fn fault_spec(spec: pb::FaultSpec) -> Result<FaultSpec, InvalidSpec> {
@@ -56,6 +62,32 @@ pub fn fault_spec(spec: pb::FaultSpec) -> Result<FaultSpec, InvalidSpec> {
             direction: direction(l.direction, Some(Direction::Egress))?,
             percent: l.percent,
             matcher: packet_match(l.r#match.unwrap_or_default())?,
+        })),
+        pb::fault_spec::Kind::Cpu(c) => Ok(FaultSpec::CpuStress(CpuStressSpec {
+            load: c.load,
+            cpus: c.cpus,
+            cores: c.cores,
+            ramp: c
+                .ramp
+                .map(|d| {
+                    Duration::try_from(d)
+                        .map_err(|_| InvalidSpec::new("ramp", "negative: expected e.g. 30s"))
+                })
+                .transpose()?,
+        })),
+        pb::fault_spec::Kind::Memory(m) => Ok(FaultSpec::MemoryStress(MemoryStressSpec {
+            size: match m.size {
+                Some(pb::memory_stress_spec::Size::Bytes(b)) => MemSize::Bytes(b),
+                Some(pb::memory_stress_spec::Size::Percent(p)) => MemSize::Percent(p),
+                None => {
+                    return Err(InvalidSpec::new(
+                        "size",
+                        "missing: expected bytes (512MiB) or a percent of total memory (25%)",
+                    ))
+                }
+            },
+            rate: m.rate,
+            lock: m.lock,
         })),
     }
 }
@@ -170,6 +202,20 @@ pub fn proto_spec(spec: &FaultSpec) -> pb::FaultSpec {
             direction: proto_direction(l.direction),
             percent: l.percent,
             r#match: Some(proto_match(&l.matcher)),
+        }),
+        FaultSpec::CpuStress(c) => pb::fault_spec::Kind::Cpu(pb::CpuStressSpec {
+            load: c.load,
+            cpus: c.cpus.clone(),
+            cores: c.cores,
+            ramp: c.ramp.and_then(|d| prost_types::Duration::try_from(d).ok()),
+        }),
+        FaultSpec::MemoryStress(m) => pb::fault_spec::Kind::Memory(pb::MemoryStressSpec {
+            size: Some(match m.size {
+                MemSize::Bytes(b) => pb::memory_stress_spec::Size::Bytes(b),
+                MemSize::Percent(p) => pb::memory_stress_spec::Size::Percent(p),
+            }),
+            rate: m.rate,
+            lock: m.lock,
         }),
     };
     pb::FaultSpec { kind: Some(kind) }

@@ -10,7 +10,9 @@ pub fn from_engine(e: EngineError) -> Status {
         EngineError::Invalid(_) => Code::InvalidArgument,
         EngineError::NotFound { .. } => Code::NotFound,
         EngineError::Conflict { .. } => Code::AlreadyExists,
-        EngineError::Guarded { .. } | EngineError::Unsupported { .. } => Code::FailedPrecondition,
+        EngineError::Guarded { .. }
+        | EngineError::Unsupported { .. }
+        | EngineError::Reserve { .. } => Code::FailedPrecondition,
         EngineError::ShuttingDown => Code::Unavailable,
         EngineError::Journal(_) | EngineError::Apply { .. } | EngineError::Revert { .. } => {
             Code::Internal

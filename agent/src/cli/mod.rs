@@ -16,6 +16,8 @@ mod ls;
 pub mod output;
 mod revert;
 mod serve;
+mod stress;
+mod worker;
 
 pub use output::Failure;
 
@@ -37,6 +39,8 @@ pub enum Command {
     Block(block::Options),
     /// Drop a share of an interface's packets with an eBPF classifier (no netem needed)
     Loss(loss::Options),
+    /// Load CPUs or hold memory inside a cgroup whose limits the kernel enforces
+    Stress(stress::Options),
     /// List the agent's faults
     #[command(alias = "list")]
     Ls(ls::Options),
@@ -46,6 +50,9 @@ pub enum Command {
     Revert(revert::Options),
     /// Show the agent's version, host and what its kernel offers
     Info(info::Options),
+    /// A stress worker, started by the agent inside a fault's cgroup
+    #[command(name = "__worker", hide = true)]
+    Worker(worker::Options),
 }
 
 /// Runs the command line and turns the outcome into an exit status scripts can rely on.
@@ -53,16 +60,18 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(options) => serve::run(options),
+        Command::Worker(options) => worker::run(options),
         command => client_runtime().and_then(|rt| {
             rt.block_on(async {
                 match command {
                     Command::Block(o) => block::run(&cli.global, o).await,
                     Command::Loss(o) => loss::run(&cli.global, o).await,
+                    Command::Stress(o) => stress::run(&cli.global, o).await,
                     Command::Ls(o) => ls::run(&cli.global, o).await,
                     Command::Get(o) => get::run(&cli.global, o).await,
                     Command::Revert(o) => revert::run(&cli.global, o).await,
                     Command::Info(o) => info::run(&cli.global, o).await,
-                    Command::Serve(_) => unreachable!("handled above"),
+                    Command::Serve(_) | Command::Worker(_) => unreachable!("handled above"),
                 }
             })
         }),

@@ -115,7 +115,7 @@ pub fn print_faults(faults: &[Fault], output: Output) {
                 return;
             }
             println!(
-                "{:<12}  {:<5}  {:<9}  {:>9}  WHAT",
+                "{:<12}  {:<6}  {:<9}  {:>9}  WHAT",
                 "ID", "KIND", "STATE", "REMAINING"
             );
             for f in faults {
@@ -124,7 +124,7 @@ pub fn print_faults(faults: &[Fault], output: Output) {
                     what.push_str(&format!(" [{}]", f.reason));
                 }
                 println!(
-                    "{:<12}  {:<5}  {:<9}  {:>9}  {what}",
+                    "{:<12}  {:<6}  {:<9}  {:>9}  {what}",
                     f.id,
                     f.spec.kind(),
                     f.state.to_string(),

@@ -34,8 +34,27 @@ pub struct Options {
     #[arg(long = "protected-port", value_name = "PORT", default_values_t = [22u16])]
     pub protected_ports: Vec<u16>,
     /// Log filter (error, warn, info, debug, or a tracing directive)
+    /// Available memory a memory stress must leave (512MiB, 2GiB); default 5 % of memory,
+    /// at least 256MiB
+    #[arg(long, value_name = "SIZE", value_parser = crate::faults::stress::parse_bytes)]
+    pub memory_reserve: Option<u64>,
+
+    /// The cgroup (at each hierarchy's root) that holds stress faults' cgroups
+    #[arg(long, value_name = "NAME", default_value = crate::kernel::cgroup::DEFAULT_PARENT, value_parser = cgroup_name)]
+    pub cgroup_parent: String,
+
     #[arg(long, env = "FAULTLINE_LOG", default_value = "info")]
     pub log_level: String,
+}
+
+/// One directory name: the parent sits directly at each hierarchy's root.
+fn cgroup_name(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.contains('/') || text.starts_with('.') {
+        return Err(format!(
+            "{text:?} is not a cgroup name (one path component, e.g. faultline)"
+        ));
+    }
+    Ok(text.to_owned())
 }
 
 pub fn run(o: Options) -> Result<(), Failure> {
@@ -53,6 +72,8 @@ pub fn run(o: Options) -> Result<(), Failure> {
         bpf_pin_dir: o.bpf_pin_dir,
         max_duration: o.max_duration,
         protected_ports: o.protected_ports,
+        memory_reserve: o.memory_reserve,
+        cgroup_parent: o.cgroup_parent,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

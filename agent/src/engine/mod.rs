@@ -22,8 +22,8 @@ use tracing::{error, info, warn};
 use crate::{
     config::AgentConfig,
     errors::{EngineError, InvalidSpec, KernelError},
-    faults::{Deadline, FaultSpec, Host},
-    kernel::{caps::Capabilities, nft, tc::LossPins},
+    faults::{stress::Stress, Deadline, FaultSpec, Host},
+    kernel::{caps::Capabilities, cgroup::Cgroups, nft, tc::LossPins},
 };
 
 pub mod fault;
@@ -103,6 +103,7 @@ pub struct Engine {
     config: AgentConfig,
     caps: Capabilities,
     loss_pins: LossPins,
+    stress: Stress,
     journal: Journal,
     guard: Guard,
     registry: Mutex<Registry>,
@@ -118,6 +119,14 @@ impl Engine {
         let (events, _) = broadcast::channel(256);
         Ok(Arc::new(Self {
             loss_pins: LossPins::new(config.bpf_pin_dir.clone()),
+            stress: Stress::new(
+                Cgroups::probe(
+                    std::path::Path::new("/sys/fs/cgroup"),
+                    &config.cgroup_parent,
+                )
+                .map_err(|e| e.to_string()),
+                config.memory_reserve,
+            ),
             guard: Guard::new(config.protected_ports.clone()),
             journal,
             caps,
@@ -141,6 +150,7 @@ impl Engine {
         Host {
             caps: &self.caps,
             loss_pins: &self.loss_pins,
+            stress: &self.stress,
         }
     }
 
@@ -204,6 +214,9 @@ impl Engine {
                     }
                 }
             }
+            for id in self.stress.sweep(&keep)? {
+                swept.push(format!("stress cgroup and workers of {id}"));
+            }
             for id in self.loss_pins.sweep(&keep)? {
                 swept.push(format!("eBPF loss classifier of {id}"));
             }
@@ -234,6 +247,7 @@ impl Engine {
         if let Some((feature, detail)) = family.missing_capability(&self.caps) {
             return Err(EngineError::Unsupported { feature, detail });
         }
+        family.admit(&host)?;
         let id = Fault::new_id();
         let deadline = Deadline {
             remaining: request.duration,

@@ -15,6 +15,7 @@ use crate::{
 
 pub mod block;
 pub mod loss;
+pub mod stress;
 
 pub use block::BlockSpec;
 pub use loss::LossSpec;
@@ -182,6 +183,10 @@ pub fn check_percent(value: f64, field: &str) -> Result<f64, InvalidSpec> {
 pub enum FaultSpec {
     Block(BlockSpec),
     Loss(LossSpec),
+    #[serde(rename = "cpu")]
+    CpuStress(stress::CpuStressSpec),
+    #[serde(rename = "memory")]
+    MemoryStress(stress::MemoryStressSpec),
 }
 
 impl FaultSpec {
@@ -189,6 +194,8 @@ impl FaultSpec {
         match self {
             FaultSpec::Block(spec) => spec,
             FaultSpec::Loss(spec) => spec,
+            FaultSpec::CpuStress(spec) => spec,
+            FaultSpec::MemoryStress(spec) => spec,
         }
     }
 
@@ -196,6 +203,8 @@ impl FaultSpec {
         match self {
             FaultSpec::Block(_) => "block",
             FaultSpec::Loss(_) => "loss",
+            FaultSpec::CpuStress(_) => "cpu",
+            FaultSpec::MemoryStress(_) => "memory",
         }
     }
 }
@@ -236,6 +245,7 @@ pub struct Connection {
 pub struct Host<'a> {
     pub caps: &'a Capabilities,
     pub loss_pins: &'a LossPins,
+    pub stress: &'a stress::Stress,
 }
 
 /// When a fault stops by itself.
@@ -254,6 +264,12 @@ pub trait Family: Send + Sync {
 
     /// A kernel facility this family needs and the host lacks: `(feature, what to do instead)`.
     fn missing_capability(&self, caps: &Capabilities) -> Option<(String, String)>;
+
+    /// Conditions of the host at this moment that refuse a valid request: a missing cgroup
+    /// controller, the memory reserve. Checked after `validate`, before anything is touched.
+    fn admit(&self, _host: &Host<'_>) -> Result<(), crate::errors::EngineError> {
+        Ok(())
+    }
 
     /// Kernel objects this fault takes for itself.
     fn claims(&self) -> Vec<Claim>;

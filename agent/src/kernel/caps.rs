@@ -94,7 +94,29 @@ impl Capabilities {
             Ok(()) => Capability::yes("nf_tables answers over netlink"),
             Err(e) => Capability::no(e.to_string()),
         };
-        let (cgroup_version, cgroup) = probe_cgroup(Path::new("/sys/fs/cgroup"));
+        let (cgroup_version, mut cgroup) = probe_cgroup(Path::new("/sys/fs/cgroup"));
+        match super::cgroup::Cgroups::probe(
+            Path::new("/sys/fs/cgroup"),
+            super::cgroup::DEFAULT_PARENT,
+        ) {
+            Ok(cgroups) => {
+                let usable = cgroups.usable();
+                cgroup.detail.push_str(&format!(
+                    "; stress uses cgroup v{}: {}",
+                    cgroups.version(),
+                    if usable.is_empty() {
+                        "no usable controller".to_owned()
+                    } else {
+                        usable.join(" ")
+                    }
+                ));
+                cgroup.available &= !usable.is_empty();
+            }
+            Err(e) => {
+                cgroup.available = false;
+                cgroup.detail.push_str(&format!("; {e}"));
+            }
+        }
         Self {
             kernel_release,
             netem,

@@ -3,6 +3,7 @@
 //! are told and nothing more; policy (guards, conflicts, deadlines) lives in the engine.
 
 pub mod caps;
+pub mod cgroup;
 pub mod netdev;
 pub mod nft;
 pub mod tc;

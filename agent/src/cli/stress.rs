@@ -1,0 +1,144 @@
+//! `faultline stress cpu|memory`: CPU load or memory pressure held inside a cgroup.
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use faultline_proto::v1 as pb;
+
+use super::{
+    apply,
+    args::{parse_duration, ApplyArgs, Global},
+    output::Failure,
+};
+use crate::faults::stress::parse_bytes;
+
+#[derive(Debug, Args)]
+pub struct Options {
+    #[command(subcommand)]
+    pub kind: Kind,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Kind {
+    /// Load CPUs to a percentage, enforced by a cgroup CPU quota
+    Cpu(CpuOptions),
+    /// Hold memory (pages really touched) inside a cgroup with a memory limit
+    #[command(alias = "mem")]
+    Memory(MemoryOptions),
+}
+
+#[derive(Debug, Args)]
+pub struct CpuOptions {
+    /// Load in percent of the CPUs in scope (0 < LOAD <= 100)
+    #[arg(long)]
+    pub load: f64,
+    /// Pin to these CPUs (0,1 or 0-3); the load is a share of them
+    #[arg(long, value_name = "CPU[-CPU]", value_delimiter = ',', value_parser = parse_cpus, conflicts_with = "cores")]
+    pub cpus: Vec<Vec<u32>>,
+    /// A share of this many CPUs, unpinned (default: all online CPUs)
+    #[arg(long)]
+    pub cores: Option<u32>,
+    /// Rise linearly to the load over this long (30s)
+    #[arg(long, value_parser = parse_duration)]
+    pub ramp: Option<Duration>,
+    #[command(flatten)]
+    pub apply: ApplyArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MemoryOptions {
+    /// How much: a size (512MiB, 2GiB) or a percent of total memory (25%)
+    #[arg(long, value_parser = parse_size)]
+    pub size: pb::memory_stress_spec::Size,
+    /// Allocation rate (100MiB/s); default as fast as possible
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<u64>,
+    /// Lock the pages in memory so they cannot be swapped out
+    #[arg(long)]
+    pub lock: bool,
+    #[command(flatten)]
+    pub apply: ApplyArgs,
+}
+
+pub async fn run(global: &Global, o: Options) -> Result<(), Failure> {
+    match o.kind {
+        Kind::Cpu(c) => {
+            let spec = pb::CpuStressSpec {
+                load: c.load,
+                cpus: c.cpus.into_iter().flatten().collect(),
+                cores: c.cores,
+                ramp: c.ramp.and_then(|d| prost_types::Duration::try_from(d).ok()),
+            };
+            apply::run(global, &c.apply, pb::fault_spec::Kind::Cpu(spec)).await
+        }
+        Kind::Memory(m) => {
+            let spec = pb::MemoryStressSpec {
+                size: Some(m.size),
+                rate: m.rate,
+                lock: m.lock,
+            };
+            apply::run(global, &m.apply, pb::fault_spec::Kind::Memory(spec)).await
+        }
+    }
+}
+
+/// `3` or `0-3`.
+fn parse_cpus(text: &str) -> Result<Vec<u32>, String> {
+    let number = |s: &str| {
+        s.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("{s:?} is not a CPU number (expected e.g. 0,1 or 0-3)"))
+    };
+    match text.split_once('-') {
+        Some((first, last)) => {
+            let (first, last) = (number(first)?, number(last)?);
+            if first > last {
+                return Err(format!("range {text} is reversed"));
+            }
+            Ok((first..=last).collect())
+        }
+        None => Ok(vec![number(text)?]),
+    }
+}
+
+/// `512MiB` or `25%`.
+fn parse_size(text: &str) -> Result<pb::memory_stress_spec::Size, String> {
+    match text.trim().strip_suffix('%') {
+        Some(percent) => percent
+            .trim()
+            .parse::<f64>()
+            .map(pb::memory_stress_spec::Size::Percent)
+            .map_err(|_| format!("{text:?} is not a percentage (expected e.g. 25%)")),
+        None => parse_bytes(text).map(pb::memory_stress_spec::Size::Bytes),
+    }
+}
+
+/// `100MiB/s`.
+fn parse_rate(text: &str) -> Result<u64, String> {
+    let bytes = text
+        .trim()
+        .strip_suffix("/s")
+        .ok_or_else(|| format!("{text:?} is not a rate (expected e.g. 100MiB/s)"))?;
+    parse_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_sizes_and_rates_parse() {
+        assert_eq!(parse_cpus("0-3"), Ok(vec![0, 1, 2, 3]));
+        assert!(parse_cpus("3-1").is_err());
+        assert_eq!(
+            parse_size("25%"),
+            Ok(pb::memory_stress_spec::Size::Percent(25.0))
+        );
+        assert_eq!(
+            parse_size("1GiB"),
+            Ok(pb::memory_stress_spec::Size::Bytes(1 << 30))
+        );
+        assert_eq!(parse_rate("100MiB/s"), Ok(100 << 20));
+        assert!(parse_rate("100MiB").is_err());
+    }
+}

@@ -1,0 +1,793 @@
+//! The stress families: CPU load and memory pressure, each held by worker processes inside the
+//! fault's own cgroup, whose limits the kernel enforces (see `kernel::cgroup`).
+//!
+//! Workers are this binary re-executed in a hidden mode (`faultline __worker`). They are
+//! spawned by one long-lived thread of the agent with `PR_SET_PDEATHSIG`, so they die with the
+//! agent (the death signal follows the thread that forked, hence a thread that never exits),
+//! and they join the fault's cgroup before they run a single instruction of their own.
+
+use std::{
+    ffi::CString,
+    fs, io,
+    os::unix::process::CommandExt,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{mpsc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Claim, Connection, Deadline, Family, Host};
+use crate::{
+    errors::{EngineError, InvalidSpec, KernelError},
+    kernel::{
+        caps::Capabilities,
+        cgroup::{CgroupError, Cgroups, Controller, CpuQuota, Limits},
+    },
+};
+
+/// Scheduler period for CPU quotas: long enough that the quota is not lost to rounding, short
+/// enough that a 50 % load looks like 50 % on any one-second graph.
+const PERIOD_US: u64 = 100_000;
+/// What a memory worker needs beyond the memory it holds (its stack, heap bookkeeping, page
+/// tables); the cgroup limit is the request plus this.
+const MEMORY_HEADROOM: u64 = 32 << 20;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CpuStressSpec {
+    /// Percent of the CPUs in scope, `0 < load <= 100`.
+    pub load: f64,
+    /// Pin the workers to these CPUs; the load is a share of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpus: Vec<u32>,
+    /// A share of this many CPUs, unpinned; neither this nor `cpus`: all online CPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cores: Option<u32>,
+    /// Rise linearly from nothing to `load` over this long.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_secs")]
+    pub ramp: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemSize {
+    Bytes(u64),
+    /// Percent of the host's total memory.
+    Percent(f64),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemoryStressSpec {
+    pub size: MemSize,
+    /// Allocation rate in bytes per second; `None` allocates as fast as the kernel allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u64>,
+    /// Lock the pages in memory (mlock), so they cannot be swapped out.
+    #[serde(default)]
+    pub lock: bool,
+}
+
+mod opt_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.map(Duration::from_secs_f64))
+    }
+}
+
+/// The host's online CPUs, from /sys/devices/system/cpu/online (`0-3,6`).
+pub fn online_cpus() -> Vec<u32> {
+    let text = fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let (first, last) = part.split_once('-').unwrap_or((part, part));
+        if let (Ok(first), Ok(last)) = (first.parse::<u32>(), last.parse::<u32>()) {
+            cpus.extend(first..=last);
+        }
+    }
+    if cpus.is_empty() {
+        let n = thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        cpus.extend(0..n);
+    }
+    cpus
+}
+
+impl CpuStressSpec {
+    /// How many CPUs the load is a share of; also how many workers run.
+    fn width(&self) -> u32 {
+        if !self.cpus.is_empty() {
+            self.cpus.len() as u32
+        } else {
+            self.cores.unwrap_or_else(|| online_cpus().len() as u32)
+        }
+    }
+
+    fn quota(&self, share: f64) -> CpuQuota {
+        let quota_us = (self.load / 100.0 * share * self.width() as f64 * PERIOD_US as f64).round();
+        CpuQuota {
+            // The kernel's smallest quota is 1 ms.
+            quota_us: (quota_us as u64).max(1_000),
+            period_us: PERIOD_US,
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            cpu: Some(self.quota(if self.ramp.is_some() { 0.0 } else { 1.0 })),
+            cpus: (!self.cpus.is_empty()).then(|| self.cpus.clone()),
+            memory_max: None,
+        }
+    }
+
+    fn controllers(&self) -> Vec<Controller> {
+        let mut needs = vec![Controller::Cpu];
+        if !self.cpus.is_empty() {
+            needs.push(Controller::Cpuset);
+        }
+        needs
+    }
+}
+
+impl Family for CpuStressSpec {
+    fn validate(&self, _host: &Host<'_>) -> Result<(), InvalidSpec> {
+        if !(self.load.is_finite() && self.load > 0.0 && self.load <= 100.0) {
+            return Err(InvalidSpec::new(
+                "load",
+                format!(
+                    "{} is out of range, expected 0 < load <= 100 (percent)",
+                    self.load
+                ),
+            ));
+        }
+        let online = online_cpus();
+        if !self.cpus.is_empty() && self.cores.is_some() {
+            return Err(InvalidSpec::new(
+                "cpus",
+                "give either --cpus (pin to these CPUs) or --cores (a number of CPUs), not both",
+            ));
+        }
+        for cpu in &self.cpus {
+            if !online.contains(cpu) {
+                return Err(InvalidSpec::new(
+                    "cpus",
+                    format!(
+                        "CPU {cpu} is not online here; online CPUs: {}",
+                        cpu_list(&online)
+                    ),
+                ));
+            }
+        }
+        let mut unique = self.cpus.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        if unique.len() != self.cpus.len() {
+            return Err(InvalidSpec::new("cpus", "a CPU is listed twice"));
+        }
+        if let Some(cores) = self.cores {
+            if cores == 0 || cores as usize > online.len() {
+                return Err(InvalidSpec::new(
+                    "cores",
+                    format!(
+                        "{cores} is out of range, expected 1 to {} (the online CPUs)",
+                        online.len()
+                    ),
+                ));
+            }
+        }
+        if self.ramp.is_some_and(|r| r.is_zero()) {
+            return Err(InvalidSpec::new(
+                "ramp",
+                "0s: leave it out for the full load at once",
+            ));
+        }
+        Ok(())
+    }
+
+    fn missing_capability(&self, caps: &Capabilities) -> Option<(String, String)> {
+        missing_cgroups(caps)
+    }
+
+    fn admit(&self, host: &Host<'_>) -> Result<(), EngineError> {
+        host.stress.check(&self.controllers())
+    }
+
+    fn claims(&self) -> Vec<Claim> {
+        Vec::new()
+    }
+
+    fn touches(&self, _conn: &Connection) -> bool {
+        false
+    }
+
+    fn plan(&self, id: &str, _deadline: Deadline, host: &Host<'_>) -> Vec<String> {
+        let mut plan = host.stress.describe(id, &self.limits());
+        plan.push(format!(
+            "workers: start {} CPU worker(s) (faultline __worker cpu) in the cgroup",
+            self.width()
+        ));
+        if let Some(ramp) = self.ramp {
+            let full = self.quota(1.0);
+            plan.push(format!(
+                "ramp: raise the quota linearly to {} us per {} us over {}",
+                full.quota_us,
+                full.period_us,
+                humantime::format_duration(ramp)
+            ));
+        }
+        plan
+    }
+
+    fn apply(&self, id: &str, _deadline: Deadline, host: &Host<'_>) -> Result<(), KernelError> {
+        let procs = host.stress.cgroups()?.create(id, &self.limits())?;
+        for _ in 0..self.width() {
+            if let Err(e) = host.stress.spawn(id, &["cpu"], &procs) {
+                let _ = host.stress.remove(id);
+                return Err(e);
+            }
+        }
+        if let Some(ramp) = self.ramp {
+            let cgroups = host.stress.cgroups()?.clone();
+            let (id, spec) = (id.to_owned(), self.clone());
+            // Ends by itself: at full load, or when the cgroup is gone (the fault reverted).
+            thread::Builder::new()
+                .name(format!("ramp-{id}"))
+                .spawn(move || ramp_up(&cgroups, &id, &spec, ramp))
+                .map_err(|e| KernelError::Stress(StressError::Spawn(e)))?;
+        }
+        Ok(())
+    }
+
+    fn revert(&self, id: &str, host: &Host<'_>) -> Result<(), KernelError> {
+        host.stress.remove(id)
+    }
+
+    fn summary(&self) -> String {
+        let scope = if !self.cpus.is_empty() {
+            format!("of CPUs {}", cpu_list(&self.cpus))
+        } else {
+            format!("of {} CPU(s)", self.width())
+        };
+        let mut out = format!("cpu load {}% {scope}", self.load);
+        if let Some(ramp) = self.ramp {
+            out.push_str(&format!(", ramp {}", humantime::format_duration(ramp)));
+        }
+        out
+    }
+}
+
+fn ramp_up(cgroups: &Cgroups, id: &str, spec: &CpuStressSpec, ramp: Duration) {
+    let started = Instant::now();
+    loop {
+        let share = (started.elapsed().as_secs_f64() / ramp.as_secs_f64()).min(1.0);
+        if cgroups.set_cpu_quota(id, spec.quota(share)).is_err() || share >= 1.0 {
+            return;
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn cpu_list(cpus: &[u32]) -> String {
+    cpus.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn missing_cgroups(caps: &Capabilities) -> Option<(String, String)> {
+    (!caps.cgroup.available).then(|| ("cgroups".to_owned(), caps.cgroup.detail.clone()))
+}
+
+/// `/proc/meminfo` figures, in bytes.
+fn meminfo() -> (u64, u64) {
+    procfs::Current::current()
+        .map(|m: procfs::Meminfo| (m.mem_total, m.mem_available.unwrap_or(m.mem_free)))
+        .unwrap_or((0, 0))
+}
+
+impl MemoryStressSpec {
+    /// The size in bytes on this host.
+    pub fn bytes(&self) -> u64 {
+        match self.size {
+            MemSize::Bytes(b) => b,
+            MemSize::Percent(p) => (meminfo().0 as f64 * p / 100.0) as u64,
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            memory_max: Some(self.bytes() + MEMORY_HEADROOM),
+            ..Limits::default()
+        }
+    }
+
+    fn worker_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "memory".to_owned(),
+            "--bytes".to_owned(),
+            self.bytes().to_string(),
+        ];
+        if let Some(rate) = self.rate {
+            args.extend(["--rate".to_owned(), rate.to_string()]);
+        }
+        if self.lock {
+            args.push("--lock".to_owned());
+        }
+        args
+    }
+}
+
+impl Family for MemoryStressSpec {
+    fn validate(&self, _host: &Host<'_>) -> Result<(), InvalidSpec> {
+        let (total, _) = meminfo();
+        match self.size {
+            MemSize::Percent(p) if !(p.is_finite() && p > 0.0 && p <= 100.0) => {
+                return Err(InvalidSpec::new(
+                    "size",
+                    format!("{p}% is out of range, expected 0 < percent <= 100 of total memory"),
+                ))
+            }
+            MemSize::Bytes(0) => {
+                return Err(InvalidSpec::new(
+                    "size",
+                    "0 bytes: expected a size like 512MiB or 25%",
+                ))
+            }
+            MemSize::Bytes(b) if b > total => {
+                return Err(InvalidSpec::new(
+                    "size",
+                    format!(
+                        "{} is larger than this host's total memory ({})",
+                        format_bytes(b),
+                        format_bytes(total)
+                    ),
+                ))
+            }
+            _ => {}
+        }
+        if self.rate == Some(0) {
+            return Err(InvalidSpec::new(
+                "rate",
+                "0 bytes/s: expected a rate like 100MiB/s",
+            ));
+        }
+        Ok(())
+    }
+
+    fn missing_capability(&self, caps: &Capabilities) -> Option<(String, String)> {
+        missing_cgroups(caps)
+    }
+
+    fn admit(&self, host: &Host<'_>) -> Result<(), EngineError> {
+        host.stress.check(&[Controller::Memory])?;
+        let (total, available) = meminfo();
+        let reserve = host.stress.reserve(total);
+        let bytes = self.bytes();
+        if available < bytes.saturating_add(reserve) {
+            return Err(EngineError::Reserve {
+                detail: format!(
+                    "taking {} would leave {} available, less than the reserve of {} \
+                     (MemAvailable {}); ask for at most {}",
+                    format_bytes(bytes),
+                    format_bytes(available.saturating_sub(bytes)),
+                    format_bytes(reserve),
+                    format_bytes(available),
+                    format_bytes(available.saturating_sub(reserve))
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn claims(&self) -> Vec<Claim> {
+        Vec::new()
+    }
+
+    fn touches(&self, _conn: &Connection) -> bool {
+        false
+    }
+
+    fn plan(&self, id: &str, _deadline: Deadline, host: &Host<'_>) -> Vec<String> {
+        let mut plan = host.stress.describe(id, &self.limits());
+        plan.push(format!(
+            "workers: start 1 memory worker (faultline __worker {}) in the cgroup",
+            self.worker_args().join(" ")
+        ));
+        plan
+    }
+
+    fn apply(&self, id: &str, _deadline: Deadline, host: &Host<'_>) -> Result<(), KernelError> {
+        let procs = host.stress.cgroups()?.create(id, &self.limits())?;
+        let args = self.worker_args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        if let Err(e) = host.stress.spawn(id, &args, &procs) {
+            let _ = host.stress.remove(id);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn revert(&self, id: &str, host: &Host<'_>) -> Result<(), KernelError> {
+        host.stress.remove(id)
+    }
+
+    fn summary(&self) -> String {
+        let mut out = match self.size {
+            MemSize::Bytes(b) => format!("memory {}", format_bytes(b)),
+            MemSize::Percent(p) => format!("memory {p}% of total"),
+        };
+        if let Some(rate) = self.rate {
+            out.push_str(&format!(" at {}/s", format_bytes(rate)));
+        }
+        if self.lock {
+            out.push_str(" (locked)");
+        }
+        out
+    }
+}
+
+/// `512MiB`, `1.5GiB`, `100M` (SI), `4096` (bytes). Written here because the error must name
+/// the flag and say what is accepted, and the units are few.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (expected e.g. 512MiB, 2GiB, 100MB)"))?;
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "k" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "TiB" | "T" => 1 << 40,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
+            "unknown unit {other:?} in {text:?} (expected B, KiB, MiB, GiB, TiB, kB, MB, GB, TB)"
+        ))
+        }
+    };
+    let bytes = number * multiplier as f64;
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        return Err(format!("{text:?} is too large"));
+    }
+    Ok(bytes as u64)
+}
+
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StressError {
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("cgroups are not usable here: {0}")]
+    NoCgroups(String),
+    #[error("cannot start a stress worker: {0}")]
+    Spawn(#[source] io::Error),
+    #[error("the worker spawner thread is gone")]
+    SpawnerGone,
+}
+
+/// A worker to start: its `__worker` arguments and the `cgroup.procs` files it joins.
+struct SpawnRequest {
+    id: String,
+    args: Vec<String>,
+    procs: Vec<PathBuf>,
+    reply: mpsc::Sender<io::Result<u32>>,
+}
+
+/// The agent's stress machinery: the cgroup hierarchy, the memory reserve, and the thread
+/// that starts (and reaps) workers.
+pub struct Stress {
+    cgroups: Result<Cgroups, String>,
+    /// Bytes of MemAvailable a memory stress must leave; `None`: the default.
+    reserve: Option<u64>,
+    spawner: Mutex<mpsc::Sender<Spawn>>,
+}
+
+enum Spawn {
+    Start(SpawnRequest),
+    /// Reap the workers of a fault whose cgroup was killed.
+    Reap(String, mpsc::Sender<()>),
+}
+
+impl Stress {
+    pub fn new(cgroups: Result<Cgroups, String>, reserve: Option<u64>) -> Self {
+        let (tx, rx) = mpsc::channel();
+        thread::Builder::new()
+            .name("stress-spawner".to_owned())
+            .spawn(move || spawner(rx))
+            .expect("cannot start the stress spawner thread");
+        Self {
+            cgroups,
+            reserve,
+            spawner: Mutex::new(tx),
+        }
+    }
+
+    pub fn cgroups(&self) -> Result<&Cgroups, StressError> {
+        self.cgroups
+            .as_ref()
+            .map_err(|e| StressError::NoCgroups(e.clone()))
+    }
+
+    /// The reserve for a host with `total` bytes: as configured, or 5 % of memory but at least
+    /// 256 MiB.
+    pub fn reserve(&self, total: u64) -> u64 {
+        self.reserve.unwrap_or_else(|| (total / 20).max(256 << 20))
+    }
+
+    fn check(&self, needs: &[Controller]) -> Result<(), EngineError> {
+        let unsupported = |detail: String| EngineError::Unsupported {
+            feature: "cgroup controllers for stress".to_owned(),
+            detail,
+        };
+        let cgroups = self.cgroups.as_ref().map_err(|e| unsupported(e.clone()))?;
+        cgroups.check(needs).map_err(|e| unsupported(e.to_string()))
+    }
+
+    fn describe(&self, id: &str, limits: &Limits) -> Vec<String> {
+        match &self.cgroups {
+            Ok(cgroups) => cgroups.describe(id, limits),
+            Err(e) => vec![format!("cgroups: not usable here ({e})")],
+        }
+    }
+
+    fn spawn(&self, id: &str, args: &[&str], procs: &[PathBuf]) -> Result<(), KernelError> {
+        let (reply, answer) = mpsc::channel();
+        let request = SpawnRequest {
+            id: id.to_owned(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            procs: procs.to_vec(),
+            reply,
+        };
+        self.spawner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(Spawn::Start(request))
+            .map_err(|_| StressError::SpawnerGone)?;
+        answer
+            .recv()
+            .map_err(|_| StressError::SpawnerGone)?
+            .map_err(StressError::Spawn)?;
+        Ok(())
+    }
+
+    /// Kills the fault's workers with their cgroup, reaps them and removes the cgroup.
+    pub fn remove(&self, id: &str) -> Result<(), KernelError> {
+        let Ok(cgroups) = &self.cgroups else {
+            return Ok(());
+        };
+        cgroups.remove(id).map_err(StressError::from)?;
+        let (done, wait) = mpsc::channel();
+        let sent = self
+            .spawner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(Spawn::Reap(id.to_owned(), done));
+        if sent.is_ok() {
+            let _ = wait.recv_timeout(Duration::from_secs(5));
+        }
+        Ok(())
+    }
+
+    /// Removes the cgroups (and their processes) of faults not in `keep`; returns their ids.
+    pub fn sweep(&self, keep: &[&str]) -> Result<Vec<String>, KernelError> {
+        let Ok(cgroups) = &self.cgroups else {
+            return Ok(Vec::new());
+        };
+        let mut swept = Vec::new();
+        for id in cgroups.fault_ids() {
+            if !keep.contains(&id.as_str()) {
+                cgroups.remove(&id).map_err(StressError::from)?;
+                swept.push(id);
+            }
+        }
+        Ok(swept)
+    }
+}
+
+/// The spawner thread: lives as long as the agent, which is what `PR_SET_PDEATHSIG` needs.
+fn spawner(requests: mpsc::Receiver<Spawn>) {
+    let mut children: Vec<(String, Child)> = Vec::new();
+    loop {
+        match requests.recv_timeout(Duration::from_secs(1)) {
+            Ok(Spawn::Start(request)) => {
+                let started = start_worker(&request.args, &request.procs);
+                let reply = match started {
+                    Ok(child) => {
+                        let pid = child.id();
+                        children.push((request.id, child));
+                        Ok(pid)
+                    }
+                    Err(e) => Err(e),
+                };
+                let _ = request.reply.send(reply);
+            }
+            Ok(Spawn::Reap(id, done)) => {
+                for (_, child) in children.iter_mut().filter(|(owner, _)| *owner == id) {
+                    // The cgroup was killed: these waits return at once.
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                children.retain(|(owner, _)| *owner != id);
+                let _ = done.send(());
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        // A worker the kernel killed (its cgroup's OOM killer) must not linger as a zombie.
+        children.retain_mut(|(_, child)| matches!(child.try_wait(), Ok(None)));
+    }
+}
+
+fn start_worker(args: &[String], procs: &[PathBuf]) -> io::Result<Child> {
+    let paths: Vec<CString> = procs
+        .iter()
+        .map(|p| CString::new(p.as_os_str().as_encoded_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(io::Error::other)?;
+    let parent = std::process::id() as libc::pid_t;
+    let mut command = Command::new("/proc/self/exe");
+    command
+        .arg("__worker")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    // SAFETY: the closure runs in the child between fork and exec and only makes
+    // async-signal-safe calls (prctl, getppid, getpid, open, write, close) on memory prepared
+    // before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                // The agent died before the death signal was armed.
+                libc::_exit(1);
+            }
+            let mut digits = [0u8; 12];
+            let len = format_pid(libc::getpid(), &mut digits);
+            for path in &paths {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let written = libc::write(fd, digits.as_ptr().cast(), len);
+                libc::close(fd);
+                if written < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    command.spawn()
+}
+
+/// Decimal digits of `pid` into `out`, without allocating (the caller is between fork and exec).
+fn format_pid(pid: libc::pid_t, out: &mut [u8; 12]) -> usize {
+    let mut value = pid.max(0) as u32;
+    let mut tmp = [0u8; 12];
+    let mut n = 0;
+    loop {
+        tmp[n] = b'0' + (value % 10) as u8;
+        n += 1;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    for i in 0..n {
+        out[i] = tmp[n - 1 - i];
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_and_si_units() {
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_bytes("100MB"), Ok(100_000_000));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert!(parse_bytes("12 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!(parse_bytes("MiB").unwrap_err().contains("not a size"));
+    }
+
+    #[test]
+    fn pids_format_without_allocation() {
+        let mut out = [0u8; 12];
+        let n = format_pid(4_194_304, &mut out);
+        assert_eq!(&out[..n], b"4194304");
+        let n = format_pid(7, &mut out);
+        assert_eq!(&out[..n], b"7");
+    }
+
+    #[test]
+    fn cpu_quota_is_the_load_share_of_the_cpus_in_scope() {
+        let spec = CpuStressSpec {
+            load: 50.0,
+            cpus: vec![],
+            cores: Some(1),
+            ramp: None,
+        };
+        assert_eq!(
+            spec.quota(1.0),
+            CpuQuota {
+                quota_us: 50_000,
+                period_us: PERIOD_US
+            }
+        );
+        let spec = CpuStressSpec {
+            load: 60.0,
+            cpus: vec![0, 1],
+            cores: None,
+            ramp: Some(Duration::from_secs(10)),
+        };
+        assert_eq!(spec.quota(1.0).quota_us, 120_000);
+        // A ramp starts at the kernel's minimum quota.
+        assert_eq!(spec.limits().cpu.unwrap().quota_us, 1_000);
+        assert_eq!(spec.limits().cpus, Some(vec![0, 1]));
+    }
+
+    #[test]
+    fn bad_loads_and_cpus_name_their_field() {
+        let host_free = |spec: CpuStressSpec| {
+            let caps = crate::kernel::caps::Capabilities::probe();
+            let pins = crate::kernel::tc::LossPins::new(PathBuf::from("/nonexistent"));
+            let stress = Stress::new(Err("test".into()), None);
+            let host = Host {
+                caps: &caps,
+                loss_pins: &pins,
+                stress: &stress,
+            };
+            spec.validate(&host).map_err(|e| e.field)
+        };
+        let spec = |load, cpus: Vec<u32>| CpuStressSpec {
+            load,
+            cpus,
+            cores: None,
+            ramp: None,
+        };
+        assert_eq!(host_free(spec(0.0, vec![])), Err("load".to_owned()));
+        assert_eq!(host_free(spec(100.5, vec![])), Err("load".to_owned()));
+        assert_eq!(host_free(spec(50.0, vec![9999])), Err("cpus".to_owned()));
+        assert_eq!(host_free(spec(50.0, vec![])), Ok(()));
+    }
+}

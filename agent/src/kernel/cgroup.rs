@@ -1,0 +1,644 @@
+//! cgroups for stress workers, on cgroup v2 and on the v1 hierarchies older hosts still mount.
+//!
+//! Everything lives under one parent named `faultline` at the root of each hierarchy faultline
+//! uses, with one child per fault named after its id (`faultline/<id>`). Limits are written
+//! before any worker joins, so the kernel enforces the load from the first instant. Revert kills
+//! every process in the child (`cgroup.kill` on v2, SIGKILL to each pid on v1) and removes it;
+//! a start-up sweep does the same for children no journal entry knows.
+//!
+//! The parent sits at the hierarchy root rather than under the agent's own cgroup: on v2 a
+//! cgroup that holds a process cannot hand controllers to children, and on v1 the agent's own
+//! memory limit must not be charged with the stressor's memory.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use thiserror::Error;
+
+/// The default name of the parent cgroup.
+pub const DEFAULT_PARENT: &str = "faultline";
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+#[derive(Debug, Error)]
+pub enum CgroupError {
+    #[error("no usable cgroup hierarchy: {0}")]
+    NoHierarchy(String),
+    #[error("the cgroup {controller} controller is not available here: {detail}")]
+    MissingController {
+        controller: &'static str,
+        detail: String,
+    },
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cgroup {path} still holds processes {seconds}s after they were killed")]
+    Busy { path: PathBuf, seconds: u64 },
+}
+
+fn io_error<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> CgroupError + 'a {
+    move |source| CgroupError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A controller a stress fault needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Controller {
+    Cpu,
+    Memory,
+    Cpuset,
+}
+
+impl Controller {
+    fn name(self) -> &'static str {
+        match self {
+            Controller::Cpu => "cpu",
+            Controller::Memory => "memory",
+            Controller::Cpuset => "cpuset",
+        }
+    }
+}
+
+/// What the kernel enforces on a fault's cgroup.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// CPU bandwidth: `quota` microseconds of CPU time per `period`.
+    pub cpu: Option<CpuQuota>,
+    /// The CPUs the workers may run on.
+    pub cpus: Option<Vec<u32>>,
+    /// The most memory the cgroup may hold, in bytes; no swap.
+    pub memory_max: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuQuota {
+    pub quota_us: u64,
+    pub period_us: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Hierarchy {
+    V2 {
+        root: PathBuf,
+        controllers: Vec<String>,
+    },
+    /// One mount point per controller; `None` where it is not mounted. cpu and cpuacct are
+    /// often mounted together, in which case both point at the same directory.
+    V1 {
+        cpu: Option<PathBuf>,
+        cpuacct: Option<PathBuf>,
+        cpuset: Option<PathBuf>,
+        memory: Option<PathBuf>,
+    },
+}
+
+/// The host's cgroup hierarchy, as faultline uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroups {
+    hierarchy: Hierarchy,
+    /// The parent's name (`faultline`; tests use their own, since the hierarchy is host-wide).
+    parent: String,
+}
+
+impl Cgroups {
+    /// Finds the hierarchy mounted at `root` (normally /sys/fs/cgroup): cgroup v2 when it is
+    /// mounted there, else the v1 controller mounts listed in /proc/self/mountinfo.
+    pub fn probe(root: &Path, parent: &str) -> Result<Self, CgroupError> {
+        let parent = parent.to_owned();
+        if is_cgroup2(root) {
+            let controllers = fs::read_to_string(root.join("cgroup.controllers"))
+                .map_err(io_error("read", &root.join("cgroup.controllers")))?
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+            return Ok(Self {
+                hierarchy: Hierarchy::V2 {
+                    root: root.to_owned(),
+                    controllers,
+                },
+                parent,
+            });
+        }
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+            .map_err(io_error("read", Path::new("/proc/self/mountinfo")))?;
+        let mounts = v1_mounts(&mountinfo);
+        let find = |name: &str| {
+            mounts
+                .iter()
+                .find(|(_, controllers)| controllers.iter().any(|c| c == name))
+                .map(|(path, _)| path.clone())
+        };
+        let hierarchy = Hierarchy::V1 {
+            cpu: find("cpu"),
+            cpuacct: find("cpuacct"),
+            cpuset: find("cpuset"),
+            memory: find("memory"),
+        };
+        if hierarchy
+            == (Hierarchy::V1 {
+                cpu: None,
+                cpuacct: None,
+                cpuset: None,
+                memory: None,
+            })
+        {
+            return Err(CgroupError::NoHierarchy(format!(
+                "{} is not cgroup2 and no cgroup v1 controller is mounted",
+                root.display()
+            )));
+        }
+        Ok(Self { hierarchy, parent })
+    }
+
+    pub fn version(&self) -> u32 {
+        match self.hierarchy {
+            Hierarchy::V2 { .. } => 2,
+            Hierarchy::V1 { .. } => 1,
+        }
+    }
+
+    /// The controllers faultline can use here, by name.
+    pub fn usable(&self) -> Vec<&'static str> {
+        [Controller::Cpu, Controller::Memory, Controller::Cpuset]
+            .into_iter()
+            .filter(|c| self.check(&[*c]).is_ok())
+            .map(Controller::name)
+            .collect()
+    }
+
+    /// Refuses when a controller a fault needs is missing.
+    pub fn check(&self, needs: &[Controller]) -> Result<(), CgroupError> {
+        for controller in needs {
+            let missing = match &self.hierarchy {
+                Hierarchy::V2 { root, controllers } => {
+                    (!controllers.iter().any(|c| c == controller.name())).then(|| {
+                        format!(
+                            "{} lists no {} controller (cgroup v2)",
+                            root.join("cgroup.controllers").display(),
+                            controller.name()
+                        )
+                    })
+                }
+                Hierarchy::V1 {
+                    cpu,
+                    cpuacct,
+                    cpuset,
+                    memory,
+                } => match controller {
+                    Controller::Cpu if cpu.is_none() || cpuacct.is_none() => {
+                        Some("cgroup v1 needs both the cpu and cpuacct controllers mounted".into())
+                    }
+                    Controller::Memory if memory.is_none() => {
+                        Some("the cgroup v1 memory controller is not mounted".into())
+                    }
+                    Controller::Cpuset if cpuset.is_none() => {
+                        Some("the cgroup v1 cpuset controller is not mounted".into())
+                    }
+                    _ => None,
+                },
+            };
+            if let Some(detail) = missing {
+                return Err(CgroupError::MissingController {
+                    controller: controller.name(),
+                    detail,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The directories of one fault's cgroup, one per hierarchy it spans (one on v2).
+    fn dirs(&self, id: &str, limits: Option<&Limits>) -> Vec<PathBuf> {
+        let child = |mount: &Path| mount.join(&self.parent).join(id);
+        match &self.hierarchy {
+            Hierarchy::V2 { root, .. } => vec![child(root)],
+            Hierarchy::V1 {
+                cpu,
+                cpuacct,
+                cpuset,
+                memory,
+            } => {
+                let mut dirs = Vec::new();
+                let mut push = |mount: &Option<PathBuf>| {
+                    if let Some(mount) = mount {
+                        let dir = child(mount);
+                        if !dirs.contains(&dir) {
+                            dirs.push(dir);
+                        }
+                    }
+                };
+                match limits {
+                    // Creating: only the hierarchies the limits need.
+                    Some(limits) => {
+                        if limits.cpu.is_some() {
+                            push(cpu);
+                            push(cpuacct);
+                        }
+                        if limits.cpus.is_some() {
+                            push(cpuset);
+                        }
+                        if limits.memory_max.is_some() {
+                            push(memory);
+                        }
+                    }
+                    // Removing: wherever the fault may have a cgroup.
+                    None => {
+                        push(cpu);
+                        push(cpuacct);
+                        push(cpuset);
+                        push(memory);
+                    }
+                }
+                dirs
+            }
+        }
+    }
+
+    /// The plan for `create`, as the writes it makes.
+    pub fn describe(&self, id: &str, limits: &Limits) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .dirs(id, Some(limits))
+            .iter()
+            .map(|d| format!("cgroup v{}: mkdir {}", self.version(), d.display()))
+            .collect();
+        for (file, value) in self.limit_writes(limits) {
+            lines.push(format!(
+                "cgroup v{}: write {value:?} to {file}",
+                self.version()
+            ));
+        }
+        lines
+    }
+
+    /// `(file name, value)` pairs for `limits`, in the order they are written.
+    fn limit_writes(&self, limits: &Limits) -> Vec<(&'static str, String)> {
+        let mut writes = Vec::new();
+        let v2 = self.version() == 2;
+        if let Some(cpus) = &limits.cpus {
+            let list = cpus
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            writes.push(("cpuset.cpus", list));
+        }
+        if let Some(CpuQuota {
+            quota_us,
+            period_us,
+        }) = limits.cpu
+        {
+            if v2 {
+                writes.push(("cpu.max", format!("{quota_us} {period_us}")));
+            } else {
+                writes.push(("cpu.cfs_period_us", period_us.to_string()));
+                writes.push(("cpu.cfs_quota_us", quota_us.to_string()));
+            }
+        }
+        if let Some(max) = limits.memory_max {
+            if v2 {
+                writes.push(("memory.max", max.to_string()));
+                writes.push(("memory.swap.max", "0".to_owned()));
+            } else {
+                writes.push(("memory.limit_in_bytes", max.to_string()));
+                // Keep the stressor's pages in memory, so usage is what the request asked for.
+                writes.push(("memory.swappiness", "0".to_owned()));
+            }
+        }
+        writes
+    }
+
+    /// Creates the fault's cgroup with its limits; returns the `cgroup.procs` files a worker
+    /// must join.
+    pub fn create(&self, id: &str, limits: &Limits) -> Result<Vec<PathBuf>, CgroupError> {
+        let dirs = self.dirs(id, Some(limits));
+        for dir in &dirs {
+            let parent = dir.parent().expect("faultline/<id> has a parent");
+            self.prepare_parent(parent)?;
+            fs::create_dir(dir).map_err(io_error("create the cgroup", dir))?;
+            if self.version() == 1 && dir.join("cpuset.mems").exists() {
+                copy_file(&parent.join("cpuset.mems"), &dir.join("cpuset.mems"))?;
+            }
+        }
+        for (file, value) in self.limit_writes(limits) {
+            // Each file exists in exactly one of the v1 hierarchies, or in the one v2 cgroup.
+            let Some(dir) = dirs.iter().find(|d| d.join(file).exists()) else {
+                let _ = self.remove(id);
+                return Err(CgroupError::MissingController {
+                    controller: file.split('.').next().unwrap_or(file),
+                    detail: format!("no {file} in {}", dirs[0].display()),
+                });
+            };
+            if let Err(e) = write(&dir.join(file), &value) {
+                let _ = self.remove(id);
+                return Err(e);
+            }
+        }
+        Ok(dirs.iter().map(|d| d.join("cgroup.procs")).collect())
+    }
+
+    /// Makes the `faultline` parent usable: on v2 it hands the controllers down; on v1 cpuset
+    /// needs its CPUs and memory nodes before a child can have them.
+    fn prepare_parent(&self, parent: &Path) -> Result<(), CgroupError> {
+        let created = match fs::create_dir(parent) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(io_error("create the cgroup", parent)(e)),
+        };
+        match &self.hierarchy {
+            Hierarchy::V2 { root, controllers } => {
+                let wanted: Vec<String> = ["cpu", "memory", "cpuset"]
+                    .iter()
+                    .filter(|c| controllers.iter().any(|have| have == *c))
+                    .map(|c| format!("+{c}"))
+                    .collect();
+                for dir in [root.as_path(), parent] {
+                    write(&dir.join("cgroup.subtree_control"), &wanted.join(" "))?;
+                }
+            }
+            Hierarchy::V1 { .. } => {
+                if created && parent.join("cpuset.cpus").exists() {
+                    let root = parent.parent().expect("the parent sits in a mount");
+                    copy_file(&root.join("cpuset.cpus"), &parent.join("cpuset.cpus"))?;
+                    copy_file(&root.join("cpuset.mems"), &parent.join("cpuset.mems"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Changes the CPU quota of a live fault (the linear ramp-up).
+    pub fn set_cpu_quota(&self, id: &str, quota: CpuQuota) -> Result<(), CgroupError> {
+        let limits = Limits {
+            cpu: Some(quota),
+            ..Limits::default()
+        };
+        let dirs = self.dirs(id, Some(&limits));
+        for (file, value) in self.limit_writes(&limits) {
+            if file == "cpu.cfs_period_us" {
+                continue;
+            }
+            if let Some(dir) = dirs.iter().find(|d| d.join(file).exists()) {
+                write(&dir.join(file), &value)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// CPU time charged to the fault's cgroup so far, in nanoseconds.
+    pub fn cpu_usage_ns(&self, id: &str) -> Result<u64, CgroupError> {
+        match &self.hierarchy {
+            Hierarchy::V2 { root, .. } => {
+                let path = root.join(&self.parent).join(id).join("cpu.stat");
+                let text = fs::read_to_string(&path).map_err(io_error("read", &path))?;
+                let usec = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("usage_usec "))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+                Ok(usec * 1000)
+            }
+            Hierarchy::V1 { cpuacct, .. } => {
+                let Some(mount) = cpuacct else { return Ok(0) };
+                let path = mount.join(&self.parent).join(id).join("cpuacct.usage");
+                let text = fs::read_to_string(&path).map_err(io_error("read", &path))?;
+                Ok(text.trim().parse().unwrap_or(0))
+            }
+        }
+    }
+
+    /// Kills every process in the fault's cgroup and removes it. Idempotent.
+    pub fn remove(&self, id: &str) -> Result<(), CgroupError> {
+        let dirs: Vec<PathBuf> = self
+            .dirs(id, None)
+            .into_iter()
+            .filter(|d| d.exists())
+            .collect();
+        for dir in &dirs {
+            let kill = dir.join("cgroup.kill");
+            // cgroup.kill (v2, Linux 5.14) kills atomically, forks included.
+            if !(kill.exists() && write(&kill, "1").is_ok()) {
+                signal_all(dir)?;
+            }
+        }
+        for dir in &dirs {
+            wait_empty(dir)?;
+            match fs::remove_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error("remove the cgroup", dir)(e)),
+            }
+            if let Some(parent) = dir.parent() {
+                // The parent goes with the last fault; a concurrent fault keeps it (ENOTEMPTY).
+                let _ = fs::remove_dir(parent);
+            }
+        }
+        Ok(())
+    }
+
+    /// The ids of faults that have a cgroup under `faultline`, in any hierarchy.
+    pub fn fault_ids(&self) -> Vec<String> {
+        let mounts: Vec<PathBuf> = match &self.hierarchy {
+            Hierarchy::V2 { root, .. } => vec![root.clone()],
+            Hierarchy::V1 {
+                cpu,
+                cpuacct,
+                cpuset,
+                memory,
+            } => [cpu, cpuacct, cpuset, memory]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect(),
+        };
+        let mut ids: Vec<String> = mounts
+            .iter()
+            .filter_map(|m| fs::read_dir(m.join(&self.parent)).ok())
+            .flat_map(|entries| entries.filter_map(Result::ok))
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+}
+
+fn is_cgroup2(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC)
+        .unwrap_or(false)
+}
+
+/// `(mount point, controllers)` of every cgroup v1 mount in a mountinfo text.
+fn v1_mounts(mountinfo: &str) -> Vec<(PathBuf, Vec<String>)> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split(' ').nth(4)?;
+            let mut right = right.split(' ');
+            if right.next()? != "cgroup" {
+                return None;
+            }
+            let _source = right.next()?;
+            let options = right.next()?;
+            let controllers = options
+                .split(',')
+                .filter(|o| ["cpu", "cpuacct", "cpuset", "memory"].contains(o))
+                .map(str::to_owned)
+                .collect::<Vec<_>>();
+            (!controllers.is_empty()).then(|| (PathBuf::from(mount_point), controllers))
+        })
+        .collect()
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    fs::write(path, value).map_err(io_error("write", path))
+}
+
+fn copy_file(from: &Path, to: &Path) -> Result<(), CgroupError> {
+    let value = fs::read_to_string(from).map_err(io_error("read", from))?;
+    write(to, value.trim())
+}
+
+fn procs(dir: &Path) -> Vec<i32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// SIGKILL to every process in a v1 cgroup, until none is left that could still fork.
+fn signal_all(dir: &Path) -> Result<(), CgroupError> {
+    use nix::{sys::signal, unistd::Pid};
+    for _ in 0..10 {
+        let pids = procs(dir);
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            // Gone already is fine: that is what we want.
+            let _ = signal::kill(Pid::from_raw(pid), signal::Signal::SIGKILL);
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+fn wait_empty(dir: &Path) -> Result<(), CgroupError> {
+    const LIMIT: Duration = Duration::from_secs(5);
+    let started = Instant::now();
+    while !procs(dir).is_empty() {
+        if started.elapsed() > LIMIT {
+            return Err(CgroupError::Busy {
+                path: dir.to_owned(),
+                seconds: LIMIT.as_secs(),
+            });
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v1_mounts_are_read_from_mountinfo() {
+        let text = "\
+35 25 0:30 / /sys/fs/cgroup/cpu,cpuacct rw,relatime shared:12 - cgroup cgroup rw,cpu,cpuacct
+36 25 0:31 / /sys/fs/cgroup/memory rw,relatime shared:13 - cgroup cgroup rw,memory
+37 25 0:32 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+38 25 0:33 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd
+";
+        assert_eq!(
+            v1_mounts(text),
+            vec![
+                (
+                    PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"),
+                    vec!["cpu".to_owned(), "cpuacct".to_owned()]
+                ),
+                (
+                    PathBuf::from("/sys/fs/cgroup/memory"),
+                    vec!["memory".to_owned()]
+                ),
+            ]
+        );
+    }
+
+    fn v1() -> Cgroups {
+        let both = Some(PathBuf::from("/cg/cpu,cpuacct"));
+        Cgroups {
+            hierarchy: Hierarchy::V1 {
+                cpu: both.clone(),
+                cpuacct: both,
+                cpuset: Some(PathBuf::from("/cg/cpuset")),
+                memory: Some(PathBuf::from("/cg/memory")),
+            },
+            parent: DEFAULT_PARENT.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_cpu_fault_on_v1_writes_period_then_quota_in_one_directory() {
+        let limits = Limits {
+            cpu: Some(CpuQuota {
+                quota_us: 50_000,
+                period_us: 100_000,
+            }),
+            ..Limits::default()
+        };
+        assert_eq!(
+            v1().describe("abc", &limits),
+            vec![
+                "cgroup v1: mkdir /cg/cpu,cpuacct/faultline/abc",
+                "cgroup v1: write \"100000\" to cpu.cfs_period_us",
+                "cgroup v1: write \"50000\" to cpu.cfs_quota_us",
+            ]
+        );
+    }
+
+    #[test]
+    fn v2_writes_cpu_max_memory_max_and_no_swap() {
+        let cg = Cgroups {
+            hierarchy: Hierarchy::V2 {
+                root: PathBuf::from("/cg"),
+                controllers: vec!["cpu".into(), "memory".into()],
+            },
+            parent: DEFAULT_PARENT.to_owned(),
+        };
+        let limits = Limits {
+            cpu: Some(CpuQuota {
+                quota_us: 120_000,
+                period_us: 100_000,
+            }),
+            cpus: None,
+            memory_max: Some(1 << 20),
+        };
+        assert_eq!(
+            cg.limit_writes(&limits),
+            vec![
+                ("cpu.max", "120000 100000".to_owned()),
+                ("memory.max", "1048576".to_owned()),
+                ("memory.swap.max", "0".to_owned()),
+            ]
+        );
+        assert!(cg.check(&[Controller::Cpuset]).is_err());
+        assert_eq!(cg.usable(), vec!["cpu", "memory"]);
+    }
+}

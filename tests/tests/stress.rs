@@ -1,0 +1,276 @@
+//! CPU and memory stress: the load and the memory the kernel charges to the fault's cgroup, the
+//! guards, and that nothing (cgroup, worker) is left behind. Works on cgroup v1 (this machine)
+//! and v2. The agent runs in a namespace of its own only so that each test has its own agent.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use faultline_tests::{note, require_root, unique, Agent, Netns};
+
+/// The fault's cgroup directory holding `file`, wherever this host's hierarchy puts it.
+fn cgroup_file(agent: &Agent, id: &str, v1_controller: &str, file: &str) -> Option<PathBuf> {
+    [
+        Path::new("/sys/fs/cgroup").join(v1_controller),
+        PathBuf::from("/sys/fs/cgroup"),
+    ]
+    .into_iter()
+    .map(|root| root.join(agent.cgroup_parent()).join(id).join(file))
+    .find(|p| p.exists())
+}
+
+/// CPU time charged to the fault's cgroup, in seconds.
+fn cpu_seconds(agent: &Agent, id: &str) -> Result<f64> {
+    if let Some(path) = cgroup_file(agent, id, "cpuacct", "cpuacct.usage") {
+        return Ok(fs::read_to_string(path)?.trim().parse::<f64>()? / 1e9);
+    }
+    let path = cgroup_file(agent, id, "cpu", "cpu.stat").context("the fault has no CPU cgroup")?;
+    let text = fs::read_to_string(path)?;
+    let usec = text
+        .lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .context("no usage_usec in cpu.stat")?;
+    Ok(usec.trim().parse::<f64>()? / 1e6)
+}
+
+fn memory_bytes(agent: &Agent, id: &str) -> Result<u64> {
+    let path = cgroup_file(agent, id, "memory", "memory.usage_in_bytes")
+        .or_else(|| cgroup_file(agent, id, "memory", "memory.current"))
+        .context("the fault has no memory cgroup")?;
+    Ok(fs::read_to_string(path)?.trim().parse()?)
+}
+
+/// No `faultline/<id>` directory in any hierarchy.
+fn cgroup_gone(agent: &Agent, id: &str) -> bool {
+    ["cpu", "cpuacct", "cpuset", "memory", ""].iter().all(|c| {
+        !Path::new("/sys/fs/cgroup")
+            .join(c)
+            .join(agent.cgroup_parent())
+            .join(id)
+            .exists()
+    })
+}
+
+/// The processes in the fault's cgroup(s): its workers.
+fn workers_of(agent: &Agent, id: &str) -> Vec<u32> {
+    let mut pids: Vec<u32> = ["cpu", "cpuacct", "cpuset", "memory", ""]
+        .iter()
+        .map(|c| {
+            Path::new("/sys/fs/cgroup")
+                .join(c)
+                .join(agent.cgroup_parent())
+                .join(id)
+                .join("cgroup.procs")
+        })
+        .filter_map(|p| fs::read_to_string(p).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+/// Which of `pids` still run as a stress worker.
+fn alive(pids: &[u32]) -> Vec<u32> {
+    pids.iter()
+        .copied()
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| c.split(|b| *b == 0).any(|arg| arg == b"__worker"))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+fn agent() -> Result<(Netns, Agent)> {
+    let ns = Netns::create(&format!("fls{}", unique()))?;
+    let agent = Agent::start(&ns)?;
+    Ok((ns, agent))
+}
+
+#[test]
+fn cpu_load_is_held_at_the_requested_share() -> Result<()> {
+    if !require_root("cpu_load_is_held_at_the_requested_share") {
+        return Ok(());
+    }
+    let (_ns, agent) = agent()?;
+    let id = agent.apply(&[
+        "stress", "cpu", "--load", "50", "--cores", "1", "--for", "13s",
+    ])?;
+    // Measure a 10 s window well inside the fault's life.
+    thread::sleep(Duration::from_millis(500));
+    let (start, cpu_start) = (Instant::now(), cpu_seconds(&agent, &id)?);
+    thread::sleep(Duration::from_secs(10));
+    let (wall, cpu) = (
+        start.elapsed().as_secs_f64(),
+        cpu_seconds(&agent, &id)? - cpu_start,
+    );
+    let share = cpu / wall * 100.0;
+    note(
+        "cpu_load_is_held_at_the_requested_share",
+        format!("requested 50% of 1 CPU, measured {share:.2}% ({cpu:.3} s CPU in {wall:.3} s)"),
+    );
+    ensure!(
+        (share - 50.0).abs() <= 3.0,
+        "measured {share:.2}% for a 50% load"
+    );
+
+    let pids = workers_of(&agent, &id);
+    ensure!(!pids.is_empty(), "no worker in the fault's cgroup");
+    agent.revert(&id)?;
+    ensure!(
+        cgroup_gone(&agent, &id),
+        "the fault's cgroup is still there after revert"
+    );
+    ensure!(
+        alive(&pids).is_empty(),
+        "workers {:?} survived the revert",
+        alive(&pids)
+    );
+    Ok(())
+}
+
+#[test]
+fn memory_is_held_at_the_requested_size() -> Result<()> {
+    if !require_root("memory_is_held_at_the_requested_size") {
+        return Ok(());
+    }
+    let (_ns, agent) = agent()?;
+    let size: u64 = 256 << 20;
+    let id = agent.apply(&["stress", "memory", "--size", "256MiB", "--for", "30s"])?;
+    let started = Instant::now();
+    let mut usage = 0;
+    while started.elapsed() < Duration::from_secs(15) {
+        usage = memory_bytes(&agent, &id)?;
+        if usage as f64 >= size as f64 * 0.98 {
+            // Let the worker finish; it stops allocating at the size.
+            thread::sleep(Duration::from_millis(500));
+            usage = memory_bytes(&agent, &id)?;
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let error = (usage as f64 - size as f64) / size as f64 * 100.0;
+    note(
+        "memory_is_held_at_the_requested_size",
+        format!(
+            "requested 256 MiB, cgroup holds {:.2} MiB ({error:+.2}%)",
+            usage as f64 / (1 << 20) as f64
+        ),
+    );
+    ensure!(
+        error.abs() <= 2.0,
+        "cgroup holds {usage} bytes for a 256 MiB request ({error:+.2}%)"
+    );
+
+    let pids = workers_of(&agent, &id);
+    ensure!(!pids.is_empty(), "no worker in the fault's cgroup");
+    agent.revert(&id)?;
+    ensure!(
+        cgroup_gone(&agent, &id),
+        "the fault's cgroup is still there after revert"
+    );
+    ensure!(
+        alive(&pids).is_empty(),
+        "workers {:?} survived the revert",
+        alive(&pids)
+    );
+    Ok(())
+}
+
+#[test]
+fn bad_stress_requests_name_the_field_and_touch_nothing() -> Result<()> {
+    if !require_root("bad_stress_requests_name_the_field_and_touch_nothing") {
+        return Ok(());
+    }
+    let (_ns, agent) = agent()?;
+    let cases: [(&[&str], &str); 7] = [
+        (&["stress", "cpu", "--load", "0"], "load"),
+        (&["stress", "cpu", "--load", "150"], "load"),
+        (&["stress", "cpu", "--load", "50", "--cpus", "4096"], "cpus"),
+        (&["stress", "cpu", "--load", "50", "--cores", "0"], "cores"),
+        (&["stress", "memory", "--size", "64TiB"], "size"),
+        (&["stress", "memory", "--size", "12parsecs"], "size"),
+        (
+            &["stress", "memory", "--size", "256MiB", "--rate", "fast"],
+            "rate",
+        ),
+    ];
+    for (args, field) in cases {
+        let mut args = args.to_vec();
+        args.extend(["--for", "10s"]);
+        let stderr = agent.cli_fails(&args, 2)?;
+        ensure!(
+            stderr.contains(field),
+            "{args:?}: stderr does not name {field}: {stderr}"
+        );
+    }
+    ensure!(agent.faults()?.is_empty(), "a refused request left a fault");
+    Ok(())
+}
+
+#[test]
+fn memory_beyond_the_reserve_is_refused() -> Result<()> {
+    if !require_root("memory_beyond_the_reserve_is_refused") {
+        return Ok(());
+    }
+    let (_ns, agent) = agent()?;
+    let meminfo = fs::read_to_string("/proc/meminfo")?;
+    let available_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no MemAvailable")?;
+    // All that is available: less than total memory (valid), more than the reserve allows.
+    let size = format!("{}KiB", available_kib);
+    let stderr = agent.cli_fails(&["stress", "memory", "--size", &size, "--for", "10s"], 4)?;
+    ensure!(
+        stderr.contains("reserve"),
+        "the refusal does not mention the reserve: {stderr}"
+    );
+    ensure!(agent.faults()?.is_empty(), "a refused request left a fault");
+    Ok(())
+}
+
+#[test]
+fn workers_die_with_the_agent_and_restart_cleans_up() -> Result<()> {
+    if !require_root("workers_die_with_the_agent_and_restart_cleans_up") {
+        return Ok(());
+    }
+    let (_ns, mut agent) = agent()?;
+    let cpu = agent.apply(&[
+        "stress", "cpu", "--load", "20", "--cores", "1", "--for", "60s",
+    ])?;
+    let mem = agent.apply(&["stress", "memory", "--size", "64MiB", "--for", "60s"])?;
+    let pids = [workers_of(&agent, &cpu), workers_of(&agent, &mem)].concat();
+    ensure!(
+        pids.len() >= 2,
+        "expected a CPU and a memory worker, found {pids:?}"
+    );
+    agent.kill()?;
+    let started = Instant::now();
+    while !alive(&pids).is_empty() {
+        if started.elapsed() > Duration::from_secs(5) {
+            bail!("workers {:?} outlived the agent by 5 s", alive(&pids));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    note(
+        "workers_die_with_the_agent_and_restart_cleans_up",
+        format!("workers gone {:.0?} after SIGKILL", started.elapsed()),
+    );
+    agent.restart()?;
+    ensure!(
+        cgroup_gone(&agent, &cpu) && cgroup_gone(&agent, &mem),
+        "restart left the faults' cgroups"
+    );
+    agent.assert_clean()
+}
