@@ -19,6 +19,10 @@ use std::{
 
 use thiserror::Error;
 
+/// Limits that only tighten what the others already ensure: a kernel without swap accounting
+/// has no `memory.swap.max`, and that is fine.
+const OPTIONAL: [&str; 2] = ["memory.swap.max", "memory.swappiness"];
+
 /// The default name of the parent cgroup.
 pub const DEFAULT_PARENT: &str = "faultline";
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
@@ -335,6 +339,9 @@ impl Cgroups {
         for (file, value) in self.limit_writes(limits) {
             // Each file exists in exactly one of the v1 hierarchies, or in the one v2 cgroup.
             let Some(dir) = dirs.iter().find(|d| d.join(file).exists()) else {
+                if OPTIONAL.contains(&file) {
+                    continue;
+                }
                 let _ = self.remove(id);
                 return Err(CgroupError::MissingController {
                     controller: file.split('.').next().unwrap_or(file),
