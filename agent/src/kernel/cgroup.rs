@@ -371,8 +371,10 @@ impl Cgroups {
                     .filter(|c| controllers.iter().any(|have| have == *c))
                     .map(|c| format!("+{c}"))
                     .collect();
-                for dir in [root.as_path(), parent] {
-                    write(&dir.join("cgroup.subtree_control"), &wanted.join(" "))?;
+                if !wanted.is_empty() {
+                    for dir in [root.as_path(), parent] {
+                        write(&dir.join("cgroup.subtree_control"), &wanted.join(" "))?;
+                    }
                 }
             }
             Hierarchy::V1 { .. } => {
