@@ -90,8 +90,25 @@ fn alive(pids: &[u32]) -> Vec<u32> {
         .collect()
 }
 
+/// Reverts the fault and checks its workers and cgroup are gone.
+fn revert_leaves_nothing(agent: &Agent, id: &str) -> Result<()> {
+    let pids = workers_of(agent, id);
+    ensure!(!pids.is_empty(), "no worker in the fault's cgroup");
+    agent.revert(id)?;
+    ensure!(
+        cgroup_gone(agent, id),
+        "the fault's cgroup is still there after revert"
+    );
+    ensure!(
+        alive(&pids).is_empty(),
+        "workers {:?} survived the revert",
+        alive(&pids)
+    );
+    Ok(())
+}
+
 fn agent() -> Result<(Netns, Agent)> {
-    let ns = Netns::create(&format!("fls{}", unique()))?;
+    let ns = Netns::create(&format!("fl-{}-{}-s", std::process::id(), unique()))?;
     let agent = Agent::start(&ns)?;
     Ok((ns, agent))
 }
@@ -123,19 +140,7 @@ fn cpu_load_is_held_at_the_requested_share() -> Result<()> {
         "measured {share:.2}% for a 50% load"
     );
 
-    let pids = workers_of(&agent, &id);
-    ensure!(!pids.is_empty(), "no worker in the fault's cgroup");
-    agent.revert(&id)?;
-    ensure!(
-        cgroup_gone(&agent, &id),
-        "the fault's cgroup is still there after revert"
-    );
-    ensure!(
-        alive(&pids).is_empty(),
-        "workers {:?} survived the revert",
-        alive(&pids)
-    );
-    Ok(())
+    revert_leaves_nothing(&agent, &id)
 }
 
 #[test]
@@ -171,19 +176,7 @@ fn memory_is_held_at_the_requested_size() -> Result<()> {
         "cgroup holds {usage} bytes for a 256 MiB request ({error:+.2}%)"
     );
 
-    let pids = workers_of(&agent, &id);
-    ensure!(!pids.is_empty(), "no worker in the fault's cgroup");
-    agent.revert(&id)?;
-    ensure!(
-        cgroup_gone(&agent, &id),
-        "the fault's cgroup is still there after revert"
-    );
-    ensure!(
-        alive(&pids).is_empty(),
-        "workers {:?} survived the revert",
-        alive(&pids)
-    );
-    Ok(())
+    revert_leaves_nothing(&agent, &id)
 }
 
 #[test]
