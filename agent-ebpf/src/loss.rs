@@ -9,6 +9,9 @@ use aya_ebpf::{
 };
 use faultline_common::{LossConfig, LossStats, L4_ANY, L4_TCP, L4_UDP, MAX_CIDRS, MAX_PORT_RANGES};
 
+// The `unrolled!` lists below name every slot: they must change with these.
+const _: () = assert!(MAX_PORT_RANGES == 16 && MAX_CIDRS == 8);
+
 #[map]
 static CONFIG: Array<LossConfig> = Array::with_max_entries(1, 0);
 
@@ -51,10 +54,19 @@ pub fn faultline_loss(ctx: TcContext) -> i32 {
     }
 }
 
+/// `f(0) || f(1) || ...` written out: with constant indices every map access has a constant
+/// offset. A loop compiles to a pointer that advances each pass, which older verifiers (Linux
+/// 6.1) cannot bound and refuse ("invalid access to map value").
+macro_rules! unrolled {
+    ($f:ident, $($i:literal),+) => {
+        false $(|| $f($i))+
+    };
+}
+
 /// Whether the packet is one the fault targets; `None` when it is too short to tell.
 ///
-/// The loops run to constant bounds and stop at the configured count, and every comparison is
-/// on whole words: that keeps the number of paths the verifier walks small.
+/// Lists are checked entry by entry with constant indices (see `unrolled!`), and every
+/// comparison is on whole words: that keeps the number of paths the verifier walks small.
 #[inline(always)]
 fn matches(ctx: &TcContext, config: &LossConfig) -> Option<bool> {
     let l3 = config.l2_len as usize;
@@ -99,16 +111,13 @@ fn matches(ctx: &TcContext, config: &LossConfig) -> Option<bool> {
     }
     // TCP and UDP both keep the destination port two bytes into their header.
     let dport = u16::from_be(ctx.load::<u16>(l4 + 2).ok()?);
-    for i in 0..MAX_PORT_RANGES {
-        if i >= n_ports {
-            break;
-        }
+    let port_in = |i: usize| {
         let range = &config.ports[i];
-        if range.first <= dport && dport <= range.last {
-            return Some(true);
-        }
-    }
-    Some(false)
+        i < n_ports && range.first <= dport && dport <= range.last
+    };
+    Some(unrolled!(
+        port_in, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15
+    ))
 }
 
 #[inline(always)]
@@ -118,16 +127,11 @@ fn v4_matches(config: &LossConfig, addr: u32) -> bool {
         // With only IPv6 networks named, no IPv4 packet is targeted.
         return config.n_v6 == 0;
     }
-    for i in 0..MAX_CIDRS {
-        if i >= n {
-            break;
-        }
+    let net_has = |i: usize| {
         let net = &config.v4[i];
-        if addr & net.mask == net.addr {
-            return true;
-        }
-    }
-    false
+        i < n && addr & net.mask == net.addr
+    };
+    unrolled!(net_has, 0, 1, 2, 3, 4, 5, 6, 7)
 }
 
 #[inline(always)]
@@ -136,16 +140,13 @@ fn v6_matches(config: &LossConfig, addr: [u64; 2]) -> bool {
     if n == 0 {
         return config.n_v4 == 0;
     }
-    for i in 0..MAX_CIDRS {
-        if i >= n {
-            break;
-        }
+    let net_has = |i: usize| {
         let net = &config.v6[i];
-        if ((addr[0] & net.mask[0]) ^ net.addr[0]) | ((addr[1] & net.mask[1]) ^ net.addr[1]) == 0 {
-            return true;
-        }
-    }
-    false
+        i < n
+            && ((addr[0] & net.mask[0]) ^ net.addr[0]) | ((addr[1] & net.mask[1]) ^ net.addr[1])
+                == 0
+    };
+    unrolled!(net_has, 0, 1, 2, 3, 4, 5, 6, 7)
 }
 
 #[cfg(not(test))]

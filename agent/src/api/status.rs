@@ -29,5 +29,37 @@ pub fn from_engine(e: EngineError) -> Status {
         }
         source = s.source();
     }
-    Status::new(code, message)
+    Status::new(code, bounded(message))
+}
+
+/// gRPC carries the message in a header, and clients refuse headers beyond a few kilobytes
+/// (the whole reply is lost, not just the text): keep the head and say where the rest is.
+fn bounded(message: String) -> String {
+    const LIMIT: usize = 2048;
+    if message.len() <= LIMIT {
+        return message;
+    }
+    let mut cut = LIMIT;
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{} ... ({} more bytes in the agent's log)",
+        &message[..cut],
+        message.len() - cut
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_to_fit_a_header() {
+        let status = from_engine(EngineError::Reserve {
+            detail: "x".repeat(10_000),
+        });
+        assert!(status.message().len() < 2200, "{}", status.message().len());
+        assert!(status.message().ends_with("more bytes in the agent's log)"));
+    }
 }

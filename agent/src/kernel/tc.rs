@@ -60,6 +60,8 @@ pub enum TcError {
     Missing(&'static str),
     #[error("the kernel refused the eBPF program {PROGRAM}: {0}")]
     Program(#[source] ProgramError),
+    #[error("the kernel's verifier refused the eBPF program {PROGRAM} ({error}); it ended with: {tail} (the whole log is in the agent's log)")]
+    Verifier { error: io::Error, tail: String },
     #[error("cannot attach the classifier to {device} ({direction}): {source}")]
     Attach {
         device: String,
@@ -157,6 +159,27 @@ pub fn tcx_supported() -> bool {
     KernelVersion::current()
         .map(|v| v >= KernelVersion::new(6, 6, 0))
         .unwrap_or(false)
+}
+
+/// A verifier log runs to tens of kilobytes: the agent logs it whole, the error keeps its last
+/// lines, which say what was refused.
+fn verifier_error(e: ProgramError) -> TcError {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            tracing::warn!(program = PROGRAM, log = %log, "the verifier refused the program");
+            let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+            let tail = lines[lines.len().saturating_sub(6)..].join(" | ");
+            TcError::Verifier {
+                error: io_error,
+                tail,
+            }
+        }
+        other => TcError::Program(other),
+    }
 }
 
 /// Whether a classifier for `direction` attaches through TCX (see the module docs).
@@ -399,7 +422,7 @@ impl LossPins {
             .ok_or(TcError::Missing("the faultline_loss program"))?
             .try_into()
             .map_err(TcError::Program)?;
-        program.load().map_err(TcError::Program)?;
+        program.load().map_err(verifier_error)?;
         let attach_error = |source| TcError::Attach {
             device: device.to_owned(),
             direction,
