@@ -9,6 +9,7 @@ mod host;
 mod prereqs;
 mod run;
 mod test;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -43,6 +44,14 @@ enum Task {
     /// Each check says what it finds and what it installs; a present prerequisite is left as
     /// it is. Installing apt packages needs root.
     Prereqs(prereqs::Options),
+    /// Run the integration tests on Debian 12's stock kernel under qemu (software emulation)
+    ///
+    /// Needs root. Downloads Debian's cloud kernel with apt-get download into target/vm (once;
+    /// never installed), builds a busybox initramfs with the agent, the test executables, the
+    /// host's ip/tc/nft/nsenter/setpriv/ping and the kernel modules, boots it with qemu TCG and
+    /// reports the guest's result from the serial console. Installs qemu-system-x86 if missing.
+    /// Arguments after `--` go to every test executable (e.g. a test name filter).
+    VmTest(vm::Options),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +60,7 @@ fn main() -> ExitCode {
         Task::Run(options) => run::run(options),
         Task::Test(options) => test::run(options),
         Task::Prereqs(options) => prereqs::run(options),
+        Task::VmTest(options) => vm::run(options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

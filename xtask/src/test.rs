@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 
-use crate::{exec, host, prereqs};
+use crate::{exec, host, prereqs, vm};
 
 #[derive(Debug, Args)]
 pub struct Options {}
@@ -79,14 +79,19 @@ fn cargo(args: &[&str]) -> Result<Outcome> {
     exec::run(&mut exec::command("cargo", args)).map(|()| Outcome::Passed)
 }
 
-/// The real-kernel layer (qemu, TCG) is not written yet; say so rather than pass quietly.
+/// The real-kernel layer (`cargo xtask vm-test`: Debian 12's kernel under qemu, TCG) exists
+/// but is not part of the suite yet: it fails, because the verifier of Debian 12's 6.1 kernel
+/// rejects the loss classifier. Say so rather than pass quietly; wire it in once it passes.
 fn vm_layer() -> Result<Outcome> {
-    let why = if host::find_program("qemu-system-x86_64").is_some() {
-        "the real-kernel VM layer (a stock distribution kernel under qemu) is not built yet"
-    } else {
-        "qemu-system-x86_64 not installed"
+    let why = match vm::available() {
+        Ok(()) => {
+            "not in the suite yet: the loss classifier does not load on Debian 12's 6.1 kernel \
+             (run `cargo xtask vm-test` to see it)"
+                .to_owned()
+        }
+        Err(why) => why,
     };
-    Ok(Outcome::Skipped(why.to_owned()))
+    Ok(Outcome::Skipped(why))
 }
 
 fn seconds(d: Duration) -> String {
