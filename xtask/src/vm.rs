@@ -81,6 +81,17 @@ pub struct Options {
     test_args: Vec<String>,
 }
 
+impl Default for Options {
+    /// What `cargo xtask test` runs: the clap defaults, every test.
+    fn default() -> Self {
+        Self {
+            timeout: 600,
+            memory: 2048,
+            test_args: Vec::new(),
+        }
+    }
+}
+
 /// `cargo xtask vm-test`.
 pub fn run(o: Options) -> Result<()> {
     if !host::is_root()? {
@@ -104,22 +115,13 @@ pub fn run(o: Options) -> Result<()> {
     Ok(())
 }
 
-/// Whether the VM layer can run here: qemu is installed. TCG needs no `/dev/kvm`.
-pub fn available() -> Result<(), String> {
-    if host::find_program("qemu-system-x86_64").is_some() {
-        Ok(())
-    } else {
-        Err("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)".to_owned())
-    }
-}
-
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| host::workspace_root().join("target"))
 }
 
-fn ensure_qemu() -> Result<()> {
+pub fn ensure_qemu() -> Result<()> {
     if let Some(qemu) = host::find_program("qemu-system-x86_64") {
         println!("qemu: {} present", qemu.display());
         return Ok(());
