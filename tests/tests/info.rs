@@ -1,0 +1,101 @@
+//! `faultline info` against the kernel itself: what the agent reports about netem, the cgroup
+//! version, TCX and nftables is checked with independent probes, on this host and in the
+//! real-kernel guest (where netem is loaded and cgroup v2 is mounted).
+
+use std::{fs, path::Path};
+
+use anyhow::{ensure, Context as _, Result};
+use faultline_tests::{note, require_root, unique, Agent, Netns};
+use serde_json::Value;
+
+fn capability<'a>(info: &'a Value, name: &str) -> Result<&'a Value> {
+    info["capabilities"]
+        .as_array()
+        .context("no capabilities in info")?
+        .iter()
+        .find(|c| c["name"] == name)
+        .with_context(|| format!("info lists no {name} capability"))
+}
+
+/// Whether the running kernel has sch_netem: loaded, or built in according to its config.
+fn kernel_has_netem() -> bool {
+    if Path::new("/sys/module/sch_netem").exists() {
+        return true;
+    }
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    fs::read_to_string(format!("/lib/modules/{}/modules.dep", release.trim()))
+        .map(|deps| deps.contains("/sch_netem.ko"))
+        .unwrap_or(false)
+}
+
+fn cgroup_version() -> Result<u64> {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    let path = std::ffi::CString::new("/sys/fs/cgroup")?;
+    // SAFETY: statfs fills the zeroed struct we own; the path is a valid C string.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    ensure!(
+        unsafe { libc::statfs(path.as_ptr(), &mut fs) } == 0,
+        "statfs /sys/fs/cgroup: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(if fs.f_type == CGROUP2_SUPER_MAGIC {
+        2
+    } else {
+        1
+    })
+}
+
+#[test]
+fn info_matches_what_the_kernel_offers() -> Result<()> {
+    if !require_root("info_matches_what_the_kernel_offers") {
+        return Ok(());
+    }
+    let ns = Netns::create(&format!("fl-{}-{}-i", std::process::id(), unique()))?;
+    let agent = Agent::start(&ns)?;
+    let info: Value = serde_json::from_str(&agent.cli_ok(&["info", "-o", "json"])?)?;
+
+    let netem = capability(&info, "netem")?;
+    let has_netem = kernel_has_netem();
+    ensure!(
+        netem["available"] == has_netem,
+        "info says netem available={}, the kernel says {has_netem}: {}",
+        netem["available"],
+        netem["detail"]
+    );
+    if !has_netem {
+        let detail = netem["detail"].as_str().unwrap_or_default();
+        ensure!(
+            detail.contains("sch_netem") && detail.contains("loss"),
+            "a missing netem must be named, with what works instead: {detail}"
+        );
+    }
+    let version = cgroup_version()?;
+    ensure!(
+        info["cgroup_version"] == version,
+        "info says cgroup v{}, /sys/fs/cgroup is v{version}",
+        info["cgroup_version"]
+    );
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease")?;
+    ensure!(
+        info["kernel_release"] == release.trim(),
+        "kernel release differs"
+    );
+    ensure!(
+        capability(&info, "nftables")?["available"] == true,
+        "nftables not detected"
+    );
+    ensure!(
+        capability(&info, "cls_bpf")?["available"] == true,
+        "tc classifiers not detected"
+    );
+    note(
+        "info_matches_what_the_kernel_offers",
+        format!(
+            "kernel {}: netem {}, cgroup v{version}, tcx {}",
+            release.trim(),
+            has_netem,
+            capability(&info, "tcx")?["available"]
+        ),
+    );
+    Ok(())
+}
