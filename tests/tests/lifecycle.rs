@@ -198,3 +198,69 @@ fn sigterm_cleanup() -> Result<()> {
     ensure!(lost == 0.0, "{:.1}% lost after the shutdown", lost * 100.0);
     agent.assert_clean()
 }
+
+#[test]
+fn one_shot_fault_waits_and_ctrl_c_reverts_it() -> Result<()> {
+    if !require_root("one_shot_fault_waits_and_ctrl_c_reverts_it") {
+        return Ok(());
+    }
+    let lab = Lab::new()?;
+    let udp = SocketAddr::from((lab.b.v4, P));
+    let agent = Agent::start(&lab.b.ns)?;
+
+    // Without --detach the CLI stays with its fault until the fault ends.
+    let started = Instant::now();
+    let expired = agent.cli(&["block", "--dir", "in", "--proto", "udp", "--for", "2s"])?;
+    let waited = started.elapsed();
+    ensure!(
+        expired.status.success(),
+        "the one-shot CLI failed: {expired:?}"
+    );
+    ensure!(
+        waited >= Duration::from_secs(2),
+        "the CLI returned after {waited:?}, before its 2 s fault ended"
+    );
+    let stderr = String::from_utf8_lossy(&expired.stderr);
+    ensure!(
+        stderr.contains("reverted"),
+        "the CLI did not report the end: {stderr}"
+    );
+
+    // Ctrl-C (SIGINT) in the CLI reverts its fault at once.
+    let mut child = std::process::Command::new(faultline_tests::process::faultline_bin()?)
+        .arg("--agent")
+        .arg(agent.socket())
+        .args(["block", "--dir", "in", "--proto", "udp", "--for", "60s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let started = Instant::now();
+    while agent.faults()?.iter().all(|f| f["state"] != "active") {
+        ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "the fault never became active"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    ensure!(
+        udp_loss(&lab.a.ns, &lab.b.ns, udp, 100)? == 1.0,
+        "the block is not in effect"
+    );
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait()?;
+    note(
+        "one_shot_fault_waits_and_ctrl_c_reverts_it",
+        format!("CLI exit after Ctrl-C: {status}"),
+    );
+    ensure!(
+        agent.faults()?.iter().all(|f| f["state"] == "reverted"),
+        "Ctrl-C left the fault active: {:?}",
+        agent.faults()?
+    );
+    ensure!(
+        udp_loss(&lab.a.ns, &lab.b.ns, udp, 200)? == 0.0,
+        "packets still blocked after Ctrl-C"
+    );
+    agent.assert_clean()
+}
