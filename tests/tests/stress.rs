@@ -267,3 +267,34 @@ fn workers_die_with_the_agent_and_restart_cleans_up() -> Result<()> {
     );
     agent.assert_clean()
 }
+
+#[test]
+fn cpu_ramp_rises_to_the_load() -> Result<()> {
+    if !require_root("cpu_ramp_rises_to_the_load") {
+        return Ok(());
+    }
+    let (_ns, agent) = agent()?;
+    let id = agent.apply(&[
+        "stress", "cpu", "--load", "60", "--cores", "1", "--ramp", "4s", "--for", "9s",
+    ])?;
+    let share = |from: Duration, to: Duration, start: Instant| -> Result<f64> {
+        thread::sleep(from.saturating_sub(start.elapsed()));
+        let (t0, c0) = (Instant::now(), cpu_seconds(&agent, &id)?);
+        thread::sleep(to.saturating_sub(start.elapsed()));
+        Ok((cpu_seconds(&agent, &id)? - c0) / t0.elapsed().as_secs_f64() * 100.0)
+    };
+    let start = Instant::now();
+    // The first second of a 4 s ramp to 60 % averages under 10 %; after the ramp it is 60 %.
+    let early = share(Duration::ZERO, Duration::from_secs(1), start)?;
+    let late = share(Duration::from_secs(5), Duration::from_secs(8), start)?;
+    note(
+        "cpu_ramp_rises_to_the_load",
+        format!("60% over a 4 s ramp: {early:.1}% in the first second, {late:.1}% after the ramp"),
+    );
+    ensure!(early < 20.0, "{early:.1}% in the first second of the ramp");
+    ensure!(
+        (late - 60.0).abs() <= 3.0,
+        "{late:.1}% after the ramp, expected 60%"
+    );
+    revert_leaves_nothing(&agent, &id)
+}
