@@ -1,5 +1,6 @@
-//! The systemd unit in systemd/: systemd accepts it, and the agent does its work with exactly the
-//! capabilities the unit grants, no more (run under `setpriv` with the unit's bounding set).
+//! The systemd unit in systemd/: systemd accepts it, and the agent does its work (block, loss,
+//! stress) with exactly the capabilities the unit grants, no more (run under `setpriv` with the
+//! unit's bounding set).
 
 use std::{
     fs, io,
@@ -66,8 +67,8 @@ fn systemd_accepts_the_unit() -> Result<()> {
 }
 
 #[test]
-fn block_and_loss_work_with_only_the_units_capabilities() -> Result<()> {
-    if !require_root("block_and_loss_work_with_only_the_units_capabilities") {
+fn faults_work_with_only_the_units_capabilities() -> Result<()> {
+    if !require_root("faults_work_with_only_the_units_capabilities") {
         return Ok(());
     }
     let caps = unit_capabilities()?;
@@ -95,7 +96,7 @@ fn block_and_loss_work_with_only_the_units_capabilities() -> Result<()> {
         "the agent runs with capabilities {effective:#x}, expected exactly {expected:#x}"
     );
     note(
-        "block_and_loss_work_with_only_the_units_capabilities",
+        "faults_work_with_only_the_units_capabilities",
         format!("agent runs with {} (CapEff {effective:#x})", caps.join(" ")),
     );
 
@@ -135,6 +136,21 @@ fn block_and_loss_work_with_only_the_units_capabilities() -> Result<()> {
         lost * 100.0
     );
 
+    // Stress too: its cgroups and workers need no capability beyond the unit's.
+    let cpu = agent.apply(&[
+        "stress", "cpu", "--load", "10", "--cores", "1", "--for", "60s",
+    ])?;
+    let memory = agent.apply(&["stress", "memory", "--size", "16MiB", "--for", "60s"])?;
+    for id in [&cpu, &memory] {
+        let fault = agent.fault(id)?;
+        ensure!(
+            fault["state"] == "active",
+            "stress under the unit's capabilities: {fault}"
+        );
+    }
+    agent.revert(&cpu)?;
+    agent.revert(&memory)?;
+
     agent.revert(&block)?;
     agent.revert(&loss)?;
     tcp_connect(&lab.a.ns, tcp, Duration::from_millis(1500))?.context("connect after revert")?;
@@ -157,6 +173,7 @@ fn effective_capabilities(pid: u32) -> Result<u64> {
 /// The bit of a capability the unit may name (linux/capability.h).
 fn capability_bit(name: &str) -> Result<u64> {
     let number = match name {
+        "dac_override" => 1,
         "net_admin" => 12,
         "net_raw" => 13,
         "sys_admin" => 21,
