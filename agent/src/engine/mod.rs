@@ -23,7 +23,7 @@ use crate::{
     config::AgentConfig,
     errors::{EngineError, InvalidSpec, KernelError},
     faults::{stress::Stress, Deadline, FaultSpec, Host},
-    kernel::{caps::Capabilities, cgroup::Cgroups, nft, tc::LossPins},
+    kernel::{caps::Capabilities, nft, tc::LossPins},
 };
 
 pub mod fault;
@@ -120,11 +120,9 @@ impl Engine {
         Ok(Arc::new(Self {
             loss_pins: LossPins::new(config.bpf_pin_dir.clone()),
             stress: Stress::new(
-                Cgroups::probe(
-                    std::path::Path::new("/sys/fs/cgroup"),
-                    &config.cgroup_parent,
-                )
-                .map_err(|e| e.to_string()),
+                caps.cgroups
+                    .clone()
+                    .map(|c| c.with_parent(&config.cgroup_parent)),
                 config.memory_reserve,
             ),
             guard: Guard::new(config.protected_ports.clone()),

@@ -263,7 +263,9 @@ pub trait Family: Send + Sync {
     fn validate(&self, host: &Host<'_>) -> Result<(), InvalidSpec>;
 
     /// A kernel facility this family needs and the host lacks: `(feature, what to do instead)`.
-    fn missing_capability(&self, caps: &Capabilities) -> Option<(String, String)>;
+    fn missing_capability(&self, _caps: &Capabilities) -> Option<(String, String)> {
+        None
+    }
 
     /// Conditions of the host at this moment that refuse a valid request: a missing cgroup
     /// controller, the memory reserve. Checked after `validate`, before anything is touched.

@@ -22,10 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::{Claim, Connection, Deadline, Family, Host};
 use crate::{
     errors::{EngineError, InvalidSpec, KernelError},
-    kernel::{
-        caps::Capabilities,
-        cgroup::{CgroupError, Cgroups, Controller, CpuQuota, Limits},
-    },
+    kernel::cgroup::{CgroupError, Cgroups, Controller, CpuQuota, Limits},
 };
 
 /// Scheduler period for CPU quotas: long enough that the quota is not lost to rounding, short
@@ -194,10 +191,6 @@ impl Family for CpuStressSpec {
         Ok(())
     }
 
-    fn missing_capability(&self, caps: &Capabilities) -> Option<(String, String)> {
-        missing_cgroups(caps)
-    }
-
     fn admit(&self, host: &Host<'_>) -> Result<(), EngineError> {
         host.stress.check(&self.controllers())
     }
@@ -284,10 +277,6 @@ fn cpu_list(cpus: &[u32]) -> String {
         .join(",")
 }
 
-fn missing_cgroups(caps: &Capabilities) -> Option<(String, String)> {
-    (!caps.cgroup.available).then(|| ("cgroups".to_owned(), caps.cgroup.detail.clone()))
-}
-
 /// `/proc/meminfo` figures, in bytes.
 fn meminfo() -> (u64, u64) {
     procfs::Current::current()
@@ -362,10 +351,6 @@ impl Family for MemoryStressSpec {
             ));
         }
         Ok(())
-    }
-
-    fn missing_capability(&self, caps: &Capabilities) -> Option<(String, String)> {
-        missing_cgroups(caps)
     }
 
     fn admit(&self, host: &Host<'_>) -> Result<(), EngineError> {

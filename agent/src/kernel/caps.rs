@@ -10,7 +10,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{nft, tc};
+use super::{cgroup::Cgroups, nft, tc};
 
 /// One facility: whether faultline can use it, and what was found or what is missing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,7 +35,7 @@ impl Capability {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capabilities {
     pub kernel_release: String,
     pub netem: Capability,
@@ -47,6 +47,8 @@ pub struct Capabilities {
     pub cgroup: Capability,
     /// 1 or 2; 0 when no usable hierarchy was found.
     pub cgroup_version: u32,
+    /// The hierarchy itself, for stress faults; why not, when there is none.
+    pub cgroups: Result<Cgroups, String>,
 }
 
 impl Capabilities {
@@ -94,29 +96,28 @@ impl Capabilities {
             Ok(()) => Capability::yes("nf_tables answers over netlink"),
             Err(e) => Capability::no(e.to_string()),
         };
-        let (cgroup_version, mut cgroup) = probe_cgroup(Path::new("/sys/fs/cgroup"));
-        match super::cgroup::Cgroups::probe(
-            Path::new("/sys/fs/cgroup"),
-            super::cgroup::DEFAULT_PARENT,
-        ) {
-            Ok(cgroups) => {
-                let usable = cgroups.usable();
-                cgroup.detail.push_str(&format!(
-                    "; stress uses cgroup v{}: {}",
-                    cgroups.version(),
+        let cgroups = Cgroups::probe(Path::new("/sys/fs/cgroup"));
+        let (cgroup_version, cgroup) = match &cgroups {
+            Ok(found) => {
+                let usable = found.usable();
+                let detail = format!(
+                    "{}; controllers stress can use: {}",
+                    found.location(),
                     if usable.is_empty() {
-                        "no usable controller".to_owned()
+                        "none".to_owned()
                     } else {
                         usable.join(" ")
                     }
-                ));
-                cgroup.available &= !usable.is_empty();
+                );
+                let capability = if usable.is_empty() {
+                    Capability::no(detail)
+                } else {
+                    Capability::yes(detail)
+                };
+                (found.version(), capability)
             }
-            Err(e) => {
-                cgroup.available = false;
-                cgroup.detail.push_str(&format!("; {e}"));
-            }
-        }
+            Err(e) => (0, Capability::no(e.to_string())),
+        };
         Self {
             kernel_release,
             netem,
@@ -126,6 +127,7 @@ impl Capabilities {
             cls_bpf,
             cgroup,
             cgroup_version,
+            cgroups: cgroups.map_err(|e| e.to_string()),
         }
     }
 
@@ -226,68 +228,6 @@ fn feature(
             modules.dir.display()
         )),
     }
-}
-
-fn probe_cgroup(root: &Path) -> (u32, Capability) {
-    use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC};
-
-    let is_v2 = |p: &Path| {
-        statfs(p)
-            .map(|s| s.filesystem_type() == CGROUP2_SUPER_MAGIC)
-            .unwrap_or(false)
-    };
-    let controllers = |p: &Path| {
-        fs::read_to_string(p.join("cgroup.controllers"))
-            .map(|s| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
-            .unwrap_or_default()
-    };
-    if is_v2(root) {
-        let list = controllers(root);
-        return (
-            2,
-            Capability::yes(format!(
-                "cgroup v2 at {}, controllers: {}",
-                root.display(),
-                if list.is_empty() {
-                    "none".to_owned()
-                } else {
-                    list.join(" ")
-                }
-            )),
-        );
-    }
-    let v1: Vec<&str> = ["cpu", "cpuacct", "cpuset", "memory", "pids"]
-        .into_iter()
-        .filter(|c| root.join(c).join("tasks").exists())
-        .collect();
-    if v1.is_empty() {
-        return (
-            0,
-            Capability::no(format!(
-                "no cgroup hierarchy found under {}",
-                root.display()
-            )),
-        );
-    }
-    let mut detail = format!(
-        "cgroup v1 at {}, controllers: {}",
-        root.display(),
-        v1.join(" ")
-    );
-    let unified = root.join("unified");
-    if is_v2(&unified) {
-        let list = controllers(&unified);
-        detail.push_str(&format!(
-            "; cgroup2 mounted at {} with {}",
-            unified.display(),
-            if list.is_empty() {
-                "no controllers".to_owned()
-            } else {
-                format!("controllers {}", list.join(" "))
-            }
-        ));
-    }
-    (1, Capability::yes(detail))
 }
 
 #[cfg(test)]

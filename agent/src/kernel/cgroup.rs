@@ -120,8 +120,8 @@ pub struct Cgroups {
 impl Cgroups {
     /// Finds the hierarchy mounted at `root` (normally /sys/fs/cgroup): cgroup v2 when it is
     /// mounted there, else the v1 controller mounts listed in /proc/self/mountinfo.
-    pub fn probe(root: &Path, parent: &str) -> Result<Self, CgroupError> {
-        let parent = parent.to_owned();
+    pub fn probe(root: &Path) -> Result<Self, CgroupError> {
+        let parent = DEFAULT_PARENT.to_owned();
         if is_cgroup2(root) {
             let controllers = fs::read_to_string(root.join("cgroup.controllers"))
                 .map_err(io_error("read", &root.join("cgroup.controllers")))?
@@ -165,6 +165,38 @@ impl Cgroups {
             )));
         }
         Ok(Self { hierarchy, parent })
+    }
+
+    /// The same hierarchy with the faults' cgroups under `parent` instead of `faultline`.
+    pub fn with_parent(mut self, parent: &str) -> Self {
+        self.parent = parent.to_owned();
+        self
+    }
+
+    /// Where the hierarchy is, for `faultline info`.
+    pub fn location(&self) -> String {
+        match &self.hierarchy {
+            Hierarchy::V2 { root, .. } => format!("cgroup v2 at {}", root.display()),
+            Hierarchy::V1 {
+                cpu,
+                cpuacct,
+                cpuset,
+                memory,
+            } => {
+                let mounts: Vec<String> = [
+                    ("cpu", cpu),
+                    ("cpuacct", cpuacct),
+                    ("cpuset", cpuset),
+                    ("memory", memory),
+                ]
+                .iter()
+                .filter_map(|(name, mount)| {
+                    mount.as_ref().map(|m| format!("{name} at {}", m.display()))
+                })
+                .collect();
+                format!("cgroup v1 ({})", mounts.join(", "))
+            }
+        }
     }
 
     pub fn version(&self) -> u32 {
@@ -404,28 +436,6 @@ impl Cgroups {
             }
         }
         Ok(())
-    }
-
-    /// CPU time charged to the fault's cgroup so far, in nanoseconds.
-    pub fn cpu_usage_ns(&self, id: &str) -> Result<u64, CgroupError> {
-        match &self.hierarchy {
-            Hierarchy::V2 { root, .. } => {
-                let path = root.join(&self.parent).join(id).join("cpu.stat");
-                let text = fs::read_to_string(&path).map_err(io_error("read", &path))?;
-                let usec = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("usage_usec "))
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .unwrap_or(0);
-                Ok(usec * 1000)
-            }
-            Hierarchy::V1 { cpuacct, .. } => {
-                let Some(mount) = cpuacct else { return Ok(0) };
-                let path = mount.join(&self.parent).join(id).join("cpuacct.usage");
-                let text = fs::read_to_string(&path).map_err(io_error("read", &path))?;
-                Ok(text.trim().parse().unwrap_or(0))
-            }
-        }
     }
 
     /// Kills every process in the fault's cgroup and removes it. Idempotent.
