@@ -318,8 +318,8 @@ impl Engine {
             .await;
         let kernel_time = started.elapsed();
         if let Err(source) = applied {
-            // apply cleans up after itself; the revert is a second line of defence and must
-            // not hide the original error.
+            // The revert is the clean-up of a partial apply (families leave what they made for
+            // it, and every revert is idempotent); its failure must not hide the original error.
             if let Err(e) = self
                 .kernel(&fault, |family, id, host| family.revert(id, host))
                 .await

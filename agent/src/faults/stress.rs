@@ -223,11 +223,9 @@ impl Family for CpuStressSpec {
 
     fn apply(&self, id: &str, _deadline: Deadline, host: &Host<'_>) -> Result<(), KernelError> {
         let procs = host.stress.cgroups()?.create(id, &self.limits())?;
+        // A failure part-way is undone by the revert the engine runs after a failed apply.
         for _ in 0..self.width() {
-            if let Err(e) = host.stress.spawn(id, &["cpu"], &procs) {
-                let _ = host.stress.remove(id);
-                return Err(e);
-            }
+            host.stress.spawn(id, &["cpu"], &procs)?;
         }
         if let Some(ramp) = self.ramp {
             let cgroups = host.stress.cgroups()?.clone();
@@ -395,11 +393,7 @@ impl Family for MemoryStressSpec {
         let procs = host.stress.cgroups()?.create(id, &self.limits())?;
         let args = self.worker_args();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        if let Err(e) = host.stress.spawn(id, &args, &procs) {
-            let _ = host.stress.remove(id);
-            return Err(e);
-        }
-        Ok(())
+        host.stress.spawn(id, &args, &procs)
     }
 
     fn revert(&self, id: &str, host: &Host<'_>) -> Result<(), KernelError> {

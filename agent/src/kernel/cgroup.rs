@@ -357,7 +357,8 @@ impl Cgroups {
     }
 
     /// Creates the fault's cgroup with its limits; returns the `cgroup.procs` files a worker
-    /// must join.
+    /// must join. A failure part-way leaves what was made for `remove`, which the engine runs
+    /// after every failed apply.
     pub fn create(&self, id: &str, limits: &Limits) -> Result<Vec<PathBuf>, CgroupError> {
         let dirs = self.dirs(id, Some(limits));
         for dir in &dirs {
@@ -374,16 +375,12 @@ impl Cgroups {
                 if OPTIONAL.contains(&file) {
                     continue;
                 }
-                let _ = self.remove(id);
                 return Err(CgroupError::MissingController {
                     controller: file.split('.').next().unwrap_or(file),
                     detail: format!("no {file} in {}", dirs[0].display()),
                 });
             };
-            if let Err(e) = write(&dir.join(file), &value) {
-                let _ = self.remove(id);
-                return Err(e);
-            }
+            write(&dir.join(file), &value)?;
         }
         Ok(dirs.iter().map(|d| d.join("cgroup.procs")).collect())
     }

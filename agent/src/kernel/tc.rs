@@ -388,12 +388,9 @@ impl LossPins {
             path: dir.clone(),
             source,
         })?;
-        let attached = self.load_and_attach(&dir, device, direction, &config);
-        if attached.is_err() {
-            // Leave nothing half-made behind: whatever got pinned goes again.
-            let _ = self.detach(id);
-        }
-        attached
+        // A failure part-way leaves pins behind, which `detach` (run by the engine after every
+        // failed apply) reads to undo exactly what was done.
+        self.load_and_attach(&dir, device, direction, &config)
     }
 
     fn load_and_attach(
@@ -454,6 +451,12 @@ impl LossPins {
                 source,
             })?;
         } else {
+            // Pinned first: the pin is what tells `detach` (and a start-up sweep) that a filter
+            // may be attached, so it must exist before the filter does.
+            program.pin(&pin_path).map_err(|source| TcError::Pin {
+                path: pin_path,
+                source,
+            })?;
             match aya_tc::qdisc_add_clsact(device) {
                 Ok(()) => {}
                 Err(aya_tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {
@@ -479,10 +482,6 @@ impl LossPins {
             // Dropping the link would detach the filter; the qdisc holds it from here on and
             // `detach` removes it by program name.
             std::mem::forget(link);
-            program.pin(&pin_path).map_err(|source| TcError::Pin {
-                path: pin_path,
-                source,
-            })?;
         }
         Ok(())
     }
