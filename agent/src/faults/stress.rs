@@ -84,7 +84,7 @@ mod opt_secs {
 }
 
 /// The host's online CPUs, from /sys/devices/system/cpu/online (`0-3,6`).
-pub fn online_cpus() -> Vec<u32> {
+fn online_cpus() -> Vec<u32> {
     let text = fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
     let mut cpus = Vec::new();
     for part in text.trim().split(',').filter(|p| !p.is_empty()) {

@@ -538,20 +538,6 @@ fn remove_table_if_empty() -> Result<(), NftError> {
     }
 }
 
-/// Removes the whole table with every fault's chains: for tests and a last-resort cleanup.
-pub fn remove_table() -> Result<(), NftError> {
-    let mut batch = Batch::new();
-    batch.add(&table(), MsgType::Del);
-    match send(batch.finalize(), || {
-        format!("the removal of table inet {TABLE}")
-    }) {
-        Err(NftError::Refused { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
-            Ok(())
-        }
-        other => other,
-    }
-}
-
 /// The ids of the faults that have chains in faultline's table.
 pub fn fault_ids() -> Result<Vec<String>, NftError> {
     let ids: BTreeSet<String> = list_chains()?
