@@ -28,6 +28,8 @@ use crate::{
 /// Scheduler period for CPU quotas: long enough that the quota is not lost to rounding, short
 /// enough that a 50 % load looks like 50 % on any one-second graph.
 const PERIOD_US: u64 = 100_000;
+/// The kernel's smallest CPU quota: 1 ms per period.
+const MIN_QUOTA_US: u64 = 1_000;
 /// What a memory worker needs beyond the memory it holds (its stack, heap bookkeeping, page
 /// tables); the cgroup limit is the request plus this.
 const MEMORY_HEADROOM: u64 = 32 << 20;
@@ -113,8 +115,7 @@ impl CpuStressSpec {
     fn quota(&self, share: f64) -> CpuQuota {
         let quota_us = (self.load / 100.0 * share * self.width() as f64 * PERIOD_US as f64).round();
         CpuQuota {
-            // The kernel's smallest quota is 1 ms.
-            quota_us: (quota_us as u64).max(1_000),
+            quota_us: (quota_us as u64).max(MIN_QUOTA_US),
             period_us: PERIOD_US,
         }
     }
@@ -258,10 +259,15 @@ impl Family for CpuStressSpec {
 }
 
 fn ramp_up(cgroups: &Cgroups, id: &str, spec: &CpuStressSpec, ramp: Duration) {
+    let full = spec.quota(1.0);
     let started = Instant::now();
     loop {
         let share = (started.elapsed().as_secs_f64() / ramp.as_secs_f64()).min(1.0);
-        if cgroups.set_cpu_quota(id, spec.quota(share)).is_err() || share >= 1.0 {
+        let quota = CpuQuota {
+            quota_us: ((full.quota_us as f64 * share) as u64).max(MIN_QUOTA_US),
+            ..full
+        };
+        if cgroups.set_cpu_quota(id, quota).is_err() || share >= 1.0 {
             return;
         }
         thread::sleep(Duration::from_millis(250));

@@ -259,8 +259,13 @@ fn table() -> Table {
     Table::new(c"faultline", ProtoFamily::Inet)
 }
 
+/// Held while faultline changes its table: `remove` decides from a listing whether it takes the
+/// last chain (and so the whole table), and no `apply` may add a chain in between.
+static CHANGES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Installs a block fault's chain and rules in one batch.
 pub fn apply(rules: &BlockRules) -> Result<(), NftError> {
+    let _changing = CHANGES.lock().unwrap_or_else(|e| e.into_inner());
     let table = table();
     let chain_name = cstring(&rules.chain_name())?;
     let mut chain = Chain::new(&chain_name, &table);
@@ -479,18 +484,25 @@ pub fn describe(rules: &BlockRules) -> Vec<String> {
     lines
 }
 
-/// Removes a fault's chains and their rules. Idempotent: a fault whose chains are already gone
-/// is fine. The table goes too when no fault has a chain left in it.
+/// Removes a fault's chains, rules and live set in one batch. Idempotent: a fault whose chains
+/// are already gone is fine. The table goes too when no fault has a chain left in it.
 pub fn remove(fault_id: &str) -> Result<(), NftError> {
+    let _changing = CHANGES.lock().unwrap_or_else(|e| e.into_inner());
     let chains = list_chains()?;
     let prefix = format!("{CHAIN_PREFIX}{fault_id}-");
     let mine: Vec<&String> = chains.iter().filter(|c| c.starts_with(&prefix)).collect();
-    if !mine.is_empty() {
-        let table = table();
-        let names: Vec<CString> = mine.iter().map(|c| cstring(c)).collect::<Result<_, _>>()?;
-        let chains: Vec<Chain> = names.iter().map(|n| Chain::new(n, &table)).collect();
-        let mut batch = Batch::new();
-        for chain in &chains {
+    if mine.is_empty() {
+        return Ok(());
+    }
+    let table = table();
+    let names: Vec<CString> = mine.iter().map(|c| cstring(c)).collect::<Result<_, _>>()?;
+    let chain_objects: Vec<Chain> = names.iter().map(|n| Chain::new(n, &table)).collect();
+    let mut batch = Batch::new();
+    if mine.len() == chains.len() {
+        // The last fault: the table goes, and everything in it with it.
+        batch.add(&table, MsgType::Del);
+    } else {
+        for chain in &chain_objects {
             // A rule delete without a handle flushes the chain; a base chain with rules cannot
             // be deleted.
             batch.add(&Rule::new(chain), MsgType::Del);
@@ -500,42 +512,10 @@ pub fn remove(fault_id: &str) -> Result<(), NftError> {
         let set_name = cstring(&live_set_name(fault_id))?;
         let live = nftnl::set::Set::<NfProto>::new_named(&set_name, 1, &table, ProtoFamily::Inet);
         batch.add(&live, MsgType::Del);
-        match send(batch.finalize(), || {
-            format!("the removal of fault {fault_id}'s chains")
-        }) {
-            Ok(()) => {}
-            // Another remove (a revert racing the start-up sweep) got there first.
-            Err(NftError::Refused { source, .. })
-                if source.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => return Err(e),
-        }
     }
-    if mine.len() == chains.len() && !chains.is_empty() {
-        remove_table_if_empty()?;
-    }
-    Ok(())
-}
-
-fn remove_table_if_empty() -> Result<(), NftError> {
-    if !list_chains()?.is_empty() {
-        return Ok(());
-    }
-    let mut batch = Batch::new();
-    batch.add(&table(), MsgType::Del);
-    match send(batch.finalize(), || {
-        format!("the removal of table inet {TABLE}")
-    }) {
-        // Gone already, or a fault added a chain meanwhile: both leave nothing to do.
-        Err(NftError::Refused { source, .. })
-            if matches!(
-                source.raw_os_error(),
-                Some(libc::ENOENT) | Some(libc::EBUSY)
-            ) =>
-        {
-            Ok(())
-        }
-        other => other,
-    }
+    send(batch.finalize(), || {
+        format!("the removal of fault {fault_id}'s chains")
+    })
 }
 
 /// The ids of the faults that have chains in faultline's table.
