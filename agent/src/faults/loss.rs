@@ -56,6 +56,8 @@ impl Family for LossSpec {
         check_percent(self.percent, "percent")?;
         self.matcher.validate()?;
         netdev::check_exists(&self.device)?;
+        // The classifier must know where the IP header starts on this kind of link.
+        tc::l2_len(&self.device).map_err(|e| InvalidSpec::new("dev", e.to_string()))?;
         Ok(())
     }
 

@@ -245,7 +245,7 @@ pub fn loss_config(
 }
 
 /// Bytes of link-layer header before the IP header on `device`, from its ARPHRD type.
-fn l2_len(device: &str) -> Result<u16, TcError> {
+pub fn l2_len(device: &str) -> Result<u16, TcError> {
     let link_type = link_type(device).map_err(|source| TcError::Io {
         what: "cannot read the link type of",
         path: PathBuf::from(device),
