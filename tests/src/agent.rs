@@ -290,8 +290,9 @@ impl Agent {
         Ok(found)
     }
 
-    /// This agent's cgroup parent in every hierarchy it may use (v1 controllers, or v2).
-    fn cgroup_parents(&self) -> Vec<PathBuf> {
+    /// This agent's cgroup parent in every hierarchy it may use (v1 controllers, or v2), where
+    /// it exists.
+    pub fn cgroup_parents(&self) -> Vec<PathBuf> {
         ["cpu", "cpuacct", "cpuset", "memory", ""]
             .iter()
             .map(|c| {

@@ -46,26 +46,18 @@ fn memory_bytes(agent: &Agent, id: &str) -> Result<u64> {
 
 /// No `faultline/<id>` directory in any hierarchy.
 fn cgroup_gone(agent: &Agent, id: &str) -> bool {
-    ["cpu", "cpuacct", "cpuset", "memory", ""].iter().all(|c| {
-        !Path::new("/sys/fs/cgroup")
-            .join(c)
-            .join(agent.cgroup_parent())
-            .join(id)
-            .exists()
-    })
+    agent
+        .cgroup_parents()
+        .iter()
+        .all(|parent| !parent.join(id).exists())
 }
 
 /// The processes in the fault's cgroup(s): its workers.
 fn workers_of(agent: &Agent, id: &str) -> Vec<u32> {
-    let mut pids: Vec<u32> = ["cpu", "cpuacct", "cpuset", "memory", ""]
+    let mut pids: Vec<u32> = agent
+        .cgroup_parents()
         .iter()
-        .map(|c| {
-            Path::new("/sys/fs/cgroup")
-                .join(c)
-                .join(agent.cgroup_parent())
-                .join(id)
-                .join("cgroup.procs")
-        })
+        .map(|parent| parent.join(id).join("cgroup.procs"))
         .filter_map(|p| fs::read_to_string(p).ok())
         .flat_map(|text| {
             text.lines()
