@@ -62,13 +62,21 @@ fn apt_packages() -> Result<()> {
         );
     }
     println!("apt: installing {missing}");
-    // A stale package index gives 404s on install, so always refresh it first.
-    exec::run(exec::command("apt-get", ["update"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    apt_install(&missing.split(' ').collect::<Vec<_>>())
+}
+
+/// Refreshes the package index (a stale one gives 404s on install), then installs `packages`.
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    apt_update()?;
     exec::run(
         exec::command("apt-get", ["install", "-y", "--no-install-recommends"])
-            .args(missing.split(' '))
+            .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+pub fn apt_update() -> Result<()> {
+    exec::run(exec::command("apt-get", ["update"]).env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 /// dpkg knows the package and it is fully installed (not merely configured-files-left).

@@ -127,23 +127,7 @@ pub fn ensure_qemu() -> Result<()> {
         return Ok(());
     }
     println!("qemu: qemu-system-x86_64 not found; installing qemu-system-x86 with apt");
-    apt_update()?;
-    exec::run(
-        exec::command(
-            "apt-get",
-            [
-                "install",
-                "-y",
-                "--no-install-recommends",
-                "qemu-system-x86",
-            ],
-        )
-        .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-}
-
-fn apt_update() -> Result<()> {
-    exec::run(exec::command("apt-get", ["update"]).env("DEBIAN_FRONTEND", "noninteractive"))
+    prereqs::apt_install(&["qemu-system-x86"])
 }
 
 /// Downloads `package`'s .deb into `debs` (reusing one already there) and unpacks it into
@@ -235,7 +219,7 @@ impl Kernel {
             return Ok(package);
         }
         println!("kernel: apt does not know {KERNEL_METAPACKAGE}; refreshing the package index");
-        apt_update()?;
+        prereqs::apt_update()?;
         depends().with_context(|| {
             format!(
                 "`apt-cache depends {KERNEL_METAPACKAGE}` names no linux-image-*-cloud-amd64 \
@@ -690,56 +674,24 @@ fn module_image(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// The `key=value` pairs of a module's `.modinfo` ELF section (what `modinfo` prints), read
-/// directly because the host need not have kmod and the kernel package ships no modules.dep.
+/// from the file because the host need not have kmod and the kernel package ships no
+/// modules.dep.
 fn modinfo(image: &[u8]) -> Result<Vec<(String, String)>> {
-    let u16_at = |at: usize| -> Result<u64> {
-        let bytes = image.get(at..at + 2).context("truncated ELF file")?;
-        Ok(u64::from(u16::from_le_bytes([bytes[0], bytes[1]])))
-    };
-    let u32_at = |at: usize| -> Result<u64> {
-        let bytes = image.get(at..at + 4).context("truncated ELF file")?;
-        Ok(u64::from(u32::from_le_bytes(bytes.try_into()?)))
-    };
-    let u64_at = |at: usize| -> Result<u64> {
-        let bytes = image.get(at..at + 8).context("truncated ELF file")?;
-        Ok(u64::from_le_bytes(bytes.try_into()?))
-    };
-    // 64-bit little-endian ELF, the only kind an amd64 kernel loads.
-    ensure!(
-        image.starts_with(b"\x7fELF\x02\x01"),
-        "not a 64-bit little-endian ELF file"
-    );
-    let section_headers = usize::try_from(u64_at(0x28)?)?;
-    let entry_size = usize::try_from(u16_at(0x3a)?)?;
-    let count = usize::try_from(u16_at(0x3c)?)?;
-    let names_index = usize::try_from(u16_at(0x3e)?)?;
-    let header = |i: usize| section_headers + i * entry_size;
-    let section = |i: usize| -> Result<&[u8]> {
-        let offset = usize::try_from(u64_at(header(i) + 0x18)?)?;
-        let size = usize::try_from(u64_at(header(i) + 0x20)?)?;
-        image
-            .get(offset..offset + size)
-            .context("section beyond the end of the file")
-    };
-    let names = section(names_index)?;
-    for i in 0..count {
-        let name_offset = usize::try_from(u32_at(header(i))?)?;
-        let name = names
-            .get(name_offset..)
-            .and_then(|n| n.split(|&b| b == 0).next())
-            .unwrap_or_default();
-        if name == b".modinfo" {
-            return Ok(section(i)?
-                .split(|&b| b == 0)
-                .filter_map(|entry| {
-                    let entry = String::from_utf8_lossy(entry);
-                    let (k, v) = entry.split_once('=')?;
-                    Some((k.to_owned(), v.to_owned()))
-                })
-                .collect());
-        }
-    }
-    bail!("no .modinfo section")
+    use object::{Object as _, ObjectSection as _};
+    let file = object::File::parse(image).context("not an ELF kernel module")?;
+    let section = file
+        .section_by_name(".modinfo")
+        .context("no .modinfo section")?;
+    Ok(section
+        .data()
+        .context("unreadable .modinfo section")?
+        .split(|&b| b == 0)
+        .filter_map(|entry| {
+            let entry = String::from_utf8_lossy(entry);
+            let (k, v) = entry.split_once('=')?;
+            Some((k.to_owned(), v.to_owned()))
+        })
+        .collect())
 }
 
 /// The guest's `/init` (busybox sh): set up the mounts the agent and the lab need, load the
