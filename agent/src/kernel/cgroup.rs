@@ -173,27 +173,38 @@ impl Cgroups {
         self
     }
 
-    /// Where the hierarchy is, for `faultline info`.
-    pub fn location(&self) -> String {
+    /// `(controller, mount)` of every v1 controller faultline uses that is mounted; on v2 the
+    /// one root, unnamed.
+    fn mounts(&self) -> Vec<(&'static str, &Path)> {
         match &self.hierarchy {
-            Hierarchy::V2 { root, .. } => format!("cgroup v2 at {}", root.display()),
+            Hierarchy::V2 { root, .. } => vec![("", root.as_path())],
             Hierarchy::V1 {
                 cpu,
                 cpuacct,
                 cpuset,
                 memory,
-            } => {
-                let mounts: Vec<String> = [
-                    ("cpu", cpu),
-                    ("cpuacct", cpuacct),
-                    ("cpuset", cpuset),
-                    ("memory", memory),
-                ]
-                .iter()
-                .filter_map(|(name, mount)| {
-                    mount.as_ref().map(|m| format!("{name} at {}", m.display()))
-                })
-                .collect();
+            } => [
+                ("cpu", cpu),
+                ("cpuacct", cpuacct),
+                ("cpuset", cpuset),
+                ("memory", memory),
+            ]
+            .into_iter()
+            .filter_map(|(name, mount)| mount.as_deref().map(|m| (name, m)))
+            .collect(),
+        }
+    }
+
+    /// Where the hierarchy is, for `faultline info`.
+    pub fn location(&self) -> String {
+        match &self.hierarchy {
+            Hierarchy::V2 { root, .. } => format!("cgroup v2 at {}", root.display()),
+            Hierarchy::V1 { .. } => {
+                let mounts: Vec<String> = self
+                    .mounts()
+                    .iter()
+                    .map(|(name, mount)| format!("{name} at {}", mount.display()))
+                    .collect();
                 format!("cgroup v1 ({})", mounts.join(", "))
             }
         }
@@ -292,10 +303,12 @@ impl Cgroups {
                     }
                     // Removing: wherever the fault may have a cgroup.
                     None => {
-                        push(cpu);
-                        push(cpuacct);
-                        push(cpuset);
-                        push(memory);
+                        for (_, mount) in self.mounts() {
+                            let dir = child(mount);
+                            if !dirs.contains(&dir) {
+                                dirs.push(dir);
+                            }
+                        }
                     }
                 }
                 dirs
@@ -466,22 +479,10 @@ impl Cgroups {
 
     /// The ids of faults that have a cgroup under `faultline`, in any hierarchy.
     pub fn fault_ids(&self) -> Vec<String> {
-        let mounts: Vec<PathBuf> = match &self.hierarchy {
-            Hierarchy::V2 { root, .. } => vec![root.clone()],
-            Hierarchy::V1 {
-                cpu,
-                cpuacct,
-                cpuset,
-                memory,
-            } => [cpu, cpuacct, cpuset, memory]
-                .into_iter()
-                .flatten()
-                .cloned()
-                .collect(),
-        };
-        let mut ids: Vec<String> = mounts
+        let mut ids: Vec<String> = self
+            .mounts()
             .iter()
-            .filter_map(|m| fs::read_dir(m.join(&self.parent)).ok())
+            .filter_map(|(_, m)| fs::read_dir(m.join(&self.parent)).ok())
             .flat_map(|entries| entries.filter_map(Result::ok))
             .filter(|e| e.path().is_dir())
             .map(|e| e.file_name().to_string_lossy().into_owned())
