@@ -6,4 +6,5 @@ pub mod caps;
 pub mod cgroup;
 pub mod netdev;
 pub mod nft;
+pub mod qdisc_opts;
 pub mod tc;
