@@ -9,7 +9,7 @@ use thiserror::Error;
 
 use crate::{
     faults::stress::StressError,
-    kernel::{cgroup::CgroupError, nft::NftError, tc::TcError},
+    kernel::{cgroup::CgroupError, nft::NftError, qdisc::QdiscError, tc::TcError},
 };
 
 /// A request that is wrong in itself: refused before anything touches the kernel.
@@ -42,6 +42,15 @@ pub enum KernelError {
     Tc(Box<TcError>),
     #[error(transparent)]
     Stress(#[from] StressError),
+    /// Boxed for the same reason as `Tc`.
+    #[error(transparent)]
+    Qdisc(Box<QdiscError>),
+}
+
+impl From<QdiscError> for KernelError {
+    fn from(e: QdiscError) -> Self {
+        KernelError::Qdisc(Box::new(e))
+    }
 }
 
 impl From<CgroupError> for KernelError {
@@ -124,6 +133,11 @@ pub enum EngineError {
 
     #[error("refused to keep the host safe: {detail}")]
     Reserve { detail: String },
+
+    /// An interface's qdisc is somebody else's and the request did not say to replace it, or
+    /// it is a tree that could not be put back exactly.
+    #[error("{detail}")]
+    Occupied { detail: String },
 
     #[error("the agent is shutting down and takes no new faults")]
     ShuttingDown,

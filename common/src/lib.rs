@@ -2,12 +2,12 @@
 //! Both sides compile this one definition, so the layout cannot drift between them.
 #![no_std]
 
-/// Most destination-port ranges one loss fault can name.
+/// Most destination-port ranges one network fault can name.
 pub const MAX_PORT_RANGES: usize = 16;
-/// Most IPv4 and, separately, IPv6 networks one loss fault can name.
+/// Most IPv4 and, separately, IPv6 networks one network fault can name.
 pub const MAX_CIDRS: usize = 8;
 
-/// `LossConfig::l4` values: the IP protocol numbers, and 0 for any protocol.
+/// `PacketFilter::l4` values: the IP protocol numbers, and 0 for any protocol.
 pub const L4_ANY: u8 = 0;
 pub const L4_TCP: u8 = 6;
 pub const L4_UDP: u8 = 17;
@@ -63,17 +63,12 @@ impl Cidr6 {
     }
 }
 
-/// What the loss classifier drops, in the single entry of its `CONFIG` map.
+/// Which packets a classifier acts on: the filter part of every classifier's configuration.
 ///
-/// A packet is dropped when it matches every non-empty filter and a fresh random `u32` is
-/// below `threshold`; `threshold` is a `u64` so that 100 % (2^32) drops every packet.
+/// A packet matches when it matches every non-empty list (and the protocol, unless `L4_ANY`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LossConfig {
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) value after which nothing is dropped any more,
-    /// so the loss ends on time even when the agent that set it is gone.
-    pub deadline_ns: u64,
-    pub threshold: u64,
+pub struct PacketFilter {
     /// Bytes before the IP header: 14 on Ethernet-like devices, 0 on raw IP devices.
     pub l2_len: u16,
     /// 1 when attached on ingress: the remote address is then the packet's source.
@@ -83,25 +78,23 @@ pub struct LossConfig {
     pub n_ports: u8,
     pub n_v4: u8,
     pub n_v6: u8,
-    /// 1: drop by consuming the packet (`TC_ACT_STOLEN`), so the sender sees a successful
-    /// send, as on a real network; only cls_bpf honours it. 0: `TC_ACT_SHOT`.
-    pub consume: u8,
+    /// Explicit, so that the layout has no padding the compiler could leave uninitialised.
+    pub _pad: u8,
     pub ports: [PortRange; MAX_PORT_RANGES],
     pub v4: [Cidr4; MAX_CIDRS],
     pub v6: [Cidr6; MAX_CIDRS],
 }
 
-impl LossConfig {
-    pub const EMPTY: Self = Self {
-        deadline_ns: 0,
-        threshold: 0,
+impl PacketFilter {
+    /// Matches every IP packet.
+    pub const ANY: Self = Self {
         l2_len: 14,
         ingress: 0,
         l4: L4_ANY,
         n_ports: 0,
         n_v4: 0,
         n_v6: 0,
-        consume: 0,
+        _pad: 0,
         ports: [PortRange { first: 0, last: 0 }; MAX_PORT_RANGES],
         v4: [Cidr4 { addr: 0, mask: 0 }; MAX_CIDRS],
         v6: [Cidr6 {
@@ -109,6 +102,69 @@ impl LossConfig {
             mask: [0; 2],
         }; MAX_CIDRS],
     };
+}
+
+/// What the loss classifier drops, in the single entry of its `CONFIG` map.
+///
+/// A packet is dropped when it matches the filter and a fresh random `u32` is below
+/// `threshold`; `threshold` is a `u64` so that 100 % (2^32) drops every packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LossConfig {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) value after which nothing is dropped any more,
+    /// so the loss ends on time even when the agent that set it is gone.
+    pub deadline_ns: u64,
+    pub threshold: u64,
+    /// 1: drop by consuming the packet (`TC_ACT_STOLEN`), so the sender sees a successful
+    /// send, as on a real network; only cls_bpf honours it. 0: `TC_ACT_SHOT`.
+    pub consume: u8,
+    pub _pad: [u8; 7],
+    pub filter: PacketFilter,
+}
+
+impl LossConfig {
+    pub const EMPTY: Self = Self {
+        deadline_ns: 0,
+        threshold: 0,
+        consume: 0,
+        _pad: [0; 7],
+        filter: PacketFilter::ANY,
+    };
+}
+
+/// What the steering classifier does, in the single entry of its `STEER` map: it picks the
+/// packets a shaping fault (netem, rate) applies to and sends them where the fault's qdisc is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SteerConfig {
+    /// Past this `bpf_ktime_get_ns()` value nothing is steered: the fault's qdisc sees no more
+    /// traffic, even when the agent that set it is gone.
+    pub deadline_ns: u64,
+    /// Only packets of sockets in this cgroup (v2 id, the inode of its directory); 0: any.
+    pub cgroup_id: u64,
+    /// Class (major << 16 | minor) that matching packets are sent to, when `ifindex` is 0.
+    pub classid: u32,
+    /// Non-zero: matching packets are redirected to the egress of this interface (an IFB).
+    pub ifindex: u32,
+    pub filter: PacketFilter,
+}
+
+impl SteerConfig {
+    pub const EMPTY: Self = Self {
+        deadline_ns: 0,
+        cgroup_id: 0,
+        classid: 0,
+        ifindex: 0,
+        filter: PacketFilter::ANY,
+    };
+}
+
+/// Per-CPU counter of the steering classifier, in the single entry of its `STEER_STATS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SteerStats {
+    /// Packets steered to the fault's qdisc.
+    pub steered: u64,
 }
 
 /// Per-CPU counters of the loss classifier, in the single entry of its `STATS` map.
@@ -127,6 +183,8 @@ mod user {
     // integers, and have no padding the compiler could leave uninitialised.
     unsafe impl aya::Pod for super::LossConfig {}
     unsafe impl aya::Pod for super::LossStats {}
+    unsafe impl aya::Pod for super::SteerConfig {}
+    unsafe impl aya::Pod for super::SteerStats {}
 }
 
 #[cfg(test)]
@@ -136,8 +194,11 @@ mod tests {
 
     #[test]
     fn layout_has_no_hidden_padding() {
-        let fields = 8 + 8 + 2 + 1 + 1 + 4 + MAX_PORT_RANGES * 4 + MAX_CIDRS * 8 + MAX_CIDRS * 32;
-        assert_eq!(core::mem::size_of::<LossConfig>(), fields);
+        let filter = 8 + MAX_PORT_RANGES * 4 + MAX_CIDRS * 8 + MAX_CIDRS * 32;
+        assert_eq!(core::mem::size_of::<PacketFilter>(), filter);
+        assert_eq!(core::mem::size_of::<LossConfig>(), 8 + 8 + 8 + filter);
+        assert_eq!(core::mem::size_of::<SteerConfig>(), 8 + 8 + 4 + 4 + filter);
+        assert_eq!(core::mem::size_of::<SteerStats>(), 8);
         assert_eq!(core::mem::size_of::<LossStats>(), 16);
     }
 }

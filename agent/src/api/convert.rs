@@ -15,6 +15,7 @@ use crate::{
     engine::{ApplyRequest, Fault, FaultState},
     errors::InvalidSpec,
     faults::{
+        shape::{DelayDistribution, NetemParams, RateParams, ShapeSpec, ShapeTarget},
         stress::{CpuStressSpec, MemSize, MemoryStressSpec},
         BlockSpec, Direction, FaultSpec, LossSpec, PacketMatch, PortRange, Protocol,
     },
@@ -37,7 +38,7 @@ pub fn apply_request(req: pb::ApplyRequest) -> Result<ApplyRequest, InvalidSpec>
 fn missing_spec() -> InvalidSpec {
     InvalidSpec::new(
         "spec",
-        "missing: set one fault kind (block, loss, cpu or memory)",
+        "missing: set one fault kind (block, loss, netem, rate, cpu or memory)",
     )
 }
 
@@ -89,7 +90,79 @@ pub fn fault_spec(spec: pb::FaultSpec) -> Result<FaultSpec, InvalidSpec> {
             rate: m.rate,
             lock: m.lock,
         })),
+        pb::fault_spec::Kind::Netem(n) => Ok(FaultSpec::Netem(ShapeSpec {
+            target: shape_target(n.target)?,
+            params: NetemParams {
+                delay: opt_duration(n.delay, "delay")?.unwrap_or_default(),
+                jitter: opt_duration(n.jitter, "jitter")?.unwrap_or_default(),
+                delay_correlation: n.delay_correlation,
+                distribution: match pb::DelayDistribution::try_from(n.distribution) {
+                    Ok(pb::DelayDistribution::Unspecified | pb::DelayDistribution::Uniform) => {
+                        DelayDistribution::Uniform
+                    }
+                    Ok(pb::DelayDistribution::Normal) => DelayDistribution::Normal,
+                    Ok(pb::DelayDistribution::Pareto) => DelayDistribution::Pareto,
+                    Ok(pb::DelayDistribution::Paretonormal) => DelayDistribution::Paretonormal,
+                    Err(_) => {
+                        return Err(InvalidSpec::new(
+                            "distribution",
+                            format!(
+                                "unknown distribution {}, expected uniform, normal, pareto or \
+                                 paretonormal",
+                                n.distribution
+                            ),
+                        ))
+                    }
+                },
+                loss: n.loss,
+                loss_correlation: n.loss_correlation,
+                duplicate: n.duplicate,
+                duplicate_correlation: n.duplicate_correlation,
+                corrupt: n.corrupt,
+                corrupt_correlation: n.corrupt_correlation,
+                reorder: n.reorder,
+                reorder_correlation: n.reorder_correlation,
+                gap: n.gap,
+                rate_bps: n.rate_bps,
+                limit: n.limit,
+            },
+        })),
+        pb::fault_spec::Kind::Rate(r) => Ok(FaultSpec::Rate(ShapeSpec {
+            target: shape_target(r.target)?,
+            params: RateParams {
+                rate_bps: r.rate_bps,
+                burst: r.burst,
+                latency: opt_duration(r.latency, "latency")?,
+            },
+        })),
     }
+}
+
+fn shape_target(target: Option<pb::ShapeTarget>) -> Result<ShapeTarget, InvalidSpec> {
+    let t = target
+        .ok_or_else(|| InvalidSpec::new("target", "missing: name the interface (dev) to shape"))?;
+    if t.device.is_empty() {
+        return Err(InvalidSpec::new(
+            "dev",
+            "missing: name the interface whose traffic to shape",
+        ));
+    }
+    Ok(ShapeTarget {
+        device: t.device,
+        direction: direction(t.direction, Some(Direction::Egress))?,
+        matcher: packet_match(t.r#match.unwrap_or_default())?,
+        cgroup: Some(t.cgroup).filter(|c| !c.is_empty()),
+    })
+}
+
+fn opt_duration(
+    d: Option<prost_types::Duration>,
+    field: &str,
+) -> Result<Option<Duration>, InvalidSpec> {
+    d.map(|d| {
+        Duration::try_from(d).map_err(|_| InvalidSpec::new(field, "negative: expected e.g. 100ms"))
+    })
+    .transpose()
 }
 
 fn direction(value: i32, default: Option<Direction>) -> Result<Direction, InvalidSpec> {
@@ -217,8 +290,58 @@ pub fn proto_spec(spec: &FaultSpec) -> pb::FaultSpec {
             rate: m.rate,
             lock: m.lock,
         }),
+        FaultSpec::Netem(n) => {
+            let p = &n.params;
+            let nonzero = |d: Duration| {
+                (!d.is_zero())
+                    .then(|| prost_types::Duration::try_from(d).ok())
+                    .flatten()
+            };
+            pb::fault_spec::Kind::Netem(pb::NetemSpec {
+                target: Some(proto_target(&n.target)),
+                delay: nonzero(p.delay),
+                jitter: nonzero(p.jitter),
+                delay_correlation: p.delay_correlation,
+                distribution: match p.distribution {
+                    DelayDistribution::Uniform => pb::DelayDistribution::Uniform,
+                    DelayDistribution::Normal => pb::DelayDistribution::Normal,
+                    DelayDistribution::Pareto => pb::DelayDistribution::Pareto,
+                    DelayDistribution::Paretonormal => pb::DelayDistribution::Paretonormal,
+                }
+                .into(),
+                loss: p.loss,
+                loss_correlation: p.loss_correlation,
+                duplicate: p.duplicate,
+                duplicate_correlation: p.duplicate_correlation,
+                corrupt: p.corrupt,
+                corrupt_correlation: p.corrupt_correlation,
+                reorder: p.reorder,
+                reorder_correlation: p.reorder_correlation,
+                gap: p.gap,
+                rate_bps: p.rate_bps,
+                limit: p.limit,
+            })
+        }
+        FaultSpec::Rate(r) => pb::fault_spec::Kind::Rate(pb::RateSpec {
+            target: Some(proto_target(&r.target)),
+            rate_bps: r.params.rate_bps,
+            burst: r.params.burst,
+            latency: r
+                .params
+                .latency
+                .and_then(|d| prost_types::Duration::try_from(d).ok()),
+        }),
     };
     pb::FaultSpec { kind: Some(kind) }
+}
+
+fn proto_target(t: &ShapeTarget) -> pb::ShapeTarget {
+    pb::ShapeTarget {
+        device: t.device.clone(),
+        direction: proto_direction(t.direction),
+        r#match: Some(proto_match(&t.matcher)),
+        cgroup: t.cgroup.clone().unwrap_or_default(),
+    }
 }
 
 fn proto_state(state: FaultState) -> i32 {

@@ -12,7 +12,8 @@ pub fn from_engine(e: EngineError) -> Status {
         EngineError::Conflict { .. } => Code::AlreadyExists,
         EngineError::Guarded { .. }
         | EngineError::Unsupported { .. }
-        | EngineError::Reserve { .. } => Code::FailedPrecondition,
+        | EngineError::Reserve { .. }
+        | EngineError::Occupied { .. } => Code::FailedPrecondition,
         EngineError::ShuttingDown => Code::Unavailable,
         EngineError::Journal(_) | EngineError::Apply { .. } | EngineError::Revert { .. } => {
             Code::Internal

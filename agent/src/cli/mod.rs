@@ -16,6 +16,7 @@ mod ls;
 pub mod output;
 mod revert;
 mod serve;
+mod shape;
 mod stress;
 mod worker;
 
@@ -39,6 +40,12 @@ pub enum Command {
     Block(block::Options),
     /// Drop a share of an interface's packets with an eBPF classifier (no netem needed)
     Loss(loss::Options),
+    /// Delay an interface's packets (netem), optionally with jitter
+    Delay(shape::DelayOptions),
+    /// Any netem impairment: delay, jitter, loss, duplication, corruption, reordering, rate
+    Netem(shape::NetemOptions),
+    /// Cap an interface's bandwidth (tbf)
+    Rate(shape::RateOptions),
     /// Load CPUs or hold memory inside a cgroup whose limits the kernel enforces
     Stress(stress::Options),
     /// List the agent's faults
@@ -66,6 +73,9 @@ pub fn main() -> ExitCode {
                 match command {
                     Command::Block(o) => block::run(&cli.global, o).await,
                     Command::Loss(o) => loss::run(&cli.global, o).await,
+                    Command::Delay(o) => shape::delay(&cli.global, o).await,
+                    Command::Netem(o) => shape::netem(&cli.global, o).await,
+                    Command::Rate(o) => shape::rate(&cli.global, o).await,
                     Command::Stress(o) => stress::run(&cli.global, o).await,
                     Command::Ls(o) => ls::run(&cli.global, o).await,
                     Command::Get(o) => get::run(&cli.global, o).await,

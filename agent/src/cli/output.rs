@@ -26,6 +26,14 @@ impl Failure {
         }
     }
 
+    /// A command line the CLI itself refuses (exit status 2, as for an invalid request).
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self {
+            code: 2,
+            message: message.into(),
+        }
+    }
+
     pub fn unreachable(agent: &impl fmt::Display, error: impl fmt::Display) -> Self {
         Self {
             code: 5,

@@ -22,8 +22,13 @@ use tracing::{error, info, warn};
 use crate::{
     config::AgentConfig,
     errors::{EngineError, InvalidSpec, KernelError},
-    faults::{stress::Stress, Deadline, FaultSpec, Host},
-    kernel::{caps::Capabilities, nft, tc::LossPins},
+    faults::{shape, stress::Stress, Deadline, FaultSpec, Host},
+    kernel::{
+        caps::Capabilities,
+        nft,
+        qdisc::{Netlink, Records},
+        tc::{self, Classifiers},
+    },
 };
 
 pub mod fault;
@@ -102,7 +107,8 @@ struct Registry {
 pub struct Engine {
     config: AgentConfig,
     caps: Capabilities,
-    loss_pins: LossPins,
+    classifiers: Classifiers,
+    qdisc_records: Records,
     stress: Stress,
     journal: Journal,
     guard: Guard,
@@ -118,7 +124,8 @@ impl Engine {
         let journal = Journal::open(&config.state_dir)?;
         let (events, _) = broadcast::channel(256);
         Ok(Arc::new(Self {
-            loss_pins: LossPins::new(config.bpf_pin_dir.clone()),
+            classifiers: Classifiers::new(config.bpf_pin_dir.clone()),
+            qdisc_records: Records::new(&config.state_dir),
             stress: Stress::new(
                 caps.cgroups
                     .clone()
@@ -145,10 +152,16 @@ impl Engine {
     }
 
     fn host(&self) -> Host<'_> {
+        self.host_with(false)
+    }
+
+    fn host_with(&self, force: bool) -> Host<'_> {
         Host {
             caps: &self.caps,
-            loss_pins: &self.loss_pins,
+            classifiers: &self.classifiers,
             stress: &self.stress,
+            qdisc_records: &self.qdisc_records,
+            force,
         }
     }
 
@@ -215,9 +228,10 @@ impl Engine {
             for id in self.stress.sweep(&keep)? {
                 swept.push(format!("stress cgroup and workers of {id}"));
             }
-            for id in self.loss_pins.sweep(&keep)? {
-                swept.push(format!("eBPF loss classifier of {id}"));
+            for id in self.classifiers.sweep(&keep)? {
+                swept.push(format!("eBPF classifier of {id}"));
             }
+            swept.extend(self.sweep_shaping(&keep)?);
             Ok(swept)
         };
         recovery.swept = sweep().map_err(|source| EngineError::Revert {
@@ -233,6 +247,43 @@ impl Engine {
         Ok(recovery)
     }
 
+    /// Puts back every root qdisc recorded by a fault that is gone, removes faultline roots and
+    /// IFB devices that no fault accounts for.
+    fn sweep_shaping(&self, keep: &[&str]) -> Result<Vec<String>, KernelError> {
+        let mut swept = Vec::new();
+        let host = self.host();
+        let nl = Netlink::open()?;
+        let mut kept_devices = Vec::new();
+        for id in self.qdisc_records.ids() {
+            let device = self.qdisc_records.load(&id)?.map(|r| r.device);
+            if keep.contains(&id.as_str()) {
+                kept_devices.extend(device);
+                continue;
+            }
+            shape::restore_root(&nl, &id, &host)?;
+            swept.push(format!(
+                "root qdisc of {} (restored as recorded by {id})",
+                device.unwrap_or_default()
+            ));
+        }
+        for (device, ifindex, handle) in tc::block_on(nl.faultline_roots())? {
+            if kept_devices.contains(&device) {
+                continue;
+            }
+            tc::block_on(nl.delete_root(&device, ifindex, handle))?;
+            swept.push(format!(
+                "faultline root qdisc of {device} with no record (the kernel's default is back)"
+            ));
+        }
+        for (id, ifb) in tc::block_on(nl.faultline_ifbs())? {
+            if !keep.contains(&id.as_str()) {
+                tc::block_on(nl.delete_link(&ifb))?;
+                swept.push(format!("IFB device {ifb} of {id}"));
+            }
+        }
+        Ok(swept)
+    }
+
     /// Validates, plans, journals and applies a fault, then arms its deadline.
     pub async fn apply(
         self: &Arc<Self>,
@@ -240,17 +291,20 @@ impl Engine {
     ) -> Result<ApplyOutcome, EngineError> {
         self.check_request(&request)?;
         let family = request.spec.family();
-        let host = self.host();
+        let host = self.host_with(request.force);
         family.validate(&host)?;
         if let Some((feature, detail)) = family.missing_capability(&self.caps) {
             return Err(EngineError::Unsupported { feature, detail });
         }
-        family.admit(&host)?;
         let id = Fault::new_id();
         let deadline = Deadline {
             remaining: request.duration,
         };
-        let plan = family.plan(&id, deadline, &host);
+        // Admission and planning may read kernel state over netlink, which blocks.
+        let plan = tokio::task::block_in_place(|| {
+            family.admit(&host)?;
+            Ok::<_, EngineError>(family.plan(&id, deadline, &host))
+        })?;
         if request.dry_run {
             return Ok(ApplyOutcome::DryRun { plan });
         }
@@ -314,14 +368,16 @@ impl Engine {
 
         let started = std::time::Instant::now();
         let applied = self
-            .kernel(&fault, |family, id, host| family.apply(id, deadline, host))
+            .kernel(&fault, request.force, |family, id, host| {
+                family.apply(id, deadline, host)
+            })
             .await;
         let kernel_time = started.elapsed();
         if let Err(source) = applied {
             // The revert is the clean-up of a partial apply (families leave what they made for
             // it, and every revert is idempotent); its failure must not hide the original error.
             if let Err(e) = self
-                .kernel(&fault, |family, id, host| family.revert(id, host))
+                .kernel(&fault, false, |family, id, host| family.revert(id, host))
                 .await
             {
                 error!(id = %fault.id, error = %e, "clean-up after a failed apply failed");
@@ -422,13 +478,13 @@ impl Engine {
     }
 
     /// Runs a kernel operation of the fault's family off the async runtime.
-    async fn kernel<F>(&self, fault: &Fault, op: F) -> Result<(), KernelError>
+    async fn kernel<F>(&self, fault: &Fault, force: bool, op: F) -> Result<(), KernelError>
     where
         F: FnOnce(&dyn crate::faults::Family, &str, &Host<'_>) -> Result<(), KernelError>,
     {
         // Netlink and bpf() calls finish in microseconds to milliseconds; blocking the
         // runtime for that long is cheaper than moving borrowed state to another thread.
-        tokio::task::block_in_place(|| op(fault.spec.family(), &fault.id, &self.host()))
+        tokio::task::block_in_place(|| op(fault.spec.family(), &fault.id, &self.host_with(force)))
     }
 
     pub fn get(&self, id: &str) -> Result<Fault, EngineError> {
@@ -479,7 +535,7 @@ impl Engine {
         };
         self.publish(&fault);
         match self
-            .kernel(&fault, |family, id, host| family.revert(id, host))
+            .kernel(&fault, false, |family, id, host| family.revert(id, host))
             .await
         {
             Ok(()) => {

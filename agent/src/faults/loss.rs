@@ -91,7 +91,7 @@ impl Family for LossSpec {
     }
 
     fn plan(&self, id: &str, deadline: Deadline, host: &Host<'_>) -> Vec<String> {
-        host.loss_pins.describe(
+        host.classifiers.describe(
             id,
             &self.device,
             self.tc_direction(),
@@ -107,13 +107,13 @@ impl Family for LossSpec {
     fn apply(&self, id: &str, deadline: Deadline, host: &Host<'_>) -> Result<(), KernelError> {
         let config = self.config(deadline)?;
         // The handle only serves statistics; dropping it leaves the pinned attachment alone.
-        host.loss_pins
+        host.classifiers
             .attach(id, &self.device, self.tc_direction(), &config)?;
         Ok(())
     }
 
     fn revert(&self, id: &str, host: &Host<'_>) -> Result<(), KernelError> {
-        host.loss_pins.detach(id)?;
+        host.classifiers.detach(id)?;
         Ok(())
     }
 

@@ -10,15 +10,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     errors::{InvalidSpec, KernelError},
-    kernel::{caps::Capabilities, tc::LossPins},
+    kernel::{caps::Capabilities, qdisc::Records, tc::Classifiers},
 };
 
 pub mod block;
 pub mod loss;
+pub mod shape;
 pub mod stress;
 
 pub use block::BlockSpec;
 pub use loss::LossSpec;
+pub use shape::{NetemSpec, RateSpec};
 
 /// The most port ranges and CIDRs one fault may name: enough to describe a service, small
 /// enough that the kernel objects stay a handful of rules and the eBPF filter a bounded loop.
@@ -177,6 +179,43 @@ pub fn check_percent(value: f64, field: &str) -> Result<f64, InvalidSpec> {
     }
 }
 
+/// Durations as seconds (a float) in the journal and JSON output.
+pub(crate) mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}
+
+/// [`secs`] for optional durations.
+pub(crate) mod opt_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<f64>::deserialize(d)?
+            .map(Duration::try_from_secs_f64)
+            .transpose()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// What a fault does, one variant per family.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -187,6 +226,8 @@ pub enum FaultSpec {
     CpuStress(stress::CpuStressSpec),
     #[serde(rename = "memory")]
     MemoryStress(stress::MemoryStressSpec),
+    Netem(NetemSpec),
+    Rate(RateSpec),
 }
 
 impl FaultSpec {
@@ -196,6 +237,8 @@ impl FaultSpec {
             FaultSpec::Loss(spec) => spec,
             FaultSpec::CpuStress(spec) => spec,
             FaultSpec::MemoryStress(spec) => spec,
+            FaultSpec::Netem(spec) => spec,
+            FaultSpec::Rate(spec) => spec,
         }
     }
 
@@ -205,6 +248,8 @@ impl FaultSpec {
             FaultSpec::Loss(_) => "loss",
             FaultSpec::CpuStress(_) => "cpu",
             FaultSpec::MemoryStress(_) => "memory",
+            FaultSpec::Netem(_) => "netem",
+            FaultSpec::Rate(_) => "rate",
         }
     }
 }
@@ -218,6 +263,10 @@ pub enum Claim {
         device: String,
         direction: Direction,
     },
+    /// The root qdisc of an interface (egress shaping).
+    RootQdisc { device: String },
+    /// The ingress steering classifier of an interface (ingress shaping).
+    IngressShaper { device: String },
 }
 
 impl fmt::Display for Claim {
@@ -229,6 +278,10 @@ impl fmt::Display for Claim {
                     Direction::Egress => "egress",
                 };
                 write!(f, "the {hook} loss classifier on {device}")
+            }
+            Claim::RootQdisc { device } => write!(f, "the root qdisc of {device}"),
+            Claim::IngressShaper { device } => {
+                write!(f, "the ingress shaping classifier on {device}")
             }
         }
     }
@@ -244,8 +297,11 @@ pub struct Connection {
 /// What families may use of the host while planning, applying and reverting.
 pub struct Host<'a> {
     pub caps: &'a Capabilities,
-    pub loss_pins: &'a LossPins,
+    pub classifiers: &'a Classifiers,
     pub stress: &'a stress::Stress,
+    pub qdisc_records: &'a Records,
+    /// The request said to replace what another tool installed (a root qdisc).
+    pub force: bool,
 }
 
 /// When a fault stops by itself.

@@ -45,7 +45,11 @@ pub struct CpuStressSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cores: Option<u32>,
     /// Rise linearly from nothing to `load` over this long.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_secs")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "super::opt_secs"
+    )]
     pub ramp: Option<Duration>,
 }
 
@@ -66,23 +70,6 @@ pub struct MemoryStressSpec {
     /// Lock the pages in memory (mlock), so they cannot be swapped out.
     #[serde(default)]
     pub lock: bool,
-}
-
-mod opt_secs {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_some(&d.as_secs_f64()),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        Ok(Option::<f64>::deserialize(d)?.map(Duration::from_secs_f64))
-    }
 }
 
 /// The host's online CPUs, from /sys/devices/system/cpu/online (`0-3,6`).
@@ -755,11 +742,14 @@ mod tests {
     fn bad_loads_and_cpus_name_their_field() {
         let host_free = |spec: CpuStressSpec| {
             let caps = crate::kernel::caps::Capabilities::probe();
-            let pins = crate::kernel::tc::LossPins::new(PathBuf::from("/nonexistent"));
+            let pins = crate::kernel::tc::Classifiers::new(PathBuf::from("/nonexistent"));
+            let records = crate::kernel::qdisc::Records::new(std::path::Path::new("/nonexistent"));
             let stress = Stress::new(Err("test".into()), None);
             let host = Host {
                 caps: &caps,
-                loss_pins: &pins,
+                classifiers: &pins,
+                qdisc_records: &records,
+                force: false,
                 stress: &stress,
             };
             spec.validate(&host).map_err(|e| e.field)

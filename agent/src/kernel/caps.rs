@@ -39,6 +39,12 @@ impl Capability {
 pub struct Capabilities {
     pub kernel_release: String,
     pub netem: Capability,
+    /// tbf: the qdisc of rate faults.
+    pub tbf: Capability,
+    /// htb: the root that lets a shaping fault touch only the traffic it targets (egress).
+    pub htb: Capability,
+    /// IFB devices: where ingress shaping faults queue received packets.
+    pub ifb: Capability,
     pub nftables: Capability,
     pub btf: Capability,
     pub tcx: Capability,
@@ -85,6 +91,27 @@ impl Capabilities {
                  without it (faultline loss, eBPF)"
             )),
         };
+        let qdisc = |option: &str, module: &str, used_for: &str| match feature(
+            &config, &modules, option, module,
+        ) {
+            Ok(how) => Capability::yes(format!("{module} {how}")),
+            Err(missing) => Capability::no(format!("{missing}; {used_for}")),
+        };
+        let tbf = qdisc(
+            "CONFIG_NET_SCH_TBF",
+            "sch_tbf",
+            "rate faults (faultline rate) need it",
+        );
+        let htb = qdisc(
+            "CONFIG_NET_SCH_HTB",
+            "sch_htb",
+            "egress netem and rate faults need it to leave untargeted traffic alone",
+        );
+        let ifb = qdisc(
+            "CONFIG_IFB",
+            "ifb",
+            "ingress netem and rate faults (--dir in) need it",
+        );
         let btf = if Path::new("/sys/kernel/btf/vmlinux").exists() {
             Capability::yes("/sys/kernel/btf/vmlinux")
         } else {
@@ -121,6 +148,9 @@ impl Capabilities {
         Self {
             kernel_release,
             netem,
+            tbf,
+            htb,
+            ifb,
             nftables,
             btf,
             tcx,
@@ -135,6 +165,9 @@ impl Capabilities {
     pub fn list(&self) -> Vec<(&'static str, &Capability)> {
         vec![
             ("netem", &self.netem),
+            ("tbf", &self.tbf),
+            ("htb", &self.htb),
+            ("ifb", &self.ifb),
             ("nftables", &self.nftables),
             ("btf", &self.btf),
             ("tcx", &self.tcx),

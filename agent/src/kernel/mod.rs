@@ -6,5 +6,6 @@ pub mod caps;
 pub mod cgroup;
 pub mod netdev;
 pub mod nft;
+pub mod qdisc;
 pub mod qdisc_opts;
 pub mod tc;

@@ -33,10 +33,10 @@ use aya::{
     util::KernelVersion,
     Ebpf, EbpfError,
 };
-pub use faultline_common::LossConfig;
 use faultline_common::{
-    Cidr4, Cidr6, PortRange, L4_ANY, L4_TCP, L4_UDP, MAX_CIDRS, MAX_PORT_RANGES,
+    Cidr4, Cidr6, PortRange, SteerStats, L4_ANY, L4_TCP, L4_UDP, MAX_CIDRS, MAX_PORT_RANGES,
 };
+pub use faultline_common::{LossConfig, PacketFilter, SteerConfig};
 use ipnet::IpNet;
 use thiserror::Error;
 
@@ -45,6 +45,10 @@ static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/faultline-ebpf"));
 
 const PROGRAM: &str = "faultline_loss";
+const STEER_PROGRAM: &str = "faultline_steer";
+/// After the loss classifier (priority 1) in the same hook, so that a packet the loss fault
+/// drops is not delayed first.
+const STEER_INGRESS_PRIORITY: u16 = 2;
 /// Runs ahead of other cls_bpf filters (lower is earlier), so a filter that ends classification
 /// cannot hide packets from the fault.
 const NETLINK_PRIORITY: u16 = 1;
@@ -111,6 +115,8 @@ pub enum TcError {
     },
     #[error("{path} is not on a BPF filesystem (mount -t bpf bpf {BPF_FS}, or choose a pin directory under it)")]
     NotBpfFs { path: PathBuf },
+    #[error(transparent)]
+    SteerFilter(Box<crate::kernel::qdisc::QdiscError>),
     #[error("interface {device} has link type {link_type}, which the loss classifier cannot parse (it handles Ethernet, loopback and raw IP devices)")]
     LinkType { device: String, link_type: u32 },
 }
@@ -209,13 +215,25 @@ pub fn loss_config(
     config.deadline_ns = deadline_ns;
     // A random u32 below the threshold drops the packet; 100 % is 2^32, above every u32.
     config.threshold = ((percent / 100.0) * 4_294_967_296.0).round() as u64;
-    config.ingress = u8::from(direction == TcDirection::Ingress);
-    config.l4 = match l4 {
+    config.filter = packet_filter(direction, l4, ports, cidrs);
+    config
+}
+
+/// The filter part of a classifier's configuration; `l2_len` is filled in at attach time.
+pub fn packet_filter(
+    direction: TcDirection,
+    l4: L4Filter,
+    ports: &[(u16, u16)],
+    cidrs: &[IpNet],
+) -> PacketFilter {
+    let mut filter = PacketFilter::ANY;
+    filter.ingress = u8::from(direction == TcDirection::Ingress);
+    filter.l4 = match l4 {
         L4Filter::Any => L4_ANY,
         L4Filter::Tcp => L4_TCP,
         L4Filter::Udp => L4_UDP,
     };
-    for (slot, (first, last)) in config
+    for (slot, (first, last)) in filter
         .ports
         .iter_mut()
         .zip(ports.iter().take(MAX_PORT_RANGES))
@@ -224,24 +242,24 @@ pub fn loss_config(
             first: *first,
             last: *last,
         };
-        config.n_ports += 1;
+        filter.n_ports += 1;
     }
     for cidr in cidrs {
         match cidr {
-            IpNet::V4(net) if (config.n_v4 as usize) < MAX_CIDRS => {
-                config.v4[config.n_v4 as usize] =
+            IpNet::V4(net) if (filter.n_v4 as usize) < MAX_CIDRS => {
+                filter.v4[filter.n_v4 as usize] =
                     Cidr4::new(net.network().octets(), net.netmask().octets());
-                config.n_v4 += 1;
+                filter.n_v4 += 1;
             }
-            IpNet::V6(net) if (config.n_v6 as usize) < MAX_CIDRS => {
-                config.v6[config.n_v6 as usize] =
+            IpNet::V6(net) if (filter.n_v6 as usize) < MAX_CIDRS => {
+                filter.v6[filter.n_v6 as usize] =
                     Cidr6::new(net.network().octets(), net.netmask().octets());
-                config.n_v6 += 1;
+                filter.n_v6 += 1;
             }
             _ => {}
         }
     }
-    config
+    filter
 }
 
 /// Bytes of link-layer header before the IP header on `device`, from its ARPHRD type.
@@ -295,46 +313,66 @@ fn link_type(device: &str) -> io::Result<u16> {
 
 /// The pinned loss classifiers under one directory.
 #[derive(Debug)]
-pub struct LossPins {
+pub struct Classifiers {
     root: PathBuf,
 }
 
-/// How an attachment is held, as recorded in its pin's name.
+/// Where a classifier is attached, as recorded in its pin's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hook {
+    /// The loss classifier on a TCX link; the pin holds the link.
+    Tcx(TcDirection),
+    /// The loss classifier as a cls_bpf filter in the interface's clsact qdisc.
+    Cls(TcDirection),
+    /// The steering classifier in the clsact ingress hook, redirecting to an IFB.
+    SteerIngress,
+    /// The steering classifier inside faultline's root qdisc, which owns it: removing that qdisc
+    /// removes the filter, so the pin only records it.
+    SteerRoot,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Attachment {
-    tcx: bool,
-    direction: TcDirection,
+    hook: Hook,
     device: String,
 }
 
 impl Attachment {
     fn pin_name(&self) -> String {
-        format!(
-            "{}-{}-{}",
-            if self.tcx { "tcx" } else { "cls" },
-            self.direction,
-            self.device
-        )
+        let (prefix, place) = match self.hook {
+            Hook::Tcx(d) => ("tcx", d.to_string()),
+            Hook::Cls(d) => ("cls", d.to_string()),
+            Hook::SteerIngress => ("steer", "ingress".to_owned()),
+            Hook::SteerRoot => ("steer", "root".to_owned()),
+        };
+        format!("{prefix}-{place}-{}", self.device)
     }
 
     fn from_pin_name(name: &str) -> Option<Self> {
         let mut parts = name.splitn(3, '-');
-        let tcx = match parts.next()? {
-            "tcx" => true,
-            "cls" => false,
+        let (prefix, place) = (parts.next()?, parts.next()?);
+        let hook = match (prefix, place) {
+            ("tcx", d) => Hook::Tcx(TcDirection::parse(d)?),
+            ("cls", d) => Hook::Cls(TcDirection::parse(d)?),
+            ("steer", "ingress") => Hook::SteerIngress,
+            ("steer", "root") => Hook::SteerRoot,
             _ => return None,
         };
-        let direction = TcDirection::parse(parts.next()?)?;
         let device = parts.next()?.to_owned();
-        Some(Self {
-            tcx,
-            direction,
-            device,
-        })
+        Some(Self { hook, device })
     }
 }
 
-impl LossPins {
+/// Where the steering classifier of a shaping fault goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SteerHook {
+    /// Into faultline's root qdisc of the interface, whose handle (major << 16) this is.
+    Root(u32),
+    /// The interface's ingress hook (clsact), redirecting to an IFB.
+    Ingress,
+}
+
+impl Classifiers {
     pub fn new(root: PathBuf) -> Self {
         Self { root }
     }
@@ -370,7 +408,26 @@ impl LossPins {
         ]
     }
 
-    /// Loads a fresh copy of the classifier with `config`, attaches it and pins it.
+    /// The plan for `attach_steer`.
+    pub fn describe_steer(&self, id: &str, device: &str, hook: SteerHook, what: &str) -> String {
+        let place = match hook {
+            SteerHook::Root(handle) => format!(
+                "as a cls_bpf filter of qdisc {:x}: on {device} (direct action, priority {NETLINK_PRIORITY})",
+                handle >> 16
+            ),
+            SteerHook::Ingress => format!(
+                "to {device}'s clsact ingress hook as a cls_bpf filter (direct action, priority \
+                 {STEER_INGRESS_PRIORITY}), adding the clsact qdisc if it has none"
+            ),
+        };
+        format!(
+            "ebpf: load tc classifier {STEER_PROGRAM} to {what}; attach it {place}; pin it under {} \
+             (it stops steering at the deadline by itself)",
+            self.dir(id).display()
+        )
+    }
+
+    /// Loads a fresh copy of the loss classifier with `config`, attaches it and pins it.
     pub fn attach(
         &self,
         id: &str,
@@ -379,8 +436,50 @@ impl LossPins {
         config: &LossConfig,
     ) -> Result<(), TcError> {
         let mut config = *config;
-        config.l2_len = l2_len(device)?;
+        config.filter.l2_len = l2_len(device)?;
         config.consume = u8::from(!uses_tcx(direction));
+        let hook = if uses_tcx(direction) {
+            Hook::Tcx(direction)
+        } else {
+            Hook::Cls(direction)
+        };
+        let dir = self.prepare(id)?;
+        // A failure part-way leaves pins behind, which `detach` (run by the engine after every
+        // failed apply) reads to undo exactly what was done.
+        let mut ebpf = load_with("CONFIG", &config)?;
+        pin_maps(&ebpf, &dir, &[("CONFIG", "config"), ("STATS", "stats")])?;
+        let program = load_program(&mut ebpf, PROGRAM)?;
+        attach_program(program, &dir, device, hook)
+    }
+
+    /// Loads a fresh copy of the steering classifier with `config`, attaches it at `hook` and
+    /// pins it. In the ingress hook it redirects to `config.ifindex`; in a root qdisc it names
+    /// `config.classid`.
+    pub fn attach_steer(
+        &self,
+        id: &str,
+        device: &str,
+        hook: SteerHook,
+        config: &SteerConfig,
+    ) -> Result<(), TcError> {
+        let mut config = *config;
+        config.filter.l2_len = l2_len(device)?;
+        let dir = self.prepare(id)?;
+        let mut ebpf = load_with("STEER", &config)?;
+        pin_maps(
+            &ebpf,
+            &dir,
+            &[("STEER", "steer"), ("STEER_STATS", "steer_stats")],
+        )?;
+        let program = load_program(&mut ebpf, STEER_PROGRAM)?;
+        let (hook, parent) = match hook {
+            SteerHook::Root(handle) => (Hook::SteerRoot, handle),
+            SteerHook::Ingress => (Hook::SteerIngress, 0),
+        };
+        attach_program_at(program, &dir, device, hook, parent)
+    }
+
+    fn prepare(&self, id: &str) -> Result<PathBuf, TcError> {
         ensure_bpffs(&self.root)?;
         let dir = self.dir(id);
         fs::create_dir_all(&dir).map_err(|source| TcError::Io {
@@ -388,107 +487,23 @@ impl LossPins {
             path: dir.clone(),
             source,
         })?;
-        // A failure part-way leaves pins behind, which `detach` (run by the engine after every
-        // failed apply) reads to undo exactly what was done.
-        self.load_and_attach(&dir, device, direction, &config)
+        Ok(dir)
     }
 
-    fn load_and_attach(
-        &self,
-        dir: &Path,
-        device: &str,
-        direction: TcDirection,
-        config: &LossConfig,
-    ) -> Result<(), TcError> {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(TcError::Load)?;
-        {
-            let map = ebpf
-                .map_mut("CONFIG")
-                .ok_or(TcError::Missing("the CONFIG map"))?;
-            let mut array: Array<_, LossConfig> = Array::try_from(map).map_err(TcError::Map)?;
-            array.set(0, config, 0).map_err(TcError::Map)?;
-        }
-        for (name, file) in [("CONFIG", "config"), ("STATS", "stats")] {
-            let map = ebpf.map(name).ok_or(TcError::Missing("a map"))?;
-            let path = dir.join(file);
-            map.pin(&path)
-                .map_err(|source| TcError::Pin { path, source })?;
-        }
-        let program: &mut SchedClassifier = ebpf
-            .program_mut(PROGRAM)
-            .ok_or(TcError::Missing("the faultline_loss program"))?
-            .try_into()
-            .map_err(TcError::Program)?;
-        program.load().map_err(verifier_error)?;
-        let attach_error = |source| TcError::Attach {
-            device: device.to_owned(),
-            direction,
-            source,
-        };
-        let attachment = Attachment {
-            tcx: uses_tcx(direction),
-            direction,
-            device: device.to_owned(),
-        };
-        let pin_path = dir.join(attachment.pin_name());
-        if attachment.tcx {
-            let link_id = program
-                .attach_with_options(
-                    device,
-                    direction.attach_type(),
-                    TcAttachOptions::TcxOrder(LinkOrder::first()),
-                )
-                .map_err(attach_error)?;
-            let link = program.take_link(link_id).map_err(attach_error)?;
-            let link: FdLink = link.try_into().map_err(|source| TcError::PinnedLink {
-                path: pin_path.clone(),
-                source,
-            })?;
-            // The pin holds the link, and the link holds the attachment, once this process
-            // has closed its descriptors.
-            link.pin(&pin_path).map_err(|source| TcError::Pin {
-                path: pin_path,
-                source,
-            })?;
-        } else {
-            // Pinned first: the pin is what tells `detach` (and a start-up sweep) that a filter
-            // may be attached, so it must exist before the filter does.
-            program.pin(&pin_path).map_err(|source| TcError::Pin {
-                path: pin_path,
-                source,
-            })?;
-            match aya_tc::qdisc_add_clsact(device) {
-                Ok(()) => {}
-                Err(aya_tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {
-                }
-                Err(source) => {
-                    return Err(TcError::Clsact {
-                        device: device.to_owned(),
-                        source,
-                    })
-                }
-            }
-            let link_id = program
-                .attach_with_options(
-                    device,
-                    direction.attach_type(),
-                    TcAttachOptions::Netlink(NlOptions {
-                        priority: NETLINK_PRIORITY,
-                        ..Default::default()
-                    }),
-                )
-                .map_err(attach_error)?;
-            let link = program.take_link(link_id).map_err(attach_error)?;
-            // Dropping the link would detach the filter; the qdisc holds it from here on and
-            // `detach` removes it by program name.
-            std::mem::forget(link);
-        }
-        Ok(())
+    /// Packets the steering classifier of fault `id` has sent to its qdisc, summed over CPUs;
+    /// `None` when the fault has no steering classifier pinned.
+    pub fn steered(&self, id: &str) -> Option<u64> {
+        use aya::maps::{Map, MapData, PerCpuArray};
+        let data = MapData::from_pin(self.dir(id).join("steer_stats")).ok()?;
+        let array: PerCpuArray<_, SteerStats> =
+            PerCpuArray::try_from(Map::PerCpuArray(data)).ok()?;
+        let values = array.get(&0, 0).ok()?;
+        Some(values.iter().map(|v| v.steered).sum())
     }
 
-    /// Detaches a fault's classifier and removes its pins. Idempotent: a fault with nothing
-    /// pinned any more is fine. The interface and direction come from the pin names, which
-    /// also serves the start-up sweep, where no journal entry tells them.
+    /// Detaches a fault's classifiers and removes its pins. Idempotent: a fault with nothing
+    /// pinned any more is fine. The interface and hook come from the pin names, which also
+    /// serves the start-up sweep, where no journal entry tells them.
     pub fn detach(&self, id: &str) -> Result<(), TcError> {
         let dir = self.dir(id);
         let entries = match fs::read_dir(&dir) {
@@ -510,8 +525,12 @@ impl LossPins {
         names.sort_by_key(|n| Attachment::from_pin_name(n).is_none());
         for name in names {
             let path = dir.join(&name);
-            match Attachment::from_pin_name(&name) {
-                Some(Attachment { tcx: true, .. }) => {
+            let Some(Attachment { hook, device }) = Attachment::from_pin_name(&name) else {
+                remove_pin(&path)?;
+                continue;
+            };
+            match hook {
+                Hook::Tcx(_) => {
                     let link =
                         PinnedLink::from_pin(&path).map_err(|source| TcError::PinnedLink {
                             path: path.clone(),
@@ -524,33 +543,17 @@ impl LossPins {
                         source,
                     })?;
                 }
-                Some(Attachment {
-                    tcx: false,
-                    direction: pinned_direction,
-                    device: pinned_device,
-                }) => {
-                    match aya_tc::qdisc_detach_program(
-                        &pinned_device,
-                        pinned_direction.attach_type(),
-                        PROGRAM,
-                    ) {
-                        Ok(()) => {}
-                        // Already gone, or the interface itself is gone.
-                        Err(aya_tc::TcError::IoError(e))
-                            if matches!(e.kind(), io::ErrorKind::NotFound)
-                                || e.raw_os_error() == Some(libc::ENODEV) => {}
-                        Err(source) => {
-                            return Err(TcError::Detach {
-                                device: pinned_device,
-                                direction: pinned_direction,
-                                source,
-                            })
-                        }
-                    }
+                Hook::Cls(direction) => {
+                    detach_filter(&device, direction, PROGRAM)?;
                     remove_pin(&path)?;
-                    remove_idle_clsact(&pinned_device)?;
+                    remove_idle_clsact(&device)?;
                 }
-                None => remove_pin(&path)?,
+                Hook::SteerIngress => {
+                    detach_filter(&device, TcDirection::Ingress, STEER_PROGRAM)?;
+                    remove_pin(&path)?;
+                    remove_idle_clsact(&device)?;
+                }
+                Hook::SteerRoot => remove_pin(&path)?,
             }
         }
         match fs::remove_dir(&dir) {
@@ -588,6 +591,172 @@ impl LossPins {
         }
         swept.sort();
         Ok(swept)
+    }
+}
+
+/// A fresh copy of faultline's eBPF object with `config` written into `map`'s single entry.
+fn load_with<T: aya::Pod>(map: &'static str, config: &T) -> Result<Ebpf, TcError> {
+    let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(TcError::Load)?;
+    let data = ebpf.map_mut(map).ok_or(TcError::Missing(map))?;
+    let mut array: Array<_, T> = Array::try_from(data).map_err(TcError::Map)?;
+    array.set(0, config, 0).map_err(TcError::Map)?;
+    Ok(ebpf)
+}
+
+fn pin_maps(ebpf: &Ebpf, dir: &Path, maps: &[(&'static str, &str)]) -> Result<(), TcError> {
+    for (name, file) in maps {
+        let map = ebpf.map(name).ok_or(TcError::Missing(name))?;
+        let path = dir.join(file);
+        map.pin(&path)
+            .map_err(|source| TcError::Pin { path, source })?;
+    }
+    Ok(())
+}
+
+fn load_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, TcError> {
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or(TcError::Missing(name))?
+        .try_into()
+        .map_err(TcError::Program)?;
+    program.load().map_err(verifier_error)?;
+    Ok(program)
+}
+
+fn attach_program(
+    program: &mut SchedClassifier,
+    dir: &Path,
+    device: &str,
+    hook: Hook,
+) -> Result<(), TcError> {
+    attach_program_at(program, dir, device, hook, 0)
+}
+
+/// Attaches a loaded classifier at `hook` (`parent`: the qdisc handle for `Hook::SteerRoot`)
+/// and pins what records the attachment.
+fn attach_program_at(
+    program: &mut SchedClassifier,
+    dir: &Path,
+    device: &str,
+    hook: Hook,
+    parent: u32,
+) -> Result<(), TcError> {
+    let (attach_type, direction, priority) = match hook {
+        Hook::Tcx(d) | Hook::Cls(d) => (d.attach_type(), d, NETLINK_PRIORITY),
+        Hook::SteerIngress => (
+            TcAttachType::Ingress,
+            TcDirection::Ingress,
+            STEER_INGRESS_PRIORITY,
+        ),
+        Hook::SteerRoot => (
+            TcAttachType::Custom(parent),
+            TcDirection::Egress,
+            NETLINK_PRIORITY,
+        ),
+    };
+    let attach_error = |source| TcError::Attach {
+        device: device.to_owned(),
+        direction,
+        source,
+    };
+    let pin_path = dir.join(
+        Attachment {
+            hook,
+            device: device.to_owned(),
+        }
+        .pin_name(),
+    );
+    if let Hook::Tcx(_) = hook {
+        let link_id = program
+            .attach_with_options(
+                device,
+                attach_type,
+                TcAttachOptions::TcxOrder(LinkOrder::first()),
+            )
+            .map_err(attach_error)?;
+        let link = program.take_link(link_id).map_err(attach_error)?;
+        let link: FdLink = link.try_into().map_err(|source| TcError::PinnedLink {
+            path: pin_path.clone(),
+            source,
+        })?;
+        // The pin holds the link, and the link holds the attachment, once this process
+        // has closed its descriptors.
+        link.pin(&pin_path).map_err(|source| TcError::Pin {
+            path: pin_path,
+            source,
+        })?;
+        return Ok(());
+    }
+    // Pinned first: the pin is what tells `detach` (and a start-up sweep) that a filter may be
+    // attached, so it must exist before the filter does.
+    program.pin(&pin_path).map_err(|source| TcError::Pin {
+        path: pin_path,
+        source,
+    })?;
+    if hook == Hook::SteerRoot {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let fd = program.fd().map_err(TcError::Program)?;
+        let raw = fd.as_fd().as_raw_fd() as u32;
+        let ifindex = nix::net::if_::if_nametoindex(device).map_err(|e| TcError::Io {
+            what: "no such interface:",
+            path: PathBuf::from(device),
+            source: e.into(),
+        })?;
+        return block_on(async {
+            let nl = crate::kernel::qdisc::Netlink::open()?;
+            nl.add_bpf_filter(device, ifindex, parent, priority, raw, STEER_PROGRAM)
+                .await
+        })
+        .map_err(|e| TcError::SteerFilter(Box::new(e)));
+    }
+    {
+        match aya_tc::qdisc_add_clsact(device) {
+            Ok(()) => {}
+            Err(aya_tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(source) => {
+                return Err(TcError::Clsact {
+                    device: device.to_owned(),
+                    source,
+                })
+            }
+        }
+    }
+    let link_id = program
+        .attach_with_options(
+            device,
+            attach_type,
+            TcAttachOptions::Netlink(NlOptions {
+                priority,
+                ..Default::default()
+            }),
+        )
+        .map_err(attach_error)?;
+    let link = program.take_link(link_id).map_err(attach_error)?;
+    // Dropping the link would detach the filter; the qdisc holds it from here on and `detach`
+    // removes it by program name.
+    std::mem::forget(link);
+    Ok(())
+}
+
+/// Removes faultline's cls_bpf filter `program` from a clsact hook; gone already is fine.
+fn detach_filter(device: &str, direction: TcDirection, program: &str) -> Result<(), TcError> {
+    match aya_tc::qdisc_detach_program(device, direction.attach_type(), program) {
+        Ok(()) => Ok(()),
+        // Already gone, or the interface itself is gone.
+        Err(aya_tc::TcError::IoError(e))
+            if matches!(e.kind(), io::ErrorKind::NotFound)
+                || e.raw_os_error() == Some(libc::ENODEV) =>
+        {
+            Ok(())
+        }
+        Err(source) => Err(TcError::Detach {
+            device: device.to_owned(),
+            direction,
+            source,
+        }),
     }
 }
 
@@ -662,7 +831,7 @@ fn remove_idle_clsact(device: &str) -> Result<(), TcError> {
 
 /// Runs a netlink future from the synchronous adapters: on the agent's runtime when there is
 /// one (the engine calls adapters from blocking sections), else on a runtime of its own.
-fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+pub fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => handle.block_on(future),
         Err(_) => tokio::runtime::Builder::new_current_thread()
@@ -732,13 +901,24 @@ mod tests {
     #[test]
     fn pin_names_round_trip_devices_with_dashes() {
         let a = Attachment {
-            tcx: false,
-            direction: TcDirection::Ingress,
+            hook: Hook::Cls(TcDirection::Ingress),
             device: "veth-fl-a1".to_owned(),
         };
         assert_eq!(a.pin_name(), "cls-ingress-veth-fl-a1");
         assert_eq!(Attachment::from_pin_name(&a.pin_name()), Some(a));
+        for hook in [
+            Hook::SteerRoot,
+            Hook::SteerIngress,
+            Hook::Tcx(TcDirection::Egress),
+        ] {
+            let a = Attachment {
+                hook,
+                device: "eth-0".to_owned(),
+            };
+            assert_eq!(Attachment::from_pin_name(&a.pin_name()), Some(a));
+        }
         assert_eq!(Attachment::from_pin_name("config"), None);
+        assert_eq!(Attachment::from_pin_name("steer_stats"), None);
     }
 
     #[test]
@@ -752,14 +932,15 @@ mod tests {
             42,
         );
         assert_eq!(c.threshold, 1 << 30);
+        let f = &c.filter;
         assert_eq!(
-            (c.ingress, c.l4, c.n_ports, c.n_v4, c.n_v6),
+            (f.ingress, f.l4, f.n_ports, f.n_v4, f.n_v6),
             (1, L4_UDP, 2, 1, 1)
         );
-        assert_eq!(c.v4[0].addr.to_ne_bytes(), [10, 1, 0, 0]);
-        assert_eq!(c.v4[0].mask.to_ne_bytes(), [255, 255, 0, 0]);
-        assert_eq!(c.v6[0].mask[0].to_ne_bytes(), [0xff, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(c.v6[0].mask[1], 0);
+        assert_eq!(f.v4[0].addr.to_ne_bytes(), [10, 1, 0, 0]);
+        assert_eq!(f.v4[0].mask.to_ne_bytes(), [255, 255, 0, 0]);
+        assert_eq!(f.v6[0].mask[0].to_ne_bytes(), [0xff, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(f.v6[0].mask[1], 0);
         assert_eq!(c.deadline_ns, 42);
         assert_eq!(
             loss_config(100.0, TcDirection::Egress, L4Filter::Any, &[], &[], 1).threshold,

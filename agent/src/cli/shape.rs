@@ -1,0 +1,282 @@
+//! `faultline delay`, `faultline netem` and `faultline rate`: shape an interface's traffic with
+//! netem or tbf, on egress or (through an IFB device) on ingress, for the packets named.
+
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use faultline_proto::v1 as pb;
+
+use super::{
+    apply,
+    args::{parse_duration, ApplyArgs, Dir, Global, MatchArgs},
+    output::Failure,
+};
+
+/// Where and for which packets.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// The interface whose traffic is shaped
+    #[arg(long)]
+    pub dev: String,
+    /// Direction: out shapes packets the host sends, in packets it receives (through an IFB)
+    #[arg(long, value_enum, default_value_t = Dir::Out)]
+    pub dir: Dir,
+    #[command(flatten)]
+    pub matcher: MatchArgs,
+    /// Only packets sent by sockets in this cgroup v2 (path below the cgroup2 mount, e.g.
+    /// system.slice/nginx.service); egress only
+    #[arg(long, conflicts_with = "pid")]
+    pub cgroup: Option<String>,
+    /// Only packets sent by sockets in this process's cgroup v2; egress only
+    #[arg(long)]
+    pub pid: Option<u32>,
+}
+
+impl TargetArgs {
+    fn to_proto(&self) -> Result<pb::ShapeTarget, Failure> {
+        let cgroup = match (&self.cgroup, self.pid) {
+            (Some(path), _) => path.clone(),
+            (None, Some(pid)) => cgroup_of(pid)?,
+            (None, None) => String::new(),
+        };
+        Ok(pb::ShapeTarget {
+            device: self.dev.clone(),
+            direction: pb::Direction::from(self.dir).into(),
+            r#match: Some(self.matcher.to_proto()),
+            cgroup,
+        })
+    }
+}
+
+/// The cgroup v2 path of a process, from the `0::` line of /proc/PID/cgroup.
+fn cgroup_of(pid: u32) -> Result<String, Failure> {
+    let path = format!("/proc/{pid}/cgroup");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Failure::usage(format!("--pid {pid}: cannot read {path}: {e}")))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            Failure::usage(format!(
+                "--pid {pid}: the process is in no cgroup v2 ({path} has no 0:: line)"
+            ))
+        })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum DistributionArg {
+    #[default]
+    Uniform,
+    Normal,
+    Pareto,
+    Paretonormal,
+}
+
+impl From<DistributionArg> for pb::DelayDistribution {
+    fn from(d: DistributionArg) -> Self {
+        match d {
+            DistributionArg::Uniform => pb::DelayDistribution::Uniform,
+            DistributionArg::Normal => pb::DelayDistribution::Normal,
+            DistributionArg::Pareto => pb::DelayDistribution::Pareto,
+            DistributionArg::Paretonormal => pb::DelayDistribution::Paretonormal,
+        }
+    }
+}
+
+/// The delay part of netem.
+#[derive(Debug, Args)]
+pub struct DelayArgs {
+    /// Jitter: the delay varies by up to this much either way (10ms)
+    #[arg(long, value_parser = parse_duration)]
+    pub jitter: Option<Duration>,
+    /// How much each delay depends on the previous one, in percent
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent, default_value = "0")]
+    pub delay_correlation: f64,
+    /// Shape of the jitter
+    #[arg(long, value_enum, default_value_t = DistributionArg::Uniform)]
+    pub distribution: DistributionArg,
+}
+
+#[derive(Debug, Args)]
+pub struct DelayOptions {
+    /// Added delay (100ms)
+    #[arg(long, value_parser = parse_duration)]
+    pub delay: Duration,
+    #[command(flatten)]
+    pub delay_args: DelayArgs,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub apply: ApplyArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct NetemOptions {
+    /// Added delay (100ms)
+    #[arg(long, value_parser = parse_duration)]
+    pub delay: Option<Duration>,
+    #[command(flatten)]
+    pub delay_args: DelayArgs,
+    /// Share of packets lost, in percent
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent, default_value = "0")]
+    pub loss: f64,
+    /// Correlation of successive losses, in percent
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent, default_value = "0")]
+    pub loss_correlation: f64,
+    /// Share of packets sent twice, in percent
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent, default_value = "0")]
+    pub duplicate: f64,
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent, default_value = "0")]
+    pub duplicate_correlation: f64,
+    /// Share of packets with a flipped bit, in percent
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent, default_value = "0")]
+    pub corrupt: f64,
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent, default_value = "0")]
+    pub corrupt_correlation: f64,
+    /// Share of packets sent at once, ahead of the delayed rest, in percent (needs --delay)
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent, default_value = "0")]
+    pub reorder: f64,
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent, default_value = "0")]
+    pub reorder_correlation: f64,
+    /// Reorder every Nth packet instead of at random
+    #[arg(long, default_value_t = 0)]
+    pub gap: u32,
+    /// netem's own rate limit (10mbit, 1gbit, 500kbit)
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<u64>,
+    /// Packets netem holds (default 1000)
+    #[arg(long, default_value_t = 0)]
+    pub limit: u32,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub apply: ApplyArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RateOptions {
+    /// The cap (10mbit, 1gbit, 500kbit, 12mbps for bytes)
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: u64,
+    /// Bytes that may pass at once (default: 20 ms of the rate, at least 16 KiB)
+    #[arg(long)]
+    pub burst: Option<u32>,
+    /// Longest a packet may wait before it is dropped (default 50ms)
+    #[arg(long, value_parser = parse_duration)]
+    pub latency: Option<Duration>,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub apply: ApplyArgs,
+}
+
+fn netem_spec(target: pb::ShapeTarget, delay: Option<Duration>, d: &DelayArgs) -> pb::NetemSpec {
+    pb::NetemSpec {
+        target: Some(target),
+        delay: delay.and_then(|d| prost_types::Duration::try_from(d).ok()),
+        jitter: d
+            .jitter
+            .and_then(|d| prost_types::Duration::try_from(d).ok()),
+        delay_correlation: d.delay_correlation,
+        distribution: pb::DelayDistribution::from(d.distribution).into(),
+        ..Default::default()
+    }
+}
+
+pub async fn delay(global: &Global, o: DelayOptions) -> Result<(), Failure> {
+    let spec = netem_spec(o.target.to_proto()?, Some(o.delay), &o.delay_args);
+    apply::run(global, &o.apply, pb::fault_spec::Kind::Netem(spec)).await
+}
+
+pub async fn netem(global: &Global, o: NetemOptions) -> Result<(), Failure> {
+    let spec = pb::NetemSpec {
+        loss: o.loss,
+        loss_correlation: o.loss_correlation,
+        duplicate: o.duplicate,
+        duplicate_correlation: o.duplicate_correlation,
+        corrupt: o.corrupt,
+        corrupt_correlation: o.corrupt_correlation,
+        reorder: o.reorder,
+        reorder_correlation: o.reorder_correlation,
+        gap: o.gap,
+        rate_bps: o.rate,
+        limit: o.limit,
+        ..netem_spec(o.target.to_proto()?, o.delay, &o.delay_args)
+    };
+    apply::run(global, &o.apply, pb::fault_spec::Kind::Netem(spec)).await
+}
+
+pub async fn rate(global: &Global, o: RateOptions) -> Result<(), Failure> {
+    let spec = pb::RateSpec {
+        target: Some(o.target.to_proto()?),
+        rate_bps: o.rate,
+        burst: o.burst,
+        latency: o
+            .latency
+            .and_then(|d| prost_types::Duration::try_from(d).ok()),
+    };
+    apply::run(global, &o.apply, pb::fault_spec::Kind::Rate(spec)).await
+}
+
+/// `10`, `10%`, `0.5%`: range checks are the agent's.
+fn parse_percent(text: &str) -> Result<f64, String> {
+    text.trim()
+        .trim_end_matches('%')
+        .parse::<f64>()
+        .map_err(|_| format!("{text:?} is not a percentage (expected e.g. 10, 10% or 0.5%)"))
+}
+
+/// A rate in bits per second, as tc writes them: `10mbit`, `1.5gbit`, `500kbit`, `64000bit`, or
+/// bytes with `bps` (`12mbps`). Decimal units, as for link speeds.
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let t = text.trim().to_ascii_lowercase();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number.parse().map_err(|_| rate_error(text))?;
+    let scale = match unit {
+        "" | "bit" => 1.0,
+        "kbit" => 1e3,
+        "mbit" => 1e6,
+        "gbit" => 1e9,
+        "tbit" => 1e12,
+        "bps" => 8.0,
+        "kbps" => 8e3,
+        "mbps" => 8e6,
+        "gbps" => 8e9,
+        _ => return Err(rate_error(text)),
+    };
+    let bps = value * scale;
+    if !bps.is_finite() || bps < 1.0 || bps > u64::MAX as f64 {
+        return Err(rate_error(text));
+    }
+    Ok(bps.round() as u64)
+}
+
+fn rate_error(text: &str) -> String {
+    format!(
+        "{text:?} is not a rate (expected e.g. 10mbit, 1.5gbit, 500kbit, or 12mbps for bytes per \
+         second)"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse_as_tc_writes_them() {
+        assert_eq!(parse_rate("10mbit"), Ok(10_000_000));
+        assert_eq!(parse_rate("1.5Gbit"), Ok(1_500_000_000));
+        assert_eq!(parse_rate("500kbit"), Ok(500_000));
+        assert_eq!(parse_rate("12mbps"), Ok(96_000_000));
+        assert_eq!(parse_rate("64000"), Ok(64_000));
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("10 furlongs").is_err());
+        assert!(parse_rate("0mbit").is_err());
+        assert_eq!(parse_percent("10%"), Ok(10.0));
+        assert_eq!(parse_percent("0.5"), Ok(0.5));
+        assert!(parse_percent("ten").is_err());
+    }
+}
