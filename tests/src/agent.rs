@@ -258,8 +258,9 @@ impl Agent {
         fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    /// What the agent's faults left in the kernel and on disk: the nftables table, pins and
-    /// journal entries. Empty when everything was reverted.
+    /// What the agent's faults left in the kernel and on disk: the nftables table, faultline
+    /// qdiscs and IFB devices in its namespace, pins, journal entries and qdisc records. Empty
+    /// when everything was reverted.
     pub fn leftovers(&self) -> Result<Vec<String>> {
         let mut found = Vec::new();
         let mut nft = Command::new("nsenter");
@@ -276,8 +277,32 @@ impl Agent {
         {
             found.push(format!("nftables table inet faultline in {}", self.ns_name));
         }
-        for dir in [self.pin_dir.clone(), self.journal_dir()] {
+        for dir in [
+            self.pin_dir.clone(),
+            self.journal_dir(),
+            self.state_dir().join("qdisc"),
+        ] {
             found.extend(entries(&dir)?.into_iter().map(|p| p.display().to_string()));
+        }
+        let in_ns = |args: &[&str]| -> Result<String> {
+            let mut command = Command::new("nsenter");
+            command
+                .arg(format!("--net={}", self.ns_path.display()))
+                .args(args);
+            process::run_ok(command)
+        };
+        // faultline's qdiscs have handles fa00: to fa0f:.
+        for line in in_ns(&["tc", "qdisc", "show"])?.lines() {
+            if line
+                .split_whitespace()
+                .nth(2)
+                .is_some_and(|h| h.starts_with("fa0"))
+            {
+                found.push(format!("qdisc in {}: {line}", self.ns_name));
+            }
+        }
+        for line in in_ns(&["ip", "-o", "link", "show", "type", "ifb"])?.lines() {
+            found.push(format!("IFB device in {}: {line}", self.ns_name));
         }
         for parent in self.cgroup_parents() {
             found.extend(

@@ -173,3 +173,159 @@ fn set_receive_buffer(socket: &UdpSocket, bytes: libc::c_int) -> io::Result<()> 
         Err(io::Error::last_os_error())
     }
 }
+
+/// Round-trip times of `count` UDP probes from `from` to an echo server at `addr` (bound in
+/// `to`), sent every `interval`; `None` for a probe whose echo never came. Probes are in flight
+/// together, so a 100 ms delay costs 100 ms once, not per probe, and each carries its own send
+/// time, so reordering and duplicates cannot confuse the count.
+pub fn udp_rtts(
+    from: &Netns,
+    to: &Netns,
+    addr: SocketAddr,
+    count: usize,
+    interval: Duration,
+) -> Result<Vec<Option<Duration>>> {
+    let server = to
+        .run(|| -> io::Result<UdpSocket> {
+            let socket = UdpSocket::bind(addr)?;
+            set_receive_buffer(&socket, 16 << 20)?;
+            socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+            Ok(socket)
+        })?
+        .with_context(|| format!("binding {addr} in {}", to.name()))?;
+    let client = from
+        .run(|| -> io::Result<UdpSocket> {
+            let any = match addr {
+                SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+                SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+            };
+            let socket = UdpSocket::bind(any)?;
+            set_receive_buffer(&socket, 16 << 20)?;
+            socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+            Ok(socket)
+        })?
+        .with_context(|| format!("binding a UDP socket in {}", from.name()))?;
+    let nonce = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default()
+        ^ u64::from(std::process::id());
+    let stop = AtomicBool::new(false);
+    let origin = Instant::now();
+    thread::scope(|scope| {
+        let echo = scope.spawn(|| -> io::Result<()> {
+            let mut buf = [0u8; 64];
+            while !stop.load(Ordering::Acquire) {
+                match server.recv_from(&mut buf) {
+                    Ok((n, peer)) => {
+                        server.send_to(&buf[..n], peer)?;
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        });
+        let collector = scope.spawn(|| -> io::Result<Vec<Option<Duration>>> {
+            let mut rtts = vec![None; count];
+            let mut buf = [0u8; 64];
+            let mut quiet_since: Option<Instant> = None;
+            loop {
+                match client.recv(&mut buf) {
+                    Ok(20) if buf[..8] == nonce.to_be_bytes() => {
+                        let seq = u32::from_be_bytes(buf[8..12].try_into().expect("4 bytes"));
+                        let sent = u64::from_be_bytes(buf[12..20].try_into().expect("8 bytes"));
+                        let rtt = origin.elapsed().saturating_sub(Duration::from_nanos(sent));
+                        if let Some(slot) = rtts.get_mut(seq as usize) {
+                            slot.get_or_insert(rtt);
+                        }
+                        quiet_since = None;
+                    }
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(e) => return Err(e),
+                }
+                if stop.load(Ordering::Acquire) {
+                    // Sending is over: wait until echoes have stopped coming for a second.
+                    let since = *quiet_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > Duration::from_secs(1) {
+                        return Ok(rtts);
+                    }
+                }
+            }
+        });
+        let mut next = Instant::now();
+        for seq in 0..count {
+            let mut payload = [0u8; 20];
+            payload[..8].copy_from_slice(&nonce.to_be_bytes());
+            payload[8..12].copy_from_slice(&(seq as u32).to_be_bytes());
+            payload[12..].copy_from_slice(&(origin.elapsed().as_nanos() as u64).to_be_bytes());
+            let _ = client.send_to(&payload, addr);
+            next += interval;
+            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                thread::sleep(wait);
+            }
+        }
+        // Let the last echoes travel before the collector starts counting quiet time.
+        thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Release);
+        let rtts = collector.join().expect("collector thread panicked");
+        echo.join()
+            .expect("echo thread panicked")
+            .context("echo server")?;
+        rtts.context("collecting echoes")
+    })
+}
+
+/// The median of the probes that came back, and how many did.
+pub fn median_rtt(rtts: &[Option<Duration>]) -> Option<(Duration, usize)> {
+    let mut got: Vec<Duration> = rtts.iter().flatten().copied().collect();
+    if got.is_empty() {
+        return None;
+    }
+    got.sort();
+    Some((got[got.len() / 2], got.len()))
+}
+
+/// Goodput in bits per second of a `bytes`-long TCP transfer from `ns` to a fresh listener at
+/// `addr` in `server_ns`.
+pub fn tcp_rate_bps(
+    ns: &Netns,
+    server_ns: &Netns,
+    addr: SocketAddr,
+    bytes: usize,
+    timeout: Duration,
+) -> Result<f64> {
+    let took = tcp_transfer(ns, server_ns, addr, bytes, timeout)?;
+    Ok(bytes as f64 * 8.0 / took.as_secs_f64())
+}
+
+/// Receives one TCP connection on `listener` to its end and returns the goodput in bits per
+/// second, timed from the first byte; for senders that are other processes.
+pub fn receive_rate_bps(listener: &TcpListener, timeout: Duration) -> Result<(usize, f64)> {
+    let (mut stream, _) = listener.accept().context("accepting")?;
+    stream.set_read_timeout(Some(timeout))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0;
+    let mut first: Option<Instant> = None;
+    loop {
+        match stream.read(&mut buf).context("receiving")? {
+            0 => break,
+            n => {
+                first.get_or_insert_with(Instant::now);
+                total += n;
+            }
+        }
+    }
+    let took = first.map(|f| f.elapsed()).unwrap_or_default();
+    ensure!(total > 0, "the sender sent nothing");
+    Ok((total, total as f64 * 8.0 / took.as_secs_f64().max(1e-6)))
+}

@@ -88,6 +88,14 @@ fn info_matches_what_the_kernel_offers() -> Result<()> {
         capability(&info, "cls_bpf")?["available"] == true,
         "tc classifiers not detected"
     );
+    // Both this host's kernel and Debian's stock kernel have them.
+    for name in ["tbf", "htb", "ifb"] {
+        ensure!(
+            capability(&info, name)?["available"] == true,
+            "{name} not detected: {}",
+            capability(&info, name)?["detail"]
+        );
+    }
     note(
         "info_matches_what_the_kernel_offers",
         format!(

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _, Result};
 use faultline_tests::{
-    note, process, require_root,
+    note, process, require_root, skip,
     traffic::{tcp_connect, tcp_listen, udp_loss},
     Agent, Lab,
 };
@@ -45,7 +45,10 @@ fn unit_capabilities() -> Result<Vec<String>> {
 #[test]
 fn systemd_accepts_the_unit() -> Result<()> {
     let Ok(analyze) = which("systemd-analyze") else {
-        eprintln!("SKIP systemd_accepts_the_unit: systemd-analyze is not installed (no systemd)");
+        skip(
+            "systemd_accepts_the_unit",
+            "systemd-analyze is not installed (no systemd)",
+        );
         return Ok(());
     };
     // verify insists that ExecStart's program exists: point it at the binary under test.

@@ -1,0 +1,384 @@
+//! Shaping faults (tbf rate, netem) on the running kernel: the cap measured with real TCP
+//! transfers between two namespaces, only the targeted traffic touched (a port, a cgroup),
+//! ingress shaping through an IFB, the previous root qdisc put back exactly, another tool's root
+//! refused without force, recovery after the agent is killed, and the plain refusal where the
+//! kernel has no netem. netem's own fidelity is measured in `netem.rs` (the VM guest).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::{ensure, Context as _, Result};
+use faultline_tests::{
+    note, process, require_root, skip,
+    traffic::{receive_rate_bps, tcp_listen, tcp_rate_bps},
+    unique, Agent, Lab, Netns,
+};
+use serde_json::Value;
+
+const P: u16 = 8080;
+const Q: u16 = 8081;
+const TRANSFER: usize = 3 << 20;
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The qdiscs of `dev` in `ns` as `tc -d -j` prints them (the kernel's netlink dump, decoded by
+/// iproute2), without the statistics, which change with every packet.
+pub fn qdiscs(ns: &Netns, dev: &str) -> Result<Value> {
+    let text = ns.exec_ok(&["tc", "-d", "-j", "qdisc", "show", "dev", dev])?;
+    let mut value: Value = serde_json::from_str(&text).context("tc -j printed no JSON")?;
+    if let Some(list) = value.as_array_mut() {
+        for q in list {
+            if let Some(q) = q.as_object_mut() {
+                q.retain(|k, _| {
+                    ![
+                        "bytes",
+                        "packets",
+                        "drops",
+                        "overlimits",
+                        "requeues",
+                        "backlog",
+                        "qlen",
+                        "refcnt",
+                    ]
+                    .contains(&k.as_str())
+                });
+            }
+        }
+    }
+    Ok(value)
+}
+
+fn root_kind(ns: &Netns, dev: &str) -> Result<(String, String)> {
+    let list = qdiscs(ns, dev)?;
+    let root = list
+        .as_array()
+        .and_then(|l| l.iter().find(|q| q["root"] == true))
+        .with_context(|| format!("no root qdisc on {dev}: {list}"))?;
+    Ok((
+        root["kind"].as_str().unwrap_or_default().to_owned(),
+        root["handle"].as_str().unwrap_or_default().to_owned(),
+    ))
+}
+
+fn mbit(bps: f64) -> f64 {
+    bps / 1e6
+}
+
+#[test]
+fn rate_egress_caps_only_the_targeted_port() -> Result<()> {
+    const T: &str = "rate_egress_caps_only_the_targeted_port";
+    if !require_root(T) {
+        return Ok(());
+    }
+    let lab = Lab::new()?;
+    let agent = Agent::start(&lab.a.ns)?;
+    let before = qdiscs(&lab.a.ns, &lab.a.dev)?;
+    let to_p = SocketAddr::from((lab.b.v4, P));
+    let to_q = SocketAddr::from((lab.b.v4, Q));
+    let free = tcp_rate_bps(&lab.a.ns, &lab.b.ns, to_q, TRANSFER, TIMEOUT)?;
+
+    let id = agent.apply(&[
+        "rate", "--dev", &lab.a.dev, "--rate", "20mbit", "--proto", "tcp", "--port", "8080",
+        "--for", "60s",
+    ])?;
+    ensure!(
+        root_kind(&lab.a.ns, &lab.a.dev)? == ("htb".to_owned(), "fa00:".to_owned()),
+        "faultline's htb is not the root: {}",
+        qdiscs(&lab.a.ns, &lab.a.dev)?
+    );
+    let capped = tcp_rate_bps(&lab.a.ns, &lab.b.ns, to_p, TRANSFER, TIMEOUT)?;
+    let other = tcp_rate_bps(&lab.a.ns, &lab.b.ns, to_q, TRANSFER, TIMEOUT)?;
+    note(
+        T,
+        format!(
+            "rate 20mbit on tcp/{P}: {:.2} Mbit/s to {P}, {:.0} Mbit/s to {Q} (unfaulted {:.0} Mbit/s)",
+            mbit(capped),
+            mbit(other),
+            mbit(free)
+        ),
+    );
+    ensure!(
+        (mbit(capped) - 20.0).abs() <= 2.0,
+        "{:.2} Mbit/s to the capped port, expected 20 ± 2",
+        mbit(capped)
+    );
+    ensure!(
+        other > 5.0 * capped,
+        "the untargeted port got {:.1} Mbit/s, barely more than the capped one",
+        mbit(other)
+    );
+
+    agent.revert(&id)?;
+    ensure!(
+        qdiscs(&lab.a.ns, &lab.a.dev)? == before,
+        "the qdiscs after revert differ from before:\n{}\n{}",
+        qdiscs(&lab.a.ns, &lab.a.dev)?,
+        before
+    );
+    let after = tcp_rate_bps(&lab.a.ns, &lab.b.ns, to_p, TRANSFER, TIMEOUT)?;
+    ensure!(
+        after > 5.0 * capped,
+        "{:.1} Mbit/s after revert",
+        mbit(after)
+    );
+    agent.assert_clean()
+}
+
+#[test]
+fn rate_ingress_goes_through_an_ifb() -> Result<()> {
+    const T: &str = "rate_ingress_goes_through_an_ifb";
+    if !require_root(T) {
+        return Ok(());
+    }
+    let lab = Lab::new()?;
+    let agent = Agent::start(&lab.b.ns)?;
+    let to_p = SocketAddr::from((lab.b.v4, P));
+    let to_q = SocketAddr::from((lab.b.v4, Q));
+
+    let id = agent.apply(&[
+        "rate", "--dev", &lab.b.dev, "--dir", "in", "--rate", "20mbit", "--proto", "tcp", "--port",
+        "8080", "--for", "60s",
+    ])?;
+    let ifb = format!("fl-{id}");
+    ensure!(
+        lab.b.ns.exec_succeeds(&["ip", "link", "show", &ifb])?,
+        "no IFB device {ifb} while an ingress fault is active"
+    );
+    let capped = tcp_rate_bps(&lab.a.ns, &lab.b.ns, to_p, TRANSFER, TIMEOUT)?;
+    let other = tcp_rate_bps(&lab.a.ns, &lab.b.ns, to_q, TRANSFER, TIMEOUT)?;
+    note(
+        T,
+        format!(
+            "ingress rate 20mbit on tcp/{P}: {:.2} Mbit/s received on {P}, {:.0} Mbit/s on {Q}",
+            mbit(capped),
+            mbit(other)
+        ),
+    );
+    ensure!(
+        (mbit(capped) - 20.0).abs() <= 2.0,
+        "{:.2} Mbit/s into the capped port, expected 20 ± 2",
+        mbit(capped)
+    );
+    ensure!(
+        other > 5.0 * capped,
+        "the untargeted port got {:.1} Mbit/s",
+        mbit(other)
+    );
+
+    agent.revert(&id)?;
+    ensure!(
+        !lab.b.ns.exec_succeeds(&["ip", "link", "show", &ifb])?,
+        "{ifb} is still there after revert"
+    );
+    agent.assert_clean()
+}
+
+/// The cgroup v2 hierarchy's mount point on this host.
+fn cgroup2_mount() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        (right.split_whitespace().next()? == "cgroup2")
+            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
+            .flatten()
+    })
+}
+
+/// A cgroup v2 directory for one test, removed on drop.
+struct TestCgroup(PathBuf);
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Goodput of a transfer sent by a shell that first moves itself into `cgroup` (or stays where
+/// it is), so its socket belongs to that cgroup.
+fn rate_from_cgroup(lab: &Lab, cgroup: Option<&PathBuf>, port: u16) -> Result<f64> {
+    let addr = SocketAddr::from((lab.b.v4, port));
+    let listener = tcp_listen(&lab.b.ns, addr)?;
+    let join = cgroup
+        .map(|c| format!("echo $$ > {}/cgroup.procs && ", c.display()))
+        .unwrap_or_default();
+    let script = format!(
+        "{join}exec 3<>/dev/tcp/{}/{port} && head -c {TRANSFER} /dev/zero >&3",
+        lab.b.v4
+    );
+    let mut sender = lab.a.ns.command("bash");
+    sender.args(["-c", &script]);
+    std::thread::scope(|scope| {
+        let receiving = scope.spawn(|| receive_rate_bps(&listener, TIMEOUT));
+        let sent = process::run(sender, TIMEOUT);
+        let (bytes, rate) = receiving.join().expect("receiver panicked")?;
+        let sent = sent?;
+        ensure!(
+            sent.status.success(),
+            "{}",
+            process::describe("the sender", &sent)
+        );
+        ensure!(bytes == TRANSFER, "received {bytes} of {TRANSFER} bytes");
+        Ok(rate)
+    })
+}
+
+#[test]
+fn rate_targets_a_cgroup() -> Result<()> {
+    const T: &str = "rate_targets_a_cgroup";
+    if !require_root(T) {
+        return Ok(());
+    }
+    let Some(mount) = cgroup2_mount() else {
+        skip(T, "no cgroup v2 hierarchy is mounted on this host");
+        return Ok(());
+    };
+    let lab = Lab::new()?;
+    let agent = Agent::start(&lab.a.ns)?;
+    let name = format!("faultline-test-{}-{}", std::process::id(), unique());
+    let cgroup = TestCgroup(mount.join(&name));
+    std::fs::create_dir(&cgroup.0).with_context(|| format!("creating {}", cgroup.0.display()))?;
+
+    let id = agent.apply(&[
+        "rate", "--dev", &lab.a.dev, "--rate", "20mbit", "--cgroup", &name, "--for", "60s",
+    ])?;
+    let inside = rate_from_cgroup(&lab, Some(&cgroup.0), P)?;
+    let outside = rate_from_cgroup(&lab, None, Q)?;
+    note(
+        T,
+        format!(
+            "rate 20mbit on cgroup {name}: {:.2} Mbit/s from inside it, {:.0} Mbit/s from outside",
+            mbit(inside),
+            mbit(outside)
+        ),
+    );
+    ensure!(
+        (mbit(inside) - 20.0).abs() <= 2.0,
+        "{:.2} Mbit/s from the cgroup, expected 20 ± 2",
+        mbit(inside)
+    );
+    ensure!(
+        outside > 5.0 * inside,
+        "{:.1} Mbit/s from outside the cgroup",
+        mbit(outside)
+    );
+    agent.revert(&id)?;
+    agent.assert_clean()
+}
+
+/// `tc qdisc add dev DEV root handle 8001: tbf ...`, another tool's root.
+fn install_foreign_tbf(ns: &Netns, dev: &str) -> Result<()> {
+    ns.exec_ok(&[
+        "tc", "qdisc", "add", "dev", dev, "root", "handle", "8001:", "tbf", "rate", "900mbit",
+        "burst", "256kb", "latency", "40ms",
+    ])
+    .map(drop)
+}
+
+#[test]
+fn another_tools_root_is_kept_without_force_and_restored_exactly_with_it() -> Result<()> {
+    const T: &str = "another_tools_root_is_kept_without_force_and_restored_exactly_with_it";
+    if !require_root(T) {
+        return Ok(());
+    }
+    let lab = Lab::new()?;
+    let agent = Agent::start(&lab.a.ns)?;
+    install_foreign_tbf(&lab.a.ns, &lab.a.dev)?;
+    let before = qdiscs(&lab.a.ns, &lab.a.dev)?;
+
+    let args = [
+        "rate", "--dev", &lab.a.dev, "--rate", "20mbit", "--for", "60s",
+    ];
+    let refused = agent.cli_fails(&args, 4)?;
+    ensure!(
+        refused.contains("tbf 8001:") && refused.contains("--force"),
+        "the refusal must name the qdisc and the way out: {refused}"
+    );
+    ensure!(
+        qdiscs(&lab.a.ns, &lab.a.dev)? == before,
+        "a refused request changed the qdiscs"
+    );
+
+    let dry = agent.cli_ok(&[&args[..], &["--force", "--dry-run"]].concat())?;
+    ensure!(
+        dry.contains("tbf 8001:") && dry.contains("netlink:"),
+        "the dry run must show the netlink plan and what it replaces: {dry}"
+    );
+    let id = agent.apply(&[&args[..], &["--force"]].concat())?;
+    ensure!(
+        root_kind(&lab.a.ns, &lab.a.dev)?.1 == "fa00:",
+        "the fault is not the root"
+    );
+    agent.revert(&id)?;
+    let after = qdiscs(&lab.a.ns, &lab.a.dev)?;
+    note(T, format!("root qdisc before and after: {before}"));
+    ensure!(
+        after == before,
+        "not restored exactly:\nbefore {before}\nafter  {after}"
+    );
+    agent.assert_clean()
+}
+
+#[test]
+fn killed_agent_restores_the_root_at_restart() -> Result<()> {
+    const T: &str = "killed_agent_restores_the_root_at_restart";
+    if !require_root(T) {
+        return Ok(());
+    }
+    let lab = Lab::new()?;
+    let mut agent = Agent::start(&lab.a.ns)?;
+    install_foreign_tbf(&lab.a.ns, &lab.a.dev)?;
+    let before = qdiscs(&lab.a.ns, &lab.a.dev)?;
+    agent.apply(&[
+        "rate", "--dev", &lab.a.dev, "--rate", "20mbit", "--force", "--for", "60s",
+    ])?;
+    agent.apply(&[
+        "rate", "--dev", &lab.a.dev, "--dir", "in", "--rate", "20mbit", "--for", "60s",
+    ])?;
+    agent.kill()?;
+    ensure!(
+        root_kind(&lab.a.ns, &lab.a.dev)?.1 == "fa00:",
+        "the fault's qdisc should outlive a SIGKILLed agent"
+    );
+    agent.restart()?;
+    let after = qdiscs(&lab.a.ns, &lab.a.dev)?;
+    ensure!(
+        after == before,
+        "after restart:\nbefore {before}\nafter  {after}"
+    );
+    agent.assert_clean()
+}
+
+#[test]
+fn netem_where_the_kernel_has_none_is_refused_with_what_works() -> Result<()> {
+    const T: &str = "netem_where_the_kernel_has_none_is_refused_with_what_works";
+    if !require_root(T) {
+        return Ok(());
+    }
+    let ns = Netns::create(&format!("fl-{}-{}-n", std::process::id(), unique()))?;
+    let agent = Agent::start(&ns)?;
+    let info: Value = serde_json::from_str(&agent.cli_ok(&["info", "-o", "json"])?)?;
+    let netem = info["capabilities"]
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["name"] == "netem"))
+        .context("info lists no netem")?
+        .clone();
+    if netem["available"] == true {
+        skip(
+            T,
+            "this kernel has sch_netem (netem.rs measures it instead)",
+        );
+        return Ok(());
+    }
+    let refused = agent.cli_fails(
+        &["delay", "--dev", "lo", "--delay", "100ms", "--for", "10s"],
+        4,
+    )?;
+    note(T, format!("refusal: {}", refused.trim()));
+    ensure!(
+        refused.contains("sch_netem") && refused.contains("faultline loss"),
+        "the refusal must name the missing module and what works instead: {refused}"
+    );
+    ensure!(
+        root_kind(&ns, "lo")?.1 != "fa00:",
+        "a refused fault touched lo"
+    );
+    agent.assert_clean()
+}
