@@ -132,6 +132,15 @@ impl LossConfig {
     };
 }
 
+/// `SteerConfig::mode` values.
+///
+/// Classify: a direct-action filter in faultline's htb root; a matching packet gets the fault's
+/// class (`TC_ACT_OK` with `tc_classid`), any other goes on (`TC_ACT_UNSPEC`) to the default.
+pub const STEER_CLASSIFY: u32 = 0;
+/// Match: a classic cls_bpf filter whose action does the work (a mirred redirect to the
+/// fault's IFB); the program answers -1 (matched: run the action) or 0 (not matched).
+pub const STEER_MATCH: u32 = 1;
+
 /// What the steering classifier does, in the single entry of its `STEER` map: it picks the
 /// packets a shaping fault (netem, rate) applies to and sends them where the fault's qdisc is.
 #[repr(C)]
@@ -142,10 +151,11 @@ pub struct SteerConfig {
     pub deadline_ns: u64,
     /// Only packets of sockets in this cgroup (v2 id, the inode of its directory); 0: any.
     pub cgroup_id: u64,
-    /// Class (major << 16 | minor) that matching packets are sent to, when `ifindex` is 0.
+    /// Class (major << 16 | minor) that matching packets are sent to in classify mode; the
+    /// kernel keeps the minor and takes the major from the filter.
     pub classid: u32,
-    /// Non-zero: matching packets are redirected to the egress of this interface (an IFB).
-    pub ifindex: u32,
+    /// `STEER_CLASSIFY` or `STEER_MATCH`.
+    pub mode: u32,
     pub filter: PacketFilter,
 }
 
@@ -154,7 +164,7 @@ impl SteerConfig {
         deadline_ns: 0,
         cgroup_id: 0,
         classid: 0,
-        ifindex: 0,
+        mode: STEER_CLASSIFY,
         filter: PacketFilter::ANY,
     };
 }

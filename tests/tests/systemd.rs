@@ -154,6 +154,14 @@ fn faults_work_with_only_the_units_capabilities() -> Result<()> {
     agent.revert(&cpu)?;
     agent.revert(&memory)?;
 
+    // Shaping on both sides: htb, tbf, the steering classifier, an IFB device.
+    for dir in ["out", "in"] {
+        let rate = agent.apply(&[
+            "rate", "--dev", &lab.b.dev, "--dir", dir, "--rate", "50mbit", "--for", "60s",
+        ])?;
+        agent.revert(&rate)?;
+    }
+
     agent.revert(&block)?;
     agent.revert(&loss)?;
     tcp_connect(&lab.a.ns, tcp, Duration::from_millis(1500))?.context("connect after revert")?;

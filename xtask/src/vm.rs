@@ -37,8 +37,8 @@ use crate::{exec, host, prereqs};
 const KERNEL_METAPACKAGE: &str = "linux-image-cloud-amd64";
 
 /// The modules the faults and the test lab need; their dependencies are added from the
-/// modules' own `depends=` lists. netem, tbf, htb, ifb and mirred are not used by the agent yet
-/// but are what `faultline info` reports on and what the coming netem faults need.
+/// modules' own `depends=` lists. act_mirred is not used by the agent (its ingress redirect is
+/// eBPF) but keeps the guest's tc able to do what the host's can.
 const MODULES: &[&str] = &[
     "veth",
     "sch_netem",

@@ -701,7 +701,7 @@ impl<P: Shaper + Serialize> Family for ShapeSpec<P> {
                         leaf.kind,
                         show_handle(handle(LEAF_MAJOR, 0))
                     ),
-                    steer(SteerHook::Ingress),
+                    steer(SteerHook::Ingress(0)),
                     format!(
                         "revert: remove the classifier (and a clsact qdisc it leaves idle), \
                          delete {ifb}"
@@ -761,9 +761,12 @@ impl<P: Shaper + Serialize> Family for ShapeSpec<P> {
                         .await?;
                     Ok::<_, qdisc::QdiscError>(index)
                 })?;
-                config.ifindex = ifb_index;
-                host.classifiers
-                    .attach_steer(id, device, SteerHook::Ingress, &config)?;
+                host.classifiers.attach_steer(
+                    id,
+                    device,
+                    SteerHook::Ingress(ifb_index),
+                    &config,
+                )?;
             }
         }
         Ok(())

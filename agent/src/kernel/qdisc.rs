@@ -208,6 +208,26 @@ impl Tree {
     }
 }
 
+/// A cls_bpf filter to add: where, which loaded program, and what it does.
+#[derive(Debug, Clone, Copy)]
+pub struct BpfFilter<'a> {
+    /// A qdisc handle, or a clsact hook (`ffff:fff2` for ingress).
+    pub parent: u32,
+    pub priority: u16,
+    pub prog_fd: u32,
+    pub name: &'a str,
+    pub action: FilterAction,
+}
+
+/// What a steering filter does with the packets its program matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterAction {
+    /// Send them to the class the program names (direct action, in faultline's htb).
+    Classify,
+    /// Redirect them to the egress of interface `ifindex` (mirred), an IFB.
+    Redirect { ifindex: u32 },
+}
+
 /// A leaf qdisc: its kind and encoded `TCA_OPTIONS` (see `kernel::qdisc_opts`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Leaf {
@@ -364,39 +384,77 @@ impl Netlink {
         .await
     }
 
-    /// Attaches the loaded eBPF classifier `prog_fd` to qdisc `parent` as a direct-action
-    /// cls_bpf filter whose class id carries `parent`'s major.
+    /// Attaches the loaded eBPF classifier `prog_fd` to `parent` (a qdisc, or a clsact hook) as
+    /// a cls_bpf filter that does `action` with the packets it matches.
     ///
-    /// The kernel keeps only 16 bits of the class a program writes (`tc_classid`) and takes the
-    /// major from the filter's own class id, which the eBPF library's attach does not set;
-    /// hence this request of our own.
+    /// A request of our own rather than the eBPF library's attach, which cannot set a filter's
+    /// class id or actions.
     pub async fn add_bpf_filter(
         &self,
         device: &str,
         ifindex: u32,
-        parent: u32,
-        priority: u16,
-        prog_fd: u32,
-        name: &str,
+        filter: &BpfFilter<'_>,
     ) -> Result<(), QdiscError> {
-        use rtnetlink::packet_route::tc::{TcBpfFlags, TcFilterBpfOption};
+        let BpfFilter {
+            parent,
+            priority,
+            prog_fd,
+            name,
+            action,
+        } = *filter;
+        use rtnetlink::packet_route::tc::{
+            TcAction, TcActionAttribute, TcActionGeneric, TcActionMirror, TcActionMirrorOption,
+            TcActionOption, TcActionType, TcBpfFlags, TcFilterBpfOption, TcMirror,
+            TcMirrorActionType,
+        };
         const ETH_P_ALL: u16 = 0x0003;
+        const TCA_BPF_ACT: u16 = 1;
+        let mut options = vec![
+            TcOption::Bpf(TcFilterBpfOption::ProgFd(prog_fd)),
+            TcOption::Bpf(TcFilterBpfOption::ProgName(name.to_owned())),
+        ];
+        match action {
+            FilterAction::Classify => {
+                // The kernel keeps only 16 bits of the class a program writes (the minor)
+                // and takes the major from the filter's class id.
+                options.push(TcOption::Bpf(TcFilterBpfOption::Flags(
+                    TcBpfFlags::DirectAction,
+                )));
+                options.push(TcOption::Bpf(TcFilterBpfOption::ClassId(parent.into())));
+            }
+            FilterAction::Redirect { ifindex } => {
+                let mut mirred = TcMirror::default();
+                mirred.generic = TcActionGeneric::default();
+                mirred.generic.action = TcActionType::Stolen;
+                mirred.eaction = TcMirrorActionType::EgressRedir;
+                mirred.ifindex = ifindex;
+                let mut act = TcAction::default();
+                act.attributes = vec![
+                    TcActionAttribute::Kind(TcActionMirror::KIND.to_owned()),
+                    TcActionAttribute::Options(vec![TcActionOption::Mirror(
+                        TcActionMirrorOption::Parms(mirred),
+                    )]),
+                ];
+                let actions = vec![act];
+                let mut bytes = vec![0; actions.as_slice().buffer_len()];
+                actions.as_slice().emit(&mut bytes);
+                options.push(TcOption::Bpf(TcFilterBpfOption::Other(DefaultNla::new(
+                    TCA_BPF_ACT,
+                    bytes,
+                ))));
+            }
+        }
         let mut message = TcMessage::with_index(ifindex as i32);
         message.header.parent = parent.into();
         message.header.handle = 1u32.into();
         message.header.info = (u32::from(priority) << 16) | u32::from(ETH_P_ALL.to_be());
         message.attributes.push(TcAttribute::Kind("bpf".to_owned()));
-        message.attributes.push(TcAttribute::Options(vec![
-            TcOption::Bpf(TcFilterBpfOption::ProgFd(prog_fd)),
-            TcOption::Bpf(TcFilterBpfOption::ProgName(name.to_owned())),
-            TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
-            TcOption::Bpf(TcFilterBpfOption::ClassId(parent.into())),
-        ]));
+        message.attributes.push(TcAttribute::Options(options));
         self.send(
             RouteNetlinkMessage::NewTrafficFilter(message),
             NLM_F_CREATE | NLM_F_EXCL,
             format!(
-                "cannot attach the classifier {name} to qdisc {}",
+                "cannot attach the classifier {name} at {}",
                 show_handle(parent)
             ),
             device,

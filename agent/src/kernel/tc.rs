@@ -35,6 +35,7 @@ use aya::{
 };
 use faultline_common::{
     Cidr4, Cidr6, PortRange, SteerStats, L4_ANY, L4_TCP, L4_UDP, MAX_CIDRS, MAX_PORT_RANGES,
+    STEER_CLASSIFY, STEER_MATCH,
 };
 pub use faultline_common::{LossConfig, PacketFilter, SteerConfig};
 use ipnet::IpNet;
@@ -49,6 +50,8 @@ const STEER_PROGRAM: &str = "faultline_steer";
 /// After the loss classifier (priority 1) in the same hook, so that a packet the loss fault
 /// drops is not delayed first.
 const STEER_INGRESS_PRIORITY: u16 = 2;
+/// The parent of a clsact qdisc's ingress hook (`ffff:fff2`).
+const CLSACT_INGRESS: u32 = 0xffff_fff2;
 /// Runs ahead of other cls_bpf filters (lower is earlier), so a filter that ends classification
 /// cannot hide packets from the fault.
 const NETLINK_PRIORITY: u16 = 1;
@@ -368,8 +371,8 @@ impl Attachment {
 pub enum SteerHook {
     /// Into faultline's root qdisc of the interface, whose handle (major << 16) this is.
     Root(u32),
-    /// The interface's ingress hook (clsact), redirecting to an IFB.
-    Ingress,
+    /// The interface's ingress hook (clsact), redirecting to the IFB with this index.
+    Ingress(u32),
 }
 
 impl Classifiers {
@@ -415,9 +418,9 @@ impl Classifiers {
                 "as a cls_bpf filter of qdisc {:x}: on {device} (direct action, priority {NETLINK_PRIORITY})",
                 handle >> 16
             ),
-            SteerHook::Ingress => format!(
-                "to {device}'s clsact ingress hook as a cls_bpf filter (direct action, priority \
-                 {STEER_INGRESS_PRIORITY}), adding the clsact qdisc if it has none"
+            SteerHook::Ingress(_) => format!(
+                "to {device}'s clsact ingress hook as a cls_bpf filter with a mirred redirect to \
+                 the IFB (priority {STEER_INGRESS_PRIORITY}), adding the clsact qdisc if it has none"
             ),
         };
         format!(
@@ -438,22 +441,17 @@ impl Classifiers {
         let mut config = *config;
         config.filter.l2_len = l2_len(device)?;
         config.consume = u8::from(!uses_tcx(direction));
-        let hook = if uses_tcx(direction) {
-            Hook::Tcx(direction)
-        } else {
-            Hook::Cls(direction)
-        };
         let dir = self.prepare(id)?;
         // A failure part-way leaves pins behind, which `detach` (run by the engine after every
         // failed apply) reads to undo exactly what was done.
         let mut ebpf = load_with("CONFIG", &config)?;
         pin_maps(&ebpf, &dir, &[("CONFIG", "config"), ("STATS", "stats")])?;
         let program = load_program(&mut ebpf, PROGRAM)?;
-        attach_program(program, &dir, device, hook)
+        attach_program(program, &dir, device, direction, uses_tcx(direction))
     }
 
     /// Loads a fresh copy of the steering classifier with `config`, attaches it at `hook` and
-    /// pins it. In the ingress hook it redirects to `config.ifindex`; in a root qdisc it names
+    /// pins it. In the ingress hook it redirects to the IFB; in a root qdisc it names
     /// `config.classid`.
     pub fn attach_steer(
         &self,
@@ -462,8 +460,32 @@ impl Classifiers {
         hook: SteerHook,
         config: &SteerConfig,
     ) -> Result<(), TcError> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+
+        use crate::kernel::qdisc::{BpfFilter, FilterAction, Netlink};
+
         let mut config = *config;
         config.filter.l2_len = l2_len(device)?;
+        let (pinned, parent, priority, action) = match hook {
+            SteerHook::Root(handle) => {
+                config.mode = STEER_CLASSIFY;
+                (
+                    Hook::SteerRoot,
+                    handle,
+                    NETLINK_PRIORITY,
+                    FilterAction::Classify,
+                )
+            }
+            SteerHook::Ingress(ifindex) => {
+                config.mode = STEER_MATCH;
+                (
+                    Hook::SteerIngress,
+                    CLSACT_INGRESS,
+                    STEER_INGRESS_PRIORITY,
+                    FilterAction::Redirect { ifindex },
+                )
+            }
+        };
         let dir = self.prepare(id)?;
         let mut ebpf = load_with("STEER", &config)?;
         pin_maps(
@@ -472,11 +494,45 @@ impl Classifiers {
             &[("STEER", "steer"), ("STEER_STATS", "steer_stats")],
         )?;
         let program = load_program(&mut ebpf, STEER_PROGRAM)?;
-        let (hook, parent) = match hook {
-            SteerHook::Root(handle) => (Hook::SteerRoot, handle),
-            SteerHook::Ingress => (Hook::SteerIngress, 0),
-        };
-        attach_program_at(program, &dir, device, hook, parent)
+        let pin_path = dir.join(
+            Attachment {
+                hook: pinned,
+                device: device.to_owned(),
+            }
+            .pin_name(),
+        );
+        // Pinned first: the pin is what tells `detach` (and a start-up sweep) that a filter may
+        // be attached.
+        program.pin(&pin_path).map_err(|source| TcError::Pin {
+            path: pin_path,
+            source,
+        })?;
+        if pinned == Hook::SteerIngress {
+            add_clsact(device)?;
+        }
+        let fd = program.fd().map_err(TcError::Program)?;
+        let raw = fd.as_fd().as_raw_fd() as u32;
+        let ifindex = nix::net::if_::if_nametoindex(device).map_err(|e| TcError::Io {
+            what: "no such interface:",
+            path: PathBuf::from(device),
+            source: e.into(),
+        })?;
+        block_on(async {
+            let nl = Netlink::open()?;
+            nl.add_bpf_filter(
+                device,
+                ifindex,
+                &BpfFilter {
+                    parent,
+                    priority,
+                    prog_fd: raw,
+                    name: STEER_PROGRAM,
+                    action,
+                },
+            )
+            .await
+        })
+        .map_err(|e| TcError::SteerFilter(Box::new(e)))
     }
 
     fn prepare(&self, id: &str) -> Result<PathBuf, TcError> {
@@ -626,37 +682,21 @@ fn load_program<'a>(
     Ok(program)
 }
 
+/// Attaches the loaded loss classifier to `direction` of `device`, through TCX or cls_bpf, and
+/// pins what records the attachment.
 fn attach_program(
     program: &mut SchedClassifier,
     dir: &Path,
     device: &str,
-    hook: Hook,
+    direction: TcDirection,
+    tcx: bool,
 ) -> Result<(), TcError> {
-    attach_program_at(program, dir, device, hook, 0)
-}
-
-/// Attaches a loaded classifier at `hook` (`parent`: the qdisc handle for `Hook::SteerRoot`)
-/// and pins what records the attachment.
-fn attach_program_at(
-    program: &mut SchedClassifier,
-    dir: &Path,
-    device: &str,
-    hook: Hook,
-    parent: u32,
-) -> Result<(), TcError> {
-    let (attach_type, direction, priority) = match hook {
-        Hook::Tcx(d) | Hook::Cls(d) => (d.attach_type(), d, NETLINK_PRIORITY),
-        Hook::SteerIngress => (
-            TcAttachType::Ingress,
-            TcDirection::Ingress,
-            STEER_INGRESS_PRIORITY,
-        ),
-        Hook::SteerRoot => (
-            TcAttachType::Custom(parent),
-            TcDirection::Egress,
-            NETLINK_PRIORITY,
-        ),
+    let hook = if tcx {
+        Hook::Tcx(direction)
+    } else {
+        Hook::Cls(direction)
     };
+    let (attach_type, priority) = (direction.attach_type(), NETLINK_PRIORITY);
     let attach_error = |source| TcError::Attach {
         device: device.to_owned(),
         direction,
@@ -696,34 +736,7 @@ fn attach_program_at(
         path: pin_path,
         source,
     })?;
-    if hook == Hook::SteerRoot {
-        use std::os::fd::{AsFd as _, AsRawFd as _};
-        let fd = program.fd().map_err(TcError::Program)?;
-        let raw = fd.as_fd().as_raw_fd() as u32;
-        let ifindex = nix::net::if_::if_nametoindex(device).map_err(|e| TcError::Io {
-            what: "no such interface:",
-            path: PathBuf::from(device),
-            source: e.into(),
-        })?;
-        return block_on(async {
-            let nl = crate::kernel::qdisc::Netlink::open()?;
-            nl.add_bpf_filter(device, ifindex, parent, priority, raw, STEER_PROGRAM)
-                .await
-        })
-        .map_err(|e| TcError::SteerFilter(Box::new(e)));
-    }
-    {
-        match aya_tc::qdisc_add_clsact(device) {
-            Ok(()) => {}
-            Err(aya_tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(source) => {
-                return Err(TcError::Clsact {
-                    device: device.to_owned(),
-                    source,
-                })
-            }
-        }
-    }
+    add_clsact(device)?;
     let link_id = program
         .attach_with_options(
             device,
@@ -739,6 +752,18 @@ fn attach_program_at(
     // removes it by program name.
     std::mem::forget(link);
     Ok(())
+}
+
+/// Adds a clsact qdisc to `device` unless it has one.
+fn add_clsact(device: &str) -> Result<(), TcError> {
+    match aya_tc::qdisc_add_clsact(device) {
+        Ok(()) => Ok(()),
+        Err(aya_tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Err(source) => Err(TcError::Clsact {
+            device: device.to_owned(),
+            source,
+        }),
+    }
 }
 
 /// Removes faultline's cls_bpf filter `program` from a clsact hook; gone already is fine.
