@@ -821,11 +821,11 @@ pub fn restore_root(nl: &Netlink, id: &str, host: &Host<'_>) -> Result<(), Kerne
                     }
                 }
             })?,
-            None => tracing::warn!(
+            None => tracing::info!(
                 id,
                 device = %device,
-                "faultline's root qdisc is no longer on the interface (someone replaced it); \
-                 leaving the interface as it is"
+                "faultline's root qdisc is not on the interface (never installed, or replaced \
+                 by someone since); leaving the interface as it is"
             ),
         }
     }
