@@ -56,9 +56,12 @@ const MODULES: &[&str] = &[
 ];
 
 /// Host tools the tests and the lab call by name (`ip netns`, `nsenter --net=`, `nft list`,
-/// `ping`, `setpriv --bounding-set`); the guest gets the host's own binaries, so it behaves like
+/// `ping`, `setpriv --bounding-set`, `bash` for its /dev/tcp, `sysctl`); the guest gets the
+/// host's own binaries, so it behaves like
 /// the host run does. busybox provides everything else.
-const TOOLS: &[&str] = &["ip", "tc", "nft", "nsenter", "unshare", "ping", "setpriv"];
+const TOOLS: &[&str] = &[
+    "ip", "tc", "nft", "nsenter", "unshare", "ping", "setpriv", "bash", "sysctl",
+];
 
 /// Workspace directories the tests read at run time through compile-time paths
 /// (`env!("CARGO_MANIFEST_DIR")/../systemd/faultline.service`); the guest gets them at the same
@@ -71,7 +74,7 @@ const RESULT_MARKER: &str = "FAULTLINE-VM-RESULT:";
 #[derive(Debug, Args)]
 pub struct Options {
     /// Kill the VM and fail after this many seconds
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 1500)]
     timeout: u64,
     /// Guest memory in MiB
     #[arg(long, default_value_t = 2048)]
