@@ -3,6 +3,7 @@
 //!   on kernels without sch_netem, and more precisely targeted: only packets that match the
 //!   fault's protocol, destination ports and remote networks count.
 //! - `faultline_steer` sends the packets a shaping fault targets to that fault's qdisc.
+//! - tracepoints `faultline_state`, `_reset`, `_error`, `_retx` count TCP connect health (`tcp`).
 //!
 //! Each fault loads its own copy with its own configuration map, which holds the deadline: past
 //! it the program lets everything through, so the fault ends on time even if the agent died.
@@ -21,6 +22,8 @@ mod loss;
 mod runtime;
 #[cfg(target_arch = "bpf")]
 mod steer;
+#[cfg(target_arch = "bpf")]
+mod tcp;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {

@@ -9,3 +9,4 @@ pub mod engine;
 pub mod errors;
 pub mod faults;
 pub mod kernel;
+pub mod monitor;

@@ -187,6 +187,149 @@ pub struct LossStats {
     pub dropped: u64,
 }
 
+/// Log2 buckets of the connect-latency histogram: bucket 0 holds connects that took under a
+/// microsecond, bucket `i` (1..=30) those of `2^(i-1)` to `2^i - 1` microseconds, and the last
+/// one everything from `2^30` microseconds (about 18 minutes) up.
+pub const TCP_LATENCY_BUCKETS: usize = 32;
+
+/// `TcpDestKey::family` values: the kernel's address families, as tracepoints report them.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// A TCP destination the connect-health programs count for: remote address and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TcpDestKey {
+    /// The address bytes in network order; an IPv4 address fills the first four, the rest are 0.
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+}
+
+/// What the connect-health programs counted for one destination on one CPU. The agent sums the
+/// CPUs with wrapping additions: a failure whose cause the kernel reports only after the socket
+/// closed moves from `other_failures` to its cause on whichever CPU the report runs, so one
+/// CPU's `other_failures` can wrap below zero while the sum stays exact.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpDestStats {
+    /// Connects that reached SYN_SENT.
+    pub attempts: u64,
+    /// Connects that reached ESTABLISHED.
+    pub successes: u64,
+    /// Failed: reset by the peer, or ECONNREFUSED (an ICMP port unreachable).
+    pub refused: u64,
+    /// Failed: the kernel gave up retransmitting the SYN (ETIMEDOUT).
+    pub timed_out: u64,
+    /// Failed otherwise: another error, or closed by the application while pending.
+    pub other_failures: u64,
+    /// Segments the kernel retransmitted to the destination (that left the host), SYNs included.
+    pub retransmits: u64,
+    /// Of those, SYNs of a pending connect.
+    pub syn_retransmits: u64,
+    /// Sum of the latencies of successful connects, in nanoseconds.
+    pub latency_sum_ns: u64,
+    /// Successful connects per log2-microsecond latency bucket (see `TCP_LATENCY_BUCKETS`).
+    pub latency_us_log2: [u64; TCP_LATENCY_BUCKETS],
+}
+
+impl TcpDestStats {
+    pub const ZERO: Self = Self {
+        attempts: 0,
+        successes: 0,
+        refused: 0,
+        timed_out: 0,
+        other_failures: 0,
+        retransmits: 0,
+        syn_retransmits: 0,
+        latency_sum_ns: 0,
+        latency_us_log2: [0; TCP_LATENCY_BUCKETS],
+    };
+}
+
+/// `TracepointFields` value of a field the running kernel's tracepoint does not have.
+pub const FIELD_ABSENT: u16 = u16::MAX;
+
+/// Bytes of a tracepoint's record the connect-health programs copy and read fields from: every
+/// field they use must end within them.
+pub const TCP_RECORD_LEN: usize = 128;
+
+/// Where a tracepoint's record keeps the fields the connect-health programs read, in bytes from
+/// the record's start. Offsets move between kernel versions, so the agent reads them from the
+/// tracepoint's `format` file in tracefs at load time. Every tracepoint uses the fields it has;
+/// the others are `FIELD_ABSENT`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TracepointFields {
+    /// `const void *`: the socket.
+    pub skaddr: u16,
+    /// `int` TCP states (`TCP_ESTABLISHED` = 1, `TCP_SYN_SENT` = 2, `TCP_CLOSE` = 7).
+    pub oldstate: u16,
+    pub newstate: u16,
+    pub state: u16,
+    /// `int`: a positive errno (inet_sk_error_report) or a negative one (tcp_retransmit_skb,
+    /// 0 when the segment left).
+    pub error: u16,
+    /// `__u16`, host byte order.
+    pub sport: u16,
+    pub dport: u16,
+    /// `__u16` address family.
+    pub family: u16,
+    /// `__u16` IP protocol.
+    pub protocol: u16,
+    /// `__u8[4]` and `__u8[16]`, network order.
+    pub saddr: u16,
+    pub daddr: u16,
+    pub saddr_v6: u16,
+    pub daddr_v6: u16,
+    pub _pad: u16,
+}
+
+impl TracepointFields {
+    pub const ABSENT: Self = Self {
+        skaddr: FIELD_ABSENT,
+        oldstate: FIELD_ABSENT,
+        newstate: FIELD_ABSENT,
+        state: FIELD_ABSENT,
+        error: FIELD_ABSENT,
+        sport: FIELD_ABSENT,
+        dport: FIELD_ABSENT,
+        family: FIELD_ABSENT,
+        protocol: FIELD_ABSENT,
+        saddr: FIELD_ABSENT,
+        daddr: FIELD_ABSENT,
+        saddr_v6: FIELD_ABSENT,
+        daddr_v6: FIELD_ABSENT,
+        _pad: 0,
+    };
+}
+
+/// The connect-health programs' configuration, in the single entry of their `TCP_CONFIG` map:
+/// the field offsets of each tracepoint they attach to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpHealthConfig {
+    /// sock:inet_sock_set_state
+    pub set_state: TracepointFields,
+    /// tcp:tcp_receive_reset
+    pub receive_reset: TracepointFields,
+    /// sock:inet_sk_error_report
+    pub error_report: TracepointFields,
+    /// tcp:tcp_retransmit_skb
+    pub retransmit: TracepointFields,
+}
+
+impl TcpHealthConfig {
+    pub const ABSENT: Self = Self {
+        set_state: TracepointFields::ABSENT,
+        receive_reset: TracepointFields::ABSENT,
+        error_report: TracepointFields::ABSENT,
+        retransmit: TracepointFields::ABSENT,
+    };
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: all of these are `#[repr(C)]`, `Copy`, made only of integers and arrays of
@@ -195,6 +338,9 @@ mod user {
     unsafe impl aya::Pod for super::LossStats {}
     unsafe impl aya::Pod for super::SteerConfig {}
     unsafe impl aya::Pod for super::SteerStats {}
+    unsafe impl aya::Pod for super::TcpDestKey {}
+    unsafe impl aya::Pod for super::TcpDestStats {}
+    unsafe impl aya::Pod for super::TcpHealthConfig {}
 }
 
 #[cfg(test)]
@@ -210,5 +356,16 @@ mod tests {
         assert_eq!(core::mem::size_of::<SteerConfig>(), 8 + 8 + 4 + 4 + filter);
         assert_eq!(core::mem::size_of::<SteerStats>(), 8);
         assert_eq!(core::mem::size_of::<LossStats>(), 16);
+    }
+
+    #[test]
+    fn tcp_health_layout_has_no_hidden_padding() {
+        assert_eq!(core::mem::size_of::<TcpDestKey>(), 16 + 2 + 2);
+        assert_eq!(
+            core::mem::size_of::<TcpDestStats>(),
+            8 * 8 + TCP_LATENCY_BUCKETS * 8
+        );
+        assert_eq!(core::mem::size_of::<TracepointFields>(), 14 * 2);
+        assert_eq!(core::mem::size_of::<TcpHealthConfig>(), 4 * 14 * 2);
     }
 }

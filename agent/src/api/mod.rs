@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use faultline_proto::{
-    v1::{agent_server::AgentServer, faults_server::FaultsServer},
+    v1::{agent_server::AgentServer, faults_server::FaultsServer, metrics_server::MetricsServer},
     FILE_DESCRIPTOR_SET,
 };
 use hyper_util::rt::TokioIo;
@@ -24,22 +24,29 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::{Channel, Endpoint, Server, Uri};
 use tracing::{info, warn};
 
-use crate::engine::Engine;
+use crate::{engine::Engine, monitor::Monitor};
 
 mod agent;
 pub mod convert;
 mod faults;
+pub mod metrics;
 pub mod status;
 
 pub use agent::AgentService;
 pub use faults::FaultsService;
+pub use metrics::MetricsService;
 
 /// How long open connections may take to finish after shutdown has reverted every fault.
 const DRAIN: Duration = Duration::from_secs(5);
 
-/// Serves the engine on the unix socket until SIGTERM or SIGINT, then reverts every active
-/// fault before returning.
-pub async fn serve(engine: Arc<Engine>) -> anyhow::Result<()> {
+/// Serves the engine and the monitor on the unix socket (and the monitor as Prometheus text on
+/// `metrics_listener`, when given) until SIGTERM or SIGINT, then reverts every active fault
+/// before returning.
+pub async fn serve(
+    engine: Arc<Engine>,
+    monitor: Arc<Monitor>,
+    metrics_listener: Option<tokio::net::TcpListener>,
+) -> anyhow::Result<()> {
     let socket = engine.config().socket.clone();
     let listener = bind(&socket)?;
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -48,6 +55,9 @@ pub async fn serve(engine: Arc<Engine>) -> anyhow::Result<()> {
         .await;
     health_reporter
         .set_serving::<AgentServer<AgentService>>()
+        .await;
+    health_reporter
+        .set_serving::<MetricsServer<MetricsService>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -67,10 +77,21 @@ pub async fn serve(engine: Arc<Engine>) -> anyhow::Result<()> {
         .add_service(reflection_alpha)
         .add_service(FaultsServer::new(FaultsService::new(Arc::clone(&engine))))
         .add_service(AgentServer::new(AgentService::new(Arc::clone(&engine))))
+        .add_service(MetricsServer::new(MetricsService::new(
+            Arc::clone(&monitor),
+            Arc::clone(&engine),
+        )))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
             let _ = stop_rx.await;
         });
     let mut server = tokio::spawn(server);
+
+    let http = metrics_listener.map(|listener| {
+        let mut closing = engine.closing();
+        tokio::spawn(crate::monitor::http::serve(listener, monitor, async move {
+            let _ = closing.wait_for(|closed| *closed).await;
+        }))
+    });
 
     info!(socket = %socket.display(), "faultline agent listening");
     // systemd Type=notify: ready only once the socket accepts. Outside systemd this is a no-op.
@@ -92,6 +113,14 @@ pub async fn serve(engine: Arc<Engine>) -> anyhow::Result<()> {
         None => tokio::time::timeout(DRAIN, &mut server).await.ok(),
     };
     let _ = fs::remove_file(&socket);
+    if let Some(http) = http {
+        match tokio::time::timeout(DRAIN, http).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => warn!(error = %e, "the metrics listener failed"),
+            Ok(Err(e)) => warn!(error = %e, "the metrics listener task failed"),
+            Err(_) => warn!("the metrics listener did not stop within {DRAIN:?}"),
+        }
+    }
     match result {
         Some(Ok(Ok(()))) => Ok(()),
         Some(Ok(Err(e))) => Err(e).context("the gRPC server failed"),

@@ -13,6 +13,7 @@ mod get;
 mod info;
 mod loss;
 mod ls;
+mod metrics;
 pub mod output;
 mod revert;
 mod serve;
@@ -57,6 +58,11 @@ pub enum Command {
     Revert(revert::Options),
     /// Show the agent's version, host and what its kernel offers
     Info(info::Options),
+    /// One snapshot of what the agent sees: CPU, memory, disk, network, TCP connect health,
+    /// probes, active faults
+    Metrics(metrics::MetricsOptions),
+    /// A live view of the same, updated every --interval (Ctrl-C stops)
+    Top(metrics::TopOptions),
     /// A stress worker, started by the agent inside a fault's cgroup
     #[command(name = "__worker", hide = true)]
     Worker(worker::Options),
@@ -81,6 +87,8 @@ pub fn main() -> ExitCode {
                     Command::Get(o) => get::run(&cli.global, o).await,
                     Command::Revert(o) => revert::run(&cli.global, o).await,
                     Command::Info(o) => info::run(&cli.global, o).await,
+                    Command::Metrics(o) => metrics::metrics(&cli.global, o).await,
+                    Command::Top(o) => metrics::top(&cli.global, o).await,
                     Command::Serve(_) | Command::Worker(_) => unreachable!("handled above"),
                 }
             })

@@ -1,7 +1,7 @@
 //! `faultline serve`: the agent itself. Probes the kernel, reverts whatever an earlier run
 //! left behind, then serves the gRPC API until SIGTERM/SIGINT, reverting every fault on exit.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::Args;
@@ -13,6 +13,10 @@ use crate::{
     config::{AgentConfig, DEFAULT_BPF_PIN_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR},
     engine::Engine,
     kernel::caps::Capabilities,
+    monitor::{
+        probes::{Probes, Target},
+        Monitor,
+    },
 };
 
 #[derive(Debug, Args)]
@@ -33,7 +37,6 @@ pub struct Options {
     /// repeatable (default: 22)
     #[arg(long = "protected-port", value_name = "PORT", default_values_t = [22u16])]
     pub protected_ports: Vec<u16>,
-    /// Log filter (error, warn, info, debug, or a tracing directive)
     /// Available memory a memory stress must leave (512MiB, 2GiB); default 5 % of memory,
     /// at least 256MiB
     #[arg(long, value_name = "SIZE", value_parser = crate::faults::stress::parse_bytes)]
@@ -43,8 +46,30 @@ pub struct Options {
     #[arg(long, value_name = "NAME", default_value = crate::kernel::cgroup::DEFAULT_PARENT, value_parser = cgroup_name)]
     pub cgroup_parent: String,
 
+    /// Serve Prometheus metrics over HTTP at ADDR/metrics (off unless given; without ADDR:
+    /// 127.0.0.1:9464)
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = crate::monitor::http::DEFAULT_ADDR)]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// A TCP connect target to check on an interval (HOST:PORT); repeatable
+    #[arg(long = "probe", value_name = "HOST:PORT", value_parser = probe_target)]
+    pub probes: Vec<Target>,
+
+    /// How often each probe target is checked
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub probe_interval: Duration,
+
+    /// How long a probe connect may take before it counts as failed
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    pub probe_timeout: Duration,
+
+    /// Log filter (error, warn, info, debug, or a tracing directive)
     #[arg(long, env = "FAULTLINE_LOG", default_value = "info")]
     pub log_level: String,
+}
+
+fn probe_target(text: &str) -> Result<Target, String> {
+    Target::parse(text).map_err(|e| e.reason)
 }
 
 /// One directory name: the parent sits directly at each hierarchy's root.
@@ -79,12 +104,26 @@ pub fn run(o: Options) -> Result<(), Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::internal(format!("cannot start the async runtime: {e}")))?;
+    let watch = Watch {
+        metrics_listen: o.metrics_listen,
+        probes: o.probes,
+        probe_interval: o.probe_interval,
+        probe_timeout: o.probe_timeout,
+    };
     runtime
-        .block_on(serve(config))
+        .block_on(serve(config, watch))
         .map_err(|e| Failure::internal(format!("{e:#}")))
 }
 
-async fn serve(config: AgentConfig) -> anyhow::Result<()> {
+/// What the agent watches, besides its faults.
+struct Watch {
+    metrics_listen: Option<SocketAddr>,
+    probes: Vec<Target>,
+    probe_interval: Duration,
+    probe_timeout: Duration,
+}
+
+async fn serve(config: AgentConfig, watch: Watch) -> anyhow::Result<()> {
     let caps = Capabilities::probe();
     info!(version = env!("CARGO_PKG_VERSION"), kernel = %caps.kernel_release, "faultline agent starting");
     for (name, cap) in caps.list() {
@@ -112,5 +151,16 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
             error, "a fault from an earlier run could not be reverted; it stays journalled"
         );
     }
-    api::serve(engine).await
+    // Bound before anything is served, so that a taken address stops the start-up.
+    let metrics_listener = match watch.metrics_listen {
+        Some(addr) => Some(
+            crate::monitor::http::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics listener on {addr}"))?,
+        ),
+        None => None,
+    };
+    let probes = Probes::start(&watch.probes, watch.probe_interval, watch.probe_timeout);
+    let monitor = Arc::new(Monitor::start(Arc::clone(&engine), probes));
+    api::serve(engine, monitor, metrics_listener).await
 }

@@ -41,8 +41,9 @@ pub use faultline_common::{LossConfig, PacketFilter, SteerConfig};
 use ipnet::IpNet;
 use thiserror::Error;
 
-/// The compiled eBPF object, built by agent/build.rs.
-static EBPF_OBJECT: &[u8] =
+/// The compiled eBPF object, built by agent/build.rs: the tc classifiers here, and the TCP
+/// tracepoint programs of `monitor::tcp`.
+pub(crate) static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/faultline-ebpf"));
 
 const PROGRAM: &str = "faultline_loss";

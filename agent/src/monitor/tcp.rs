@@ -1,0 +1,1040 @@
+//! TCP connect health from eBPF tracepoints: the connect-health programs of faultline's BPF
+//! object (agent-ebpf/src/tcp.rs), loaded and attached for as long as a [`TcpHealth`] lives, and
+//! the per-destination totals read from their maps.
+//!
+//! Per remote address and port: connects started, established, and failed by cause (refused,
+//! timed out, other), connect latency as a log2 histogram, and retransmits. The kernel keeps
+//! the counts per CPU in an LRU-bounded map ([`MAX_DESTINATIONS`] destinations); nothing is sent
+//! to userspace per connect. A connect still pending is neither a success nor a failure.
+//! Retransmits count only for destinations the host has connected to since the programs were
+//! attached: the programs do not track accepted connections.
+//!
+//! The tracepoints' record layouts change between kernel versions, so the field offsets are read
+//! from tracefs when the programs load. Tracefs is mounted at /sys/kernel/tracing when it is not
+//! (a fresh mount namespace, as `ip netns exec` makes, has none); this must happen before aya
+//! first looks for it, as aya remembers the answer for the life of the process.
+
+use std::{
+    collections::{hash_map::HashMap as StdHashMap, BTreeMap},
+    error::Error as StdError,
+    fs, io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use aya::{
+    maps::{MapData, MapError, PerCpuHashMap},
+    programs::{ProgramError, TracePoint},
+    Ebpf, EbpfError, EbpfLoader,
+};
+use faultline_common::{
+    TcpDestKey, TcpDestStats, TcpHealthConfig, TracepointFields, AF_INET, AF_INET6,
+    TCP_LATENCY_BUCKETS, TCP_RECORD_LEN,
+};
+use serde::{Deserialize, Deserializer, Serialize};
+use thiserror::Error;
+
+use crate::kernel::tc::EBPF_OBJECT;
+
+/// Destinations counted at once; the least recently active one makes room for a new one.
+pub const MAX_DESTINATIONS: u32 = 4096;
+/// Connects pending at once that can be followed to their outcome; beyond that the oldest is
+/// forgotten (its attempt stays counted, its outcome is not).
+pub const MAX_PENDING: u32 = 16384;
+/// Recent errors and failures kept for matching an error report with its close.
+const MAX_RECENT: u32 = 4096;
+
+const CONFIG_MAP: &str = "TCP_CONFIG";
+const DESTS_MAP: &str = "TCP_DESTS";
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
+
+/// One attached program: its name in the object, and the tracepoint it serves.
+struct Attachment {
+    program: &'static str,
+    group: &'static str,
+    event: &'static str,
+}
+
+const SET_STATE: Attachment = Attachment {
+    program: "faultline_state",
+    group: "sock",
+    event: "inet_sock_set_state",
+};
+const RECEIVE_RESET: Attachment = Attachment {
+    program: "faultline_reset",
+    group: "tcp",
+    event: "tcp_receive_reset",
+};
+const ERROR_REPORT: Attachment = Attachment {
+    program: "faultline_error",
+    group: "sock",
+    event: "inet_sk_error_report",
+};
+const RETRANSMIT: Attachment = Attachment {
+    program: "faultline_retx",
+    group: "tcp",
+    event: "tcp_retransmit_skb",
+};
+
+#[derive(Debug, Error)]
+pub enum TcpHealthError {
+    #[error("tracefs is not mounted at {TRACEFS} and mounting it failed ({source}); {DEBUGFS_TRACING} is not there either: connect health needs tracefs")]
+    Tracefs {
+        #[source]
+        source: nix::Error,
+    },
+    #[error("this kernel has no tracepoint {group}:{event} ({path}: {source})")]
+    Tracepoint {
+        group: &'static str,
+        event: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the tracepoint {group}:{event} has no {size}-byte field {field} within its first {TCP_RECORD_LEN} bytes on this kernel ({path})")]
+    Field {
+        group: &'static str,
+        event: &'static str,
+        field: &'static str,
+        size: usize,
+        path: PathBuf,
+    },
+    #[error(
+        "not permitted to {step} (connect health needs root, or CAP_BPF and CAP_PERFMON): {detail}"
+    )]
+    Permission { step: &'static str, detail: String },
+    #[error("cannot load faultline's eBPF object: {0}")]
+    Load(#[source] EbpfError),
+    #[error("faultline's eBPF object lacks {0} (the agent binary is broken)")]
+    Missing(&'static str),
+    #[error("the kernel refused the eBPF program {program}: {source}")]
+    Program {
+        program: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("the kernel's verifier refused the eBPF program {program} ({error}); it ended with: {tail} (the whole log is in the agent's log)")]
+    Verifier {
+        program: &'static str,
+        error: io::Error,
+        tail: String,
+    },
+    #[error("cannot attach {program} to the tracepoint {group}:{event}: {source}")]
+    Attach {
+        program: &'static str,
+        group: &'static str,
+        event: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("cannot use the connect-health map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// One destination's totals, summed over CPUs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DestHealth {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub attempts: u64,
+    pub successes: u64,
+    pub refused: u64,
+    pub timed_out: u64,
+    pub other_failures: u64,
+    pub retransmits: u64,
+    pub syn_retransmits: u64,
+    /// (upper bound in seconds, count in that bucket) for each log2 bucket, ascending, not
+    /// cumulative. A bucket holds latencies below its bound and at or above the previous one;
+    /// the last bound is infinite (JSON has no infinity: it is written as null and read back).
+    #[serde(deserialize_with = "infinite_bounds")]
+    pub latency_buckets: Vec<(f64, u64)>,
+    pub latency_sum_seconds: f64,
+}
+
+/// Reads the null that serde_json writes for the last, infinite bucket bound.
+fn infinite_bounds<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(f64, u64)>, D::Error> {
+    let buckets: Vec<(Option<f64>, u64)> = Vec::deserialize(d)?;
+    Ok(buckets
+        .into_iter()
+        .map(|(bound, count)| (bound.unwrap_or(f64::INFINITY), count))
+        .collect())
+}
+
+/// The connect-health programs, attached; dropping it detaches them and frees their maps.
+pub struct TcpHealth {
+    ebpf: Ebpf,
+}
+
+impl std::fmt::Debug for TcpHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpHealth").finish_non_exhaustive()
+    }
+}
+
+impl TcpHealth {
+    /// Loads and attaches the programs; a clear error naming what is missing (tracefs, a
+    /// tracepoint, BPF permission) otherwise.
+    pub fn start() -> Result<Self, TcpHealthError> {
+        let tracefs = tracefs()?;
+        let config = TcpHealthConfig {
+            set_state: fields(&tracefs, &SET_STATE, SET_STATE_FIELDS)?,
+            receive_reset: fields(&tracefs, &RECEIVE_RESET, RECEIVE_RESET_FIELDS)?,
+            error_report: fields(&tracefs, &ERROR_REPORT, ERROR_REPORT_FIELDS)?,
+            retransmit: fields(&tracefs, &RETRANSMIT, RETRANSMIT_FIELDS)?,
+        };
+        // The object declares these maps with one entry, so that the tc faults that load the same
+        // object do not pay for them.
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(DESTS_MAP, MAX_DESTINATIONS)
+            .map_max_entries("TCP_PENDING", MAX_PENDING)
+            .map_max_entries("TCP_ERRORS", MAX_RECENT)
+            .map_max_entries("TCP_CLOSED", MAX_RECENT)
+            .load(EBPF_OBJECT)
+            .map_err(|e| match denial(&e) {
+                Some(detail) => TcpHealthError::Permission {
+                    step: "create BPF maps",
+                    detail,
+                },
+                None => TcpHealthError::Load(e),
+            })?;
+        let map_error = |source| TcpHealthError::Map {
+            map: CONFIG_MAP,
+            source,
+        };
+        let data = ebpf
+            .map_mut(CONFIG_MAP)
+            .ok_or(TcpHealthError::Missing(CONFIG_MAP))?;
+        let mut array: aya::maps::Array<_, TcpHealthConfig> =
+            aya::maps::Array::try_from(data).map_err(map_error)?;
+        array.set(0, config, 0).map_err(map_error)?;
+
+        for attachment in [&SET_STATE, &RECEIVE_RESET, &ERROR_REPORT, &RETRANSMIT] {
+            attach(&mut ebpf, attachment)?;
+        }
+        Ok(Self { ebpf })
+    }
+
+    /// Current per-destination totals, summed over CPUs, sorted by address then port.
+    pub fn snapshot(&self) -> Result<Vec<DestHealth>, TcpHealthError> {
+        let map_error = |source| TcpHealthError::Map {
+            map: DESTS_MAP,
+            source,
+        };
+        let data = self
+            .ebpf
+            .map(DESTS_MAP)
+            .ok_or(TcpHealthError::Missing(DESTS_MAP))?;
+        let dests: PerCpuHashMap<&MapData, TcpDestKey, TcpDestStats> =
+            PerCpuHashMap::try_from(data).map_err(map_error)?;
+        let mut totals: BTreeMap<(IpAddr, u16), TcpDestStats> = BTreeMap::new();
+        for entry in dests.iter() {
+            let (key, per_cpu) = entry.map_err(map_error)?;
+            let Some(addr) = key_addr(&key) else {
+                continue;
+            };
+            // An IPv6 socket connecting to an IPv4 address names it v4-mapped: the same
+            // destination as an IPv4 socket's.
+            let sum = totals
+                .entry((addr.to_canonical(), key.port))
+                .or_insert(TcpDestStats::ZERO);
+            for cpu in per_cpu.iter() {
+                add(sum, cpu);
+            }
+        }
+        Ok(totals
+            .into_iter()
+            .map(|((addr, port), stats)| dest_health(addr, port, &stats))
+            .collect())
+    }
+
+    /// The totals for one destination, if it has any.
+    pub fn dest(&self, addr: IpAddr, port: u16) -> Result<Option<DestHealth>, TcpHealthError> {
+        let addr = addr.to_canonical();
+        Ok(self
+            .snapshot()?
+            .into_iter()
+            .find(|d| d.addr == addr && d.port == port))
+    }
+}
+
+/// Adds one CPU's counters. Wrapping: a CPU's `other_failures` may be below zero (see
+/// `TcpDestStats`), the sum is not.
+fn add(sum: &mut TcpDestStats, cpu: &TcpDestStats) {
+    sum.attempts = sum.attempts.wrapping_add(cpu.attempts);
+    sum.successes = sum.successes.wrapping_add(cpu.successes);
+    sum.refused = sum.refused.wrapping_add(cpu.refused);
+    sum.timed_out = sum.timed_out.wrapping_add(cpu.timed_out);
+    sum.other_failures = sum.other_failures.wrapping_add(cpu.other_failures);
+    sum.retransmits = sum.retransmits.wrapping_add(cpu.retransmits);
+    sum.syn_retransmits = sum.syn_retransmits.wrapping_add(cpu.syn_retransmits);
+    sum.latency_sum_ns = sum.latency_sum_ns.wrapping_add(cpu.latency_sum_ns);
+    for (total, count) in sum.latency_us_log2.iter_mut().zip(cpu.latency_us_log2) {
+        *total = total.wrapping_add(count);
+    }
+}
+
+fn key_addr(key: &TcpDestKey) -> Option<IpAddr> {
+    match key.family {
+        AF_INET => {
+            let [a, b, c, d, ..] = key.addr;
+            Some(IpAddr::V4(Ipv4Addr::new(a, b, c, d)))
+        }
+        AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(key.addr))),
+        _ => None,
+    }
+}
+
+fn dest_health(addr: IpAddr, port: u16, stats: &TcpDestStats) -> DestHealth {
+    DestHealth {
+        addr,
+        port,
+        attempts: stats.attempts,
+        successes: stats.successes,
+        refused: stats.refused,
+        timed_out: stats.timed_out,
+        other_failures: stats.other_failures,
+        retransmits: stats.retransmits,
+        syn_retransmits: stats.syn_retransmits,
+        latency_buckets: stats
+            .latency_us_log2
+            .iter()
+            .enumerate()
+            .map(|(i, count)| (bucket_bound_seconds(i), *count))
+            .collect(),
+        latency_sum_seconds: stats.latency_sum_ns as f64 / 1e9,
+    }
+}
+
+/// Upper bound of histogram bucket `i`: the kernel files a latency of `us` microseconds under
+/// the bit length of `us`, so bucket `i` holds latencies below 2^i µs; the last one is open.
+fn bucket_bound_seconds(i: usize) -> f64 {
+    if i + 1 >= TCP_LATENCY_BUCKETS {
+        f64::INFINITY
+    } else {
+        (1u64 << i) as f64 / 1e6
+    }
+}
+
+/// Loads one program and attaches it to its tracepoint.
+fn attach(ebpf: &mut Ebpf, a: &Attachment) -> Result<(), TcpHealthError> {
+    let program_error = |source| TcpHealthError::Program {
+        program: a.program,
+        source: Box::new(source),
+    };
+    let program: &mut TracePoint = ebpf
+        .program_mut(a.program)
+        .ok_or(TcpHealthError::Missing(a.program))?
+        .try_into()
+        .map_err(program_error)?;
+    program.load().map_err(|e| load_error(a.program, e))?;
+    program
+        .attach(a.group, a.event)
+        .map_err(|source| match denial(&source) {
+            Some(detail) => TcpHealthError::Permission {
+                step: "attach to tracepoints",
+                detail,
+            },
+            None => TcpHealthError::Attach {
+                program: a.program,
+                group: a.group,
+                event: a.event,
+                source: Box::new(source),
+            },
+        })?;
+    Ok(())
+}
+
+/// A refusal with a verifier log is the verifier's: the agent logs the log whole and keeps its
+/// last lines, which say what was refused. Without one it is a permission or syscall problem.
+fn load_error(program: &'static str, e: ProgramError) -> TcpHealthError {
+    if let Some(detail) = denial(&e) {
+        return TcpHealthError::Permission {
+            step: "load eBPF programs",
+            detail,
+        };
+    }
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            tracing::warn!(program, log = %log, "the verifier refused the program");
+            let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+            let tail = lines[lines.len().saturating_sub(6)..].join(" | ");
+            TcpHealthError::Verifier {
+                program,
+                error: io_error,
+                tail,
+            }
+        }
+        source => TcpHealthError::Program {
+            program,
+            source: Box::new(source),
+        },
+    }
+}
+
+/// The error's text, ending with the refusal, when a permission check refused it (EPERM
+/// anywhere in its chain). Not EACCES: the verifier answers that for programs it rejects.
+fn denial(e: &(dyn StdError + 'static)) -> Option<String> {
+    let denied = std::iter::successors(Some(e), |&err| err.source())
+        .filter_map(|err| err.downcast_ref::<io::Error>())
+        .find(|io| io.raw_os_error() == Some(libc::EPERM))?;
+    let (text, refusal) = (e.to_string(), denied.to_string());
+    // aya's messages sometimes include their cause and sometimes not.
+    Some(if text.ends_with(&refusal) {
+        text
+    } else {
+        format!("{text}: {refusal}")
+    })
+}
+
+/// Where tracefs is, mounting it at /sys/kernel/tracing when it is not mounted anywhere.
+fn tracefs() -> Result<PathBuf, TcpHealthError> {
+    use nix::{
+        mount::{mount, MsFlags},
+        sys::statfs::{statfs, TRACEFS_MAGIC},
+    };
+    // Two starts at once must not both mount it.
+    static MOUNTING: Mutex<()> = Mutex::new(());
+    let _guard = MOUNTING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+
+    let tracefs = Path::new(TRACEFS);
+    let is_tracefs = |p: &Path| {
+        statfs(p)
+            .map(|s| s.filesystem_type() == TRACEFS_MAGIC)
+            .unwrap_or(false)
+    };
+    if is_tracefs(tracefs) {
+        return Ok(tracefs.to_owned());
+    }
+    let mounted = mount(
+        Some("tracefs"),
+        tracefs,
+        Some("tracefs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    );
+    match mounted {
+        Ok(()) => {
+            tracing::info!(
+                path = TRACEFS,
+                "mounted tracefs for the connect-health tracepoints"
+            );
+            Ok(tracefs.to_owned())
+        }
+        // debugfs shows tracefs under tracing/ (mounting it on demand); aya looks there too.
+        Err(_) if Path::new(DEBUGFS_TRACING).join("events").is_dir() => {
+            Ok(PathBuf::from(DEBUGFS_TRACING))
+        }
+        Err(source) => Err(TcpHealthError::Tracefs { source }),
+    }
+}
+
+/// A field a program reads: its name in the record, its size, and whether the program can do
+/// without it (`FIELD_ABSENT`).
+struct Wanted {
+    name: &'static str,
+    size: usize,
+    required: bool,
+    slot: fn(&mut TracepointFields) -> &mut u16,
+}
+
+const fn want(
+    name: &'static str,
+    size: usize,
+    slot: fn(&mut TracepointFields) -> &mut u16,
+) -> Wanted {
+    Wanted {
+        name,
+        size,
+        required: true,
+        slot,
+    }
+}
+
+const ADDRESSES: [Wanted; 7] = [
+    want("sport", 2, |f| &mut f.sport),
+    want("dport", 2, |f| &mut f.dport),
+    want("family", 2, |f| &mut f.family),
+    want("saddr", 4, |f| &mut f.saddr),
+    want("daddr", 4, |f| &mut f.daddr),
+    want("saddr_v6", 16, |f| &mut f.saddr_v6),
+    want("daddr_v6", 16, |f| &mut f.daddr_v6),
+];
+
+const SET_STATE_FIELDS: &[&[Wanted]] = &[
+    &[
+        want("skaddr", 8, |f| &mut f.skaddr),
+        want("oldstate", 4, |f| &mut f.oldstate),
+        want("newstate", 4, |f| &mut f.newstate),
+        want("protocol", 2, |f| &mut f.protocol),
+    ],
+    &ADDRESSES,
+];
+const RECEIVE_RESET_FIELDS: &[&[Wanted]] = &[&[want("skaddr", 8, |f| &mut f.skaddr)]];
+const ERROR_REPORT_FIELDS: &[&[Wanted]] = &[
+    &[
+        want("error", 4, |f| &mut f.error),
+        want("protocol", 2, |f| &mut f.protocol),
+    ],
+    &ADDRESSES,
+];
+const RETRANSMIT_FIELDS: &[&[Wanted]] = &[&[
+    want("state", 4, |f| &mut f.state),
+    want("dport", 2, |f| &mut f.dport),
+    want("family", 2, |f| &mut f.family),
+    want("daddr", 4, |f| &mut f.daddr),
+    want("daddr_v6", 16, |f| &mut f.daddr_v6),
+    // Since Linux 6.13; before, only retransmits that left were traced.
+    Wanted {
+        name: "err",
+        size: 4,
+        required: false,
+        slot: |f| &mut f.error,
+    },
+]];
+
+/// The offsets of the fields `wanted` in the tracepoint's record, from its tracefs format.
+fn fields(
+    tracefs: &Path,
+    a: &Attachment,
+    wanted: &[&[Wanted]],
+) -> Result<TracepointFields, TcpHealthError> {
+    let path = tracefs
+        .join("events")
+        .join(a.group)
+        .join(a.event)
+        .join("format");
+    let format = fs::read_to_string(&path).map_err(|source| {
+        // tracefs is root's alone: without root the tracepoint is not missing, only hidden.
+        if source.kind() == io::ErrorKind::PermissionDenied {
+            TcpHealthError::Permission {
+                step: "read tracepoint formats",
+                detail: format!("{}: {source}", path.display()),
+            }
+        } else {
+            TcpHealthError::Tracepoint {
+                group: a.group,
+                event: a.event,
+                path: path.clone(),
+                source,
+            }
+        }
+    })?;
+    let layout = parse_format(&format);
+    let mut fields = TracepointFields::ABSENT;
+    for w in wanted.iter().flat_map(|list| list.iter()) {
+        match layout.get(w.name) {
+            // The programs read fields from a copy of the record's first TCP_RECORD_LEN bytes.
+            Some(&(offset, size)) if size == w.size && offset + size <= TCP_RECORD_LEN => {
+                *(w.slot)(&mut fields) = offset as u16;
+            }
+            _ if !w.required => {}
+            _ => {
+                return Err(TcpHealthError::Field {
+                    group: a.group,
+                    event: a.event,
+                    field: w.name,
+                    size: w.size,
+                    path,
+                })
+            }
+        }
+    }
+    Ok(fields)
+}
+
+/// Field name -> (offset, size) from a tracepoint's `format` file, whose lines read
+/// `field:__u8 saddr[4];` `offset:32;` `size:4;` `signed:0;`, tab-separated.
+fn parse_format(format: &str) -> StdHashMap<String, (usize, usize)> {
+    let mut layout = StdHashMap::new();
+    for line in format.lines() {
+        let mut decl = None;
+        let (mut offset, mut size) = (None, None);
+        for part in line.split(';').map(str::trim) {
+            if let Some(d) = part.strip_prefix("field:") {
+                decl = Some(d);
+            } else if let Some(o) = part.strip_prefix("offset:") {
+                offset = o.parse().ok();
+            } else if let Some(s) = part.strip_prefix("size:") {
+                size = s.parse().ok();
+            }
+        }
+        let (Some(decl), Some(offset), Some(size)) = (decl, offset, size) else {
+            continue;
+        };
+        // The name is the declaration's last word, without an array length.
+        let Some(name) = decl.split_whitespace().last() else {
+            continue;
+        };
+        let name = name.split('[').next().unwrap_or(name);
+        layout.insert(name.to_owned(), (offset, size));
+    }
+    layout
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::Write as _,
+        net::{SocketAddr, TcpListener, TcpStream},
+        os::fd::{AsRawFd, OwnedFd},
+        process::Command,
+        thread,
+        time::{Duration, Instant},
+    };
+
+    use nix::{
+        errno::Errno,
+        sched::{unshare, CloneFlags},
+        sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, SockaddrStorage},
+    };
+
+    use super::*;
+
+    // Every test has ports of its own: the tracepoints see the whole host, so each test only
+    // looks at its own destinations.
+    const PORT_REFUSED_V4: u16 = 47_301;
+    const PORT_ACCEPTED_V4: u16 = 47_302;
+    const PORT_REFUSED_V6: u16 = 47_303;
+    const PORT_ACCEPTED_V6: u16 = 47_304;
+    const PORT_SYN_DROPPED: u16 = 47_305;
+    const PORT_TIMED_OUT: u16 = 47_306;
+    const PORT_ICMP_REFUSED: u16 = 47_307;
+    const PORT_RATE: u16 = 47_308;
+
+    const LOCAL_V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    const LOCAL_V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+
+    /// Whether a root-only test can run; says so on stderr when it cannot.
+    fn root(test: &str) -> bool {
+        if nix::unistd::geteuid().is_root() {
+            return true;
+        }
+        let _ = writeln!(
+            io::stderr(),
+            "SKIP {test}: needs root (BPF, network namespaces)"
+        );
+        false
+    }
+
+    /// Runs `f` on a thread of its own in a fresh network namespace whose loopback is up.
+    /// `unshare` moves only the calling thread; processes it spawns (nft) start there too.
+    fn in_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+        thread::scope(|scope| {
+            let thread = scope.spawn(|| {
+                unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+                loopback_up().expect("bring lo up");
+                f()
+            });
+            match thread.join() {
+                Ok(value) => value,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })
+    }
+
+    fn loopback_up() -> io::Result<()> {
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+        let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo") {
+            *slot = *byte as libc::c_char;
+        }
+        // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the flags member of `request`.
+        unsafe {
+            if libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            if libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFFLAGS, &request) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops (or rejects, with `verdict`) the SYNs that arrive for `port` in the calling thread's
+    /// namespace. On input rather than output: a SYN dropped on output fails to leave, and
+    /// kernels before 6.13 do not trace such retransmits at all.
+    fn filter_syns(port: u16, verdict: &str) {
+        let rule = format!("tcp dport {port} tcp flags syn {verdict}");
+        for args in [
+            vec!["add", "table", "inet", "t"],
+            vec![
+                "add",
+                "chain",
+                "inet",
+                "t",
+                "i",
+                "{ type filter hook input priority 0; }",
+            ],
+            vec!["add", "rule", "inet", "t", "i", &rule],
+        ] {
+            let status = Command::new("nft").args(&args).status().expect("run nft");
+            assert!(status.success(), "nft {args:?} failed");
+        }
+    }
+
+    fn tcp_socket(addr: &SocketAddr, flags: SockFlag) -> OwnedFd {
+        let family = match addr {
+            SocketAddr::V4(_) => AddressFamily::Inet,
+            SocketAddr::V6(_) => AddressFamily::Inet6,
+        };
+        socket(
+            family,
+            SockType::Stream,
+            flags | SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("socket")
+    }
+
+    fn set_syn_count(fd: &OwnedFd, count: libc::c_int) {
+        // SAFETY: TCP_SYNCNT reads one int from the pointer, of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_SYNCNT,
+                (&count as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "TCP_SYNCNT: {}", io::Error::last_os_error());
+    }
+
+    /// The destination's totals once `done` holds for them, or after two seconds whatever they
+    /// are: some counts land just after the connect returns (an error reported after the close).
+    fn settled(
+        health: &TcpHealth,
+        addr: IpAddr,
+        port: u16,
+        done: impl Fn(&DestHealth) -> bool,
+    ) -> DestHealth {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let dest = health.dest(addr, port).expect("snapshot");
+            match dest {
+                Some(d) if done(&d) || Instant::now() >= deadline => return d,
+                None if Instant::now() >= deadline => {
+                    panic!("no connect-health entry for {addr} port {port}")
+                }
+                _ => thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    fn bucket_total(d: &DestHealth) -> u64 {
+        d.latency_buckets.iter().map(|(_, n)| n).sum()
+    }
+
+    fn refused_connects(addr: IpAddr, port: u16, n: usize) {
+        let target = SocketAddr::new(addr, port);
+        for _ in 0..n {
+            let e = TcpStream::connect(target).expect_err("nothing listens there");
+            assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
+        }
+    }
+
+    fn accepted_connects(addr: IpAddr, port: u16, n: usize) {
+        let target = SocketAddr::new(addr, port);
+        let listener = TcpListener::bind(target).expect("listen");
+        for _ in 0..n {
+            drop(TcpStream::connect(target).expect("connect"));
+        }
+        drop(listener);
+    }
+
+    fn check_refused(health: &TcpHealth, addr: IpAddr, port: u16, n: u64) {
+        let d = settled(health, addr, port, |d| d.refused >= n);
+        eprintln!("{addr} port {port}: {d:?}");
+        assert_eq!(
+            (
+                d.attempts,
+                d.refused,
+                d.successes,
+                d.timed_out,
+                d.other_failures
+            ),
+            (n, n, 0, 0, 0)
+        );
+        assert_eq!(bucket_total(&d), 0);
+    }
+
+    fn check_accepted(health: &TcpHealth, addr: IpAddr, port: u16, n: u64) {
+        let d = settled(health, addr, port, |d| d.successes >= n);
+        eprintln!("{addr} port {port}: {d:?}");
+        assert_eq!(
+            (
+                d.attempts,
+                d.successes,
+                d.refused,
+                d.timed_out,
+                d.other_failures
+            ),
+            (n, n, 0, 0, 0)
+        );
+        assert_eq!(bucket_total(&d), n);
+        assert!(d.latency_sum_seconds > 0.0);
+        assert_eq!(d.latency_buckets.len(), TCP_LATENCY_BUCKETS);
+        assert!(d.latency_buckets.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+
+    #[test]
+    fn connects_to_a_closed_port_count_as_refused() {
+        if !root("connects_to_a_closed_port_count_as_refused") {
+            return;
+        }
+        let health = TcpHealth::start().expect("start connect health");
+        in_netns(|| refused_connects(LOCAL_V4, PORT_REFUSED_V4, 25));
+        check_refused(&health, LOCAL_V4, PORT_REFUSED_V4, 25);
+    }
+
+    #[test]
+    fn established_connects_count_with_their_latency() {
+        if !root("established_connects_count_with_their_latency") {
+            return;
+        }
+        let health = TcpHealth::start().expect("start connect health");
+        in_netns(|| accepted_connects(LOCAL_V4, PORT_ACCEPTED_V4, 20));
+        check_accepted(&health, LOCAL_V4, PORT_ACCEPTED_V4, 20);
+    }
+
+    #[test]
+    fn ipv6_connects_count_like_ipv4_ones() {
+        if !root("ipv6_connects_count_like_ipv4_ones") {
+            return;
+        }
+        let health = TcpHealth::start().expect("start connect health");
+        in_netns(|| {
+            refused_connects(LOCAL_V6, PORT_REFUSED_V6, 25);
+            accepted_connects(LOCAL_V6, PORT_ACCEPTED_V6, 20);
+        });
+        check_refused(&health, LOCAL_V6, PORT_REFUSED_V6, 25);
+        check_accepted(&health, LOCAL_V6, PORT_ACCEPTED_V6, 20);
+    }
+
+    #[test]
+    fn dropped_syns_are_retransmitted_and_a_pending_connect_is_no_failure() {
+        if !root("dropped_syns_are_retransmitted_and_a_pending_connect_is_no_failure") {
+            return;
+        }
+        let health = TcpHealth::start().expect("start connect health");
+        let (pending, closed) = in_netns(|| {
+            filter_syns(PORT_SYN_DROPPED, "drop");
+            let target = SocketAddr::new(LOCAL_V4, PORT_SYN_DROPPED);
+            let fd = tcp_socket(&target, SockFlag::SOCK_NONBLOCK);
+            let e = connect(fd.as_raw_fd(), &SockaddrStorage::from(target));
+            assert_eq!(e, Err(Errno::EINPROGRESS));
+            // The kernel retransmits the SYN after 1 s and 3 s.
+            thread::sleep(Duration::from_millis(3_500));
+            let pending = health.dest(LOCAL_V4, PORT_SYN_DROPPED).expect("snapshot");
+            drop(fd);
+            let closed = settled(&health, LOCAL_V4, PORT_SYN_DROPPED, |d| {
+                d.other_failures >= 1
+            });
+            (pending, closed)
+        });
+        let pending = pending.expect("an entry for the pending connect");
+        eprintln!("pending: {pending:?}\nclosed: {closed:?}");
+        assert_eq!(pending.attempts, 1);
+        assert!(pending.syn_retransmits >= 2, "{pending:?}");
+        assert!(pending.retransmits >= pending.syn_retransmits);
+        assert_eq!(
+            (
+                pending.successes,
+                pending.refused,
+                pending.timed_out,
+                pending.other_failures
+            ),
+            (0, 0, 0, 0)
+        );
+        assert_eq!(
+            (
+                closed.attempts,
+                closed.successes,
+                closed.refused,
+                closed.timed_out
+            ),
+            (1, 0, 0, 0)
+        );
+        assert_eq!(closed.other_failures, 1);
+    }
+
+    #[test]
+    fn a_syn_the_kernel_gives_up_on_counts_as_timed_out() {
+        if !root("a_syn_the_kernel_gives_up_on_counts_as_timed_out") {
+            return;
+        }
+        let health = TcpHealth::start().expect("start connect health");
+        let started = Instant::now();
+        in_netns(|| {
+            filter_syns(PORT_TIMED_OUT, "drop");
+            let target = SocketAddr::new(LOCAL_V4, PORT_TIMED_OUT);
+            let fd = tcp_socket(&target, SockFlag::empty());
+            // One SYN retransmit (at 1 s) before giving up (at 3 s), for this socket only.
+            set_syn_count(&fd, 1);
+            let e = connect(fd.as_raw_fd(), &SockaddrStorage::from(target));
+            assert_eq!(e, Err(Errno::ETIMEDOUT));
+        });
+        let d = settled(&health, LOCAL_V4, PORT_TIMED_OUT, |d| d.timed_out >= 1);
+        eprintln!("after {:?}: {d:?}", started.elapsed());
+        assert_eq!(
+            (
+                d.attempts,
+                d.timed_out,
+                d.other_failures,
+                d.refused,
+                d.successes
+            ),
+            (1, 1, 0, 0, 0)
+        );
+        // 1 on older kernels; since 6.6 the first SYN retransmits are a second apart
+        // (net.ipv4.tcp_syn_linear_timeouts), so 2 fit before the kernel gives up at 3 s.
+        assert!(d.syn_retransmits >= 1, "{d:?}");
+    }
+
+    #[test]
+    fn an_icmp_port_unreachable_counts_as_refused() {
+        if !root("an_icmp_port_unreachable_counts_as_refused") {
+            return;
+        }
+        let health = TcpHealth::start().expect("start connect health");
+        in_netns(|| {
+            filter_syns(PORT_ICMP_REFUSED, "reject with icmpx type port-unreachable");
+            let target = SocketAddr::new(LOCAL_V4, PORT_ICMP_REFUSED);
+            let e = TcpStream::connect(target).expect_err("rejected");
+            assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
+        });
+        let d = settled(&health, LOCAL_V4, PORT_ICMP_REFUSED, |d| d.refused >= 1);
+        eprintln!("{d:?}");
+        assert_eq!(
+            (
+                d.attempts,
+                d.refused,
+                d.other_failures,
+                d.timed_out,
+                d.successes
+            ),
+            (1, 1, 0, 0, 0)
+        );
+    }
+
+    /// Connects per second of one loopback client for `time`. The same thread accepts each
+    /// connection (a separate acceptor falls behind, the accept queue overflows and a dropped SYN
+    /// costs a second), then closes both ends, the client's with a reset so that no port lingers
+    /// in TIME_WAIT.
+    fn connect_rate(listener: &TcpListener, time: Duration) -> f64 {
+        let target = listener.local_addr().expect("listening address");
+        let reset = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        let started = Instant::now();
+        let mut n = 0u64;
+        while started.elapsed() < time {
+            for _ in 0..100 {
+                let client = TcpStream::connect(target).expect("connect");
+                let (server, _) = listener.accept().expect("accept");
+                nix::sys::socket::setsockopt(&client, nix::sys::socket::sockopt::Linger, &reset)
+                    .expect("SO_LINGER");
+                drop(client);
+                drop(server);
+                n += 1;
+            }
+        }
+        n as f64 / started.elapsed().as_secs_f64()
+    }
+
+    /// Not a check: prints the loopback connect rate with and without the programs attached,
+    /// alternating, for the overhead figures. Run it alone:
+    /// `cargo test -p faultline --lib connect_rate -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn connect_rate_with_and_without_programs() {
+        if !root("connect_rate_with_and_without_programs") {
+            return;
+        }
+        in_netns(|| {
+            let target = SocketAddr::new(LOCAL_V4, PORT_RATE);
+            let listener = TcpListener::bind(target).expect("listen");
+            let round = Duration::from_secs(3);
+            connect_rate(&listener, Duration::from_secs(1));
+            let (mut without, mut with) = (Vec::new(), Vec::new());
+            for _ in 0..4 {
+                without.push(connect_rate(&listener, round));
+                let health = TcpHealth::start().expect("start connect health");
+                with.push(connect_rate(&listener, round));
+                let d = health.dest(LOCAL_V4, PORT_RATE).expect("snapshot");
+                let counted = d.map(|d| (d.attempts, d.successes)).unwrap_or_default();
+                let _ = writeln!(io::stderr(), "counted (attempts, successes): {counted:?}");
+            }
+            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+            let _ = writeln!(
+                io::stderr(),
+                "connects/s without: {without:.0?} (mean {:.0}); with: {with:.0?} (mean {:.0})",
+                mean(&without),
+                mean(&with)
+            );
+        });
+    }
+
+    #[test]
+    fn format_files_are_parsed_for_offsets_and_sizes() {
+        let format = "name: inet_sock_set_state\nID: 2287\nformat:\n\
+            \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+            \n\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;\n\
+            \tfield:__u8 daddr_v6[16];\toffset:56;\tsize:16;\tsigned:0;\n\
+            \nprint fmt: \"family=%s\", REC->family\n";
+        let layout = parse_format(format);
+        assert_eq!(layout.get("common_type"), Some(&(0, 2)));
+        assert_eq!(layout.get("skaddr"), Some(&(8, 8)));
+        assert_eq!(layout.get("daddr_v6"), Some(&(56, 16)));
+        assert_eq!(layout.len(), 3);
+    }
+
+    #[test]
+    fn buckets_are_log2_microseconds_and_survive_json() {
+        let mut stats = TcpDestStats::ZERO;
+        stats.latency_us_log2[5] = 3;
+        stats.latency_sum_ns = 50_000;
+        let d = dest_health(LOCAL_V4, 80, &stats);
+        assert_eq!(d.latency_buckets[0].0, 1e-6);
+        assert_eq!(d.latency_buckets[5], (32e-6, 3));
+        assert_eq!(d.latency_buckets[TCP_LATENCY_BUCKETS - 1].0, f64::INFINITY);
+        assert_eq!(d.latency_sum_seconds, 50e-6);
+        let json = serde_json::to_string(&d).expect("serialize");
+        let back: DestHealth = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, d);
+    }
+
+    #[test]
+    fn cpu_sums_wrap_so_a_moved_failure_nets_out() {
+        let mut one = TcpDestStats::ZERO;
+        one.other_failures = 1;
+        let mut two = TcpDestStats::ZERO;
+        two.other_failures = u64::MAX;
+        two.timed_out = 1;
+        let mut sum = TcpDestStats::ZERO;
+        add(&mut sum, &one);
+        add(&mut sum, &two);
+        assert_eq!((sum.other_failures, sum.timed_out), (0, 1));
+    }
+}
