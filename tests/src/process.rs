@@ -61,14 +61,35 @@ fn locate_or_build() -> Result<PathBuf> {
 
 /// Runs `command` to completion with stdin closed, capturing its output; kills it and fails
 /// after `timeout`.
-pub fn run(mut command: Command, timeout: Duration) -> Result<Output> {
+pub fn run(command: Command, timeout: Duration) -> Result<Output> {
+    run_inner(command, None, timeout)
+}
+
+/// [`run`] with `input` on the command's stdin.
+pub fn run_with_input(command: Command, input: &[u8], timeout: Duration) -> Result<Output> {
+    run_inner(command, Some(input.to_vec()), timeout)
+}
+
+fn run_inner(mut command: Command, input: Option<Vec<u8>>, timeout: Duration) -> Result<Output> {
     let shown = format!("{command:?}");
     let mut child = command
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {shown}"))?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        // Written from a thread: a command that prints before it has read everything would
+        // otherwise deadlock against us.
+        thread::spawn(move || {
+            use std::io::Write as _;
+            let _ = stdin.write_all(&input);
+        });
+    }
     let mut stdout = child.stdout.take().expect("stdout is piped");
     let mut stderr = child.stderr.take().expect("stderr is piped");
     let out = thread::spawn(move || {

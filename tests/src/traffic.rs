@@ -311,7 +311,23 @@ pub fn tcp_rate_bps(
 /// Receives one TCP connection on `listener` to its end and returns the goodput in bits per
 /// second, timed from the first byte; for senders that are other processes.
 pub fn receive_rate_bps(listener: &TcpListener, timeout: Duration) -> Result<(usize, f64)> {
-    let (mut stream, _) = listener.accept().context("accepting")?;
+    // Polled, so that a sender that never connects fails the test instead of hanging it.
+    listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + timeout;
+    let mut stream = loop {
+        match listener.accept() {
+            Ok((stream, _)) => break stream,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                ensure!(
+                    Instant::now() < deadline,
+                    "nobody connected within {timeout:?}"
+                );
+                thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e).context("accepting"),
+        }
+    };
+    stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(timeout))?;
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0;

@@ -11,7 +11,8 @@ use crate::{exec, host};
 
 /// apt packages: nftnl/mnl headers and pkg-config to build the nftables adapter, protoc for
 /// the gRPC code, and the tools the integration tests use to set up hosts and check effects
-/// independently (`ip`, `ping`, `nft`, `unshare`/`nsenter` from util-linux).
+/// independently (`ip`, `ping`, `nft`, `unshare`/`nsenter` from util-linux; `promtool` from
+/// prometheus and the node exporter, the independent readers the monitoring tests compare with).
 const APT_PACKAGES: &[&str] = &[
     "libnftnl-dev",
     "libmnl-dev",
@@ -21,6 +22,8 @@ const APT_PACKAGES: &[&str] = &[
     "iputils-ping",
     "nftables",
     "util-linux",
+    "prometheus",
+    "prometheus-node-exporter",
 ];
 
 /// bpf-linker 0.10.x links with rustc's own LLVM; later versions need a system LLVM.
