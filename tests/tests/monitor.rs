@@ -156,9 +156,11 @@ fn connect_health_counts_refused_successful_and_retransmitted_connects() -> Resu
         T,
         format!("connect through 2 s of SYN loss took {took:?}: {retried}"),
     );
+    // Two SYNs fall in the 2 s when the apply is quick; under emulation loading the classifier
+    // eats into the fault's time, and fewer may.
     ensure!(
-        count(&retried, "syn_retransmits") == 2 && count(&retried, "successes") == 1,
-        "expected 2 SYN retransmits and a success: {retried}"
+        (1..=2).contains(&count(&retried, "syn_retransmits")) && count(&retried, "successes") == 1,
+        "expected SYN retransmits and then a success: {retried}"
     );
     agent.assert_clean()
 }

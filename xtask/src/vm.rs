@@ -66,7 +66,7 @@ const TOOLS: &[&str] = &[
 /// Workspace directories the tests read at run time through compile-time paths
 /// (`env!("CARGO_MANIFEST_DIR")/../systemd/faultline.service`); the guest gets them at the same
 /// absolute paths.
-const SOURCE_DIRS: &[&str] = &["systemd"];
+const SOURCE_DIRS: &[&str] = &["systemd", "docs"];
 
 /// The line `/init` ends with: `FAULTLINE-VM-RESULT: pass` or `FAULTLINE-VM-RESULT: fail <n>`.
 const RESULT_MARKER: &str = "FAULTLINE-VM-RESULT:";

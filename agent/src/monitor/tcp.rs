@@ -334,9 +334,8 @@ fn attach(ebpf: &mut Ebpf, a: &Attachment) -> Result<(), TcpHealthError> {
         .try_into()
         .map_err(program_error)?;
     program.load().map_err(|e| load_error(a.program, e))?;
-    program
-        .attach(a.group, a.event)
-        .map_err(|source| match denial(&source) {
+    program.attach(a.group, a.event).map_err(|source| {
+        match denial(&source).or_else(|| perf_refusal(&source)) {
             Some(detail) => TcpHealthError::Permission {
                 step: "attach to tracepoints",
                 detail,
@@ -347,7 +346,8 @@ fn attach(ebpf: &mut Ebpf, a: &Attachment) -> Result<(), TcpHealthError> {
                 event: a.event,
                 source: Box::new(source),
             },
-        })?;
+        }
+    })?;
     Ok(())
 }
 
@@ -394,6 +394,26 @@ fn denial(e: &(dyn StdError + 'static)) -> Option<String> {
         text
     } else {
         format!("{text}: {refusal}")
+    })
+}
+
+/// Debian's kernels answer EACCES to perf_event_open (which attaching to a tracepoint needs) at
+/// `kernel.perf_event_paranoid` 3, their default, unless the caller has CAP_SYS_ADMIN: the
+/// agent's CAP_PERFMON is not enough there. Says so, with the way out.
+fn perf_refusal(e: &(dyn StdError + 'static)) -> Option<String> {
+    std::iter::successors(Some(e), |&err| err.source())
+        .filter_map(|err| err.downcast_ref::<io::Error>())
+        .find(|io| io.raw_os_error() == Some(libc::EACCES))?;
+    let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok());
+    Some(match paranoid {
+        Some(level) if level >= 3 => format!(
+            "{e}: kernel.perf_event_paranoid is {level}, which on this kernel allows perf events \
+             only to CAP_SYS_ADMIN; `sysctl kernel.perf_event_paranoid=2` lets the agent's \
+             CAP_PERFMON suffice"
+        ),
+        _ => format!("{e}: the kernel refused the tracepoint's perf event (EACCES)"),
     })
 }
 
