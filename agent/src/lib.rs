@@ -8,5 +8,6 @@ pub mod config;
 pub mod engine;
 pub mod errors;
 pub mod faults;
+pub mod fleet;
 pub mod kernel;
 pub mod monitor;

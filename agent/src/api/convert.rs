@@ -12,7 +12,7 @@ use faultline_proto::v1 as pb;
 use ipnet::IpNet;
 
 use crate::{
-    engine::{ApplyRequest, Fault, FaultState},
+    engine::{ApplyRequest, Fault, FaultState, NotRenewed, Renewal},
     errors::InvalidSpec,
     faults::{
         shape::{DelayDistribution, NetemParams, RateParams, ShapeSpec, ShapeTarget},
@@ -29,6 +29,7 @@ pub fn apply_request(req: pb::ApplyRequest) -> Result<ApplyRequest, InvalidSpec>
     Ok(ApplyRequest {
         spec,
         duration,
+        lease: req.lease.map(lease).transpose()?,
         labels: req.labels.into_iter().collect(),
         dry_run: req.dry_run,
         force: req.force,
@@ -226,6 +227,32 @@ pub fn duration(d: prost_types::Duration) -> Result<Duration, InvalidSpec> {
     Duration::try_from(d).map_err(|_| InvalidSpec::new("duration", "must not be negative"))
 }
 
+/// A lease period as given; how long it may be is the engine's to check.
+pub fn lease(d: prost_types::Duration) -> Result<Duration, InvalidSpec> {
+    Duration::try_from(d).map_err(|_| InvalidSpec::new("lease", "negative: expected e.g. 10s"))
+}
+
+pub fn proto_renewals(outcomes: Vec<Renewal>) -> pb::RenewLeaseResponse {
+    let mut response = pb::RenewLeaseResponse::default();
+    for outcome in outcomes {
+        match outcome {
+            Renewal::Renewed(fault) => response.renewed.push(proto_fault(&fault)),
+            Renewal::NotRenewed { id, why } => response.not_renewed.push(pb::NotRenewed {
+                id,
+                reason: match why {
+                    NotRenewed::Unknown => pb::NotRenewedReason::Unknown,
+                    NotRenewed::Ended { .. } => pb::NotRenewedReason::Ended,
+                    NotRenewed::NoLease => pb::NotRenewedReason::NoLease,
+                    NotRenewed::Pending => pb::NotRenewedReason::Pending,
+                }
+                .into(),
+                detail: why.to_string(),
+            }),
+        }
+    }
+    response
+}
+
 fn proto_duration(d: Duration) -> prost_types::Duration {
     prost_types::Duration::try_from(d).unwrap_or(prost_types::Duration {
         seconds: i64::MAX,
@@ -366,6 +393,8 @@ pub fn proto_fault(f: &Fault) -> pb::Fault {
         duration: Some(proto_duration(f.duration)),
         reason: f.reason.clone(),
         plan: f.plan.clone(),
+        lease: f.lease.map(proto_duration),
+        lease_expires_at: f.lease_expires_at.map(Into::into),
     }
 }
 
@@ -397,6 +426,14 @@ pub fn fault(f: pb::Fault) -> Result<Fault, InvalidSpec> {
         duration: duration(f.duration.unwrap_or_default())?,
         reason: f.reason,
         plan: f.plan,
+        lease: f.lease.map(lease).transpose()?,
+        lease_expires_at: f
+            .lease_expires_at
+            .map(|t| {
+                SystemTime::try_from(t)
+                    .map_err(|_| InvalidSpec::new("lease_expires_at", "out of range"))
+            })
+            .transpose()?,
         id: f.id,
     })
 }
@@ -477,6 +514,26 @@ mod tests {
             err.to_string(),
             "port: 70000 is out of range, expected 1-65535"
         );
+    }
+
+    #[test]
+    fn a_lease_is_optional_and_never_negative() {
+        let req = apply_request(loss(30.0, vec![], vec![])).unwrap();
+        assert_eq!(req.lease, None, "absent means no lease");
+        let mut leased = loss(30.0, vec![], vec![]);
+        leased.lease = Some(prost_types::Duration {
+            seconds: 2,
+            nanos: 500_000_000,
+        });
+        assert_eq!(
+            apply_request(leased.clone()).unwrap().lease,
+            Some(Duration::from_millis(2500))
+        );
+        leased.lease = Some(prost_types::Duration {
+            seconds: -1,
+            nanos: 0,
+        });
+        assert_eq!(apply_request(leased).unwrap_err().field, "lease");
     }
 
     #[test]

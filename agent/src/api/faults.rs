@@ -1,4 +1,5 @@
-//! The `faultline.v1.Faults` service: requests in, engine calls, faults and events out.
+//! The `faultline.v1.Faults` service: requests in, engine calls, faults, lease renewals and
+//! events out.
 
 use std::sync::Arc;
 
@@ -92,6 +93,23 @@ impl Faults for FaultsService {
             )));
         }
         Ok(Response::new(pb::RevertAllResponse { faults }))
+    }
+
+    async fn renew_lease(
+        &self,
+        request: Request<pb::RenewLeaseRequest>,
+    ) -> Result<Response<pb::RenewLeaseResponse>, Status> {
+        let request = request.into_inner();
+        let period = request
+            .lease
+            .map(convert::lease)
+            .transpose()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let outcomes = self
+            .engine
+            .renew(&request.ids, period)
+            .map_err(from_engine)?;
+        Ok(Response::new(convert::proto_renewals(outcomes)))
     }
 
     type WatchStream = ReceiverStream<Result<pb::FaultEvent, Status>>;

@@ -1,6 +1,7 @@
 //! The one-shot flow every fault subcommand shares: apply through the agent, then either
 //! return (`--detach`, `--dry-run`) or stay with the fault -- showing the time left, following
-//! its lifecycle, and reverting it on Ctrl-C -- until it has ended.
+//! its lifecycle, renewing its lease if it has one, and reverting it on Ctrl-C -- until it has
+//! ended.
 
 use std::{
     io::{IsTerminal, Write},
@@ -8,7 +9,10 @@ use std::{
 };
 
 use faultline_proto::v1::{self as pb, faults_client::FaultsClient};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    time::{Instant, Interval, MissedTickBehavior},
+};
 use tonic::transport::Channel;
 
 use super::{
@@ -63,7 +67,10 @@ pub async fn run(
     }
 }
 
-/// Stays with an active fault until it ends; Ctrl-C (or SIGTERM) reverts it first.
+/// Stays with an active fault until it ends; Ctrl-C (or SIGTERM) reverts it first. A leased
+/// fault is renewed every third of its lease: this command is its controller, so the fault
+/// ends within the lease of this command's death (SIGKILL, a lost machine), and two renewals
+/// may fail before the lease runs out.
 async fn follow(faults: &mut FaultsClient<Channel>, fault: Fault) -> Result<Fault, Failure> {
     let tty = std::io::stderr().is_terminal();
     eprintln!(
@@ -71,6 +78,12 @@ async fn follow(faults: &mut FaultsClient<Channel>, fault: Fault) -> Result<Faul
         fault.id,
         fault.spec.family().summary()
     );
+    let mut renewals = fault.lease.map(|lease| {
+        let every = lease / 3;
+        let mut interval = tokio::time::interval_at(Instant::now() + every, every);
+        interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        (interval, every)
+    });
     let mut events = faults
         .watch(pb::WatchRequest {
             fault_id: fault.id.clone(),
@@ -98,6 +111,15 @@ async fn follow(faults: &mut FaultsClient<Channel>, fault: Fault) -> Result<Faul
                     return Err(Failure::unreachable(&"the agent", "it went away while the fault was active; it reverts its faults when it shuts down"));
                 }
             },
+            every = next_renewal(&mut renewals) => {
+                if let Some(problem) = renew(faults, &current.id, every).await {
+                    // The agent reverts the fault if this goes on; the Watch stream says when.
+                    if tty {
+                        eprint!("\r\x1b[K");
+                    }
+                    eprintln!("faultline: the lease of fault {} was not renewed: {problem}", current.id);
+                }
+            }
             _ = int.recv() => { current = revert(faults, &current.id).await?; break; }
             _ = term.recv() => { current = revert(faults, &current.id).await?; break; }
             _ = tick.tick() => {
@@ -117,6 +139,40 @@ async fn follow(faults: &mut FaultsClient<Channel>, fault: Fault) -> Result<Faul
         current.id, current.state, current.reason
     );
     Ok(current)
+}
+
+/// The next renewal time of `renewals`, never without a lease; yields the renewal period.
+async fn next_renewal(renewals: &mut Option<(Interval, Duration)>) -> Duration {
+    match renewals {
+        Some((interval, every)) => {
+            interval.tick().await;
+            *every
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Renews the lease of fault `id`, giving up after `within` (the next renewal is due then);
+/// what went wrong, if anything worth saying.
+async fn renew(faults: &mut FaultsClient<Channel>, id: &str, within: Duration) -> Option<String> {
+    let request = pb::RenewLeaseRequest {
+        ids: vec![id.to_owned()],
+        lease: None,
+    };
+    match tokio::time::timeout(within, faults.renew_lease(request)).await {
+        // A fault that has just ended is no problem: the Watch stream brings its end next.
+        Ok(Ok(response)) => response
+            .into_inner()
+            .not_renewed
+            .into_iter()
+            .find(|n| n.reason != i32::from(pb::NotRenewedReason::Ended))
+            .map(|n| n.detail),
+        Ok(Err(status)) => Some(Failure::from(status).to_string()),
+        Err(_) => Some(format!(
+            "the agent did not answer within {}",
+            humantime::format_duration(within)
+        )),
+    }
 }
 
 async fn revert(faults: &mut FaultsClient<Channel>, id: &str) -> Result<Fault, Failure> {

@@ -84,6 +84,11 @@ pub struct ApplyArgs {
     /// How long the fault lasts (30s, 1m30s, 2h); it is reverted then
     #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Duration,
+    /// Revert the fault early unless its lease is renewed within this period (faultline renew
+    /// ID); without --detach this command renews it every third of the period while it waits,
+    /// so the fault ends soon after the command dies. At least 1s, at most --for
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub lease: Option<Duration>,
     /// A label to attach (key=value); repeatable
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
@@ -103,6 +108,9 @@ impl ApplyArgs {
         pb::ApplyRequest {
             spec: Some(pb::FaultSpec { kind: Some(spec) }),
             duration: prost_types::Duration::try_from(self.duration).ok(),
+            lease: self
+                .lease
+                .and_then(|d| prost_types::Duration::try_from(d).ok()),
             labels: self
                 .labels
                 .iter()

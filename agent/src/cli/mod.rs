@@ -9,12 +9,14 @@ use clap::{Parser, Subcommand};
 mod apply;
 pub mod args;
 mod block;
+mod fleet;
 mod get;
 mod info;
 mod loss;
 mod ls;
 mod metrics;
 pub mod output;
+mod renew;
 mod revert;
 mod serve;
 mod shape;
@@ -56,6 +58,8 @@ pub enum Command {
     Get(get::Options),
     /// Revert one fault, or all of them
     Revert(revert::Options),
+    /// Renew the leases of faults applied with --lease, so that they are not reverted yet
+    Renew(renew::Options),
     /// Show the agent's version, host and what its kernel offers
     Info(info::Options),
     /// One snapshot of what the agent sees: CPU, memory, disk, network, TCP connect health,
@@ -63,6 +67,8 @@ pub enum Command {
     Metrics(metrics::MetricsOptions),
     /// A live view of the same, updated every --interval (Ctrl-C stops)
     Top(metrics::TopOptions),
+    /// Experiments across many agents: faults with leases, guards, a scorecard
+    Fleet(fleet::Options),
     /// A stress worker, started by the agent inside a fault's cgroup
     #[command(name = "__worker", hide = true)]
     Worker(worker::Options),
@@ -86,9 +92,11 @@ pub fn main() -> ExitCode {
                     Command::Ls(o) => ls::run(&cli.global, o).await,
                     Command::Get(o) => get::run(&cli.global, o).await,
                     Command::Revert(o) => revert::run(&cli.global, o).await,
+                    Command::Renew(o) => renew::run(&cli.global, o).await,
                     Command::Info(o) => info::run(&cli.global, o).await,
                     Command::Metrics(o) => metrics::metrics(&cli.global, o).await,
                     Command::Top(o) => metrics::top(&cli.global, o).await,
+                    Command::Fleet(o) => fleet::run(&cli.global, o).await,
                     Command::Serve(_) | Command::Worker(_) => unreachable!("handled above"),
                 }
             })

@@ -1,9 +1,14 @@
 //! How the CLI prints faults (text for people, `--output json` for scripts) and how failures
 //! become exit statuses:
 //! 0 ok, 1 internal error, 2 invalid argument, 3 not found, 4 refused (missing kernel
-//! feature, safety guard, conflict), 5 agent unreachable, 6 permission denied.
+//! feature, safety guard, conflict), 5 agent unreachable, 6 permission denied, 7 experiment
+//! aborted (guard breach, agent lost, Ctrl-C; everything was reverted).
 
-use std::{fmt, process::ExitCode, time::SystemTime};
+use std::{
+    fmt,
+    process::ExitCode,
+    time::{Duration, SystemTime},
+};
 
 use faultline_proto::v1 as pb;
 use serde_json::{json, Value};
@@ -26,10 +31,35 @@ impl Failure {
         }
     }
 
+    /// An experiment that ended early: a guard breached, an agent was lost, or the operator
+    /// stopped it (exit status 7); everything it applied was reverted.
+    pub fn aborted(message: impl Into<String>) -> Self {
+        Self {
+            code: 7,
+            message: message.into(),
+        }
+    }
+
     /// A command line the CLI itself refuses (exit status 2, as for an invalid request).
     pub fn usage(message: impl Into<String>) -> Self {
         Self {
             code: 2,
+            message: message.into(),
+        }
+    }
+
+    /// Something named does not exist (exit status 3, as for an unknown fault).
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self {
+            code: 3,
+            message: message.into(),
+        }
+    }
+
+    /// The agent would not do it (exit status 4, as for a conflict or the safety guard).
+    pub fn refused(message: impl Into<String>) -> Self {
+        Self {
+            code: 4,
             message: message.into(),
         }
     }
@@ -79,7 +109,8 @@ pub fn fault(f: pb::Fault) -> Result<Fault, Failure> {
         .map_err(|e| Failure::internal(format!("the agent sent a fault this CLI cannot read: {e}")))
 }
 
-/// A fault as JSON: the journal's shape plus `kind` and `remaining_secs` for scripts.
+/// A fault as JSON: the journal's shape plus `kind`, `remaining_secs` and
+/// `lease_remaining_secs` (null without a lease) for scripts.
 pub fn fault_json(f: &Fault) -> Value {
     let mut value = serde_json::to_value(f).unwrap_or(Value::Null);
     if let Value::Object(map) = &mut value {
@@ -87,12 +118,21 @@ pub fn fault_json(f: &Fault) -> Value {
         if let Some(duration) = map.remove("duration") {
             map.insert("duration_secs".into(), duration);
         }
-        let remaining = if f.state.is_finished() {
+        if let Some(lease) = map.remove("lease") {
+            map.insert("lease_secs".into(), lease);
+        }
+        let now = SystemTime::now();
+        let finished = f.state.is_finished();
+        let remaining = if finished {
             0.0
         } else {
-            f.remaining(SystemTime::now()).as_secs_f64()
+            f.remaining(now).as_secs_f64()
         };
         map.insert("remaining_secs".into(), json!(remaining));
+        let lease_remaining =
+            f.lease_remaining(now)
+                .map(|left| if finished { 0.0 } else { left.as_secs_f64() });
+        map.insert("lease_remaining_secs".into(), json!(lease_remaining));
     }
     value
 }
@@ -108,9 +148,27 @@ fn remaining_text(f: &Fault) -> String {
     if f.state.is_finished() {
         "-".to_owned()
     } else {
-        let secs = f.remaining(SystemTime::now()).as_secs();
-        humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+        whole_seconds(f.remaining(SystemTime::now()))
     }
+}
+
+/// `1s/2s`: the time left before the lease runs out, of its period; `-` without a lease or
+/// once the fault has ended.
+fn lease_text(f: &Fault) -> String {
+    match (f.lease, f.lease_remaining(SystemTime::now())) {
+        (Some(lease), Some(left)) if !f.state.is_finished() => {
+            format!(
+                "{}/{}",
+                whole_seconds(left),
+                humantime::format_duration(lease)
+            )
+        }
+        _ => "-".to_owned(),
+    }
+}
+
+fn whole_seconds(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
 }
 
 /// A table of faults for people.
@@ -123,8 +181,8 @@ pub fn print_faults(faults: &[Fault], output: Output) {
                 return;
             }
             println!(
-                "{:<12}  {:<6}  {:<9}  {:>9}  WHAT",
-                "ID", "KIND", "STATE", "REMAINING"
+                "{:<12}  {:<6}  {:<9}  {:>9}  {:>9}  WHAT",
+                "ID", "KIND", "STATE", "REMAINING", "LEASE"
             );
             for f in faults {
                 let mut what = f.spec.family().summary();
@@ -132,11 +190,12 @@ pub fn print_faults(faults: &[Fault], output: Output) {
                     what.push_str(&format!(" [{}]", f.reason));
                 }
                 println!(
-                    "{:<12}  {:<6}  {:<9}  {:>9}  {what}",
+                    "{:<12}  {:<6}  {:<9}  {:>9}  {:>9}  {what}",
                     f.id,
                     f.spec.kind(),
                     f.state.to_string(),
-                    remaining_text(f)
+                    remaining_text(f),
+                    lease_text(f)
                 );
             }
         }
@@ -163,6 +222,17 @@ pub fn print_fault(f: &Fault, output: Output) {
                 humantime::format_rfc3339_seconds(f.deadline),
                 remaining_text(f)
             );
+            if let Some(lease) = f.lease {
+                match f.lease_expires_at {
+                    Some(at) if !f.state.is_finished() => println!(
+                        "lease:     {}, expires {} unless renewed ({} left)",
+                        humantime::format_duration(lease),
+                        humantime::format_rfc3339_seconds(at),
+                        whole_seconds(f.lease_remaining(SystemTime::now()).unwrap_or_default())
+                    ),
+                    _ => println!("lease:     {}", humantime::format_duration(lease)),
+                }
+            }
             for (k, v) in &f.labels {
                 println!("label:     {k}={v}");
             }

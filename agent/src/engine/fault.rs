@@ -1,5 +1,7 @@
-//! A fault as the engine tracks it: identity, what it does, when it ends, where it is in its
-//! lifecycle. The same value is journalled, returned by the API and printed by the CLI.
+//! A fault as the engine tracks it: identity, what it does, when it ends (its deadline, and its
+//! lease when it has one), where it is in its lifecycle. The same value is journalled, returned
+//! by the API and printed by the CLI. Fields added after the first release carry serde defaults,
+//! so that journal entries written by an older agent still read.
 
 use std::{
     collections::BTreeMap,
@@ -61,6 +63,12 @@ pub struct Fault {
     pub reason: String,
     #[serde(default)]
     pub plan: Vec<String>,
+    /// The lease period: unless renewed within it, the fault is reverted. `None`: no lease.
+    #[serde(default, with = "seconds::option")]
+    pub lease: Option<Duration>,
+    /// When the lease runs out unless renewed (the last expiry, once the fault has ended).
+    #[serde(default, with = "rfc3339::option")]
+    pub lease_expires_at: Option<SystemTime>,
 }
 
 impl Fault {
@@ -71,6 +79,12 @@ impl Fault {
     /// Time left before the deadline, zero once it has passed.
     pub fn remaining(&self, now: SystemTime) -> Duration {
         self.deadline.duration_since(now).unwrap_or_default()
+    }
+
+    /// Time left before the lease runs out, zero once it has; `None` without a lease.
+    pub fn lease_remaining(&self, now: SystemTime) -> Option<Duration> {
+        self.lease_expires_at
+            .map(|at| at.duration_since(now).unwrap_or_default())
     }
 }
 
@@ -88,6 +102,28 @@ pub mod rfc3339 {
         let text = String::deserialize(d)?;
         humantime::parse_rfc3339_weak(&text).map_err(D::Error::custom)
     }
+
+    /// An optional timestamp: `null` when absent.
+    pub mod option {
+        use std::time::SystemTime;
+
+        use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => super::serialize(t, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<SystemTime>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|text| humantime::parse_rfc3339_weak(&text).map_err(D::Error::custom))
+                .transpose()
+        }
+    }
 }
 
 /// Durations as fractional seconds.
@@ -102,5 +138,25 @@ pub mod seconds {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         Duration::try_from_secs_f64(f64::deserialize(d)?).map_err(D::Error::custom)
+    }
+
+    /// An optional duration: `null` when absent.
+    pub mod option {
+        use std::time::Duration;
+
+        use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            Option::<f64>::deserialize(d)?
+                .map(|secs| Duration::try_from_secs_f64(secs).map_err(D::Error::custom))
+                .transpose()
+        }
     }
 }

@@ -3,12 +3,15 @@
 //! crash, what is left here is exactly what start-up must revert. It never touches the kernel.
 //!
 //! One file per fault, replaced atomically (write, fsync, rename, fsync the directory), keeps
-//! every update crash-safe without a log to compact.
+//! every update crash-safe without a log to compact. Writes are serialized, so that an update
+//! decided on the fault's current state (a lease renewal) cannot land after the removal of a
+//! fault that was reverted meanwhile.
 
 use std::{
     fs::{self, File, OpenOptions},
     io::Write,
     path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard},
 };
 
 use super::fault::Fault;
@@ -16,6 +19,8 @@ use crate::errors::JournalError;
 
 pub struct Journal {
     dir: PathBuf,
+    /// Held by every write and removal.
+    writing: Mutex<()>,
 }
 
 /// A journal entry that could not be read back, moved aside so start-up goes on.
@@ -34,7 +39,15 @@ impl Journal {
         })?;
         restrict(state_dir);
         restrict(&dir);
-        Ok(Self { dir })
+        Ok(Self {
+            dir,
+            writing: Mutex::new(()),
+        })
+    }
+
+    fn writing(&self) -> MutexGuard<'_, ()> {
+        // The lock guards no data, only the order of writes: a poisoned one is as good.
+        self.writing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn dir(&self) -> &Path {
@@ -47,6 +60,24 @@ impl Journal {
 
     /// Durably records the fault's current state.
     pub fn record(&self, fault: &Fault) -> Result<(), JournalError> {
+        let _writing = self.writing();
+        self.write(fault)
+    }
+
+    /// Records what `current` returns, asked with writes held off: `None` (the fault is no
+    /// longer active, so its revert removes or has removed the entry) records nothing.
+    pub fn record_current(
+        &self,
+        current: impl FnOnce() -> Option<Fault>,
+    ) -> Result<(), JournalError> {
+        let _writing = self.writing();
+        match current() {
+            Some(fault) => self.write(&fault),
+            None => Ok(()),
+        }
+    }
+
+    fn write(&self, fault: &Fault) -> Result<(), JournalError> {
         let body = serde_json::to_vec_pretty(fault).map_err(|source| JournalError::Encode {
             id: fault.id.clone(),
             source,
@@ -69,6 +100,7 @@ impl Journal {
 
     /// Forgets a fault whose kernel objects are gone. Already forgotten is fine.
     pub fn remove(&self, id: &str) -> Result<(), JournalError> {
+        let _writing = self.writing();
         let path = self.entry(id);
         match fs::remove_file(&path) {
             Ok(()) => sync_dir(&self.dir).map_err(|source| JournalError::Remove { path, source }),
@@ -151,6 +183,8 @@ mod tests {
             duration: Duration::from_secs(30),
             reason: String::new(),
             plan: vec!["add table inet faultline".to_owned()],
+            lease: None,
+            lease_expires_at: None,
         }
     }
 
@@ -181,6 +215,55 @@ mod tests {
             .file_name()
             .to_string_lossy()
             .ends_with(".tmp")));
+    }
+
+    #[test]
+    fn a_lease_is_journalled_and_entries_from_before_leases_still_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let journal = Journal::open(tmp.path()).unwrap();
+        let mut leased = fault("eeeeeeeeeeee");
+        leased.lease = Some(Duration::from_millis(2500));
+        leased.lease_expires_at = Some(leased.created_at + Duration::from_secs(3));
+        journal.record(&leased).unwrap();
+        // Written by an agent that knew no leases.
+        fs::write(
+            journal.dir().join("ffffffffffff.json"),
+            br#"{
+  "id": "ffffffffffff",
+  "spec": {"kind": "block", "direction": "ingress", "match": {"protocol": "tcp", "ports": [], "cidrs": []}, "reject": false},
+  "labels": {},
+  "state": "active",
+  "created_at": "2025-01-01T00:00:00.000Z",
+  "deadline": "2025-01-01T00:01:00.000Z",
+  "duration": 60.0,
+  "reason": "",
+  "plan": []
+}"#,
+        )
+        .unwrap();
+        let (faults, unreadable) = journal.load().unwrap();
+        assert!(unreadable.is_empty(), "{unreadable:?}");
+        let old = faults.iter().find(|f| f.id == "ffffffffffff").unwrap();
+        assert_eq!((old.lease, old.lease_expires_at), (None, None));
+        let back = faults.iter().find(|f| f.id == leased.id).unwrap();
+        assert_eq!(back.lease, leased.lease);
+        let expires = back.lease_expires_at.unwrap();
+        let skew = expires
+            .duration_since(leased.lease_expires_at.unwrap())
+            .unwrap_or_else(|e| e.duration());
+        assert!(skew < Duration::from_millis(1), "{skew:?}");
+    }
+
+    #[test]
+    fn record_current_writes_only_what_is_still_current() {
+        let tmp = tempfile::tempdir().unwrap();
+        let journal = Journal::open(tmp.path()).unwrap();
+        journal.record_current(|| None).unwrap();
+        assert!(journal.load().unwrap().0.is_empty());
+        journal
+            .record_current(|| Some(fault("aaaaaaaaaaaa")))
+            .unwrap();
+        assert_eq!(journal.load().unwrap().0.len(), 1);
     }
 
     #[test]

@@ -1,8 +1,16 @@
 //! The fault engine: the one way every request goes, whatever interface it came from.
 //! It owns the registry of faults and their lifecycle (`pending -> active -> reverting ->
-//! reverted | failed`), deadlines, conflicts between faults, the safety guard, the journal,
-//! and the start-up reconcile that reverts what a crashed agent left behind. Families do the
-//! kernel work; the engine decides when, and makes sure a revert always follows an apply.
+//! reverted | failed`), deadlines and leases, conflicts between faults, the safety guard, the
+//! journal, and the start-up reconcile that reverts what a crashed agent left behind. Families
+//! do the kernel work; the engine decides when, and makes sure a revert always follows an apply.
+//!
+//! A lease is a second, movable deadline: the controller that applied the fault renews it, and
+//! when renewals stop (the controller died, or the fault cut it off) the fault is reverted with
+//! reason "lease expired". It starts when the fault becomes active, since the controller cannot
+//! renew a fault before the answer to its apply names it. Leases live in the running agent: a
+//! restart reverts every fault an earlier run left, leased or not, and the journalled expiry only
+//! says whether the lease ran out while no agent was there (reason "lease expired") or not
+//! ("recovered").
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -16,6 +24,7 @@ use std::{
 use tokio::{
     sync::{broadcast, watch},
     task::AbortHandle,
+    time::Instant,
 };
 use tracing::{error, info, warn};
 
@@ -42,23 +51,78 @@ use journal::Journal;
 /// Finished faults kept for `get`/`ls` after they ended.
 const KEEP_FINISHED: usize = 64;
 const MAX_LABELS: usize = 32;
+/// The shortest lease accepted: a controller renewing every third of it still has over 300 ms
+/// per renewal, and the agent's revert within a second of the expiry stays meaningful.
+pub const MIN_LEASE: Duration = Duration::from_secs(1);
 
 /// Why a fault was reverted, as recorded in its `reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RevertReason {
     Deadline,
     Requested,
+    /// Nobody renewed the fault's lease in time.
+    LeaseExpired,
     Shutdown,
+    /// Reverted at start-up, left by an earlier run, before its deadline or lease ran out.
+    Recovered,
 }
 
 impl RevertReason {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             RevertReason::Deadline => "deadline",
             RevertReason::Requested => "requested",
+            RevertReason::LeaseExpired => "lease expired",
             RevertReason::Shutdown => "shutdown",
+            RevertReason::Recovered => "recovered",
         }
     }
+
+    /// Why start-up reverts a fault an earlier run left: its lease or its deadline, whichever
+    /// ran out first while no agent ran, else only because the agent that held it is gone.
+    fn at_start_up(fault: &Fault, now: SystemTime) -> Self {
+        let lease = fault.lease_expires_at.filter(|at| *at <= now);
+        let deadline = Some(fault.deadline).filter(|at| *at <= now);
+        match (lease, deadline) {
+            (Some(lease), Some(deadline)) if lease <= deadline => RevertReason::LeaseExpired,
+            (Some(_), None) => RevertReason::LeaseExpired,
+            (_, Some(_)) => RevertReason::Deadline,
+            (None, None) => RevertReason::Recovered,
+        }
+    }
+}
+
+/// Whether `lease` is long enough to be a lease at all.
+fn check_lease_period(lease: Duration) -> Result<(), InvalidSpec> {
+    if lease < MIN_LEASE {
+        return Err(InvalidSpec::new(
+            "lease",
+            format!(
+                "{} is too short: a lease must be at least {} (e.g. 10s), renewed every third of it",
+                humantime::format_duration(lease),
+                humantime::format_duration(MIN_LEASE)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `lease` is accepted for a fault that lasts `duration`.
+pub fn check_lease(lease: Duration, duration: Duration) -> Result<(), InvalidSpec> {
+    check_lease_period(lease)?;
+    if lease > duration {
+        return Err(InvalidSpec::new(
+            "lease",
+            format!(
+                "{} is longer than the fault's duration of {}: its deadline would always come \
+                 first; give at most {}, or no lease",
+                humantime::format_duration(lease),
+                humantime::format_duration(duration),
+                humantime::format_duration(duration)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A request to apply a fault, already parsed into domain types.
@@ -66,6 +130,8 @@ impl RevertReason {
 pub struct ApplyRequest {
     pub spec: FaultSpec,
     pub duration: Duration,
+    /// Revert the fault unless its lease is renewed within this period.
+    pub lease: Option<Duration>,
     pub labels: BTreeMap<String, String>,
     pub dry_run: bool,
     pub force: bool,
@@ -93,9 +159,68 @@ pub struct Recovery {
     pub unreadable: Vec<String>,
 }
 
+/// What a lease renewal did with one of the ids it was given.
+#[derive(Debug, Clone)]
+pub enum Renewal {
+    /// Renewed: the fault with its new `lease_expires_at`.
+    Renewed(Box<Fault>),
+    NotRenewed {
+        id: String,
+        why: NotRenewed,
+    },
+}
+
+/// Why a fault's lease was not renewed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotRenewed {
+    /// No fault with this id, or it ended too long ago to be kept.
+    Unknown,
+    /// Reverted, failed, or being reverted.
+    Ended { state: FaultState, reason: String },
+    /// Applied without a lease.
+    NoLease,
+    /// Still being applied; its lease starts once it is active.
+    Pending,
+}
+
+impl std::fmt::Display for NotRenewed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotRenewed::Unknown => f.write_str("no such fault (faultline ls lists the faults)"),
+            NotRenewed::Ended { state, reason } if reason.is_empty() => {
+                write!(f, "the fault has ended ({state})")
+            }
+            NotRenewed::Ended { state, reason } => {
+                write!(f, "the fault has ended ({state}: {reason})")
+            }
+            NotRenewed::NoLease => f.write_str("the fault was applied without a lease"),
+            NotRenewed::Pending => {
+                f.write_str("the fault is still being applied; its lease starts once it is active")
+            }
+        }
+    }
+}
+
 struct Entry {
     fault: Fault,
+    /// Reverts the fault at its deadline.
     timer: Option<AbortHandle>,
+    /// Reverts the fault when its lease runs out.
+    lease_timer: Option<AbortHandle>,
+    /// When the lease runs out, on the monotonic clock the timers use (the fault's
+    /// `lease_expires_at` is the same instant on the wall clock, for people and the journal).
+    lease_due: Option<Instant>,
+}
+
+impl Entry {
+    fn new(fault: Fault) -> Self {
+        Self {
+            fault,
+            timer: None,
+            lease_timer: None,
+            lease_due: None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -201,18 +326,26 @@ impl Engine {
             warn!(path = %entry.path.display(), error = %entry.error, "unreadable journal entry set aside");
             recovery.unreadable.push(entry.path.display().to_string());
         }
-        for fault in faults {
+        for mut fault in faults {
+            let reason = RevertReason::at_start_up(&fault, SystemTime::now());
             match fault.spec.family().revert(&fault.id, &self.host()) {
                 Ok(()) => {
                     self.journal.remove(&fault.id)?;
-                    info!(id = %fault.id, spec = %fault.spec.family().summary(), "reverted a fault left by an earlier run");
-                    recovery.reverted.push(fault.id);
+                    info!(id = %fault.id, spec = %fault.spec.family().summary(), reason = reason.as_str(), "reverted a fault left by an earlier run");
+                    recovery.reverted.push(fault.id.clone());
+                    fault.state = FaultState::Reverted;
+                    fault.reason = reason.as_str().to_owned();
                 }
                 Err(e) => {
                     error!(id = %fault.id, error = %e, "cannot revert a fault left by an earlier run");
-                    recovery.failed.push((fault.id, e.to_string()));
+                    recovery.failed.push((fault.id.clone(), e.to_string()));
+                    fault.state = FaultState::Failed;
+                    fault.reason = format!("revert at start-up ({}) failed: {e}", reason.as_str());
                 }
             }
+            // Listed like any fault that ended, so that `get` tells its controller what became
+            // of it and why.
+            self.finish(&fault);
         }
         let keep: Vec<&str> = recovery.failed.iter().map(|(id, _)| id.as_str()).collect();
         let sweep = || -> Result<Vec<String>, KernelError> {
@@ -325,6 +458,10 @@ impl Engine {
             duration: request.duration,
             reason: String::new(),
             plan,
+            lease: request.lease,
+            // Set again when the fault becomes active and the lease starts; journalled from
+            // here on, so that a crash while applying is recovered with the right reason.
+            lease_expires_at: request.lease.map(|lease| now + lease),
         };
         {
             // Checked and registered under one lock, so two racing requests cannot both win.
@@ -352,13 +489,9 @@ impl Engine {
                     });
                 }
             }
-            registry.faults.insert(
-                id.clone(),
-                Entry {
-                    fault: fault.clone(),
-                    timer: None,
-                },
-            );
+            registry
+                .faults
+                .insert(id.clone(), Entry::new(fault.clone()));
         }
         if let Err(e) = self.journal.record(&fault) {
             self.registry().faults.remove(&id);
@@ -394,6 +527,10 @@ impl Engine {
         }
 
         fault.state = FaultState::Active;
+        let lease_due = fault.lease.map(|lease| {
+            fault.lease_expires_at = Some(SystemTime::now() + lease);
+            Instant::now() + lease
+        });
         if let Err(e) = self.journal.record(&fault) {
             // The pending entry still names the fault, so a crash now is still recovered.
             warn!(id = %fault.id, error = %e, "cannot mark the fault active in the journal");
@@ -418,9 +555,18 @@ impl Engine {
             if let Some(entry) = registry.faults.get_mut(&id) {
                 entry.fault = fault.clone();
                 entry.timer = Some(timer);
+                // Armed under the lock: the timer reads `lease_due` back when it fires.
+                if let Some(due) = lease_due {
+                    entry.lease_due = Some(due);
+                    entry.lease_timer = Some(self.arm_lease(&id, due));
+                }
             }
         }
-        info!(id = %fault.id, spec = %fault.spec.family().summary(), duration = %humantime::format_duration(fault.duration), kernel_us = kernel_time.as_micros() as u64, "fault active");
+        let lease = fault
+            .lease
+            .map(|l| humantime::format_duration(l).to_string())
+            .unwrap_or_else(|| "none".to_owned());
+        info!(id = %fault.id, spec = %fault.spec.family().summary(), duration = %humantime::format_duration(fault.duration), lease, kernel_us = kernel_time.as_micros() as u64, "fault active");
         self.publish(&fault);
         Ok(ApplyOutcome::Applied(Box::new(fault)))
     }
@@ -442,6 +588,9 @@ impl Engine {
                     humantime::format_duration(max)
                 ),
             ));
+        }
+        if let Some(lease) = request.lease {
+            check_lease(lease, request.duration)?;
         }
         if request.labels.len() > MAX_LABELS {
             return Err(InvalidSpec::new(
@@ -517,17 +666,32 @@ impl Engine {
 
     /// Reverts one fault. Reverting a fault that already ended returns it unchanged.
     pub async fn revert(&self, id: &str, reason: RevertReason) -> Result<Fault, EngineError> {
+        self.revert_when(id, reason, |_| true).await
+    }
+
+    /// Reverts one fault if `still_due` says so, asked under the registry lock: a timer that
+    /// fired decides on what it saw, and a renewal may have come in since.
+    async fn revert_when(
+        &self,
+        id: &str,
+        reason: RevertReason,
+        still_due: impl FnOnce(&Entry) -> bool,
+    ) -> Result<Fault, EngineError> {
         let mut fault = {
             let mut registry = self.registry();
             let entry = registry
                 .faults
                 .get_mut(id)
                 .ok_or_else(|| EngineError::NotFound { id: id.to_owned() })?;
-            if entry.fault.state != FaultState::Active {
-                // Finished, or another revert (or the apply) is under way and will finish it.
+            if entry.fault.state != FaultState::Active || !still_due(entry) {
+                // Finished, or another revert (or the apply) is under way and will finish it,
+                // or renewed since the timer fired.
                 return Ok(entry.fault.clone());
             }
-            if let Some(timer) = entry.timer.take() {
+            for timer in [entry.timer.take(), entry.lease_timer.take()]
+                .into_iter()
+                .flatten()
+            {
                 timer.abort();
             }
             entry.fault.state = FaultState::Reverting;
@@ -563,6 +727,140 @@ impl Engine {
         }
     }
 
+    /// Starts the timer that reverts fault `id` when its lease runs out at `due`, unless a
+    /// renewal moved the lease on meanwhile.
+    fn arm_lease(self: &Arc<Self>, id: &str, due: Instant) -> AbortHandle {
+        let engine = Arc::clone(self);
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            let mut due = due;
+            loop {
+                tokio::time::sleep_until(due).await;
+                // Renewals re-arm the timer; reading the lease back as well means that a wake-up
+                // that raced a renewal (or came a hair early) never ends a renewed fault.
+                match engine.lease_due(&id) {
+                    Some(later) if later > Instant::now() => due = later,
+                    Some(_) => break,
+                    None => return,
+                }
+            }
+            // Reverting in a task of its own, like the deadline: a renewal or a revert request
+            // aborts this timer, and must never abort a revert half-way.
+            tokio::spawn(async move {
+                let expired = |e: &Entry| e.lease_due.is_some_and(|due| due <= Instant::now());
+                if let Err(e) = engine
+                    .revert_when(&id, RevertReason::LeaseExpired, expired)
+                    .await
+                {
+                    error!(id, error = %e, "revert at the lease's expiry failed");
+                }
+            });
+        })
+        .abort_handle()
+    }
+
+    /// When the lease of active fault `id` runs out; `None` once the fault is no longer active.
+    fn lease_due(&self, id: &str) -> Option<Instant> {
+        self.registry()
+            .faults
+            .get(id)
+            .filter(|e| e.fault.state == FaultState::Active)
+            .and_then(|e| e.lease_due)
+    }
+
+    /// Renews the leases of `ids`: each runs again from now, for its own period or for `period`
+    /// (which becomes the fault's period). An empty list or a period that is not accepted for
+    /// one of the faults renews nothing; otherwise every id gets its own outcome.
+    pub fn renew(
+        self: &Arc<Self>,
+        ids: &[String],
+        period: Option<Duration>,
+    ) -> Result<Vec<Renewal>, EngineError> {
+        if ids.is_empty() {
+            return Err(InvalidSpec::new(
+                "ids",
+                "empty: name at least one fault whose lease to renew",
+            )
+            .into());
+        }
+        let mut outcomes = Vec::with_capacity(ids.len());
+        {
+            let mut registry = self.registry();
+            if let Some(period) = period {
+                check_lease_period(period)?;
+                for (id, entry) in ids
+                    .iter()
+                    .filter_map(|id| registry.faults.get(id).map(|e| (id, e)))
+                    .filter(|(_, e)| e.fault.state == FaultState::Active && e.fault.lease.is_some())
+                {
+                    check_lease(period, entry.fault.duration).map_err(|e| {
+                        InvalidSpec::new(e.field, format!("fault {id}: {}", e.reason))
+                    })?;
+                }
+            }
+            let (now, mono) = (SystemTime::now(), Instant::now());
+            for id in ids {
+                let not_renewed = |why| Renewal::NotRenewed {
+                    id: id.clone(),
+                    why,
+                };
+                let Some(entry) = registry.faults.get_mut(id) else {
+                    outcomes.push(not_renewed(NotRenewed::Unknown));
+                    continue;
+                };
+                match entry.fault.state {
+                    FaultState::Active => {}
+                    FaultState::Pending => {
+                        outcomes.push(not_renewed(NotRenewed::Pending));
+                        continue;
+                    }
+                    state @ (FaultState::Reverting | FaultState::Reverted | FaultState::Failed) => {
+                        outcomes.push(not_renewed(NotRenewed::Ended {
+                            state,
+                            reason: entry.fault.reason.clone(),
+                        }));
+                        continue;
+                    }
+                }
+                let Some(own) = entry.fault.lease else {
+                    outcomes.push(not_renewed(NotRenewed::NoLease));
+                    continue;
+                };
+                let lease = period.unwrap_or(own);
+                let due = mono + lease;
+                entry.fault.lease = Some(lease);
+                entry.fault.lease_expires_at = Some(now + lease);
+                entry.lease_due = Some(due);
+                // Re-armed rather than left to find the new expiry: a shorter period must end
+                // the fault earlier than the old timer would wake up.
+                if let Some(old) = entry.lease_timer.replace(self.arm_lease(id, due)) {
+                    old.abort();
+                }
+                outcomes.push(Renewal::Renewed(Box::new(entry.fault.clone())));
+            }
+        }
+        for outcome in &outcomes {
+            let Renewal::Renewed(fault) = outcome else {
+                continue;
+            };
+            // Written only while the fault is still active, under the journal's write lock: a
+            // revert that got in since removes the entry after this, never before.
+            let current = || {
+                self.registry()
+                    .faults
+                    .get(&fault.id)
+                    .filter(|e| e.fault.state == FaultState::Active)
+                    .map(|e| e.fault.clone())
+            };
+            if let Err(e) = self.journal.record_current(current) {
+                // The lease runs in memory all the same; the journal only tells a later
+                // start-up whether it had run out.
+                warn!(id = %fault.id, error = %e, "cannot journal a lease renewal");
+            }
+        }
+        Ok(outcomes)
+    }
+
     /// Reverts every active fault; one failure does not stop the others.
     pub async fn revert_all(&self, reason: RevertReason) -> Vec<Result<Fault, EngineError>> {
         let ids: Vec<String> = self
@@ -590,14 +888,23 @@ impl Engine {
         self.closing.send_replace(true);
     }
 
-    /// Records a fault's final state in the registry and trims old finished faults.
+    /// Records a fault's final state in the registry (adding it, for a fault recovered at
+    /// start-up) and trims old finished faults.
     fn finish(&self, fault: &Fault) {
         {
             let mut registry = self.registry();
-            if let Some(entry) = registry.faults.get_mut(&fault.id) {
-                entry.fault = fault.clone();
-                entry.timer = None;
+            let entry = registry
+                .faults
+                .entry(fault.id.clone())
+                .or_insert_with(|| Entry::new(fault.clone()));
+            entry.fault = fault.clone();
+            for timer in [entry.timer.take(), entry.lease_timer.take()]
+                .into_iter()
+                .flatten()
+            {
+                timer.abort();
             }
+            entry.lease_due = None;
             registry.finished.push_back(fault.id.clone());
             while registry.finished.len() > KEEP_FINISHED {
                 if let Some(old) = registry.finished.pop_front() {
@@ -606,5 +913,64 @@ impl Engine {
             }
         }
         self.publish(fault);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::faults::{BlockSpec, Direction, PacketMatch};
+
+    #[test]
+    fn a_lease_is_at_least_a_second_and_at_most_the_duration() {
+        let minute = Duration::from_secs(60);
+        assert!(check_lease(Duration::from_secs(1), minute).is_ok());
+        assert!(check_lease(minute, minute).is_ok());
+        for lease in [Duration::ZERO, Duration::from_millis(999), minute * 2] {
+            let refused = check_lease(lease, minute).unwrap_err();
+            assert_eq!(refused.field, "lease", "{lease:?}");
+        }
+        assert!(check_lease(minute * 2, minute)
+            .unwrap_err()
+            .reason
+            .contains("at most 1m"));
+    }
+
+    #[test]
+    fn start_up_names_what_ran_out_first() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let fault = |lease: Option<u64>| Fault {
+            id: "aaaaaaaaaaaa".to_owned(),
+            spec: FaultSpec::Block(BlockSpec {
+                direction: Direction::Ingress,
+                matcher: PacketMatch::default(),
+                reject: false,
+                percent: None,
+                device: None,
+            }),
+            labels: BTreeMap::new(),
+            state: FaultState::Active,
+            created_at: start,
+            deadline: start + Duration::from_secs(60),
+            duration: Duration::from_secs(60),
+            reason: String::new(),
+            plan: Vec::new(),
+            lease: lease.map(Duration::from_secs),
+            lease_expires_at: lease.map(|l| start + Duration::from_secs(l)),
+        };
+        let at = |s: u64| start + Duration::from_secs(s);
+        use RevertReason::*;
+        assert_eq!(RevertReason::at_start_up(&fault(None), at(10)), Recovered);
+        assert_eq!(RevertReason::at_start_up(&fault(None), at(61)), Deadline);
+        assert_eq!(RevertReason::at_start_up(&fault(Some(3)), at(2)), Recovered);
+        assert_eq!(
+            RevertReason::at_start_up(&fault(Some(3)), at(4)),
+            LeaseExpired
+        );
+        assert_eq!(
+            RevertReason::at_start_up(&fault(Some(3)), at(100)),
+            LeaseExpired,
+            "the lease ran out before the deadline"
+        );
     }
 }

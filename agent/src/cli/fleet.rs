@@ -1,0 +1,127 @@
+//! `faultline fleet run FILE`: an experiment across many agents (see `fleet`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use super::{
+    args::{Global, Output},
+    output::{self, Failure},
+};
+use crate::{
+    api::{connect, AgentAddress},
+    fleet::{
+        experiment::{Experiment, TlsFiles},
+        run,
+    },
+};
+
+#[derive(Debug, Args)]
+pub struct Options {
+    #[command(subcommand)]
+    pub command: FleetCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Run an experiment file: baseline, faults on all targets at once (with leases), guards
+    /// watched while they run, everything reverted at the end, on a breach or on Ctrl-C; then
+    /// the SLO scorecard
+    Run(RunOptions),
+    /// Check an experiment file and list its targets and faults, touching nothing
+    Check(CheckOptions),
+}
+
+#[derive(Debug, Args)]
+pub struct RunOptions {
+    pub file: PathBuf,
+    /// Let faults pass the agents' safety guards (SSH sessions, control connections)
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckOptions {
+    pub file: PathBuf,
+}
+
+fn load(
+    file: &std::path::Path,
+) -> Result<(Experiment, Vec<crate::fleet::experiment::Target>), Failure> {
+    Experiment::load(file).map_err(|e| Failure::usage(e.to_string()))
+}
+
+pub async fn run(global: &Global, o: Options) -> Result<(), Failure> {
+    match o.command {
+        FleetCommand::Check(c) => {
+            let (e, targets) = load(&c.file)?;
+            println!(
+                "{}: {} targets, {} fault groups, {} guards, {} SLOs; baseline {}, duration {}, lease {}",
+                e.name,
+                targets.len(),
+                e.faults.len(),
+                e.guards.len(),
+                e.slos.len(),
+                humantime::format_duration(e.baseline),
+                humantime::format_duration(e.duration),
+                humantime::format_duration(e.lease)
+            );
+            for t in &targets {
+                let faults: Vec<String> = e
+                    .faults
+                    .iter()
+                    .filter(|g| crate::fleet::experiment::selects(&g.select, t))
+                    .map(|g| g.fault.family().summary())
+                    .collect();
+                println!("  {}  {}", t.address, faults.join("; "));
+            }
+            Ok(())
+        }
+        FleetCommand::Run(r) => {
+            let (experiment, targets) = load(&r.file)?;
+            let tls = experiment.tls.clone();
+            let agents = run::connect_all(&targets, |address| {
+                let tls = tls.clone();
+                async move { connect_agent(&address, tls.as_ref()).await }
+            })
+            .await
+            .map_err(|e| Failure::unreachable(&"the fleet", e))?;
+            let json = global.output == Output::Json;
+            let report = run::run(
+                &experiment,
+                agents,
+                r.force,
+                async {
+                    let _ = tokio::signal::ctrl_c().await;
+                },
+                |line| eprintln!("fleet: {line}"),
+            )
+            .await;
+            if json {
+                output::print_json(
+                    &serde_json::to_value(&report)
+                        .map_err(|e| Failure::internal(format!("cannot encode the report: {e}")))?,
+                );
+            } else {
+                print!("{}", report.text());
+            }
+            if report.outcome == "completed" {
+                Ok(())
+            } else {
+                Err(Failure::aborted(report.outcome))
+            }
+        }
+    }
+}
+
+/// A channel to one agent; with `tls`, over mutual TLS.
+async fn connect_agent(
+    address: &str,
+    tls: Option<&TlsFiles>,
+) -> Result<tonic::transport::Channel, String> {
+    let address = AgentAddress::parse(address);
+    match tls {
+        None => connect(&address).await.map_err(|e| e.to_string()),
+        Some(_) => Err("TLS targets are not supported yet".to_owned()),
+    }
+}

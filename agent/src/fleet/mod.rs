@@ -1,0 +1,8 @@
+//! Fleet orchestration: `faultline fleet run experiment.yaml` drives many agents as a client of
+//! their gRPC APIs — the reliability workflow of baseline, inject, watch the guards, abort on
+//! breach, report. There is no scheduler here: agents run under whatever already runs services
+//! (systemd, a Kubernetes DaemonSet), and this is one more client of them.
+
+pub mod experiment;
+pub mod report;
+pub mod run;

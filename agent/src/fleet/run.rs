@@ -1,0 +1,363 @@
+//! Running an experiment: reach every agent, observe a baseline, apply the faults to all targets
+//! at once with leases, keep the leases renewed and the guards evaluated while the faults run,
+//! revert everything at the end, on a breach, on a lost agent or on Ctrl-C, and grade the SLOs.
+//! The controller is only a client of the agents: if it dies, the leases revert the faults.
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    time::{Duration, Instant},
+};
+
+use faultline_proto::v1::{self as pb, faults_client::FaultsClient, metrics_client::MetricsClient};
+use futures_util::future::join_all;
+use thiserror::Error;
+use tonic::transport::Channel;
+
+use super::{
+    experiment::{selects, Destination, Experiment, Target},
+    report::{grade, score, Report, Scorecard, Window},
+};
+use crate::{
+    api::{convert, metrics::from_proto},
+    monitor::MetricsSnapshot,
+};
+
+/// Consecutive failed contacts (snapshots or renewals) after which an agent counts as lost.
+const LOST_AFTER: u32 = 3;
+
+#[derive(Debug, Error)]
+pub enum FleetError {
+    #[error("cannot reach agent {address}: {reason} (nothing was applied)")]
+    Unreachable { address: String, reason: String },
+}
+
+struct Agent {
+    target: Target,
+    faults: FaultsClient<Channel>,
+    metrics: MetricsClient<Channel>,
+    ids: Vec<String>,
+    failures: u32,
+}
+
+impl Agent {
+    async fn snapshot(&mut self) -> Result<MetricsSnapshot, String> {
+        let reply = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.metrics.snapshot(pb::SnapshotRequest {}),
+        )
+        .await
+        .map_err(|_| "no answer within 5s".to_owned())?
+        .map_err(|s| s.message().to_owned())?;
+        from_proto(reply.into_inner()).map_err(|e| e.to_string())
+    }
+}
+
+/// Connects to every target; a channel function is given so that TLS settings stay with the
+/// caller.
+pub async fn connect_all<F, Fut>(
+    targets: &[Target],
+    connect: F,
+) -> Result<Vec<(Target, Channel)>, FleetError>
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Result<Channel, String>>,
+{
+    let attempts = join_all(targets.iter().map(|t| {
+        let connecting = connect(t.address.clone());
+        async move { (t.clone(), connecting.await) }
+    }))
+    .await;
+    attempts
+        .into_iter()
+        .map(|(t, r)| match r {
+            Ok(channel) => Ok((t, channel)),
+            Err(reason) => Err(FleetError::Unreachable {
+                address: t.address,
+                reason,
+            }),
+        })
+        .collect()
+}
+
+fn proto_duration(d: Duration) -> Option<prost_types::Duration> {
+    prost_types::Duration::try_from(d).ok()
+}
+
+/// Runs `experiment` on the connected agents until it ends or `stop` resolves (Ctrl-C);
+/// `progress` receives a line for each step, for the operator.
+pub async fn run(
+    experiment: &Experiment,
+    agents: Vec<(Target, Channel)>,
+    force: bool,
+    stop: impl Future<Output = ()>,
+    progress: impl Fn(String),
+) -> Report {
+    let mut agents: Vec<Agent> = agents
+        .into_iter()
+        .map(|(target, channel)| Agent {
+            target,
+            faults: FaultsClient::new(channel.clone()),
+            metrics: MetricsClient::new(channel),
+            ids: Vec::new(),
+            failures: 0,
+        })
+        .collect();
+    tokio::pin!(stop);
+    let mut outcome = "completed".to_owned();
+    let mut breaches = Vec::new();
+
+    // Baseline: the steady state before anything is injected.
+    let mut start: Vec<Option<MetricsSnapshot>> = join_all(agents.iter_mut().map(|a| a.snapshot()))
+        .await
+        .into_iter()
+        .map(Result::ok)
+        .collect();
+    if !experiment.baseline.is_zero() {
+        progress(format!(
+            "baseline: observing {} agents for {}",
+            agents.len(),
+            humantime::format_duration(experiment.baseline)
+        ));
+        tokio::select! {
+            _ = tokio::time::sleep(experiment.baseline) => {}
+            _ = &mut stop => outcome = "aborted by the operator during the baseline".to_owned(),
+        }
+        let after: Vec<Option<MetricsSnapshot>> = join_all(agents.iter_mut().map(|a| a.snapshot()))
+            .await
+            .into_iter()
+            .map(Result::ok)
+            .collect();
+        for g in &experiment.guards {
+            let dest = g
+                .destination
+                .as_deref()
+                .and_then(|d| Destination::parse(d).ok());
+            let mut total = Window::default();
+            for (b, a) in start.iter().zip(&after) {
+                if let (Some(b), Some(a)) = (b, a) {
+                    total.add(&Window::between(b, a, dest.as_ref()));
+                }
+            }
+            progress(format!(
+                "baseline: guard {} ({}) at {} (max {})",
+                g.name,
+                g.metric,
+                total
+                    .measure(g.metric)
+                    .map_or("no data".to_owned(), |v| g.metric.show(v)),
+                g.metric.show(g.max)
+            ));
+        }
+        start = after;
+    }
+    if outcome != "completed" {
+        return report(
+            experiment, &agents, outcome, breaches, 0.0, 0.0, &start, &start,
+        );
+    }
+
+    // Apply everywhere at once.
+    let applying = Instant::now();
+    let results = join_all(agents.iter_mut().map(|a| {
+        let groups: Vec<pb::FaultSpec> = experiment
+            .faults
+            .iter()
+            .filter(|g| selects(&g.select, &a.target))
+            .map(|g| convert::proto_spec(&g.fault))
+            .collect();
+        let name = experiment.name.clone();
+        async move {
+            let mut errors = Vec::new();
+            for spec in groups {
+                let request = pb::ApplyRequest {
+                    spec: Some(spec),
+                    duration: proto_duration(experiment.duration),
+                    labels: [("experiment".to_owned(), name.clone())].into(),
+                    dry_run: false,
+                    force,
+                    lease: proto_duration(experiment.lease),
+                };
+                match a.faults.apply(request).await {
+                    Ok(reply) => a.ids.extend(reply.into_inner().fault.map(|f| f.id)),
+                    Err(status) => {
+                        errors.push(format!("{}: {}", a.target.address, status.message()))
+                    }
+                }
+            }
+            errors
+        }
+    }))
+    .await;
+    let apply_seconds = applying.elapsed().as_secs_f64();
+    let errors: Vec<String> = results.into_iter().flatten().collect();
+    let applied: usize = agents.iter().map(|a| a.ids.len()).sum();
+    progress(format!(
+        "applied {applied} faults on {} agents in {apply_seconds:.3}s",
+        agents.len()
+    ));
+    if !errors.is_empty() {
+        outcome = format!("aborted: apply failed ({})", errors.join("; "));
+    }
+
+    // Watch: renew leases, evaluate guards, until the duration is over.
+    let ends = Instant::now() + experiment.duration;
+    let renew_every = (experiment.lease / 3).max(Duration::from_millis(200));
+    let mut renew = tokio::time::interval(renew_every);
+    let mut check = tokio::time::interval(experiment.interval);
+    let mut last: Vec<Option<MetricsSnapshot>> = start.clone();
+    while outcome == "completed" {
+        tokio::select! {
+            _ = tokio::time::sleep_until(ends.into()) => break,
+            _ = &mut stop => { outcome = "aborted by the operator".to_owned(); break; }
+            _ = renew.tick() => {
+                for a in agents.iter_mut().filter(|a| !a.ids.is_empty()) {
+                    let request = pb::RenewLeaseRequest { ids: a.ids.clone(), lease: None };
+                    let renewed = tokio::time::timeout(renew_every, a.faults.renew_lease(request)).await;
+                    match renewed {
+                        Ok(Ok(_)) => a.failures = 0,
+                        _ => a.failures += 1,
+                    }
+                }
+            }
+            _ = check.tick() => {
+                let now: Vec<Result<MetricsSnapshot, String>> =
+                    join_all(agents.iter_mut().map(|a| a.snapshot())).await;
+                for (i, snapshot) in now.into_iter().enumerate() {
+                    match snapshot {
+                        Ok(s) => { agents[i].failures = 0; last[i] = Some(s); }
+                        Err(_) => agents[i].failures += 1,
+                    }
+                }
+                for (i, a) in agents.iter().enumerate() {
+                    if a.failures >= LOST_AFTER {
+                        breaches.push(format!("agent {} lost ({} contacts failed)", a.target.address, a.failures));
+                        if experiment.abort.on_agent_lost {
+                            outcome = format!("aborted: agent {} lost", a.target.address);
+                        }
+                    }
+                    let (Some(b), Some(s)) = (&start[i], &last[i]) else { continue };
+                    for g in &experiment.guards {
+                        let dest = g.destination.as_deref().and_then(|d| Destination::parse(d).ok());
+                        if let Some(v) = Window::between(b, s, dest.as_ref()).measure(g.metric) {
+                            if v > g.max {
+                                breaches.push(format!(
+                                    "guard {} on {}: {} {} > max {}",
+                                    g.name, a.target.address, g.metric, g.metric.show(v), g.metric.show(g.max)
+                                ));
+                                if experiment.abort.on_guard_breach {
+                                    outcome = format!("aborted: guard {} breached on {}", g.name, a.target.address);
+                                }
+                            }
+                        }
+                    }
+                }
+                if outcome != "completed" { break; }
+            }
+        }
+    }
+    if outcome != "completed" {
+        progress(format!("{outcome}; reverting everything"));
+    }
+
+    // Revert everything, everywhere, at once.
+    let reverting = Instant::now();
+    join_all(agents.iter_mut().map(|a| async move {
+        for id in std::mem::take(&mut a.ids) {
+            // A fault that already ended (deadline, lease) answers with its final state.
+            let _ = a.faults.revert(pb::RevertRequest { id }).await;
+        }
+    }))
+    .await;
+    let revert_seconds = reverting.elapsed().as_secs_f64();
+    progress(format!("reverted in {revert_seconds:.3}s"));
+    let end: Vec<Option<MetricsSnapshot>> = join_all(agents.iter_mut().map(|a| a.snapshot()))
+        .await
+        .into_iter()
+        .zip(last)
+        .map(|(now, last)| now.ok().or(last))
+        .collect();
+    report(
+        experiment,
+        &agents,
+        outcome,
+        breaches,
+        apply_seconds,
+        revert_seconds,
+        &start,
+        &end,
+    )
+    .with_applied(applied)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(
+    experiment: &Experiment,
+    agents: &[Agent],
+    outcome: String,
+    breaches: Vec<String>,
+    apply_seconds: f64,
+    revert_seconds: f64,
+    start: &[Option<MetricsSnapshot>],
+    end: &[Option<MetricsSnapshot>],
+) -> Report {
+    let mut hosts = BTreeMap::new();
+    let mut overall_scores = Vec::new();
+    let mut totals: Vec<Window> = vec![Window::default(); experiment.slos.len()];
+    for (i, a) in agents.iter().enumerate() {
+        let mut scores = Vec::new();
+        for (k, slo) in experiment.slos.iter().enumerate() {
+            let dest = slo
+                .destination
+                .as_deref()
+                .and_then(|d| Destination::parse(d).ok());
+            let window = match (&start[i], &end[i]) {
+                (Some(b), Some(e)) => Window::between(b, e, dest.as_ref()),
+                _ => Window::default(),
+            };
+            totals[k].add(&window);
+            scores.push(score(
+                &slo.name,
+                slo.metric,
+                slo.target,
+                window.measure(slo.metric),
+            ));
+        }
+        hosts.insert(
+            a.target.address.clone(),
+            Scorecard {
+                grade: grade(&scores),
+                scores,
+            },
+        );
+    }
+    for (k, slo) in experiment.slos.iter().enumerate() {
+        overall_scores.push(score(
+            &slo.name,
+            slo.metric,
+            slo.target,
+            totals[k].measure(slo.metric),
+        ));
+    }
+    Report {
+        experiment: experiment.name.clone(),
+        outcome,
+        agents: agents.len(),
+        faults_applied: 0,
+        apply_seconds,
+        revert_seconds,
+        breaches,
+        hosts,
+        overall: Scorecard {
+            grade: grade(&overall_scores),
+            scores: overall_scores,
+        },
+    }
+}
+
+impl Report {
+    fn with_applied(mut self, applied: usize) -> Self {
+        self.faults_applied = applied;
+        self
+    }
+}

@@ -1,0 +1,274 @@
+//! `faultline fleet run` across real agents, each in its own network namespace: ten agents
+//! faulted and reverted at once, a guard that a fault breaks aborting the experiment, a killed
+//! controller whose faults the agents revert when its leases run out, and experiment files
+//! with mistakes refused before anything is applied.
+
+use std::{
+    fs,
+    net::SocketAddr,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use faultline_tests::{
+    note, process, require_root, traffic::tcp_listen, unique, Agent, Lab, Netns,
+};
+use serde_json::Value;
+
+fn fleet(args: &[&str], timeout: Duration) -> Result<std::process::Output> {
+    let mut command = Command::new(process::faultline_bin()?);
+    command.arg("fleet").args(args);
+    process::run(command, timeout)
+}
+
+fn targets(agents: &[&Agent]) -> String {
+    agents
+        .iter()
+        .map(|a| format!("  - address: unix:{}\n", a.socket().display()))
+        .collect()
+}
+
+/// Waits until `agent`'s TCP connect health is loaded (in the background after start-up).
+fn wait_for_tcp_health(agent: &Agent) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let snapshot: Value = serde_json::from_str(&agent.cli_ok(&["metrics", "-o", "json"])?)?;
+        match snapshot["tcp_unavailable"].as_str() {
+            None => return Ok(()),
+            Some(r) if r.contains("still loading") && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(200));
+            }
+            Some(r) => bail!("TCP connect health is unavailable: {r}"),
+        }
+    }
+}
+
+#[test]
+fn ten_agents_are_faulted_and_reverted_at_once() -> Result<()> {
+    const T: &str = "ten_agents_are_faulted_and_reverted_at_once";
+    if !require_root(T) {
+        return Ok(());
+    }
+    let pid = std::process::id();
+    let namespaces: Vec<Netns> = (0..10)
+        .map(|i| Netns::create(&format!("fl-{pid}-{}-f{i}", unique())))
+        .collect::<Result<_>>()?;
+    let agents: Vec<Agent> = namespaces.iter().map(Agent::start).collect::<Result<_>>()?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("ten.yaml");
+    fs::write(
+        &file,
+        format!(
+            "name: ten agents\ntargets:\n{}duration: 4s\nlease: 2s\nfaults:\n  - fault:\n      kind: block\n      direction: ingress\n      match: {{protocol: tcp, ports: [{{first: 7100, last: 7100}}]}}\n",
+            targets(&agents.iter().collect::<Vec<_>>())
+        ),
+    )?;
+    let path = file.display().to_string();
+    let started = Instant::now();
+    let (output, seen_active) = thread::scope(|scope| {
+        let run = scope.spawn(|| fleet(&["run", &path, "-o", "json"], Duration::from_secs(60)));
+        // While it runs, every agent holds the block.
+        thread::sleep(Duration::from_millis(2500));
+        let active = agents
+            .iter()
+            .map(|a| {
+                a.faults().map(|list| {
+                    list.iter().any(|f| {
+                        f["state"] == "active" && f["labels"]["experiment"] == "ten agents"
+                    })
+                })
+            })
+            .collect::<Result<Vec<bool>>>();
+        (run.join().expect("fleet thread panicked"), active)
+    });
+    let output = output?;
+    ensure!(
+        output.status.success(),
+        "{}",
+        process::describe("fleet run", &output)
+    );
+    let seen_active = seen_active?;
+    ensure!(
+        seen_active.iter().all(|a| *a),
+        "not every agent held the fault: {seen_active:?}"
+    );
+    let report: Value = serde_json::from_slice(&output.stdout)?;
+    note(
+        T,
+        format!(
+            "10 agents: applied in {:.3}s, reverted in {:.3}s, whole run {:.2?} ({})",
+            report["apply_seconds"].as_f64().unwrap_or(-1.0),
+            report["revert_seconds"].as_f64().unwrap_or(-1.0),
+            started.elapsed(),
+            report["outcome"]
+        ),
+    );
+    ensure!(report["faults_applied"] == 10, "{report}");
+    for a in &agents {
+        a.assert_clean()?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_breached_guard_aborts_the_experiment_and_reverts() -> Result<()> {
+    const T: &str = "a_breached_guard_aborts_the_experiment_and_reverts";
+    if !require_root(T) {
+        return Ok(());
+    }
+    let lab = Lab::new()?;
+    let target = SocketAddr::from((lab.b.v4, 7200));
+    let _listener = tcp_listen(&lab.b.ns, target)?;
+    let agent = Agent::start_with(
+        &lab.a.ns,
+        &[
+            "--probe",
+            &target.to_string(),
+            "--probe-interval",
+            "200ms",
+            "--probe-timeout",
+            "500ms",
+        ],
+    )?;
+    wait_for_tcp_health(&agent)?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("guard.yaml");
+    fs::write(
+        &file,
+        format!(
+            "name: lossy db\ntargets:\n{}duration: 60s\nlease: 5s\ninterval: 500ms\nfaults:\n  - fault:\n      kind: loss\n      device: {}\n      direction: egress\n      percent: 100\n      match: {{protocol: tcp, ports: [{{first: 7200, last: 7200}}]}}\nguards:\n  - name: db connects\n    metric: connect_failure_ratio\n    destination: {target}\n    max: 0.5\nslos:\n  - name: Availability\n    metric: connect_success_ratio\n    destination: {target}\n    target: 0.999\n",
+            targets(&[&agent]),
+            lab.a.dev
+        ),
+    )?;
+    let started = Instant::now();
+    let output = fleet(
+        &["run", &file.display().to_string()],
+        Duration::from_secs(60),
+    )?;
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    note(T, format!("aborted after {took:.2?}:\n{stdout}"));
+    ensure!(
+        output.status.code() == Some(7),
+        "{}",
+        process::describe("fleet run", &output)
+    );
+    ensure!(
+        took < Duration::from_secs(15),
+        "the guard took {took:?} to abort a 60 s experiment"
+    );
+    ensure!(
+        stdout.contains("aborted: guard db connects breached")
+            && stdout.contains("breach: guard db connects"),
+        "{stdout}"
+    );
+    ensure!(
+        stdout.contains("Availability") && stdout.contains("❌"),
+        "{stdout}"
+    );
+    agent.assert_clean()
+}
+
+#[test]
+fn a_killed_controller_leaves_the_agents_to_revert_on_lease_expiry() -> Result<()> {
+    const T: &str = "a_killed_controller_leaves_the_agents_to_revert_on_lease_expiry";
+    if !require_root(T) {
+        return Ok(());
+    }
+    let ns = Netns::create(&format!("fl-{}-{}-k", std::process::id(), unique()))?;
+    let agent = Agent::start(&ns)?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("kill.yaml");
+    fs::write(
+        &file,
+        format!(
+            "name: orphaned\ntargets:\n{}duration: 5m\nlease: 2s\nfaults:\n  - fault:\n      kind: block\n      direction: ingress\n      match: {{protocol: udp, ports: [{{first: 7300, last: 7300}}]}}\n",
+            targets(&[&agent])
+        ),
+    )?;
+    let mut controller = Command::new(process::faultline_bin()?)
+        .args(["fleet", "run", &file.display().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let active = agent.faults()?.into_iter().find(|f| f["state"] == "active");
+        if let Some(f) = active {
+            break f["id"].as_str().context("no id")?.to_owned();
+        }
+        ensure!(Instant::now() < deadline, "the controller applied nothing");
+        thread::sleep(Duration::from_millis(50));
+    };
+    // Renewals are every lease / 3; let a few happen, then kill the controller.
+    thread::sleep(Duration::from_secs(3));
+    controller.kill()?;
+    let killed = Instant::now();
+    controller.wait()?;
+    let reverted_after = loop {
+        let fault = agent.fault(&id)?;
+        if fault["state"] == "reverted" {
+            ensure!(
+                fault["reason"].as_str().unwrap_or("").contains("lease"),
+                "reverted for another reason: {fault}"
+            );
+            break killed.elapsed();
+        }
+        ensure!(
+            killed.elapsed() < Duration::from_secs(10),
+            "still {} 10 s after the controller died",
+            fault["state"]
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    note(
+        T,
+        format!("controller SIGKILLed; the agent reverted {reverted_after:.2?} later (lease 2 s)"),
+    );
+    ensure!(
+        reverted_after <= Duration::from_secs(3),
+        "reverted {reverted_after:?} after the controller died, expected within lease + 1 s"
+    );
+    agent.assert_clean()
+}
+
+#[test]
+fn experiment_files_with_mistakes_are_refused_before_anything_is_applied() -> Result<()> {
+    const T: &str = "experiment_files_with_mistakes_are_refused_before_anything_is_applied";
+    if !require_root(T) {
+        return Ok(());
+    }
+    let ns = Netns::create(&format!("fl-{}-{}-e", std::process::id(), unique()))?;
+    let agent = Agent::start(&ns)?;
+    let good = format!(
+        "name: check\ntargets:\n{}duration: 30s\nfaults:\n  - fault:\n      kind: block\n      direction: ingress\n",
+        targets(&[&agent])
+    );
+    let dir = tempfile::tempdir()?;
+    for (label, text, expect) in [
+        ("unknown key", good.replace("duration:", "durration:"), "unknown field `durration`"),
+        ("bad duration", good.replace("30s", "thirty seconds"), "invalid duration"),
+        (
+            "empty targets",
+            "name: check\ntargets: []\nduration: 30s\nfaults:\n  - fault:\n      kind: block\n      direction: ingress\n".to_owned(),
+            "targets: empty",
+        ),
+    ] {
+        let file = dir.path().join(format!("{}.yaml", label.replace(' ', "-")));
+        fs::write(&file, &text)?;
+        let output = fleet(&["run", &file.display().to_string()], Duration::from_secs(30))?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        note(T, format!("{label}: {}", stderr.trim()));
+        ensure!(output.status.code() == Some(2), "{label}: {}", process::describe("fleet run", &output));
+        ensure!(stderr.contains(expect), "{label}: expected {expect:?} in: {stderr}");
+        ensure!(
+            label == "empty targets" || stderr.contains("line"),
+            "{label}: the error must give the line: {stderr}"
+        );
+        ensure!(agent.faults()?.is_empty(), "{label}: something was applied");
+    }
+    agent.assert_clean()
+}
