@@ -61,24 +61,29 @@ fn ten_agents_are_faulted_and_reverted_at_once() -> Result<()> {
     fs::write(
         &file,
         format!(
-            "name: ten agents\ntargets:\n{}duration: 4s\nlease: 2s\nfaults:\n  - fault:\n      kind: block\n      direction: ingress\n      match: {{protocol: tcp, ports: [{{first: 7100, last: 7100}}]}}\n",
+            "name: ten agents\ntargets:\n{}duration: 12s\nlease: 3s\nfaults:\n  - fault:\n      kind: block\n      direction: ingress\n      match: {{protocol: tcp, ports: [{{first: 7100, last: 7100}}]}}\n",
             targets(&agents.iter().collect::<Vec<_>>())
         ),
     )?;
     let path = file.display().to_string();
     let started = Instant::now();
     let (output, seen_active) = thread::scope(|scope| {
-        let run = scope.spawn(|| fleet(&["run", &path, "-o", "json"], Duration::from_secs(60)));
-        // While it runs, every agent holds the block.
-        thread::sleep(Duration::from_millis(2500));
+        let run = scope.spawn(|| fleet(&["run", &path, "-o", "json"], Duration::from_secs(90)));
+        // While it runs, every agent holds the block (each is asked until it does, or the
+        // experiment is over).
         let active = agents
             .iter()
-            .map(|a| {
-                a.faults().map(|list| {
-                    list.iter().any(|f| {
+            .map(|a| -> Result<bool> {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    let holds = a.faults()?.iter().any(|f| {
                         f["state"] == "active" && f["labels"]["experiment"] == "ten agents"
-                    })
-                })
+                    });
+                    if holds || Instant::now() > deadline || run.is_finished() {
+                        return Ok(holds);
+                    }
+                    thread::sleep(Duration::from_millis(100));
+                }
             })
             .collect::<Result<Vec<bool>>>();
         (run.join().expect("fleet thread panicked"), active)

@@ -135,7 +135,7 @@ fn connect_health_counts_refused_successful_and_retransmitted_connects() -> Resu
     // the one at 3 s gets through.
     let lossy = SocketAddr::from((lab.b.v4, OPEN + 10));
     let _listener = tcp_listen(&lab.b.ns, lossy)?;
-    agent.apply(&[
+    let loss = agent.apply(&[
         "loss",
         "--dev",
         &lab.a.dev,
@@ -162,6 +162,8 @@ fn connect_health_counts_refused_successful_and_retransmitted_connects() -> Resu
         (1..=2).contains(&count(&retried, "syn_retransmits")) && count(&retried, "successes") == 1,
         "expected SYN retransmits and then a success: {retried}"
     );
+    // Over by now on a quick host; under emulation its deadline may still be ahead.
+    let _ = agent.revert(&loss);
     agent.assert_clean()
 }
 
@@ -327,7 +329,20 @@ fn prometheus_exposition_passes_promtool_and_serves_the_dashboard() -> Result<()
         .filter_map(|l| l.split_whitespace().next())
         .map(str::to_owned)
         .collect();
-    let wanted = dashboard_metrics()?;
+    let mut wanted = dashboard_metrics()?;
+    let snapshot: Value = serde_json::from_str(&agent.cli_ok(&["metrics", "-o", "json"])?)?;
+    if snapshot["host"]["disks"]
+        .as_array()
+        .is_some_and(Vec::is_empty)
+    {
+        // A host without block devices (the VM guest runs from its initramfs) has no disk
+        // series to export.
+        note(
+            T,
+            "no block devices here: the dashboard's disk panels stay empty",
+        );
+        wanted.retain(|m| !m.starts_with("faultline_disk_"));
+    }
     let missing: Vec<&String> = wanted.difference(&families).collect();
     ensure!(
         missing.is_empty(),
