@@ -14,13 +14,17 @@ pub const DEFAULT_PROTECTED_PORTS: &[u16] = &[22];
 pub struct AgentConfig {
     /// The local gRPC listener (unix socket, mode 0600).
     pub socket: PathBuf,
+    /// A group that may also connect to the socket (mode 0660); the policy still decides
+    /// what each uid may do.
+    pub socket_group: Option<u32>,
     /// Holds the journal; must survive a crash (not tmpfs, for the journal to mean anything).
     pub state_dir: PathBuf,
     /// Where eBPF attachments are pinned so that they outlive the agent until their deadline.
     pub bpf_pin_dir: PathBuf,
     /// The longest duration a fault may ask for.
     pub max_duration: Duration,
-    /// Local TCP ports whose established connections the safety guard protects.
+    /// Local TCP ports whose established connections the safety guard protects (the remote
+    /// listener's port among them when it is on).
     pub protected_ports: Vec<u16>,
     /// Bytes of available memory a memory stress must leave; `None`: 5 % of memory, at least
     /// 256 MiB.
@@ -33,6 +37,7 @@ impl Default for AgentConfig {
     fn default() -> Self {
         Self {
             socket: DEFAULT_SOCKET.into(),
+            socket_group: None,
             state_dir: DEFAULT_STATE_DIR.into(),
             bpf_pin_dir: DEFAULT_BPF_PIN_DIR.into(),
             max_duration: DEFAULT_MAX_DURATION,

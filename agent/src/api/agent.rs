@@ -5,15 +5,17 @@ use std::sync::Arc;
 use faultline_proto::v1::{self as pb, agent_server::Agent};
 use tonic::{Request, Response, Status};
 
+use super::{authz::Rpc, gate::Gate};
 use crate::engine::Engine;
 
 pub struct AgentService {
     engine: Arc<Engine>,
+    gate: Arc<Gate>,
 }
 
 impl AgentService {
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+    pub fn new(engine: Arc<Engine>, gate: Arc<Gate>) -> Self {
+        Self { engine, gate }
     }
 }
 
@@ -21,8 +23,9 @@ impl AgentService {
 impl Agent for AgentService {
     async fn info(
         &self,
-        _: Request<pb::InfoRequest>,
+        request: Request<pb::InfoRequest>,
     ) -> Result<Response<pb::InfoResponse>, Status> {
+        self.gate.admit(&request, Rpc::Info, None)?;
         let caps = self.engine.capabilities();
         let config = self.engine.config();
         Ok(Response::new(pb::InfoResponse {

@@ -1,5 +1,6 @@
 //! The `faultline.v1.Faults` service: requests in, engine calls, faults, lease renewals and
-//! events out.
+//! events out. Every call passes the [`Gate`] first; Apply, Revert and RevertAll leave one
+//! audit line each, whatever their outcome.
 
 use std::sync::Arc;
 
@@ -8,16 +9,71 @@ use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{convert, status::from_engine};
-use crate::engine::{ApplyOutcome, Engine, RevertReason};
+use super::{
+    audit::{Record, Target, Who},
+    authz::{Caller, Role, Rpc},
+    convert,
+    gate::Gate,
+    status::from_engine,
+};
+use crate::{
+    engine::{ApplyOutcome, ApplyRequest, Engine, RevertReason},
+    errors::{EngineError, InvalidSpec},
+};
 
 pub struct FaultsService {
     engine: Arc<Engine>,
+    gate: Arc<Gate>,
 }
 
 impl FaultsService {
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+    pub fn new(engine: Arc<Engine>, gate: Arc<Gate>) -> Self {
+        Self { engine, gate }
+    }
+
+    /// Apply once the caller is known; `role` and `target` fill in for the audit line as far
+    /// as the call gets.
+    async fn apply_as(
+        &self,
+        caller: &Caller,
+        parsed: Result<ApplyRequest, InvalidSpec>,
+        role: &mut Option<Role>,
+        target: &mut Target,
+    ) -> Result<pb::ApplyResponse, Status> {
+        let granted = self.gate.authorize(caller, Rpc::Apply).map_err(|denied| {
+            *role = denied.role;
+            Status::from(denied)
+        })?;
+        *role = Some(granted);
+        let request = parsed.map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.gate.check_apply(caller, granted, &request)?;
+        match self.engine.apply(request).await {
+            Ok(ApplyOutcome::DryRun { plan }) => Ok(pb::ApplyResponse { fault: None, plan }),
+            Ok(ApplyOutcome::Applied(fault)) => {
+                target.id = Some(fault.id.clone());
+                Ok(pb::ApplyResponse {
+                    plan: fault.plan.clone(),
+                    fault: Some(convert::proto_fault(&fault)),
+                })
+            }
+            Err(e) => {
+                if let EngineError::Apply { id, .. } = &e {
+                    target.id = Some(id.clone());
+                }
+                Err(from_engine(e))
+            }
+        }
+    }
+}
+
+/// What an Apply asked for, for its audit line (no id yet).
+fn apply_target(request: &ApplyRequest) -> Target {
+    Target {
+        id: None,
+        kind: Some(request.spec.kind()),
+        summary: Some(request.spec.family().summary()),
+        duration_secs: Some(request.duration.as_secs_f64()),
+        dry_run: request.dry_run,
     }
 }
 
@@ -27,30 +83,32 @@ impl Faults for FaultsService {
         &self,
         request: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
-        let request = convert::apply_request(request.into_inner())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let response = match self.engine.apply(request).await.map_err(from_engine)? {
-            ApplyOutcome::DryRun { plan } => pb::ApplyResponse { fault: None, plan },
-            ApplyOutcome::Applied(fault) => pb::ApplyResponse {
-                plan: fault.plan.clone(),
-                fault: Some(convert::proto_fault(&fault)),
-            },
-        };
-        Ok(Response::new(response))
+        let caller = self.gate.identify(&request, Rpc::Apply)?;
+        // Parsed before the decision, which depends on the fault; parsing touches nothing.
+        let parsed = convert::apply_request(request.into_inner());
+        let mut target = parsed.as_ref().map(apply_target).unwrap_or_default();
+        let mut role = None;
+        let result = self.apply_as(&caller, parsed, &mut role, &mut target).await;
+        self.gate.record(
+            &Record::new(Who::new(&caller, role), Rpc::Apply)
+                .with_fault(target)
+                .with_result(&result),
+        );
+        result.map(Response::new)
     }
 
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::Fault>, Status> {
-        let fault = self
-            .engine
-            .get(&request.into_inner().id)
-            .map_err(from_engine)?;
+        let id = &request.get_ref().id;
+        self.gate.admit(&request, Rpc::Get, Some(Target::id(id)))?;
+        let fault = self.engine.get(id).map_err(from_engine)?;
         Ok(Response::new(convert::proto_fault(&fault)))
     }
 
     async fn list(
         &self,
-        _: Request<pb::ListRequest>,
+        request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
+        self.gate.admit(&request, Rpc::List, None)?;
         let faults = self
             .engine
             .list()
@@ -64,41 +122,76 @@ impl Faults for FaultsService {
         &self,
         request: Request<pb::RevertRequest>,
     ) -> Result<Response<pb::Fault>, Status> {
-        let fault = self
+        let id = request.get_ref().id.clone();
+        let admitted = self
+            .gate
+            .admit(&request, Rpc::Revert, Some(Target::id(&id)))?;
+        // Looked up first so that a failed revert is still audited with what the fault was.
+        let known = self.engine.get(&id).ok();
+        let result = self
             .engine
-            .revert(&request.into_inner().id, RevertReason::Requested)
+            .revert(&id, RevertReason::Requested)
             .await
-            .map_err(from_engine)?;
-        Ok(Response::new(convert::proto_fault(&fault)))
+            .map_err(from_engine);
+        let target = match (&result, &known) {
+            (Ok(fault), _) | (Err(_), Some(fault)) => Target::fault(fault),
+            (Err(_), None) => Target::id(&id),
+        };
+        self.gate.record(
+            &Record::new(admitted.who(), Rpc::Revert)
+                .with_fault(target)
+                .with_result(&result),
+        );
+        Ok(Response::new(convert::proto_fault(&result?)))
     }
 
     async fn revert_all(
         &self,
-        _: Request<pb::RevertAllRequest>,
+        request: Request<pb::RevertAllRequest>,
     ) -> Result<Response<pb::RevertAllResponse>, Status> {
+        let admitted = self.gate.admit(&request, Rpc::RevertAll, None)?;
         let mut faults = Vec::new();
+        let mut targets = Vec::new();
         let mut failures = Vec::new();
         for result in self.engine.revert_all(RevertReason::Requested).await {
             match result {
-                Ok(fault) => faults.push(convert::proto_fault(&fault)),
-                Err(e) => failures.push(e.to_string()),
+                Ok(fault) => {
+                    targets.push(Target::fault(&fault));
+                    faults.push(convert::proto_fault(&fault));
+                }
+                Err(e) => {
+                    if let EngineError::Revert { id, .. } = &e {
+                        targets.push(Target::id(id));
+                    }
+                    failures.push(e.to_string());
+                }
             }
         }
-        if !failures.is_empty() {
-            return Err(Status::internal(format!(
+        let result = if failures.is_empty() {
+            Ok(pb::RevertAllResponse { faults })
+        } else {
+            Err(Status::internal(format!(
                 "{} of {} faults could not be reverted: {}",
                 failures.len(),
                 failures.len() + faults.len(),
                 failures.join("; ")
-            )));
-        }
-        Ok(Response::new(pb::RevertAllResponse { faults }))
+            )))
+        };
+        self.gate.record(
+            &Record::new(admitted.who(), Rpc::RevertAll)
+                .with_faults(targets)
+                .with_result(&result),
+        );
+        result.map(Response::new)
     }
 
     async fn renew_lease(
         &self,
         request: Request<pb::RenewLeaseRequest>,
     ) -> Result<Response<pb::RenewLeaseResponse>, Status> {
+        // Renewals come every third of a lease: authorized like any change, not audited line
+        // by line (the apply that created the lease was).
+        self.gate.admit(&request, Rpc::RenewLease, None)?;
         let request = request.into_inner();
         let period = request
             .lease
@@ -118,6 +211,10 @@ impl Faults for FaultsService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let watched = Some(&request.get_ref().fault_id)
+            .filter(|id| !id.is_empty())
+            .map(|id| Target::id(id));
+        self.gate.admit(&request, Rpc::Watch, watched)?;
         let only = Some(request.into_inner().fault_id).filter(|id| !id.is_empty());
         if let Some(id) = &only {
             self.engine.get(id).map_err(from_engine)?;

@@ -7,7 +7,7 @@ use faultline_proto::v1 as pb;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::convert;
+use super::{authz::Rpc, convert, gate::Gate};
 use crate::{
     engine::Engine,
     errors::InvalidSpec,
@@ -25,11 +25,16 @@ const MIN_INTERVAL: Duration = Duration::from_millis(100);
 pub struct MetricsService {
     monitor: Arc<Monitor>,
     engine: Arc<Engine>,
+    gate: Arc<Gate>,
 }
 
 impl MetricsService {
-    pub fn new(monitor: Arc<Monitor>, engine: Arc<Engine>) -> Self {
-        Self { monitor, engine }
+    pub fn new(monitor: Arc<Monitor>, engine: Arc<Engine>, gate: Arc<Gate>) -> Self {
+        Self {
+            monitor,
+            engine,
+            gate,
+        }
     }
 }
 
@@ -44,8 +49,9 @@ fn snapshot(monitor: &Monitor) -> Result<pb::MetricsSnapshot, Status> {
 impl pb::metrics_server::Metrics for MetricsService {
     async fn snapshot(
         &self,
-        _request: Request<pb::SnapshotRequest>,
+        request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<pb::MetricsSnapshot>, Status> {
+        self.gate.admit(&request, Rpc::MetricsSnapshot, None)?;
         snapshot(&self.monitor).map(Response::new)
     }
 
@@ -55,6 +61,7 @@ impl pb::metrics_server::Metrics for MetricsService {
         &self,
         request: Request<pb::StreamRequest>,
     ) -> Result<Response<Self::StreamStream>, Status> {
+        self.gate.admit(&request, Rpc::MetricsStream, None)?;
         let interval = match request.into_inner().interval {
             None => DEFAULT_INTERVAL,
             Some(d) => {

@@ -1,6 +1,7 @@
-//! The gRPC edge: the tonic services over the engine, the local unix-socket listener, the
-//! standard health and reflection services, and the client side the CLI uses. Protobuf types
-//! stop here; the engine only sees domain types.
+//! The gRPC edge: the tonic services over the engine, the local unix-socket listener and the
+//! optional remote listener (mutual TLS), the standard health and reflection services, the
+//! authorization and audit every call goes through, and the client side the CLI uses.
+//! Protobuf types stop here; the engine only sees domain types.
 
 use std::{
     fs,
@@ -17,8 +18,9 @@ use faultline_proto::{
 };
 use hyper_util::rt::TokioIo;
 use tokio::{
-    net::{UnixListener, UnixStream},
+    net::{TcpListener, UnixListener, UnixStream},
     signal::unix::{signal, SignalKind},
+    task::JoinHandle,
 };
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::{Channel, Endpoint, Server, Uri};
@@ -27,10 +29,14 @@ use tracing::{info, warn};
 use crate::{engine::Engine, monitor::Monitor};
 
 mod agent;
+pub mod audit;
+pub mod authz;
 pub mod convert;
 mod faults;
+pub mod gate;
 pub mod metrics;
 pub mod status;
+pub mod tls;
 
 pub use agent::AgentService;
 pub use faults::FaultsService;
@@ -39,16 +45,27 @@ pub use metrics::MetricsService;
 /// How long open connections may take to finish after shutdown has reverted every fault.
 const DRAIN: Duration = Duration::from_secs(5);
 
-/// Serves the engine and the monitor on the unix socket (and the monitor as Prometheus text on
-/// `metrics_listener`, when given) until SIGTERM or SIGINT, then reverts every active fault
-/// before returning.
+/// The remote listener, bound and with its certificates loaded.
+pub struct Remote {
+    pub listener: TcpListener,
+    pub tls: tls::ServerTls,
+}
+
+type ServerTask = JoinHandle<Result<(), tonic::transport::Error>>;
+
+/// Serves the engine and the monitor on the unix socket and, when given, on the remote
+/// listener (mutual TLS), every call through `gate`; and the monitor as Prometheus text on
+/// `metrics_listener`, when given. Runs until SIGTERM or SIGINT (or a listener fails), then
+/// reverts every active fault before returning.
 pub async fn serve(
     engine: Arc<Engine>,
     monitor: Arc<Monitor>,
-    metrics_listener: Option<tokio::net::TcpListener>,
+    gate: Arc<gate::Gate>,
+    metrics_listener: Option<TcpListener>,
+    remote: Option<Remote>,
 ) -> anyhow::Result<()> {
     let socket = engine.config().socket.clone();
-    let listener = bind(&socket)?;
+    let listener = bind(&socket, engine.config().socket_group)?;
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<FaultsServer<FaultsService>>()
@@ -69,22 +86,48 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .context("building the reflection service")?;
+    let faults = FaultsServer::new(FaultsService::new(Arc::clone(&engine), Arc::clone(&gate)));
+    let agent = AgentServer::new(AgentService::new(Arc::clone(&engine), Arc::clone(&gate)));
+    let metrics = MetricsServer::new(MetricsService::new(
+        Arc::clone(&monitor),
+        Arc::clone(&engine),
+        Arc::clone(&gate),
+    ));
+    // Both listeners serve the same services; only how callers are identified differs.
+    let router = || {
+        Server::builder()
+            .add_service(health.clone())
+            .add_service(reflection.clone())
+            .add_service(reflection_alpha.clone())
+            .add_service(faults.clone())
+            .add_service(agent.clone())
+            .add_service(metrics.clone())
+    };
 
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = Server::builder()
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(reflection_alpha)
-        .add_service(FaultsServer::new(FaultsService::new(Arc::clone(&engine))))
-        .add_service(AgentServer::new(AgentService::new(Arc::clone(&engine))))
-        .add_service(MetricsServer::new(MetricsService::new(
-            Arc::clone(&monitor),
-            Arc::clone(&engine),
-        )))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
-            let _ = stop_rx.await;
-        });
-    let mut server = tokio::spawn(server);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let mut server: ServerTask =
+        tokio::spawn(router().serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener),
+            stopped(stop_rx.clone()),
+        ));
+    let mut remote_server: Option<ServerTask> = match remote {
+        Some(remote) => {
+            let address = remote
+                .listener
+                .local_addr()
+                .context("reading the remote listener's address")?;
+            let incoming = tls::incoming(remote.listener, remote.tls, Arc::clone(gate.audit()));
+            info!(listen = %address, "faultline agent listening for mutual-TLS clients");
+            Some(tokio::spawn(router().serve_with_incoming_shutdown(
+                incoming,
+                stopped(stop_rx.clone()),
+            )))
+        }
+        None => None,
+    };
 
     let http = metrics_listener.map(|listener| {
         let mut closing = engine.closing();
@@ -93,24 +136,44 @@ pub async fn serve(
         }))
     });
 
-    info!(socket = %socket.display(), "faultline agent listening");
+    info!(socket = %socket.display(), audit_log = %gate.audit().path().display(), "faultline agent listening");
     // systemd Type=notify: ready only once the socket accepts. Outside systemd this is a no-op.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let server_result = tokio::select! {
-        _ = term.recv() => { info!("SIGTERM: reverting every active fault"); None }
-        _ = int.recv() => { info!("SIGINT: reverting every active fault"); None }
-        result = &mut server => Some(result),
+    let remote_ended = async {
+        match remote_server.as_mut() {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
+    let ended = tokio::select! {
+        _ = term.recv() => { info!("SIGTERM: reverting every active fault"); Ended::Signal }
+        _ = int.recv() => { info!("SIGINT: reverting every active fault"); Ended::Signal }
+        result = &mut server => Ended::Local(result),
+        result = remote_ended => Ended::Remote(result),
     };
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    // Faults first: whatever happens to the listener, nothing is left in the kernel.
+    // Faults first: whatever happens to the listeners, nothing is left in the kernel.
     engine.shutdown().await;
-    let _ = stop_tx.send(());
-    let result = match server_result {
-        Some(result) => Some(result),
-        None => tokio::time::timeout(DRAIN, &mut server).await.ok(),
+    let _ = stop_tx.send(true);
+    let (local, remote) = match ended {
+        Ended::Signal => (None, None),
+        Ended::Local(result) => (Some(result), None),
+        Ended::Remote(result) => {
+            remote_server = None;
+            (None, Some(result))
+        }
+    };
+    let local = match local {
+        Some(result) => finished("gRPC server", result),
+        None => drain("gRPC server", server).await,
+    };
+    let remote = match (remote, remote_server) {
+        (Some(result), _) => finished("remote listener", result),
+        (None, Some(task)) => drain("remote listener", task).await,
+        (None, None) => Ok(()),
     };
     let _ = fs::remove_file(&socket);
     if let Some(http) = http {
@@ -121,20 +184,42 @@ pub async fn serve(
             Err(_) => warn!("the metrics listener did not stop within {DRAIN:?}"),
         }
     }
+    local.and(remote)
+}
+
+/// Why the agent stopped serving.
+enum Ended {
+    Signal,
+    Local(Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>),
+    Remote(Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>),
+}
+
+fn finished(
+    name: &str,
+    result: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> anyhow::Result<()> {
     match result {
-        Some(Ok(Ok(()))) => Ok(()),
-        Some(Ok(Err(e))) => Err(e).context("the gRPC server failed"),
-        Some(Err(e)) => Err(e).context("the gRPC server task failed"),
-        None => {
-            warn!("connections did not close within {DRAIN:?}; leaving them");
-            server.abort();
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e).with_context(|| format!("the {name} failed")),
+        Err(e) => Err(e).with_context(|| format!("the {name} task failed")),
+    }
+}
+
+/// Waits up to [`DRAIN`] for a server told to stop; leaves connections that do not close.
+async fn drain(name: &str, mut task: ServerTask) -> anyhow::Result<()> {
+    match tokio::time::timeout(DRAIN, &mut task).await {
+        Ok(result) => finished(name, result),
+        Err(_) => {
+            warn!("connections to the {name} did not close within {DRAIN:?}; leaving them");
+            task.abort();
             Ok(())
         }
     }
 }
 
-/// Binds the socket root-only, refusing to steal it from another live agent.
-fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+/// Binds the socket root-only (or root and `group`, mode 0660), refusing to steal it from
+/// another live agent.
+fn bind(path: &Path, group: Option<u32>) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -156,6 +241,14 @@ fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     let listener = bound.with_context(|| format!("binding {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))
         .with_context(|| format!("setting mode 0600 on {}", path.display()))?;
+    if let Some(gid) = group {
+        // The group reaches the socket; what each member may do is still the policy's call,
+        // by uid.
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+            .with_context(|| format!("giving {} to group {gid}", path.display()))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o660))
+            .with_context(|| format!("setting mode 0660 on {}", path.display()))?;
+    }
     Ok(listener)
 }
 
@@ -190,7 +283,8 @@ impl std::fmt::Display for AgentAddress {
     }
 }
 
-/// Connects a gRPC channel to the agent.
+/// Connects a gRPC channel to the agent over a unix socket or plain TCP; [`connect_tls`]
+/// reaches the remote listener.
 pub async fn connect(address: &AgentAddress) -> Result<Channel, tonic::transport::Error> {
     match address {
         AgentAddress::Unix(path) => {
@@ -207,4 +301,16 @@ pub async fn connect(address: &AgentAddress) -> Result<Channel, tonic::transport
         }
         AgentAddress::Tcp(url) => Endpoint::from_shared(url.clone())?.connect().await,
     }
+}
+
+/// Connects a gRPC channel to the agent's remote listener (`https://HOST:PORT`), presenting
+/// the client certificate and checking the agent's against the CA in `tls`.
+pub async fn connect_tls(
+    url: &str,
+    tls: &tls::ClientTls,
+) -> Result<Channel, tonic::transport::Error> {
+    Endpoint::from_shared(url.to_owned())?
+        .tls_config(tls.config())?
+        .connect()
+        .await
 }

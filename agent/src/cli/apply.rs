@@ -17,19 +17,13 @@ use tonic::transport::Channel;
 
 use super::{
     args::{ApplyArgs, Global, Output},
+    connect::channel,
     output::{self, Failure},
 };
-use crate::{
-    api::{connect, AgentAddress},
-    engine::{Fault, FaultState},
-};
+use crate::engine::{Fault, FaultState};
 
 pub async fn client(global: &Global) -> Result<FaultsClient<Channel>, Failure> {
-    let address = AgentAddress::parse(&global.agent);
-    let channel = connect(&address)
-        .await
-        .map_err(|e| Failure::unreachable(&address, e))?;
-    Ok(FaultsClient::new(channel))
+    Ok(FaultsClient::new(channel(global).await?))
 }
 
 pub async fn run(

@@ -1,7 +1,7 @@
 //! clap types shared by the subcommands: where the agent is, how to print, and the flags every
 //! network fault takes.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use clap::{Args, ValueEnum};
 use faultline_proto::v1 as pb;
@@ -10,9 +10,20 @@ use crate::config::DEFAULT_SOCKET;
 
 #[derive(Debug, Clone, Args)]
 pub struct Global {
-    /// The agent to talk to: a unix socket path, unix:PATH, or http://HOST:PORT
+    /// The agent to talk to: a unix socket path, unix:PATH, or https://HOST:PORT (its remote
+    /// listener, with --tls-cert, --tls-key and --ca)
     #[arg(long, global = true, env = "FAULTLINE_AGENT", default_value = DEFAULT_SOCKET)]
     pub agent: String,
+    /// This side's certificate (PEM): the client's for an https:// agent, the agent's own for
+    /// `serve --listen`
+    #[arg(long, global = true, env = "FAULTLINE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM)
+    #[arg(long, global = true, env = "FAULTLINE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA the agent's certificate must chain to (PEM), for an https:// agent
+    #[arg(long, global = true, env = "FAULTLINE_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
     /// Output format
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Text)]
     pub output: Output,

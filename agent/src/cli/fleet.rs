@@ -119,9 +119,22 @@ async fn connect_agent(
     address: &str,
     tls: Option<&TlsFiles>,
 ) -> Result<tonic::transport::Channel, String> {
-    let address = AgentAddress::parse(address);
-    match tls {
-        None => connect(&address).await.map_err(|e| e.to_string()),
-        Some(_) => Err("TLS targets are not supported yet".to_owned()),
+    match (AgentAddress::parse(address), tls) {
+        (AgentAddress::Tcp(url), Some(files)) => {
+            let client = crate::api::tls::ClientTls::load(&files.cert, &files.key, &files.ca)
+                .map_err(|e| e.to_string())?;
+            crate::api::connect_tls(&url, &client).await.map_err(|e| {
+                format!(
+                    "{e} ({})",
+                    std::error::Error::source(&e)
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                )
+            })
+        }
+        (AgentAddress::Tcp(url), None) if url.starts_with("https://") => {
+            Err("an https:// agent needs the experiment's tls: section (cert, key, ca)".to_owned())
+        }
+        (address, _) => connect(&address).await.map_err(|e| e.to_string()),
     }
 }

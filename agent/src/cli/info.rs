@@ -6,19 +6,15 @@ use serde_json::json;
 
 use super::{
     args::{Global, Output},
+    connect::channel,
     output::{self, Failure},
 };
-use crate::api::{connect, AgentAddress};
 
 #[derive(Debug, Args)]
 pub struct Options {}
 
 pub async fn run(global: &Global, _: Options) -> Result<(), Failure> {
-    let address = AgentAddress::parse(&global.agent);
-    let channel = connect(&address)
-        .await
-        .map_err(|e| Failure::unreachable(&address, e))?;
-    let info = AgentClient::new(channel)
+    let info = AgentClient::new(channel(global).await?)
         .info(pb::InfoRequest {})
         .await?
         .into_inner();

@@ -12,10 +12,11 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::{
     args::{parse_duration, Global, Output},
+    connect::channel,
     output::{self, Failure},
 };
 use crate::{
-    api::{connect, metrics::from_proto, AgentAddress},
+    api::metrics::from_proto,
     monitor::{host::HostSnapshot, tcp::DestHealth, MetricsSnapshot},
 };
 
@@ -33,11 +34,7 @@ pub struct TopOptions {
 }
 
 async fn client(global: &Global) -> Result<MetricsClient<tonic::transport::Channel>, Failure> {
-    let address = AgentAddress::parse(&global.agent);
-    let channel = connect(&address)
-        .await
-        .map_err(|e| Failure::unreachable(&address, e))?;
-    Ok(MetricsClient::new(channel))
+    Ok(MetricsClient::new(channel(global).await?))
 }
 
 fn domain(s: pb::MetricsSnapshot) -> Result<MetricsSnapshot, Failure> {

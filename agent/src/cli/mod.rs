@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 mod apply;
 pub mod args;
 mod block;
+mod certs;
+mod connect;
 mod fleet;
 mod get;
 mod info;
@@ -69,6 +71,9 @@ pub enum Command {
     Top(metrics::TopOptions),
     /// Experiments across many agents: faults with leases, guards, a scorecard
     Fleet(fleet::Options),
+    /// Make the certificates of the remote listener: a CA, the agent's, clients'
+    #[command(subcommand)]
+    Certs(certs::Command),
     /// A stress worker, started by the agent inside a fault's cgroup
     #[command(name = "__worker", hide = true)]
     Worker(worker::Options),
@@ -78,8 +83,9 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(options) => serve::run(options),
+        Command::Serve(options) => serve::run(&cli.global, options),
         Command::Worker(options) => worker::run(options),
+        Command::Certs(command) => certs::run(command),
         command => client_runtime().and_then(|rt| {
             rt.block_on(async {
                 match command {
@@ -97,7 +103,9 @@ pub fn main() -> ExitCode {
                     Command::Metrics(o) => metrics::metrics(&cli.global, o).await,
                     Command::Top(o) => metrics::top(&cli.global, o).await,
                     Command::Fleet(o) => fleet::run(&cli.global, o).await,
-                    Command::Serve(_) | Command::Worker(_) => unreachable!("handled above"),
+                    Command::Serve(_) | Command::Worker(_) | Command::Certs(_) => {
+                        unreachable!("handled above")
+                    }
                 }
             })
         }),

@@ -12,6 +12,7 @@ use std::{
 
 use faultline_proto::v1 as pb;
 use serde_json::{json, Value};
+use tokio_rustls::rustls;
 use tonic::Code;
 
 use super::args::Output;
@@ -73,9 +74,94 @@ impl Failure {
         }
     }
 
+    /// A failed connection: a TLS failure says which side's certificate was refused.
+    pub fn connect(agent: &impl fmt::Display, error: &(dyn std::error::Error + 'static)) -> Self {
+        match tls_failure(error) {
+            Some(TlsFailure::Refused(alert)) => Self::refused_certificate(&alert),
+            Some(TlsFailure::Untrusted(why)) => Self {
+                code: 5,
+                message: format!(
+                    "the agent at {agent} is not trusted: {why} (is --ca the CA that signed the \
+                     agent's certificate, and does --agent name a host or address in it?)"
+                ),
+            },
+            None => Self::unreachable(agent, error_chain(error)),
+        }
+    }
+
+    fn refused_certificate(alert: &str) -> Self {
+        Self {
+            code: 6,
+            message: format!(
+                "the agent refused this client's certificate at the TLS handshake ({alert}): \
+                 --tls-cert must be signed by the CA the agent trusts (serve --client-ca) and be \
+                 valid now"
+            ),
+        }
+    }
+
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(self.code)
     }
+}
+
+/// A TLS handshake that failed, as the CLI explains it.
+enum TlsFailure {
+    /// The agent ended the handshake with an alert: it refused this client's certificate.
+    Refused(String),
+    /// This side refused the agent's certificate.
+    Untrusted(String),
+}
+
+/// The TLS failure somewhere in an error's causes. rustls reports through `io::Error`, and
+/// HTTP/2 keeps only the text of an I/O error that ends a connection, so an alert that arrives
+/// during the first call is recognised by rustls's wording.
+fn tls_failure(error: &(dyn std::error::Error + 'static)) -> Option<TlsFailure> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
+            e.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        match tls {
+            Some(tls @ rustls::Error::AlertReceived(_)) => {
+                return Some(TlsFailure::Refused(tls.to_string()))
+            }
+            Some(tls @ rustls::Error::InvalidCertificate(_)) => {
+                return Some(TlsFailure::Untrusted(tls.to_string()))
+            }
+            Some(_) => return None,
+            None => {}
+        }
+        const ALERT: &str = "received fatal alert: ";
+        let text = e.to_string();
+        if let Some(at) = text.find(ALERT) {
+            let name: String = text[at + ALERT.len()..]
+                .chars()
+                .take_while(char::is_ascii_alphanumeric)
+                .collect();
+            return Some(TlsFailure::Refused(format!("{ALERT}{name}")));
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// An error with its causes, `outer: inner: innermost`: transport errors say only "transport
+/// error" themselves, and the cause (a refused certificate, a closed port) is what helps.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
 }
 
 impl fmt::Display for Failure {
@@ -86,6 +172,11 @@ impl fmt::Display for Failure {
 
 impl From<tonic::Status> for Failure {
     fn from(status: tonic::Status) -> Self {
+        // With TLS 1.3 the agent judges the client's certificate after the client considers the
+        // handshake done: its refusal arrives as the first call's transport error.
+        if let Some(TlsFailure::Refused(alert)) = tls_failure(&status) {
+            return Self::refused_certificate(&alert);
+        }
         let code = match status.code() {
             Code::InvalidArgument | Code::OutOfRange => 2,
             Code::NotFound => 3,
@@ -94,10 +185,13 @@ impl From<tonic::Status> for Failure {
             Code::PermissionDenied | Code::Unauthenticated => 6,
             _ => 1,
         };
-        let message = if status.message().is_empty() {
-            format!("the agent answered {:?}", status.code())
-        } else {
-            status.message().to_owned()
+        let message = match std::error::Error::source(&status) {
+            // "transport error" alone says nothing of what broke.
+            Some(source) => format!("{}: {}", status.message(), error_chain(source)),
+            None if status.message().is_empty() => {
+                format!("the agent answered {:?}", status.code())
+            }
+            None => status.message().to_owned(),
         };
         Self { code, message }
     }

@@ -1,5 +1,6 @@
-//! `faultline serve`: the agent itself. Probes the kernel, reverts whatever an earlier run
-//! left behind, then serves the gRPC API until SIGTERM/SIGINT, reverting every fault on exit.
+//! `faultline serve`: the agent itself. Checks its configuration (the policy, the remote
+//! listener's certificates), probes the kernel, reverts whatever an earlier run left behind,
+//! then serves the gRPC API until SIGTERM/SIGINT, reverting every fault on exit.
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -7,9 +8,18 @@ use anyhow::Context as _;
 use clap::Args;
 use tracing::{info, warn};
 
-use super::{args::parse_duration, output::Failure};
+use super::{
+    args::{parse_duration, Global},
+    output::Failure,
+};
 use crate::{
-    api,
+    api::{
+        self,
+        audit::AuditLog,
+        authz::{Authorizer, Policy},
+        gate::Gate,
+        tls::ServerTls,
+    },
     config::{AgentConfig, DEFAULT_BPF_PIN_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR},
     engine::Engine,
     kernel::caps::Capabilities,
@@ -24,6 +34,24 @@ pub struct Options {
     /// The local gRPC socket (created with mode 0600)
     #[arg(long, env = "FAULTLINE_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// A group whose members may also connect to the socket (mode 0660, a name or a gid);
+    /// what each uid may do is still the policy's decision
+    #[arg(long, value_name = "GROUP", value_parser = group_id)]
+    pub socket_group: Option<u32>,
+    /// Also serve the API on this TCP address, mutual TLS only (needs --tls-cert, --tls-key
+    /// and --client-ca); its port joins the protected ports
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// The CA that clients' certificates on the --listen address must chain to (PEM)
+    #[arg(long, value_name = "FILE", requires = "listen")]
+    pub client_ca: Option<PathBuf>,
+    /// Who may do what: a TOML file mapping certificate names and uids to the roles observer,
+    /// operator and admin (without it only root may call, on the unix socket)
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// The audit log, one JSON line per change and per refusal (default: STATE_DIR/audit.log)
+    #[arg(long, value_name = "PATH")]
+    pub audit_log: Option<PathBuf>,
     /// Where the journal of unfinished faults is kept
     #[arg(long, env = "FAULTLINE_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
@@ -68,6 +96,20 @@ pub struct Options {
     pub log_level: String,
 }
 
+/// A group name, or a numeric gid.
+fn group_id(text: &str) -> Result<u32, String> {
+    if let Ok(gid) = text.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(text) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        Ok(None) => Err(format!(
+            "no group named {text:?} (expected a group name from the group database, or a gid)"
+        )),
+        Err(e) => Err(format!("cannot look up group {text:?}: {e}")),
+    }
+}
+
 fn probe_target(text: &str) -> Result<Target, String> {
     Target::parse(text).map_err(|e| e.reason)
 }
@@ -82,7 +124,13 @@ fn cgroup_name(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
-pub fn run(o: Options) -> Result<(), Failure> {
+/// The remote listener as configured, before it is bound.
+struct RemoteOptions {
+    addr: SocketAddr,
+    tls: ServerTls,
+}
+
+pub fn run(global: &Global, o: Options) -> Result<(), Failure> {
     let filter = tracing_subscriber::EnvFilter::try_new(&o.log_level)
         .map_err(|e| Failure::internal(format!("--log-level {:?}: {e}", o.log_level)))?;
     use std::io::IsTerminal as _;
@@ -91,12 +139,65 @@ pub fn run(o: Options) -> Result<(), Failure> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // The configuration is checked before anything is touched: a wrong file stops the start.
+    let remote = match o.listen {
+        None => None,
+        Some(addr) => {
+            let (Some(cert), Some(key), Some(ca)) =
+                (&global.tls_cert, &global.tls_key, &o.client_ca)
+            else {
+                let missing: Vec<&str> = [
+                    ("--tls-cert", global.tls_cert.is_none()),
+                    ("--tls-key", global.tls_key.is_none()),
+                    ("--client-ca", o.client_ca.is_none()),
+                ]
+                .into_iter()
+                .filter_map(|(flag, absent)| absent.then_some(flag))
+                .collect();
+                return Err(Failure::usage(format!(
+                    "--listen {addr} needs --tls-cert, --tls-key and --client-ca (missing: {}): \
+                     the remote listener accepts mutual TLS only; `faultline certs` makes the \
+                     files",
+                    missing.join(", ")
+                )));
+            };
+            let tls = ServerTls::load(cert, key, ca).map_err(|e| Failure::usage(e.to_string()))?;
+            Some(RemoteOptions { addr, tls })
+        }
+    };
+    let policy = o
+        .policy
+        .as_deref()
+        .map(Policy::load)
+        .transpose()
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    match (&policy, &remote) {
+        (Some(policy), _) => {
+            info!(policy = %policy.path().display(), "authorization policy loaded")
+        }
+        (None, Some(_)) => warn!(
+            "--listen without --policy: every TLS client will be refused; map certificate names \
+             to roles with --policy FILE"
+        ),
+        (None, None) => {}
+    }
+    let audit_path = o.audit_log.unwrap_or_else(|| o.state_dir.join("audit.log"));
+    let audit = AuditLog::open(&audit_path).map_err(|e| Failure::internal(e.to_string()))?;
+    let gate = Arc::new(Gate::new(Authorizer::new(policy), Arc::new(audit)));
+    let mut protected_ports = o.protected_ports;
+    if let Some(remote) = &remote {
+        // The sessions that control the agent must survive its faults, like SSH.
+        if !protected_ports.contains(&remote.addr.port()) {
+            protected_ports.push(remote.addr.port());
+        }
+    }
     let config = AgentConfig {
         socket: o.socket,
+        socket_group: o.socket_group,
         state_dir: o.state_dir,
         bpf_pin_dir: o.bpf_pin_dir,
         max_duration: o.max_duration,
-        protected_ports: o.protected_ports,
+        protected_ports,
         memory_reserve: o.memory_reserve,
         cgroup_parent: o.cgroup_parent,
     };
@@ -111,7 +212,7 @@ pub fn run(o: Options) -> Result<(), Failure> {
         probe_timeout: o.probe_timeout,
     };
     runtime
-        .block_on(serve(config, watch))
+        .block_on(serve(config, watch, gate, remote))
         .map_err(|e| Failure::internal(format!("{e:#}")))
 }
 
@@ -123,7 +224,12 @@ struct Watch {
     probe_timeout: Duration,
 }
 
-async fn serve(config: AgentConfig, watch: Watch) -> anyhow::Result<()> {
+async fn serve(
+    config: AgentConfig,
+    watch: Watch,
+    gate: Arc<Gate>,
+    remote: Option<RemoteOptions>,
+) -> anyhow::Result<()> {
     let caps = Capabilities::probe();
     info!(version = env!("CARGO_PKG_VERSION"), kernel = %caps.kernel_release, "faultline agent starting");
     for (name, cap) in caps.list() {
@@ -160,7 +266,16 @@ async fn serve(config: AgentConfig, watch: Watch) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let remote = match remote {
+        Some(RemoteOptions { addr, tls }) => Some(api::Remote {
+            listener: tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the remote listener on {addr}"))?,
+            tls,
+        }),
+        None => None,
+    };
     let probes = Probes::start(&watch.probes, watch.probe_interval, watch.probe_timeout);
     let monitor = Arc::new(Monitor::start(Arc::clone(&engine), probes));
-    api::serve(engine, monitor, metrics_listener).await
+    api::serve(engine, monitor, gate, metrics_listener, remote).await
 }

@@ -1,6 +1,6 @@
 //! The safety guard: the connections a fault must not cut unless the request says `force`.
-//! Today that is every established TCP connection on a protected local port (SSH by default;
-//! the remote control port once one is configured). It reads /proc/net/tcp{,6} of the agent's
+//! Today that is every established TCP connection on a protected local port (SSH by default,
+//! and the remote listener's port when it is on, so no fault cuts the sessions that control it). It reads /proc/net/tcp{,6} of the agent's
 //! network namespace and never changes anything.
 
 use procfs::net::TcpState;

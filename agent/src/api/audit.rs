@@ -1,0 +1,363 @@
+//! The audit log: one JSON line for every call that changes faults (Apply, Revert, RevertAll),
+//! whatever its outcome, for every call the policy refused, and for every TLS client refused at
+//! the handshake for its certificate. Each line says when, who (identity, how it was
+//! established, role), which call, which fault (id, kind, summary) and the result: `ok`,
+//! `denied` or `failed`, with the gRPC code and the message the caller got.
+//!
+//! The file is opened with O_APPEND, so lines are only ever added, and each line is fsynced
+//! before the call returns: a line the caller's answer depended on is on disk. A line that
+//! cannot be written is reported in the agent's log; the call it describes is not undone.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::Write as _,
+    net::SocketAddr,
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::SystemTime,
+};
+
+use serde::Serialize;
+use thiserror::Error;
+use tonic::Status;
+use tracing::error;
+
+use super::authz::{Caller, Role, Rpc};
+use crate::engine::Fault;
+
+#[derive(Debug, Error)]
+#[error("cannot open the audit log {path}: {source}")]
+pub struct AuditError {
+    path: PathBuf,
+    source: std::io::Error,
+}
+
+pub struct AuditLog {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+/// Who made the call.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Who {
+    /// As refusals name it (`alice`, `uid 1000`); null when the caller has no identity (a
+    /// certificate refused at the handshake).
+    pub identity: Option<String>,
+    /// `unix-peer-credentials` or `tls-client-certificate`.
+    pub auth: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    /// The client's address on the TLS listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// Null when the caller has none (not in the policy).
+    pub role: Option<Role>,
+}
+
+impl Who {
+    pub fn new(caller: &Caller, role: Option<Role>) -> Self {
+        let (uid, pid, peer) = match caller {
+            Caller::Unix { uid, pid } => (Some(*uid), *pid, None),
+            Caller::Certificate { peer, .. } => (None, None, Some(peer.to_string())),
+        };
+        Self {
+            identity: Some(caller.to_string()),
+            auth: caller.auth(),
+            uid,
+            pid,
+            peer,
+            role,
+        }
+    }
+}
+
+/// The fault a call was about, as far as it is known.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Target {
+    /// Null for a dry run, and for an Apply refused before the fault got an id.
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    /// The fault's one-line description, its target included (`block in tcp dport 8080 (drop)`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_secs: Option<f64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+impl Target {
+    pub fn id(id: &str) -> Self {
+        Self {
+            id: Some(id.to_owned()),
+            ..Self::default()
+        }
+    }
+
+    pub fn fault(fault: &Fault) -> Self {
+        Self {
+            id: Some(fault.id.clone()),
+            kind: Some(fault.spec.kind()),
+            summary: Some(fault.spec.family().summary()),
+            duration_secs: None,
+            dry_run: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Ok,
+    /// Refused by the policy, or at the TLS handshake.
+    Denied,
+    /// Allowed, but it did not succeed (an invalid request, a kernel failure).
+    Failed,
+}
+
+/// One line of the log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Record {
+    /// RFC 3339, UTC, milliseconds.
+    pub time: String,
+    pub who: Who,
+    /// `Faults/Apply`, ...; `tls-handshake` for a client refused before any call.
+    pub rpc: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Target>,
+    /// RevertAll: every fault it reverted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub faults: Option<Vec<Target>>,
+    pub result: Outcome,
+    /// The gRPC status code the caller got, unless `ok`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Record {
+    pub fn new(who: Who, rpc: Rpc) -> Self {
+        Self::named(who, rpc.name())
+    }
+
+    fn named(who: Who, rpc: &'static str) -> Self {
+        Self {
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            who,
+            rpc,
+            fault: None,
+            faults: None,
+            result: Outcome::Ok,
+            code: None,
+            error: None,
+        }
+    }
+
+    pub fn with_fault(mut self, target: Target) -> Self {
+        self.fault = Some(target);
+        self
+    }
+
+    pub fn with_faults(mut self, targets: Vec<Target>) -> Self {
+        self.faults = Some(targets);
+        self
+    }
+
+    /// Records what the caller was answered.
+    pub fn with_result<T>(mut self, result: &Result<T, Status>) -> Self {
+        if let Err(status) = result {
+            self.result = if status.code() == tonic::Code::PermissionDenied {
+                Outcome::Denied
+            } else {
+                Outcome::Failed
+            };
+            self.code = Some(format!("{:?}", status.code()));
+            self.error = Some(status.message().to_owned());
+        }
+        self
+    }
+}
+
+impl AuditLog {
+    /// Opens (creating it, mode 0600, and its directory, mode 0700) the log for appending.
+    pub fn open(path: &Path) -> Result<Self, AuditError> {
+        let fail = |source| AuditError {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                fs::create_dir_all(dir).map_err(fail)?;
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(fail)?;
+            }
+        }
+        let existed = path.exists();
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(fail)?;
+        if !existed {
+            // The new directory entry must survive a crash as well as the lines in it.
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                File::open(dir).and_then(|d| d.sync_all()).map_err(fail)?;
+            }
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            file: Mutex::new(file),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends the record as one line and fsyncs it. Blocks for the fsync; called from the
+    /// runtime it moves off the async workers first.
+    pub fn write(&self, record: &Record) {
+        let append = || -> std::io::Result<()> {
+            let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+            line.push(b'\n');
+            // One lock for write and fsync: lines never interleave, and none is acknowledged
+            // before it is on disk.
+            let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+            file.write_all(&line)?;
+            file.sync_data()
+        };
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let written = if multi_thread {
+            tokio::task::block_in_place(append)
+        } else {
+            append()
+        };
+        if let Err(e) = written {
+            error!(path = %self.path.display(), error = %e, rpc = record.rpc, "cannot write to the audit log");
+        }
+    }
+
+    /// A TLS client refused for its certificate before it could make any call.
+    pub fn handshake_refused(&self, peer: SocketAddr, reason: String) {
+        let who = Who {
+            identity: None,
+            auth: "tls-client-certificate",
+            uid: None,
+            pid: None,
+            peer: Some(peer.to_string()),
+            role: None,
+        };
+        let mut record = Record::named(who, "tls-handshake");
+        record.result = Outcome::Denied;
+        record.error = Some(reason);
+        self.write(&record);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    fn lines(path: &Path) -> Vec<Value> {
+        fs::read_to_string(path)
+            .expect("read")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect()
+    }
+
+    #[test]
+    fn records_are_one_json_line_each_with_who_what_and_the_result() {
+        let alice = Caller::Certificate {
+            name: "alice".to_owned(),
+            peer: "10.0.0.2:40000".parse().expect("address"),
+        };
+        let denied: Result<(), Status> = Err(Status::permission_denied(
+            "alice (operator): fault kind cpu is not allowed (allowed: block, loss)",
+        ));
+        let record = Record::new(Who::new(&alice, Some(Role::Operator)), Rpc::Apply)
+            .with_fault(Target {
+                kind: Some("cpu"),
+                summary: Some("cpu 50%".to_owned()),
+                duration_secs: Some(30.0),
+                ..Target::default()
+            })
+            .with_result(&denied);
+        let line = serde_json::to_string(&record).expect("encodes");
+        assert!(!line.contains('\n'));
+        let value: Value = serde_json::from_str(&line).expect("decodes");
+        assert!(value["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+        assert_eq!(
+            value["who"],
+            json!({"identity": "alice", "auth": "tls-client-certificate",
+                   "peer": "10.0.0.2:40000", "role": "operator"})
+        );
+        assert_eq!(value["rpc"], "Faults/Apply");
+        assert_eq!(
+            value["fault"],
+            json!({"id": null, "kind": "cpu", "summary": "cpu 50%", "duration_secs": 30.0})
+        );
+        assert_eq!(value["result"], "denied");
+        assert_eq!(value["code"], "PermissionDenied");
+        assert_eq!(
+            value["error"],
+            "alice (operator): fault kind cpu is not allowed (allowed: block, loss)"
+        );
+
+        let root = Caller::Unix {
+            uid: 0,
+            pid: Some(7),
+        };
+        let ok: Result<(), Status> = Ok(());
+        let value = serde_json::to_value(
+            Record::new(Who::new(&root, Some(Role::Admin)), Rpc::Revert)
+                .with_fault(Target::id("0123abcd"))
+                .with_result(&ok),
+        )
+        .expect("encodes");
+        assert_eq!(
+            value["who"],
+            json!({"identity": "uid 0", "auth": "unix-peer-credentials", "uid": 0, "pid": 7,
+                   "role": "admin"})
+        );
+        assert_eq!(value["result"], "ok");
+        assert!(value.get("error").is_none() && value.get("code").is_none());
+    }
+
+    #[test]
+    fn the_log_only_grows_and_is_private() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state").join("audit.log");
+        let uid = Caller::Unix {
+            uid: 1000,
+            pid: None,
+        };
+        {
+            let log = AuditLog::open(&path).expect("opens");
+            log.write(&Record::new(Who::new(&uid, None), Rpc::List));
+        }
+        let log = AuditLog::open(&path).expect("opens again");
+        log.handshake_refused(
+            "10.0.0.9:5555".parse().expect("address"),
+            "refused at the TLS handshake: invalid peer certificate: UnknownIssuer".to_owned(),
+        );
+        let written = lines(&path);
+        assert_eq!(written.len(), 2, "{written:?}");
+        assert_eq!(written[0]["rpc"], "Faults/List");
+        assert_eq!(written[0]["who"]["role"], Value::Null);
+        assert_eq!(written[1]["rpc"], "tls-handshake");
+        assert_eq!(written[1]["who"]["identity"], Value::Null);
+        assert_eq!(written[1]["who"]["peer"], "10.0.0.9:5555");
+        assert_eq!(written[1]["result"], "denied");
+        let mode = fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

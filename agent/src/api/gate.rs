@@ -1,0 +1,105 @@
+//! The door every call goes through, shared by the services: it identifies the caller, asks
+//! the [`Authorizer`](super::authz::Authorizer), and writes the audit line of every call it
+//! refuses. The services write the lines of the changes they make (Apply, Revert, RevertAll),
+//! since only they know the outcome.
+
+use std::sync::Arc;
+
+use tonic::{Request, Status};
+
+use super::{
+    audit::{AuditLog, Outcome, Record, Target, Who},
+    authz::{self, Authorizer, Caller, Denied, Role, Rpc},
+};
+use crate::engine::ApplyRequest;
+
+pub struct Gate {
+    authz: Authorizer,
+    audit: Arc<AuditLog>,
+}
+
+/// A call let through: who made it, in which role.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    pub caller: Caller,
+    pub role: Role,
+}
+
+impl Admitted {
+    pub fn who(&self) -> Who {
+        Who::new(&self.caller, Some(self.role))
+    }
+}
+
+impl Gate {
+    pub fn new(authz: Authorizer, audit: Arc<AuditLog>) -> Self {
+        Self { authz, audit }
+    }
+
+    pub fn audit(&self) -> &Arc<AuditLog> {
+        &self.audit
+    }
+
+    /// Who is calling; a caller without an identity is refused (and audited).
+    pub fn identify<T>(&self, request: &Request<T>, rpc: Rpc) -> Result<Caller, Status> {
+        authz::caller(request).map_err(|denied| {
+            let who = Who {
+                identity: None,
+                auth: "unidentified",
+                uid: None,
+                pid: None,
+                peer: None,
+                role: None,
+            };
+            self.refused(Record::new(who, rpc), denied)
+        })
+    }
+
+    /// Identifies the caller and checks that its role allows the call; a refusal is audited
+    /// with `target`, the fault the call named.
+    pub fn admit<T>(
+        &self,
+        request: &Request<T>,
+        rpc: Rpc,
+        target: Option<Target>,
+    ) -> Result<Admitted, Status> {
+        let caller = self.identify(request, rpc)?;
+        match self.authz.authorize(&caller, rpc) {
+            Ok(role) => Ok(Admitted { caller, role }),
+            Err(denied) => {
+                let mut record = Record::new(Who::new(&caller, denied.role), rpc);
+                record.fault = target;
+                Err(self.refused(record, denied))
+            }
+        }
+    }
+
+    /// [`Authorizer::authorize`] without the audit line: for Apply, which writes one line for
+    /// whatever happens to it.
+    pub fn authorize(&self, caller: &Caller, rpc: Rpc) -> Result<Role, Denied> {
+        self.authz.authorize(caller, rpc)
+    }
+
+    /// [`Authorizer::check_apply`], likewise without the audit line.
+    pub fn check_apply(
+        &self,
+        caller: &Caller,
+        role: Role,
+        request: &ApplyRequest,
+    ) -> Result<(), Denied> {
+        self.authz.check_apply(caller, role, request)
+    }
+
+    pub fn record(&self, record: &Record) {
+        self.audit.write(record);
+    }
+
+    fn refused(&self, mut record: Record, denied: Denied) -> Status {
+        let status = Status::from(denied);
+        record.result = Outcome::Denied;
+        record.code = Some(format!("{:?}", status.code()));
+        record.error = Some(status.message().to_owned());
+        self.audit.write(&record);
+        status
+    }
+}
