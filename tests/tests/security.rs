@@ -583,3 +583,89 @@ fn the_remote_listener_needs_its_three_tls_files() -> Result<()> {
     );
     Ok(())
 }
+
+/// The controller (`faultline fleet run` in namespace b, over mutual TLS) cuts itself off
+/// with the very fault it applies (every packet from b dropped on the agent's side): its
+/// renewals stop reaching the agent, which reverts the fault when the lease runs out.
+#[test]
+fn a_controller_cut_off_by_its_own_fault_loses_the_lease() -> Result<()> {
+    const T: &str = "a_controller_cut_off_by_its_own_fault_loses_the_lease";
+    if !require_root(T) {
+        return Ok(());
+    }
+    let lab = Lab::new()?;
+    let pki = Pki::new(&lab.a.v4.to_string())?;
+    let policy = pki.path("policy.toml");
+    fs::write(&policy, POLICY)?;
+    let addr = format!("{}:{PORT}", lab.a.v4);
+    let mut args = pki.serve_args(&addr);
+    args.extend(["--policy".into(), policy.display().to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = Agent::start_with(&lab.a.ns, &args)?;
+    let experiment = pki.path("cut-off.yaml");
+    fs::write(
+        &experiment,
+        format!(
+            "name: cut off\ntargets:\n  - address: https://{addr}\ntls:\n  cert: {}\n  key: {}\n  ca: {}\nduration: 60s\nlease: 2s\nfaults:\n  - fault:\n      kind: block\n      direction: ingress\n      match: {{cidrs: [\"{}/32\"]}}\n",
+            pki.path("carol/client.pem").display(),
+            pki.path("carol/client-key.pem").display(),
+            pki.path("ca/ca.pem").display(),
+            lab.b.v4
+        ),
+    )?;
+    // --force: the fault cuts the controller's own session on the listener's port, which the
+    // guard protects otherwise.
+    let mut controller = lab
+        .b
+        .ns
+        .command(faultline_bin()?)
+        .args(["fleet", "run", "--force", &experiment.display().to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (id, active_seen) = loop {
+        if let Some(f) = agent.faults()?.into_iter().find(|f| f["state"] == "active") {
+            break (
+                f["id"].as_str().context("no id")?.to_owned(),
+                Instant::now(),
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = controller.kill();
+            let out = controller.wait_with_output()?;
+            bail!(
+                "the controller applied nothing: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let reverted_after = loop {
+        let fault = agent.fault(&id)?;
+        if fault["state"] == "reverted" {
+            ensure!(
+                fault["reason"].as_str().unwrap_or("").contains("lease"),
+                "reverted for another reason: {fault}"
+            );
+            break active_seen.elapsed();
+        }
+        ensure!(
+            active_seen.elapsed() < Duration::from_secs(15),
+            "still {} 15 s after the controller was cut off",
+            fault["state"]
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    let _ = controller.kill();
+    let _ = controller.wait();
+    faultline_tests::note(
+        T,
+        format!("cut off by its own block: the agent reverted {reverted_after:.2?} after the fault was seen active (lease 2 s)"),
+    );
+    ensure!(
+        reverted_after <= Duration::from_secs(3),
+        "reverted {reverted_after:?} after activation, expected within lease + 1 s"
+    );
+    agent.assert_clean()
+}

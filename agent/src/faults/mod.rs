@@ -108,6 +108,7 @@ impl fmt::Display for PortRange {
 /// Which packets a network fault touches; an empty list matches everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PacketMatch {
+    #[serde(default)]
     pub protocol: Protocol,
     /// Destination port of the packet in the fault's direction.
     #[serde(default)]
