@@ -194,6 +194,23 @@ impl Agent {
         serde_json::from_str(&stdout).with_context(|| format!("ls -o json printed {stdout}"))
     }
 
+    /// Waits until the agent's TCP connect health programs are loaded (in the background after
+    /// start-up, which takes seconds under emulation); fails with the agent's reason if they
+    /// cannot be.
+    pub fn wait_for_tcp_health(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let snapshot: Value = serde_json::from_str(&self.cli_ok(&["metrics", "-o", "json"])?)?;
+            match snapshot["tcp_unavailable"].as_str() {
+                None => return Ok(()),
+                Some(r) if r.contains("still loading") && Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(200));
+                }
+                Some(r) => bail!("TCP connect health is unavailable: {r}"),
+            }
+        }
+    }
+
     /// `faultline revert ID`.
     pub fn revert(&self, id: &str) -> Result<()> {
         self.cli_ok(&["revert", id]).map(drop)

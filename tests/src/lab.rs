@@ -97,6 +97,31 @@ impl Netns {
         })
     }
 
+    /// The qdiscs of `dev` as `tc -d -j` prints them (the kernel's netlink dump, decoded by
+    /// iproute2, an independent reader), without the counters, which change with every packet:
+    /// two calls compare equal when the qdisc tree is the same.
+    pub fn qdiscs(&self, dev: &str) -> Result<serde_json::Value> {
+        const COUNTERS: &[&str] = &[
+            "bytes",
+            "packets",
+            "drops",
+            "overlimits",
+            "requeues",
+            "backlog",
+            "qlen",
+            "refcnt",
+        ];
+        let text = self.exec_ok(&["tc", "-d", "-j", "qdisc", "show", "dev", dev])?;
+        let mut value: serde_json::Value =
+            serde_json::from_str(&text).context("tc -j printed no JSON")?;
+        for q in value.as_array_mut().into_iter().flatten() {
+            if let Some(q) = q.as_object_mut() {
+                q.retain(|k, _| !COUNTERS.contains(&k.as_str()));
+            }
+        }
+        Ok(value)
+    }
+
     /// Whether nftables table `inet faultline` exists in the namespace.
     pub fn nft_table_exists(&self) -> Result<bool> {
         self.exec_succeeds(&["nft", "list", "table", "inet", "faultline"])

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, ensure, Context as _, Result};
+use anyhow::{ensure, Context as _, Result};
 use faultline_tests::{
     note, process, require_root, traffic::tcp_listen, unique, Agent, Lab, Netns,
 };
@@ -28,21 +28,6 @@ fn targets(agents: &[&Agent]) -> String {
         .iter()
         .map(|a| format!("  - address: unix:{}\n", a.socket().display()))
         .collect()
-}
-
-/// Waits until `agent`'s TCP connect health is loaded (in the background after start-up).
-fn wait_for_tcp_health(agent: &Agent) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let snapshot: Value = serde_json::from_str(&agent.cli_ok(&["metrics", "-o", "json"])?)?;
-        match snapshot["tcp_unavailable"].as_str() {
-            None => return Ok(()),
-            Some(r) if r.contains("still loading") && Instant::now() < deadline => {
-                thread::sleep(Duration::from_millis(200));
-            }
-            Some(r) => bail!("TCP connect health is unavailable: {r}"),
-        }
-    }
 }
 
 #[test]
@@ -137,7 +122,7 @@ fn a_breached_guard_aborts_the_experiment_and_reverts() -> Result<()> {
             "500ms",
         ],
     )?;
-    wait_for_tcp_health(&agent)?;
+    agent.wait_for_tcp_health()?;
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("guard.yaml");
     fs::write(

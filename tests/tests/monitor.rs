@@ -22,23 +22,6 @@ use serde_json::Value;
 const OPEN: u16 = 7001;
 const CLOSED: u16 = 7002;
 
-/// Waits until the agent's TCP connect health programs are loaded (in the background after
-/// start-up, which takes seconds under emulation); fails with the agent's reason if they
-/// cannot be.
-fn wait_for_tcp_health(agent: &Agent) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let snapshot: Value = serde_json::from_str(&agent.cli_ok(&["metrics", "-o", "json"])?)?;
-        match snapshot["tcp_unavailable"].as_str() {
-            None => return Ok(()),
-            Some(reason) if reason.contains("still loading") && Instant::now() < deadline => {
-                thread::sleep(Duration::from_millis(200));
-            }
-            Some(reason) => bail!("TCP connect health is unavailable: {reason}"),
-        }
-    }
-}
-
 /// The agent's view of one destination, from `faultline metrics -o json`.
 fn dest(agent: &Agent, addr: SocketAddr) -> Result<Option<Value>> {
     let snapshot: Value = serde_json::from_str(&agent.cli_ok(&["metrics", "-o", "json"])?)?;
@@ -78,7 +61,7 @@ fn connect_health_counts_refused_successful_and_retransmitted_connects() -> Resu
     }
     let lab = Lab::new()?;
     let agent = Agent::start(&lab.a.ns)?;
-    wait_for_tcp_health(&agent)?;
+    agent.wait_for_tcp_health()?;
     let open = SocketAddr::from((lab.b.v4, OPEN));
     let closed = SocketAddr::from((lab.b.v4, CLOSED));
     let open6 = SocketAddr::from((lab.b.v6, OPEN));
@@ -175,7 +158,7 @@ fn connect_health_counts_kernel_timeouts_under_a_drop_block() -> Result<()> {
     }
     let lab = Lab::new()?;
     let agent = Agent::start(&lab.a.ns)?;
-    wait_for_tcp_health(&agent)?;
+    agent.wait_for_tcp_health()?;
     // One SYN retry: the kernel gives up after 1 s + 2 s instead of after two minutes. The
     // setting belongs to the namespace.
     lab.a
@@ -307,7 +290,7 @@ fn prometheus_exposition_passes_promtool_and_serves_the_dashboard() -> Result<()
             "200ms",
         ],
     )?;
-    wait_for_tcp_health(&agent)?;
+    agent.wait_for_tcp_health()?;
     tcp_connect(&lab.a.ns, open, Duration::from_secs(2))?.context("connect")?;
     let id = agent.apply(&[
         "stress", "cpu", "--load", "5", "--cores", "1", "--for", "60s",

@@ -74,30 +74,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// The qdiscs of `dev` as `tc -d -j` decodes the kernel's dump, without counters.
-fn qdiscs(ns: &Netns, dev: &str) -> Result<Value> {
-    let text = ns.exec_ok(&["tc", "-d", "-j", "qdisc", "show", "dev", dev])?;
-    let mut value: Value = serde_json::from_str(&text)?;
-    for q in value.as_array_mut().into_iter().flatten() {
-        if let Some(q) = q.as_object_mut() {
-            q.retain(|k, _| {
-                ![
-                    "bytes",
-                    "packets",
-                    "drops",
-                    "overlimits",
-                    "requeues",
-                    "backlog",
-                    "qlen",
-                    "refcnt",
-                ]
-                .contains(&k.as_str())
-            });
-        }
-    }
-    Ok(value)
-}
-
 #[test]
 fn netem_delay_with_jitter_adds_the_requested_median() -> Result<()> {
     const T: &str = "netem_delay_with_jitter_adds_the_requested_median";
@@ -322,7 +298,7 @@ fn netem_revert_and_crash_restore_the_exact_prior_tree() -> Result<()> {
         return Ok(());
     }
     let dev = lab.a.dev.clone();
-    let pristine = qdiscs(&lab.a.ns, &dev)?;
+    let pristine = lab.a.ns.qdiscs(&dev)?;
     let delay = [
         "netem",
         "--dev",
@@ -343,7 +319,7 @@ fn netem_revert_and_crash_restore_the_exact_prior_tree() -> Result<()> {
     let id = agent.apply(&delay)?;
     agent.revert(&id)?;
     ensure!(
-        qdiscs(&lab.a.ns, &dev)? == pristine,
+        lab.a.ns.qdiscs(&dev)? == pristine,
         "the kernel's default root did not come back"
     );
 
@@ -351,18 +327,18 @@ fn netem_revert_and_crash_restore_the_exact_prior_tree() -> Result<()> {
         "tc", "qdisc", "add", "dev", &dev, "root", "handle", "8001:", "tbf", "rate", "900mbit",
         "burst", "256kb", "latency", "40ms",
     ])?;
-    let before = qdiscs(&lab.a.ns, &dev)?;
+    let before = lab.a.ns.qdiscs(&dev)?;
     let id = agent.apply(&[&delay[..], &["--force"]].concat())?;
     agent.revert(&id)?;
     ensure!(
-        qdiscs(&lab.a.ns, &dev)? == before,
+        lab.a.ns.qdiscs(&dev)? == before,
         "the tbf root did not come back exactly"
     );
 
     agent.apply(&[&delay[..], &["--force"]].concat())?;
     agent.kill()?;
     agent.restart()?;
-    let after = qdiscs(&lab.a.ns, &dev)?;
+    let after = lab.a.ns.qdiscs(&dev)?;
     note(T, format!("after SIGKILL and restart: {after}"));
     ensure!(
         after == before,

@@ -22,35 +22,8 @@ const TRANSFER: usize = 3 << 20;
 const SHELL_TRANSFER: usize = 1 << 20;
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The qdiscs of `dev` in `ns` as `tc -d -j` prints them (the kernel's netlink dump, decoded by
-/// iproute2), without the statistics, which change with every packet.
-pub fn qdiscs(ns: &Netns, dev: &str) -> Result<Value> {
-    let text = ns.exec_ok(&["tc", "-d", "-j", "qdisc", "show", "dev", dev])?;
-    let mut value: Value = serde_json::from_str(&text).context("tc -j printed no JSON")?;
-    if let Some(list) = value.as_array_mut() {
-        for q in list {
-            if let Some(q) = q.as_object_mut() {
-                q.retain(|k, _| {
-                    ![
-                        "bytes",
-                        "packets",
-                        "drops",
-                        "overlimits",
-                        "requeues",
-                        "backlog",
-                        "qlen",
-                        "refcnt",
-                    ]
-                    .contains(&k.as_str())
-                });
-            }
-        }
-    }
-    Ok(value)
-}
-
 fn root_kind(ns: &Netns, dev: &str) -> Result<(String, String)> {
-    let list = qdiscs(ns, dev)?;
+    let list = ns.qdiscs(dev)?;
     let root = list
         .as_array()
         .and_then(|l| l.iter().find(|q| q["root"] == true))
@@ -73,7 +46,7 @@ fn rate_egress_caps_only_the_targeted_port() -> Result<()> {
     }
     let lab = Lab::new()?;
     let agent = Agent::start(&lab.a.ns)?;
-    let before = qdiscs(&lab.a.ns, &lab.a.dev)?;
+    let before = lab.a.ns.qdiscs(&lab.a.dev)?;
     let to_p = SocketAddr::from((lab.b.v4, P));
     let to_q = SocketAddr::from((lab.b.v4, Q));
     let free = tcp_rate_bps(&lab.a.ns, &lab.b.ns, to_q, TRANSFER, TIMEOUT)?;
@@ -85,7 +58,7 @@ fn rate_egress_caps_only_the_targeted_port() -> Result<()> {
     ensure!(
         root_kind(&lab.a.ns, &lab.a.dev)? == ("htb".to_owned(), "fa00:".to_owned()),
         "faultline's htb is not the root: {}",
-        qdiscs(&lab.a.ns, &lab.a.dev)?
+        lab.a.ns.qdiscs(&lab.a.dev)?
     );
     let capped = tcp_rate_bps(&lab.a.ns, &lab.b.ns, to_p, TRANSFER, TIMEOUT)?;
     let other = tcp_rate_bps(&lab.a.ns, &lab.b.ns, to_q, TRANSFER, TIMEOUT)?;
@@ -111,9 +84,9 @@ fn rate_egress_caps_only_the_targeted_port() -> Result<()> {
 
     agent.revert(&id)?;
     ensure!(
-        qdiscs(&lab.a.ns, &lab.a.dev)? == before,
+        lab.a.ns.qdiscs(&lab.a.dev)? == before,
         "the qdiscs after revert differ from before:\n{}\n{}",
-        qdiscs(&lab.a.ns, &lab.a.dev)?,
+        lab.a.ns.qdiscs(&lab.a.dev)?,
         before
     );
     let after = tcp_rate_bps(&lab.a.ns, &lab.b.ns, to_p, TRANSFER, TIMEOUT)?;
@@ -287,7 +260,7 @@ fn another_tools_root_is_kept_without_force_and_restored_exactly_with_it() -> Re
     let lab = Lab::new()?;
     let agent = Agent::start(&lab.a.ns)?;
     install_foreign_tbf(&lab.a.ns, &lab.a.dev)?;
-    let before = qdiscs(&lab.a.ns, &lab.a.dev)?;
+    let before = lab.a.ns.qdiscs(&lab.a.dev)?;
 
     let args = [
         "rate", "--dev", &lab.a.dev, "--rate", "20mbit", "--for", "60s",
@@ -298,7 +271,7 @@ fn another_tools_root_is_kept_without_force_and_restored_exactly_with_it() -> Re
         "the refusal must name the qdisc and the way out: {refused}"
     );
     ensure!(
-        qdiscs(&lab.a.ns, &lab.a.dev)? == before,
+        lab.a.ns.qdiscs(&lab.a.dev)? == before,
         "a refused request changed the qdiscs"
     );
 
@@ -313,7 +286,7 @@ fn another_tools_root_is_kept_without_force_and_restored_exactly_with_it() -> Re
         "the fault is not the root"
     );
     agent.revert(&id)?;
-    let after = qdiscs(&lab.a.ns, &lab.a.dev)?;
+    let after = lab.a.ns.qdiscs(&lab.a.dev)?;
     note(T, format!("root qdisc before and after: {before}"));
     ensure!(
         after == before,
@@ -331,7 +304,7 @@ fn killed_agent_restores_the_root_at_restart() -> Result<()> {
     let lab = Lab::new()?;
     let mut agent = Agent::start(&lab.a.ns)?;
     install_foreign_tbf(&lab.a.ns, &lab.a.dev)?;
-    let before = qdiscs(&lab.a.ns, &lab.a.dev)?;
+    let before = lab.a.ns.qdiscs(&lab.a.dev)?;
     agent.apply(&[
         "rate", "--dev", &lab.a.dev, "--rate", "20mbit", "--force", "--for", "60s",
     ])?;
@@ -344,7 +317,7 @@ fn killed_agent_restores_the_root_at_restart() -> Result<()> {
         "the fault's qdisc should outlive a SIGKILLed agent"
     );
     agent.restart()?;
-    let after = qdiscs(&lab.a.ns, &lab.a.dev)?;
+    let after = lab.a.ns.qdiscs(&lab.a.dev)?;
     ensure!(
         after == before,
         "after restart:\nbefore {before}\nafter  {after}"

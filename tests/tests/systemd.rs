@@ -158,18 +158,9 @@ fn faults_work_with_only_the_units_capabilities() -> Result<()> {
     // TCP connect health: tracepoints and maps with the unit's capabilities (loaded in the
     // background after start-up). On Debian's kernels that takes kernel.perf_event_paranoid 2
     // (their default 3 allows perf events only to CAP_SYS_ADMIN), as the unit's comments say.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let snapshot: serde_json::Value =
-            serde_json::from_str(&agent.cli_ok(&["metrics", "-o", "json"])?)?;
-        match snapshot["tcp_unavailable"].as_str() {
-            None => break,
-            Some(r) if r.contains("still loading") && std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            Some(r) => bail!("TCP connect health under the unit's capabilities: {r}"),
-        }
-    }
+    agent
+        .wait_for_tcp_health()
+        .context("TCP connect health under the unit's capabilities")?;
 
     // Shaping on both sides: htb, tbf, the steering classifier, an IFB device.
     for dir in ["out", "in"] {

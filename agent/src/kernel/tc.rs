@@ -178,18 +178,20 @@ fn verifier_error(e: ProgramError) -> TcError {
         ProgramError::LoadError {
             io_error,
             verifier_log,
-        } => {
-            let log = verifier_log.to_string();
-            tracing::warn!(program = PROGRAM, log = %log, "the verifier refused the program");
-            let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
-            let tail = lines[lines.len().saturating_sub(6)..].join(" | ");
-            TcError::Verifier {
-                error: io_error,
-                tail,
-            }
-        }
+        } => TcError::Verifier {
+            error: io_error,
+            tail: verifier_tail(PROGRAM, &verifier_log.to_string()),
+        },
         other => TcError::Program(other),
     }
+}
+
+/// Logs a verifier's refusal of `program` whole (tens of kilobytes) and returns its last lines,
+/// which say what was refused, for the error.
+pub(crate) fn verifier_tail(program: &str, log: &str) -> String {
+    tracing::warn!(program, log = %log, "the verifier refused the program");
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(6)..].join(" | ")
 }
 
 /// Whether a classifier for `direction` attaches through TCX (see the module docs).

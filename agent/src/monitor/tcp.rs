@@ -364,17 +364,11 @@ fn load_error(program: &'static str, e: ProgramError) -> TcpHealthError {
         ProgramError::LoadError {
             io_error,
             verifier_log,
-        } => {
-            let log = verifier_log.to_string();
-            tracing::warn!(program, log = %log, "the verifier refused the program");
-            let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
-            let tail = lines[lines.len().saturating_sub(6)..].join(" | ");
-            TcpHealthError::Verifier {
-                program,
-                error: io_error,
-                tail,
-            }
-        }
+        } => TcpHealthError::Verifier {
+            program,
+            error: io_error,
+            tail: crate::kernel::tc::verifier_tail(program, &verifier_log.to_string()),
+        },
         source => TcpHealthError::Program {
             program,
             source: Box::new(source),
