@@ -4,6 +4,7 @@
 //! `main` maps the task to its function and prints the error chain once. Tasks never hide a
 //! failure or a skipped layer: whatever did not run says so on its own line.
 
+mod bench;
 mod exec;
 mod host;
 mod prereqs;
@@ -52,6 +53,15 @@ enum Task {
     /// reports the guest's result from the serial console. Installs qemu-system-x86 if missing.
     /// Arguments after `--` go to every test executable (e.g. a test name filter).
     VmTest(vm::Options),
+    /// Measure faultline against baselines on this machine; writes docs/benchmarks.{md,json}
+    ///
+    /// Needs root. Builds the agent in release mode, drives agents in network namespaces it
+    /// creates and always removes, and measures side by side with a baseline in the same run:
+    /// apply and revert latency (gRPC) against the nft and tc binaries, fidelity of loss, CPU,
+    /// memory and rate faults (netem in the VM guest), the agent's overhead (idle CPU and
+    /// memory, connect rate, Prometheus scrape against prometheus-node-exporter) and fan-out to
+    /// 10, 50 and 100 agents with `faultline fleet run`. Not part of `cargo xtask test`.
+    Bench(bench::Options),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +71,7 @@ fn main() -> ExitCode {
         Task::Test(options) => test::run(options),
         Task::Prereqs(options) => prereqs::run(options),
         Task::VmTest(options) => vm::run(options),
+        Task::Bench(options) => bench::run(options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

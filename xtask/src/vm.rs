@@ -95,8 +95,35 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// The defaults, with `test_args` for every test executable (a test name filter): what
+    /// `cargo xtask bench` runs for the netem figures.
+    pub fn with_test_args(test_args: &[&str]) -> Self {
+        Self {
+            test_args: test_args.iter().map(|a| a.to_string()).collect(),
+            ..Self::default()
+        }
+    }
+}
+
+/// What a guest run printed on its console, and the outcome it reported.
+pub struct GuestRun {
+    pub console: String,
+    /// Ok when the guest reported that every test passed.
+    pub verdict: Result<()>,
+}
+
 /// `cargo xtask vm-test`.
 pub fn run(o: Options) -> Result<()> {
+    let started = Instant::now();
+    run_guest(o)?.verdict?;
+    println!("vm-test: passed in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Prepares and boots the guest and returns its console whatever the tests' outcome; fails
+/// only when the guest could not be prepared or started.
+pub fn run_guest(o: Options) -> Result<GuestRun> {
     if !host::is_root()? {
         bail!(
             "`cargo xtask vm-test` needs root: it may install qemu-system-x86 with apt, and it \
@@ -113,12 +140,10 @@ pub fn run(o: Options) -> Result<()> {
     let initrd = build_initramfs(&vm_dir, &kernel, &artifacts, &o.test_args)
         .context("building the initramfs")?;
     println!("vm: prepared in {:.1}s", started.elapsed().as_secs_f64());
-    boot(&kernel, &initrd, &o)?;
-    println!("vm-test: passed in {:.1}s", started.elapsed().as_secs_f64());
-    Ok(())
+    boot(&kernel, &initrd, &o)
 }
 
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| host::workspace_root().join("target"))
@@ -777,7 +802,7 @@ poweroff -f
 /// Boots the guest under TCG, streams its console, and turns the result marker into the
 /// outcome. KVM is deliberately not used: nested KVM on the machines this runs on may exist
 /// as /dev/kvm and still not work, and TCG is fast enough for a busybox guest.
-fn boot(kernel: &Kernel, initrd: &Path, o: &Options) -> Result<()> {
+fn boot(kernel: &Kernel, initrd: &Path, o: &Options) -> Result<GuestRun> {
     let mut qemu = exec::command(
         "qemu-system-x86_64",
         [
@@ -844,20 +869,30 @@ fn boot(kernel: &Kernel, initrd: &Path, o: &Options) -> Result<()> {
     let status = child.wait().context("waiting for qemu")?;
     let console = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
     let took = started.elapsed().as_secs_f64();
-    if timed_out {
-        bail!("the VM did not finish within {}s; qemu killed", o.timeout);
-    }
-    match verdict(&console) {
-        Some(Ok(())) => {
-            println!("vm: guest tests passed; qemu ran {took:.1}s");
-            Ok(())
+    let outcome = if timed_out {
+        Err(anyhow::anyhow!(
+            "the VM did not finish within {}s; qemu killed",
+            o.timeout
+        ))
+    } else {
+        match verdict(&console) {
+            Some(Ok(())) => {
+                println!("vm: guest tests passed; qemu ran {took:.1}s");
+                Ok(())
+            }
+            Some(Err(failures)) => Err(anyhow::anyhow!(
+                "tests failed in the VM after {took:.1}s: {failures}"
+            )),
+            None => Err(anyhow::anyhow!(
+                "the VM stopped after {took:.1}s ({status}) without a `{RESULT_MARKER}` line; \
+                 see the console above"
+            )),
         }
-        Some(Err(failures)) => bail!("tests failed in the VM after {took:.1}s: {failures}"),
-        None => bail!(
-            "the VM stopped after {took:.1}s ({status}) without a `{RESULT_MARKER}` line; see \
-             the console above"
-        ),
-    }
+    };
+    Ok(GuestRun {
+        console,
+        verdict: outcome,
+    })
 }
 
 /// Drops terminal escape sequences from the console stream: the firmware resets and clears the

@@ -1,0 +1,280 @@
+//! Apply and revert latency: faultline's gRPC `Apply` (until the agent answers with the fault
+//! active) and `Revert` (until it answers with the fault reverted), timed in this process over
+//! the agent's unix socket on an open channel, against running the `nft` and `tc` binaries for
+//! the same change in the same namespace, as tools that shell out do. The four series run
+//! interleaved, one apply and revert of each per round, so they share the machine's moments.
+
+use std::{
+    fs,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use serde_json::{json, Value};
+
+use super::{
+    faster,
+    grpc::{self, Client, FaultSpec},
+    interrupted, Ctx, Row, Section, Summary,
+};
+use crate::exec;
+
+/// Rounds run first and not counted: the first calls pay for page faults and warm caches.
+const WARMUP: usize = 10;
+/// The blocked port.
+const PORT: u16 = 7000;
+/// Long enough that no fault expires during the bench.
+const FAULT_FOR: Duration = Duration::from_secs(600);
+/// The tbf rate, in bits per second and as tc writes it.
+const RATE_BPS: u64 = 10_000_000;
+const RATE: &str = "10mbit";
+/// faultline's default tbf burst at this rate: 20 ms of it (25 000 bytes; at least 16 KiB),
+/// and its default latency, so the tc baseline asks the kernel for the same qdisc.
+const TC_BURST: &str = "25000";
+const TC_LATENCY: &str = "50ms";
+/// The baseline's own table, beside faultline's `inet faultline`.
+const NFT_TABLE: &str = "faultline_bench";
+
+/// Apply and revert times of one way of making a change, in milliseconds.
+#[derive(Default)]
+struct Series {
+    apply: Vec<f64>,
+    revert: Vec<f64>,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Runs `command` (built once, run again each time) and returns how long it took from the
+/// fork to its exit; fails unless it exits 0.
+fn timed(command: &mut Command) -> Result<Duration> {
+    let started = Instant::now();
+    let output = command
+        .output()
+        .with_context(|| format!("cannot start `{}`", exec::display(command)))?;
+    let took = started.elapsed();
+    if !output.status.success() {
+        bail!(
+            "`{}` failed ({}): {}",
+            exec::display(command),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(took)
+}
+
+fn timed_fault(ctx: &Ctx, client: &mut Client, spec: &FaultSpec) -> Result<(Duration, Duration)> {
+    let request = spec.clone();
+    let started = Instant::now();
+    let id = ctx.rt.block_on(client.apply(request, FAULT_FOR))?;
+    let apply = started.elapsed();
+    let started = Instant::now();
+    ctx.rt.block_on(client.revert(&id))?;
+    Ok((apply, started.elapsed()))
+}
+
+pub fn run(ctx: &Ctx, runs: usize) -> Result<Section> {
+    let lab = ctx.lab()?;
+    let ns = &lab.a.ns;
+    let dev = lab.a.dev.as_str();
+    let agent = ctx.agent(ns, &[])?;
+    let mut client = ctx.rt.block_on(Client::connect(&agent.socket()))?;
+    let block = grpc::block_in_tcp(PORT);
+    let rate = grpc::rate_egress(dev, RATE_BPS);
+
+    let nft_apply_script = format!(
+        "add table inet {NFT_TABLE}; add chain inet {NFT_TABLE} in {{ type filter hook input \
+         priority 0; policy accept; }}; add rule inet {NFT_TABLE} in tcp dport {PORT} drop"
+    );
+    let quiet = |mut c: Command| {
+        c.stdin(Stdio::null());
+        c
+    };
+    let mut nft_apply = quiet(ns.command("nft", [nft_apply_script.as_str()]));
+    let mut nft_revert = quiet(ns.command("nft", ["delete", "table", "inet", NFT_TABLE]));
+    let mut tc_apply = quiet(ns.command(
+        "tc",
+        [
+            "qdisc", "replace", "dev", dev, "root", "tbf", "rate", RATE, "burst", TC_BURST,
+            "latency", TC_LATENCY,
+        ],
+    ));
+    let mut tc_revert = quiet(ns.command("tc", ["qdisc", "del", "dev", dev, "root"]));
+
+    check_effects(ctx, &mut client, ns, dev, &block, &rate)?;
+    let check_tool =
+        |apply: &mut Command, revert: &mut Command, list: &[&str], expect: &str| -> Result<()> {
+            timed(apply)?;
+            let shown = ns.exec_ok(list)?;
+            ensure!(
+                shown.contains(expect),
+                "`{}` after the baseline's apply shows no `{expect}`: {shown}",
+                list.join(" ")
+            );
+            timed(revert).map(drop)
+        };
+    check_tool(
+        &mut nft_apply,
+        &mut nft_revert,
+        &["nft", "list", "table", "inet", NFT_TABLE],
+        &format!("dport {PORT} drop"),
+    )?;
+    check_tool(
+        &mut tc_apply,
+        &mut tc_revert,
+        &["tc", "qdisc", "show", "dev", dev, "root"],
+        "tbf",
+    )?;
+
+    // What the agent's SSH guard reads before it applies a block (established connections on
+    // protected ports), timed in the same rounds to show how much of an apply it is. A thread
+    // that entered the namespace reads its own view through /proc/thread-self.
+    let scan = || -> Result<f64> {
+        ns.run(|| -> std::io::Result<f64> {
+            let started = Instant::now();
+            for table in ["tcp", "tcp6"] {
+                // In 8 KiB reads, as the agent's procfs reader does: each read of a procfs
+                // seq_file past its buffer walks the table again.
+                let mut file = fs::File::open(format!("/proc/thread-self/net/{table}"))?;
+                std::io::copy(&mut file, &mut std::io::sink())?;
+            }
+            Ok(ms(started.elapsed()))
+        })?
+        .context("reading /proc/thread-self/net/tcp{,6}")
+    };
+    let mut scans = Vec::new();
+    let mut details = serde_json::Map::new();
+    let (mut fl_block, mut fl_rate, mut nft, mut tc) = (
+        Series::default(),
+        Series::default(),
+        Series::default(),
+        Series::default(),
+    );
+    for round in 0..WARMUP + runs {
+        interrupted()?;
+        let counted = round >= WARMUP;
+        let record = |series: &mut Series, (a, r): (Duration, Duration)| {
+            if counted {
+                series.apply.push(ms(a));
+                series.revert.push(ms(r));
+            }
+        };
+        record(&mut fl_block, timed_fault(ctx, &mut client, &block)?);
+        record(&mut nft, (timed(&mut nft_apply)?, timed(&mut nft_revert)?));
+        record(&mut fl_rate, timed_fault(ctx, &mut client, &rate)?);
+        record(&mut tc, (timed(&mut tc_apply)?, timed(&mut tc_revert)?));
+        let scanned = scan()?;
+        if counted {
+            scans.push(scanned);
+        }
+    }
+    let scans = Summary::of(&scans);
+    details.insert("tcp_table_scan_ms".to_owned(), scans.json());
+
+    let mut rows = Vec::new();
+    for (fault, fl, tool, tool_name) in [
+        ("block", &fl_block, &nft, "`nft` binary"),
+        ("rate (tbf)", &fl_rate, &tc, "`tc` binary"),
+    ] {
+        for (what, f, b) in [
+            ("apply", &fl.apply, &tool.apply),
+            ("revert", &fl.revert, &tool.revert),
+        ] {
+            let (fs, bs) = (Summary::of(f), Summary::of(b));
+            details.insert(
+                format!("{fault} {what}"),
+                json!({ "faultline_ms": fs.json(), "baseline_ms": bs.json(), "baseline": tool_name }),
+            );
+            for (p, fv, bv) in [("p50", fs.p50, bs.p50), ("p99", fs.p99, bs.p99)] {
+                let row = Row::new(format!("{fault} {what} {p}"), "ms")
+                    .values(fv, bv, tool_name)
+                    .speedup();
+                let speedup = bv / fv;
+                let row = if p == "p50" {
+                    row.goal(
+                        "≥ 20x faster and < 1 ms",
+                        speedup >= 20.0 && fv < 1.0,
+                        format!("{}, {fv:.3} ms", faster(speedup)),
+                    )
+                } else {
+                    row.goal("≥ 20x faster", speedup >= 20.0, faster(speedup))
+                };
+                rows.push(row);
+            }
+        }
+    }
+    let method = format!(
+        "One agent in a namespace of its own (a veth pair to a second one), with its journal on \
+         the agent's default filesystem. faultline: the time of one gRPC call made by xtask on an \
+         open channel over the agent's unix socket — `Faults/Apply` until the answer with the \
+         fault `active` (the agent validates, journals with fsync, changes the kernel, writes \
+         its fsynced audit line), `Faults/Revert` until the answer with it `reverted`. Faults: \
+         `block --dir in --proto tcp --port {PORT}` (a table, a chain and a rule in nftables \
+         over netlink) and `rate --dev <veth> --rate {RATE}` (faultline's htb root, a class, \
+         the tbf leaf and its eBPF steering classifier; revert restores the previous root). \
+         Baselines: the time from fork to exit of one process in the same namespace — `nft \
+         '<add table; add chain; add rule>'` and `nft delete table` (one process each, the \
+         fewest a shell-out tool can use), `tc qdisc replace dev <veth> root tbf rate {RATE} \
+         burst {TC_BURST} latency {TC_LATENCY}` and `tc qdisc del dev <veth> root`. {runs} \
+         rounds after {WARMUP} uncounted ones; each round applies and reverts with all four, \
+         in turn. Before timing, each side's change was checked in the kernel \
+         (`nft list`, `tc qdisc show`). For scale, in the same rounds: reading \
+         /proc/net/tcp and /proc/net/tcp6 in the agent's namespace, which its SSH guard does \
+         before every block, took p50 {:.3} ms, p99 {:.3} ms (the kernel walks its whole TCP \
+         hash table for them); and the `nft` baseline's delete took {:.1}x its add (p50), the \
+         kernel's own cost of removing a hooked chain.",
+        scans.p50,
+        scans.p99,
+        Summary::of(&nft.revert).p50 / Summary::of(&nft.apply).p50
+    );
+    drop(client);
+    drop(agent);
+    Ok(Section {
+        title: "Apply and revert latency".to_owned(),
+        method,
+        rows,
+        details: Value::Object(details),
+    })
+}
+
+/// Checks once, outside the timing, that faultline's applies really change the kernel and its
+/// reverts put it back.
+fn check_effects(
+    ctx: &Ctx,
+    client: &mut Client,
+    ns: &super::lab::Netns,
+    dev: &str,
+    block: &FaultSpec,
+    rate: &FaultSpec,
+) -> Result<()> {
+    let root = || ns.exec_ok(&["tc", "qdisc", "show", "dev", dev, "root"]);
+    let before = root()?;
+    let id = ctx.rt.block_on(client.apply(block.clone(), FAULT_FOR))?;
+    let table = ns.exec_ok(&["nft", "list", "table", "inet", "faultline"])?;
+    ensure!(
+        table.contains(&format!("dport {PORT}")),
+        "the block is not in nftables: {table}"
+    );
+    ctx.rt.block_on(client.revert(&id))?;
+    ensure!(
+        ns.exec_ok(&["nft", "list", "table", "inet", "faultline"])
+            .is_err(),
+        "table inet faultline is still there after revert"
+    );
+    let id = ctx.rt.block_on(client.apply(rate.clone(), FAULT_FOR))?;
+    let shaped = ns.exec_ok(&["tc", "qdisc", "show", "dev", dev])?;
+    ensure!(
+        shaped.contains("htb fa00:") && shaped.contains("tbf"),
+        "faultline's htb and tbf are not on {dev}: {shaped}"
+    );
+    ctx.rt.block_on(client.revert(&id))?;
+    let after = root()?;
+    ensure!(
+        after == before,
+        "the root qdisc of {dev} after revert differs: {after} (before: {before})"
+    );
+    Ok(())
+}
