@@ -79,6 +79,11 @@ pub async fn run(global: &Global, o: Options) -> Result<(), Failure> {
         }
         FleetCommand::Run(r) => {
             let (experiment, targets) = load(&r.file)?;
+            // Installed before anything is applied: a Ctrl-C at any moment reverts instead of
+            // killing the controller with its faults in place.
+            let mut interrupt =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                    .map_err(|e| Failure::internal(format!("SIGINT handler: {e}")))?;
             let tls = experiment.tls.clone();
             let agents = run::connect_all(&targets, |address| {
                 let tls = tls.clone();
@@ -91,8 +96,8 @@ pub async fn run(global: &Global, o: Options) -> Result<(), Failure> {
                 &experiment,
                 agents,
                 r.force,
-                async {
-                    let _ = tokio::signal::ctrl_c().await;
+                async move {
+                    let _ = interrupt.recv().await;
                 },
                 |line| eprintln!("fleet: {line}"),
             )

@@ -172,7 +172,9 @@ pub async fn run(
             for spec in groups {
                 let request = pb::ApplyRequest {
                     spec: Some(spec),
-                    duration: proto_duration(experiment.duration),
+                    // The controller ends the experiment itself (and times the revert); the
+                    // agents' own deadline, a lease later, is only the backstop.
+                    duration: proto_duration(experiment.duration + experiment.lease),
                     labels: [("experiment".to_owned(), name.clone())].into(),
                     dry_run: false,
                     force,
