@@ -81,28 +81,8 @@ pub fn tcp_transfer(
 /// duplicates and strays from other runs are not counted; sending is paced in bursts and the
 /// receiver reads concurrently into a large buffer, so the sockets themselves lose nothing.
 pub fn udp_loss(from: &Netns, to: &Netns, addr: SocketAddr, count: usize) -> Result<f64> {
-    let receiver = to
-        .run(|| -> io::Result<UdpSocket> {
-            let socket = UdpSocket::bind(addr)?;
-            set_receive_buffer(&socket, 16 << 20)?;
-            socket.set_read_timeout(Some(Duration::from_millis(20)))?;
-            Ok(socket)
-        })?
-        .with_context(|| format!("binding {addr} in {}", to.name()))?;
-    let sender = from
-        .run(|| -> io::Result<UdpSocket> {
-            let any = match addr {
-                SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-                SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
-            };
-            UdpSocket::bind(any)
-        })?
-        .with_context(|| format!("binding a UDP socket in {}", from.name()))?;
-    let nonce = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or_default()
-        ^ u64::from(std::process::id());
+    let (receiver, sender) = udp_pair(from, to, addr)?;
+    let nonce = run_nonce();
     let sending_done = AtomicBool::new(false);
     let received = thread::scope(|scope| {
         let counter = scope.spawn(|| {
@@ -155,6 +135,38 @@ pub fn udp_loss(from: &Netns, to: &Netns, addr: SocketAddr, count: usize) -> Res
     Ok(1.0 - received as f64 / count as f64)
 }
 
+/// A socket bound to `addr` in `to` and one on any port in `from`, both with a large receive
+/// buffer (so the sockets themselves lose nothing) and a short read timeout (so readers can
+/// poll for the end).
+fn udp_pair(from: &Netns, to: &Netns, addr: SocketAddr) -> Result<(UdpSocket, UdpSocket)> {
+    let open = |bind: SocketAddr| -> io::Result<UdpSocket> {
+        let socket = UdpSocket::bind(bind)?;
+        set_receive_buffer(&socket, 16 << 20)?;
+        socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+        Ok(socket)
+    };
+    let bound = to
+        .run(|| open(addr))?
+        .with_context(|| format!("binding {addr} in {}", to.name()))?;
+    let any = match addr {
+        SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+    };
+    let other = from
+        .run(|| open(any))?
+        .with_context(|| format!("binding a UDP socket in {}", from.name()))?;
+    Ok((bound, other))
+}
+
+/// Marks one run's datagrams, so that strays of another run are not counted.
+fn run_nonce() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default()
+        ^ u64::from(std::process::id())
+}
+
 fn set_receive_buffer(socket: &UdpSocket, bytes: libc::c_int) -> io::Result<()> {
     // SAFETY: setsockopt on an open socket with a correctly sized int option; as root,
     // SO_RCVBUFFORCE may exceed net.core.rmem_max.
@@ -185,31 +197,8 @@ pub fn udp_rtts(
     count: usize,
     interval: Duration,
 ) -> Result<Vec<Option<Duration>>> {
-    let server = to
-        .run(|| -> io::Result<UdpSocket> {
-            let socket = UdpSocket::bind(addr)?;
-            set_receive_buffer(&socket, 16 << 20)?;
-            socket.set_read_timeout(Some(Duration::from_millis(20)))?;
-            Ok(socket)
-        })?
-        .with_context(|| format!("binding {addr} in {}", to.name()))?;
-    let client = from
-        .run(|| -> io::Result<UdpSocket> {
-            let any = match addr {
-                SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-                SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
-            };
-            let socket = UdpSocket::bind(any)?;
-            set_receive_buffer(&socket, 16 << 20)?;
-            socket.set_read_timeout(Some(Duration::from_millis(20)))?;
-            Ok(socket)
-        })?
-        .with_context(|| format!("binding a UDP socket in {}", from.name()))?;
-    let nonce = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or_default()
-        ^ u64::from(std::process::id());
+    let (server, client) = udp_pair(from, to, addr)?;
+    let nonce = run_nonce();
     let stop = AtomicBool::new(false);
     let origin = Instant::now();
     thread::scope(|scope| {

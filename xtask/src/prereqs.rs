@@ -11,7 +11,7 @@ use crate::{exec, host};
 
 /// apt packages: nftnl/mnl headers and pkg-config to build the nftables adapter, protoc for
 /// the gRPC code, and the tools the integration tests use to set up hosts and check effects
-/// independently (`ip`, `ping`, `nft`, `unshare`/`nsenter` from util-linux; `promtool` from
+/// independently (`ip`, `ping`, `nft`, `unshare`/`nsenter` from util-linux, `sysctl` from procps; `promtool` from
 /// prometheus and the node exporter, the independent readers the monitoring tests compare with).
 const APT_PACKAGES: &[&str] = &[
     "libnftnl-dev",
@@ -22,6 +22,7 @@ const APT_PACKAGES: &[&str] = &[
     "iputils-ping",
     "nftables",
     "util-linux",
+    "procps",
     "prometheus",
     "prometheus-node-exporter",
 ];

@@ -34,8 +34,8 @@ use aya::{
     Ebpf, EbpfError,
 };
 use faultline_common::{
-    Cidr4, Cidr6, PortRange, SteerStats, L4_ANY, L4_TCP, L4_UDP, MAX_CIDRS, MAX_PORT_RANGES,
-    STEER_CLASSIFY, STEER_MATCH,
+    Cidr4, Cidr6, PortRange, L4_ANY, L4_TCP, L4_UDP, MAX_CIDRS, MAX_PORT_RANGES, STEER_CLASSIFY,
+    STEER_MATCH,
 };
 pub use faultline_common::{LossConfig, PacketFilter, SteerConfig};
 use ipnet::IpNet;
@@ -547,17 +547,6 @@ impl Classifiers {
             source,
         })?;
         Ok(dir)
-    }
-
-    /// Packets the steering classifier of fault `id` has sent to its qdisc, summed over CPUs;
-    /// `None` when the fault has no steering classifier pinned.
-    pub fn steered(&self, id: &str) -> Option<u64> {
-        use aya::maps::{Map, MapData, PerCpuArray};
-        let data = MapData::from_pin(self.dir(id).join("steer_stats")).ok()?;
-        let array: PerCpuArray<_, SteerStats> =
-            PerCpuArray::try_from(Map::PerCpuArray(data)).ok()?;
-        let values = array.get(&0, 0).ok()?;
-        Some(values.iter().map(|v| v.steered).sum())
     }
 
     /// Detaches a fault's classifiers and removes its pins. Idempotent: a fault with nothing
