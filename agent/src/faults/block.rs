@@ -100,6 +100,10 @@ impl Family for BlockSpec {
         Vec::new()
     }
 
+    fn may_touch_port(&self, local_port: u16) -> bool {
+        super::may_cut(self.direction, &self.matcher, local_port)
+    }
+
     fn touches(&self, conn: &Connection) -> bool {
         // A TCP session is cut when either direction's packets are blocked; the fault only
         // sees its own direction, where the remote port or the local port is the destination.
@@ -196,5 +200,26 @@ mod tests {
         let mut spec = block(Direction::Ingress, &[22], &[]);
         spec.matcher.protocol = Protocol::Udp;
         assert!(!spec.touches(&ssh()));
+    }
+
+    #[test]
+    fn the_guard_skips_listing_sessions_only_where_no_session_on_the_port_can_match() {
+        // Inbound, the local port is the destination: known before any lookup.
+        assert!(block(Direction::Ingress, &[22], &[]).may_touch_port(22));
+        assert!(block(Direction::Ingress, &[], &["192.0.2.0/24"]).may_touch_port(22));
+        assert!(!block(Direction::Ingress, &[7000], &[]).may_touch_port(22));
+        // Outbound, the destination is the client's port: any session might match.
+        assert!(block(Direction::Egress, &[7000], &[]).may_touch_port(22));
+        let mut udp = block(Direction::Egress, &[], &[]);
+        udp.matcher.protocol = Protocol::Udp;
+        assert!(!udp.may_touch_port(22));
+        // Never a skip where `touches` would say yes.
+        for spec in [
+            block(Direction::Ingress, &[22], &[]),
+            block(Direction::Ingress, &[], &["192.0.2.0/24"]),
+            block(Direction::Egress, &[], &["192.0.2.9/32"]),
+        ] {
+            assert!(!spec.touches(&ssh()) || spec.may_touch_port(ssh().local.port()));
+        }
     }
 }

@@ -80,6 +80,10 @@ impl Family for LossSpec {
         }]
     }
 
+    fn may_touch_port(&self, local_port: u16) -> bool {
+        super::may_cut(self.direction, &self.matcher, local_port)
+    }
+
     fn touches(&self, conn: &Connection) -> bool {
         // The classifier sees every interface's traffic; which interface carries the session
         // is not worth a route lookup: refusing a little too often is the safe side.

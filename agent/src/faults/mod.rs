@@ -149,6 +149,17 @@ impl PacketMatch {
         proto_ok && port_ok && addr_ok
     }
 
+    /// Could a TCP packet to `dport` (`None`: a port not known yet) match, whatever its remote
+    /// address?
+    pub fn may_match_tcp(&self, dport: Option<u16>) -> bool {
+        let proto_ok = matches!(self.protocol, Protocol::Any | Protocol::Tcp);
+        let port_ok = match dport {
+            Some(port) => self.ports.is_empty() || self.ports.iter().any(|r| r.contains(port)),
+            None => true,
+        };
+        proto_ok && port_ok
+    }
+
     /// `tcp dport 80,8000-8100 from 10.0.0.0/8` -- for plans and messages.
     pub fn describe(&self, direction: Direction) -> String {
         let mut out = self.protocol.to_string();
@@ -288,6 +299,16 @@ impl fmt::Display for Claim {
     }
 }
 
+/// Could a fault in `direction` matching `matcher` touch a TCP connection on `local_port`? On
+/// ingress the local port is the packets' destination; on egress the destination is the
+/// remote port, unknown until the connection is looked up.
+pub(crate) fn may_cut(direction: Direction, matcher: &PacketMatch, local_port: u16) -> bool {
+    match direction {
+        Direction::Ingress => matcher.may_match_tcp(Some(local_port)),
+        Direction::Egress => matcher.may_match_tcp(None),
+    }
+}
+
 /// An established TCP connection the safety guard protects, seen from this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connection {
@@ -335,6 +356,13 @@ pub trait Family: Send + Sync {
 
     /// Would the fault touch this connection's packets (in its direction)?
     fn touches(&self, conn: &Connection) -> bool;
+
+    /// Could the fault touch some TCP connection on this local port, whatever its remote end?
+    /// `false` spares the guard listing connections, which walks the kernel's whole TCP hash
+    /// table (milliseconds on a large host, even with few sockets). The safe answer is `true`.
+    fn may_touch_port(&self, _local_port: u16) -> bool {
+        true
+    }
 
     /// The kernel operations, one line each, for a dry run and for the record.
     fn plan(&self, id: &str, deadline: Deadline, host: &Host<'_>) -> Vec<String>;

@@ -620,6 +620,11 @@ impl<P: Shaper + Serialize> Family for ShapeSpec<P> {
         }]
     }
 
+    fn may_touch_port(&self, local_port: u16) -> bool {
+        self.params.cuts()
+            && super::may_cut(self.target.direction, &self.target.matcher, local_port)
+    }
+
     fn touches(&self, conn: &Connection) -> bool {
         if !self.params.cuts() {
             return false;

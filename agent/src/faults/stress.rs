@@ -191,6 +191,10 @@ impl Family for CpuStressSpec {
         false
     }
 
+    fn may_touch_port(&self, _local_port: u16) -> bool {
+        false
+    }
+
     fn plan(&self, id: &str, _deadline: Deadline, host: &Host<'_>) -> Vec<String> {
         let mut plan = host.stress.describe(id, &self.limits());
         plan.push(format!(
@@ -370,6 +374,10 @@ impl Family for MemoryStressSpec {
     }
 
     fn touches(&self, _conn: &Connection) -> bool {
+        false
+    }
+
+    fn may_touch_port(&self, _local_port: u16) -> bool {
         false
     }
 
