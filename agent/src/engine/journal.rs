@@ -1,6 +1,8 @@
 //! The state journal: one JSON file per unfinished fault under `<state dir>/journal/`, written
 //! and fsynced before the kernel is touched and removed once the fault is reverted. After a
 //! crash, what is left here is exactly what start-up must revert. It never touches the kernel.
+//! An entry is rewritten only for what a restart needs (a lease renewal, a failed clean-up), so
+//! the state in it is the state it had then (`pending` for a fault that became active).
 //!
 //! One file per fault, replaced atomically (write, fsync, rename, fsync the directory), keeps
 //! every update crash-safe without a log to compact. Writes are serialized, so that an update
