@@ -19,6 +19,7 @@
 use std::{
     fmt, fs, io,
     path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard, OnceLock, PoisonError},
     time::Duration,
 };
 
@@ -31,7 +32,7 @@ use aya::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType,
     },
     util::KernelVersion,
-    Ebpf, EbpfError,
+    Ebpf, EbpfError, EbpfLoader,
 };
 use faultline_common::{
     Cidr4, Cidr6, PortRange, L4_ANY, L4_TCP, L4_UDP, MAX_CIDRS, MAX_PORT_RANGES, STEER_CLASSIFY,
@@ -642,9 +643,21 @@ impl Classifiers {
     }
 }
 
+/// The agent's one loader of the classifiers' object. Every `EbpfLoader::new` parses the
+/// kernel's BTF (/sys/kernel/btf/vmlinux, megabytes; `Ebpf::load` parses it twice), which was
+/// most of a shaping fault's apply; one loader parses it once, at the first fault, and keeps it.
+/// The lock also serializes loads, which share nothing else.
+fn loader() -> MutexGuard<'static, EbpfLoader<'static>> {
+    static LOADER: OnceLock<Mutex<EbpfLoader<'static>>> = OnceLock::new();
+    LOADER
+        .get_or_init(|| Mutex::new(EbpfLoader::new()))
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
 /// A fresh copy of faultline's eBPF object with `config` written into `map`'s single entry.
 fn load_with<T: aya::Pod>(map: &'static str, config: &T) -> Result<Ebpf, TcError> {
-    let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(TcError::Load)?;
+    let mut ebpf = loader().load(EBPF_OBJECT).map_err(TcError::Load)?;
     let data = ebpf.map_mut(map).ok_or(TcError::Missing(map))?;
     let mut array: Array<_, T> = Array::try_from(data).map_err(TcError::Map)?;
     array.set(0, config, 0).map_err(TcError::Map)?;
