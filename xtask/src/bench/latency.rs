@@ -145,7 +145,23 @@ pub fn run(ctx: &Ctx, runs: usize) -> Result<Section> {
         })?
         .context("reading /proc/thread-self/net/tcp{,6}")
     };
-    let mut scans = Vec::new();
+    // The floors under each side, timed in the same rounds: what a crash-safe journal entry
+    // costs on this filesystem (faultline writes one, fsynced, before it touches the kernel),
+    // and what starting a process costs (every shell-out pays it before doing anything).
+    let journal_like = ctx.dir.join("bench-journal");
+    fs::create_dir_all(&journal_like).context("creating the journal floor's directory")?;
+    let durable_write = || -> Result<f64> {
+        let started = Instant::now();
+        let tmp = journal_like.join(".entry.json.tmp");
+        let mut file = fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut file, &[b' '; 1200])?;
+        file.sync_all()?;
+        fs::rename(&tmp, journal_like.join("entry.json"))?;
+        fs::File::open(&journal_like)?.sync_all()?;
+        Ok(ms(started.elapsed()))
+    };
+    let mut spawn_true = quiet(ns.command("true", [] as [&str; 0]));
+    let (mut scans, mut writes, mut spawns) = (Vec::new(), Vec::new(), Vec::new());
     let mut details = serde_json::Map::new();
     let (mut fl_block, mut fl_rate, mut nft, mut tc) = (
         Series::default(),
@@ -167,12 +183,19 @@ pub fn run(ctx: &Ctx, runs: usize) -> Result<Section> {
         record(&mut fl_rate, timed_fault(ctx, &mut client, &rate)?);
         record(&mut tc, (timed(&mut tc_apply)?, timed(&mut tc_revert)?));
         let scanned = scan()?;
+        let written = durable_write().context("timing a journal-like durable write")?;
+        let spawned = ms(timed(&mut spawn_true)?);
         if counted {
             scans.push(scanned);
+            writes.push(written);
+            spawns.push(spawned);
         }
     }
     let scans = Summary::of(&scans);
+    let (writes, spawns) = (Summary::of(&writes), Summary::of(&spawns));
     details.insert("tcp_table_scan_ms".to_owned(), scans.json());
+    details.insert("durable_write_ms".to_owned(), writes.json());
+    details.insert("process_start_ms".to_owned(), spawns.json());
 
     let mut rows = Vec::new();
     for (fault, fl, tool, tool_name) in [
@@ -221,11 +244,22 @@ pub fn run(ctx: &Ctx, runs: usize) -> Result<Section> {
          burst {TC_BURST} latency {TC_LATENCY}` and `tc qdisc del dev <veth> root`. {runs} \
          rounds after {WARMUP} uncounted ones; each round applies and reverts with all four, \
          in turn. Before timing, each side's change was checked in the kernel \
-         (`nft list`, `tc qdisc show`). For scale, in the same rounds: reading \
-         /proc/net/tcp and /proc/net/tcp6 in the agent's namespace, which its SSH guard does \
-         before every block, took p50 {:.3} ms, p99 {:.3} ms (the kernel walks its whole TCP \
-         hash table for them); and the `nft` baseline's delete took {:.1}x its add (p50), the \
-         kernel's own cost of removing a hooked chain.",
+         (`nft list`, `tc qdisc show`). For scale, in the same rounds (p50, p99): one \
+         journal-like durable write on the agents' filesystem (1.2 KB written, fsynced, \
+         renamed, directory fsynced; faultline's apply makes one before touching the kernel, \
+         and its revert one directory fsync) took {:.3} ms, {:.3} ms; starting `true` in the \
+         namespace (what every shell-out pays first) {:.3} ms, {:.3} ms; reading \
+         /proc/net/tcp and /proc/net/tcp6 in the namespace (the kernel walks its whole TCP \
+         hash table; the agent's SSH guard does it only for a fault that could touch a \
+         protected port, which an inbound block of port {PORT} cannot) {:.3} ms, {:.3} ms. The \
+         `nft` baseline's delete took {:.1}x its add (p50): on this kernel any nf_tables \
+         deletion takes milliseconds longer than an addition, \
+         whoever asks (rules, set elements, chains and empty tables alike: checked with the \
+         `nft` binary alone).",
+        writes.p50,
+        writes.p99,
+        spawns.p50,
+        spawns.p99,
         scans.p50,
         scans.p99,
         Summary::of(&nft.revert).p50 / Summary::of(&nft.apply).p50

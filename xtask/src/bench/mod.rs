@@ -53,6 +53,20 @@ pub struct Options {
     /// kernel has no sch_netem; the guest run takes a few minutes)
     #[arg(long)]
     no_vm: bool,
+    /// Run only these sections, comma-separated, and print their rows without writing the
+    /// docs (a partial run must not replace the full report)
+    #[arg(long, value_delimiter = ',', value_enum)]
+    only: Vec<Part>,
+}
+
+/// The sections, as `--only` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    Latency,
+    Fidelity,
+    Netem,
+    Overhead,
+    Fanout,
 }
 
 /// Set by SIGINT, SIGTERM or SIGHUP; the run stops at its next check and the guards clean up.
@@ -478,46 +492,67 @@ pub fn run(o: Options) -> Result<()> {
         next: Cell::new(0),
     };
     let mut failed = Vec::new();
-    let mut sections = vec![section("apply and revert latency", &mut failed, || {
-        latency::run(&ctx, o.runs as usize)
-    })?];
-    sections.push(section("fidelity", &mut failed, || fidelity::run(&ctx))?);
-    sections.push(section("overhead", &mut failed, || overhead::run(&ctx))?);
-    sections.push(section("fan-out", &mut failed, || {
-        fanout::run(&ctx, &o.fanout)
-    })?);
+    let wanted = |part| o.only.is_empty() || o.only.contains(&part);
+    let mut sections = Vec::new();
+    if wanted(Part::Latency) {
+        sections.push(section("apply and revert latency", &mut failed, || {
+            latency::run(&ctx, o.runs as usize)
+        })?);
+    }
+    if wanted(Part::Fidelity) {
+        sections.push(section("fidelity", &mut failed, || fidelity::run(&ctx))?);
+    }
+    let netem_at = sections.len();
+    if wanted(Part::Overhead) {
+        sections.push(section("overhead", &mut failed, || overhead::run(&ctx))?);
+    }
+    if wanted(Part::Fanout) {
+        sections.push(section("fan-out", &mut failed, || {
+            fanout::run(&ctx, &o.fanout)
+        })?);
+    }
     // Last: it builds the debug agent and the tests and keeps both cores busy with qemu, which
     // nothing measured on this host should share. Its rows belong beside the other fidelity
     // figures.
-    let netem = section("netem fidelity (VM guest)", &mut failed, || {
-        fidelity::netem_in_vm(o.no_vm)
-    })?;
-    sections.insert(2, netem);
+    if wanted(Part::Netem) {
+        let netem = section("netem fidelity (VM guest)", &mut failed, || {
+            fidelity::netem_in_vm(o.no_vm)
+        })?;
+        sections.insert(netem_at, netem);
+    }
     drop(ctx);
     drop(run_dir);
     lab::remove_leftovers();
     let left = lab::leftovers();
 
     let took = started.elapsed();
-    let out = host::workspace_root().join("docs");
-    let written = report::write(
-        &out,
-        &report::Report {
-            machine: &machine,
-            sections: &sections,
-            took,
-            other_agents: &others,
-            left_behind: &left,
-        },
-    )?;
-    println!("{}", written.table);
-    println!(
-        "bench: wrote {} and {} in {}m{:02}s",
-        written.markdown.display(),
-        written.json.display(),
-        took.as_secs() / 60,
-        took.as_secs() % 60
-    );
+    if o.only.is_empty() {
+        let out = host::workspace_root().join("docs");
+        let written = report::write(
+            &out,
+            &report::Report {
+                machine: &machine,
+                sections: &sections,
+                took,
+                other_agents: &others,
+                left_behind: &left,
+            },
+        )?;
+        println!("{}", written.table);
+        println!(
+            "bench: wrote {} and {} in {}m{:02}s",
+            written.markdown.display(),
+            written.json.display(),
+            took.as_secs() / 60,
+            took.as_secs() % 60
+        );
+    } else {
+        println!(
+            "bench: a partial run ({:?}) in {}s; docs/benchmarks.md not written",
+            o.only,
+            took.as_secs()
+        );
+    }
     if !left.is_empty() {
         bail!("the bench left these behind: {}", left.join(", "));
     }
