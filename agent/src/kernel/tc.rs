@@ -17,9 +17,11 @@
 //! whose journal entry was lost.
 
 use std::{
+    collections::HashMap,
     fmt, fs, io,
     path::{Path, PathBuf},
-    sync::{Mutex, MutexGuard, OnceLock, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
+    thread,
     time::Duration,
 };
 
@@ -322,6 +324,51 @@ fn link_type(device: &str) -> io::Result<u16> {
 #[derive(Debug)]
 pub struct Classifiers {
     root: PathBuf,
+    spares: Spares,
+}
+
+/// Classifier objects loaded ahead, one per program: the verifier takes milliseconds for each
+/// load, which a fault's apply then does not wait for. Every fault still gets a copy of its own
+/// (program and maps), as before. A spare is held only by the agent's descriptors, so nothing
+/// of it outlives the agent.
+#[derive(Clone, Default)]
+struct Spares(Arc<Mutex<HashMap<&'static str, Ebpf>>>);
+
+impl fmt::Debug for Spares {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.lock().keys()).finish()
+    }
+}
+
+impl Spares {
+    fn lock(&self) -> MutexGuard<'_, HashMap<&'static str, Ebpf>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A copy of the object with `program` loaded: the spare if one is ready, else a fresh
+    /// load. Either way the next spare is loaded in the background.
+    fn take(&self, program: &'static str) -> Result<Ebpf, TcError> {
+        let spare = self.lock().remove(program);
+        let ebpf = match spare {
+            Some(ebpf) => ebpf,
+            None => load_fresh(program)?,
+        };
+        let spares = self.clone();
+        let refill = move || match load_fresh(program) {
+            Ok(ebpf) => {
+                spares.lock().entry(program).or_insert(ebpf);
+            }
+            // The next fault loads its own and reports the error then, to its requester.
+            Err(e) => tracing::debug!(program, error = %e, "cannot load a spare classifier"),
+        };
+        if let Err(e) = thread::Builder::new()
+            .name("ebpf-spare".to_owned())
+            .spawn(refill)
+        {
+            tracing::debug!(program, error = %e, "cannot start loading a spare classifier");
+        }
+        Ok(ebpf)
+    }
 }
 
 /// Where a classifier is attached, as recorded in its pin's name.
@@ -381,7 +428,10 @@ pub enum SteerHook {
 
 impl Classifiers {
     pub fn new(root: PathBuf) -> Self {
-        Self { root }
+        Self {
+            root,
+            spares: Spares::default(),
+        }
     }
 
     fn dir(&self, id: &str) -> PathBuf {
@@ -448,9 +498,10 @@ impl Classifiers {
         let dir = self.prepare(id)?;
         // A failure part-way leaves pins behind, which `detach` (run by the engine after every
         // failed apply) reads to undo exactly what was done.
-        let mut ebpf = load_with("CONFIG", &config)?;
+        let mut ebpf = self.spares.take(PROGRAM)?;
+        configure(&mut ebpf, "CONFIG", &config)?;
         pin_maps(&ebpf, &dir, &[("CONFIG", "config"), ("STATS", "stats")])?;
-        let program = load_program(&mut ebpf, PROGRAM)?;
+        let program = classifier(&mut ebpf, PROGRAM)?;
         attach_program(program, &dir, device, direction, uses_tcx(direction))
     }
 
@@ -491,13 +542,14 @@ impl Classifiers {
             }
         };
         let dir = self.prepare(id)?;
-        let mut ebpf = load_with("STEER", &config)?;
+        let mut ebpf = self.spares.take(STEER_PROGRAM)?;
+        configure(&mut ebpf, "STEER", &config)?;
         pin_maps(
             &ebpf,
             &dir,
             &[("STEER", "steer"), ("STEER_STATS", "steer_stats")],
         )?;
-        let program = load_program(&mut ebpf, STEER_PROGRAM)?;
+        let program = classifier(&mut ebpf, STEER_PROGRAM)?;
         let pin_path = dir.join(
             Attachment {
                 hook: pinned,
@@ -655,13 +707,20 @@ fn loader() -> MutexGuard<'static, EbpfLoader<'static>> {
         .unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A fresh copy of faultline's eBPF object with `config` written into `map`'s single entry.
-fn load_with<T: aya::Pod>(map: &'static str, config: &T) -> Result<Ebpf, TcError> {
+/// A fresh copy of faultline's eBPF object with `program` loaded (verified by the kernel).
+fn load_fresh(program: &'static str) -> Result<Ebpf, TcError> {
     let mut ebpf = loader().load(EBPF_OBJECT).map_err(TcError::Load)?;
+    classifier(&mut ebpf, program)?
+        .load()
+        .map_err(verifier_error)?;
+    Ok(ebpf)
+}
+
+/// Writes `config` into `map`'s single entry.
+fn configure<T: aya::Pod>(ebpf: &mut Ebpf, map: &'static str, config: &T) -> Result<(), TcError> {
     let data = ebpf.map_mut(map).ok_or(TcError::Missing(map))?;
     let mut array: Array<_, T> = Array::try_from(data).map_err(TcError::Map)?;
-    array.set(0, config, 0).map_err(TcError::Map)?;
-    Ok(ebpf)
+    array.set(0, config, 0).map_err(TcError::Map)
 }
 
 fn pin_maps(ebpf: &Ebpf, dir: &Path, maps: &[(&'static str, &str)]) -> Result<(), TcError> {
@@ -674,17 +733,14 @@ fn pin_maps(ebpf: &Ebpf, dir: &Path, maps: &[(&'static str, &str)]) -> Result<()
     Ok(())
 }
 
-fn load_program<'a>(
+fn classifier<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut SchedClassifier, TcError> {
-    let program: &mut SchedClassifier = ebpf
-        .program_mut(name)
+    ebpf.program_mut(name)
         .ok_or(TcError::Missing(name))?
         .try_into()
-        .map_err(TcError::Program)?;
-    program.load().map_err(verifier_error)?;
-    Ok(program)
+        .map_err(TcError::Program)
 }
 
 /// Attaches the loaded loss classifier to `direction` of `device`, through TCX or cls_bpf, and
