@@ -252,10 +252,11 @@ pub fn run(ctx: &Ctx, runs: usize) -> Result<Section> {
          /proc/net/tcp and /proc/net/tcp6 in the namespace (the kernel walks its whole TCP \
          hash table; the agent's SSH guard does it only for a fault that could touch a \
          protected port, which an inbound block of port {PORT} cannot) {:.3} ms, {:.3} ms. The \
-         `nft` baseline's delete took {:.1}x its add (p50): on this kernel any nf_tables \
-         deletion takes milliseconds longer than an addition, \
-         whoever asks (rules, set elements, chains and empty tables alike: checked with the \
-         `nft` binary alone).",
+         `nft` baseline's delete took {:.1}x its add (p50): an nf_tables deletion waits for \
+         an RCU grace period in the kernel, whoever asks (checked by hand with the `nft` \
+         binary: rules, set elements, chains and empty tables alike; with \
+         /sys/kernel/rcu_expedited set to 1, a system-wide setting no agent should change, \
+         `nft delete table` took what its add took).",
         writes.p50,
         writes.p99,
         spawns.p50,
