@@ -225,6 +225,14 @@ const NETEM: &[NetemFigure] = &[
         suffix: " ms",
     },
     NetemFigure {
+        test: "netem_delay_with_jitter_adds_the_requested_median",
+        figure: "netem jitter ± 10ms (uniform), measured half-width",
+        requested: 10.0,
+        unit: "ms",
+        after: "jitter ± ",
+        suffix: " ms",
+    },
+    NetemFigure {
         test: "netem_ingress_delay_is_seen_from_the_other_host",
         figure: "netem ingress delay 50ms, added median RTT",
         requested: 50.0,
@@ -261,7 +269,9 @@ pub fn netem_in_vm(skip: bool) -> Result<Section> {
                   vm-test -- netem_`: Debian 12's stock kernel under qemu with software \
                   emulation, 2 vCPUs), parsed from the `[test] ...` lines they print; the \
                   delays are median UDP round trips minus the median through a netem qdisc \
-                  without delay, the loss is counted over 10 000 datagrams. They describe the \
+                  without delay; the jitter is half the spread between the 2.5th and 97.5th \
+                  percentiles of the delayed round trips, over 0.95 (where 95 % of a uniform \
+                  spread lies); the loss is counted over 10 000 datagrams. They describe the \
                   emulated guest, not this host."
         .to_owned();
     let unmeasured = |why: &str| Section {
@@ -328,12 +338,16 @@ mod tests {
 test netem_delay_with_jitter_adds_the_requested_median ... \
 [netem_delay_with_jitter_adds_the_requested_median] delay 100ms ± 10ms: median RTT 0.312 ms \
 unfaulted, 0.820 ms through netem without delay, 101.104 ms delayed: added 100.284 ms over \
-1000 probes (100.0% answered)\r\n\
+1000 probes (100.0% answered); jitter ± 9.951 ms (half the 2.5th to 97.5th percentile spread, \
+over 0.95)\r\n\
 [netem_loss_matches_the_requested_share] netem loss 10%: 9.87% of 10000 datagrams lost\r\n\
 [netem_ingress_delay_is_seen_from_the_other_host] ingress delay 50ms on b, probed from a: \
 median RTT 0.901 ms through netem without delay -> 51.0 ms, added 50.099 ms (99.9% answered)\r\n";
         let values: Vec<Option<f64>> = NETEM.iter().map(|f| netem_value(console, f)).collect();
-        assert_eq!(values, [Some(100.284), Some(50.099), Some(9.87)]);
+        assert_eq!(
+            values,
+            [Some(100.284), Some(9.951), Some(50.099), Some(9.87)]
+        );
         assert_eq!(netem_value("nothing here", &NETEM[0]), None);
     }
 }
