@@ -10,7 +10,7 @@
 //! a family written twice with different types) with `debug_assert`s: the names come from
 //! this program's code, not from input, so the debug builds the tests run catch them.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, fmt::Write as _};
 
 use super::host::{CpuTimes, DiskIo, HostSnapshot, NetIo};
 
@@ -122,7 +122,12 @@ impl Exposition {
 
     /// The page. Families without samples are left out: a HELP and TYPE alone say nothing.
     pub fn finish(self) -> String {
-        let mut out = String::new();
+        let size: usize = self
+            .families
+            .iter()
+            .map(|f| f.samples.len() + f.help.len() + 2 * f.name.len() + 32)
+            .sum();
+        let mut out = String::with_capacity(size);
         for family in self.families.iter().filter(|f| !f.samples.is_empty()) {
             out.push_str("# HELP ");
             out.push_str(&family.name);
@@ -250,12 +255,16 @@ fn push_float(out: &mut String, value: f64) {
     } else if value == 0.0 {
         // Also -0.0, which is 0 to every reader.
         out.push('0');
+    } else if value.fract() == 0.0 && value.abs() < 9_007_199_254_740_992.0 {
+        // Exactly an integer (below 2^53 every integral f64 is one): integer formatting is the
+        // same text as `Display`'s, and most samples (counters, bytes) take this path.
+        let _ = write!(out, "{}", value as i64);
     } else if (1e-4..1e21).contains(&value.abs()) {
         // Rust's `Display` for f64 is the shortest round-trip form, never with an exponent,
         // and without a fraction for integral values.
-        out.push_str(&value.to_string());
+        let _ = write!(out, "{value}");
     } else {
-        out.push_str(&format!("{value:e}"));
+        let _ = write!(out, "{value:e}");
     }
 }
 
