@@ -547,6 +547,9 @@ pub fn run(o: Options) -> Result<()> {
             took.as_secs() % 60
         );
     } else {
+        for section in &sections {
+            println!("\n{}: {}", section.title, section.method);
+        }
         println!(
             "bench: a partial run ({:?}) in {}s; docs/benchmarks.md not written",
             o.only,
