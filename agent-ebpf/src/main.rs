@@ -3,7 +3,8 @@
 //!   on kernels without sch_netem, and more precisely targeted: only packets that match the
 //!   fault's protocol, destination ports and remote networks count.
 //! - `faultline_steer` sends the packets a shaping fault targets to that fault's qdisc.
-//! - tracepoints `faultline_state`, `_reset`, `_error`, `_retx` count TCP connect health (`tcp`).
+//! - raw tracepoints `faultline_state`, `_reset`, `_error`, `_retx` (`_retx_err` since Linux
+//!   6.13) count TCP connect health (`tcp`).
 //!
 //! Each fault loads its own copy with its own configuration map, which holds the deadline: past
 //! it the program lets everything through, so the fault ends on time even if the agent died.

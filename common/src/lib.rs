@@ -192,7 +192,7 @@ pub struct LossStats {
 /// one everything from `2^30` microseconds (about 18 minutes) up.
 pub const TCP_LATENCY_BUCKETS: usize = 32;
 
-/// `TcpDestKey::family` values: the kernel's address families, as tracepoints report them.
+/// `TcpDestKey::family` values: the kernel's address families (`skc_family`).
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 
@@ -249,84 +249,55 @@ impl TcpDestStats {
     };
 }
 
-/// `TracepointFields` value of a field the running kernel's tracepoint does not have.
+/// `TcpHealthConfig` offset of a member the running kernel's `struct sock` does not have.
 pub const FIELD_ABSENT: u16 = u16::MAX;
 
-/// Bytes of a tracepoint's record the connect-health programs copy and read fields from: every
-/// field they use must end within them.
-pub const TCP_RECORD_LEN: usize = 128;
+/// Bytes of a socket's start (its `struct sock_common`: addresses, ports, family, state) that the
+/// connect-health programs copy with one helper call; members beyond are read one by one.
+pub const SOCK_HEAD_LEN: usize = 96;
 
-/// Where a tracepoint's record keeps the fields the connect-health programs read, in bytes from
-/// the record's start. Offsets move between kernel versions, so the agent reads them from the
-/// tracepoint's `format` file in tracefs at load time. Every tracepoint uses the fields it has;
-/// the others are `FIELD_ABSENT`.
+/// Where the connect-health programs find what they read of a socket, in bytes from the start of
+/// its `struct sock` (a `struct inet_sock` begins with it), and what the running kernel's
+/// tracepoints pass. The layout of `struct sock` moves between kernel versions and builds, so the
+/// agent computes the offsets from the kernel's BTF at load time; the programs read each member
+/// with `bpf_probe_read_kernel`. This is the single entry of their `TCP_CONFIG` map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TracepointFields {
-    /// `const void *`: the socket.
-    pub skaddr: u16,
-    /// `int` TCP states (`TCP_ESTABLISHED` = 1, `TCP_SYN_SENT` = 2, `TCP_CLOSE` = 7).
-    pub oldstate: u16,
-    pub newstate: u16,
+pub struct TcpHealthConfig {
+    /// `unsigned short` `__sk_common.skc_family`: `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// `u16` `sk_protocol`: the IP protocol.
+    pub protocol: u16,
+    /// `volatile unsigned char` `__sk_common.skc_state`: a TCP state (`TCP_SYN_SENT` = 2).
     pub state: u16,
-    /// `int`: a positive errno (inet_sk_error_report) or a negative one (tcp_retransmit_skb,
-    /// 0 when the segment left).
+    /// `int` `sk_err`: the socket's pending error, a positive errno.
     pub error: u16,
-    /// `__u16`, host byte order.
+    /// `__be16` `inet_sock.inet_sport` and `__sk_common.skc_dport`, network byte order.
     pub sport: u16,
     pub dport: u16,
-    /// `__u16` address family.
-    pub family: u16,
-    /// `__u16` IP protocol.
-    pub protocol: u16,
-    /// `__u8[4]` and `__u8[16]`, network order.
+    /// `__be32` `inet_sock.inet_saddr` and `__sk_common.skc_daddr`, network order.
     pub saddr: u16,
     pub daddr: u16,
+    /// `struct in6_addr` `__sk_common.skc_v6_rcv_saddr` and `skc_v6_daddr`; `FIELD_ABSENT` on a
+    /// kernel without IPv6.
     pub saddr_v6: u16,
     pub daddr_v6: u16,
-    pub _pad: u16,
+    pub _pad: u32,
 }
 
-impl TracepointFields {
+impl TcpHealthConfig {
     pub const ABSENT: Self = Self {
-        skaddr: FIELD_ABSENT,
-        oldstate: FIELD_ABSENT,
-        newstate: FIELD_ABSENT,
+        family: FIELD_ABSENT,
+        protocol: FIELD_ABSENT,
         state: FIELD_ABSENT,
         error: FIELD_ABSENT,
         sport: FIELD_ABSENT,
         dport: FIELD_ABSENT,
-        family: FIELD_ABSENT,
-        protocol: FIELD_ABSENT,
         saddr: FIELD_ABSENT,
         daddr: FIELD_ABSENT,
         saddr_v6: FIELD_ABSENT,
         daddr_v6: FIELD_ABSENT,
         _pad: 0,
-    };
-}
-
-/// The connect-health programs' configuration, in the single entry of their `TCP_CONFIG` map:
-/// the field offsets of each tracepoint they attach to.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TcpHealthConfig {
-    /// sock:inet_sock_set_state
-    pub set_state: TracepointFields,
-    /// tcp:tcp_receive_reset
-    pub receive_reset: TracepointFields,
-    /// sock:inet_sk_error_report
-    pub error_report: TracepointFields,
-    /// tcp:tcp_retransmit_skb
-    pub retransmit: TracepointFields,
-}
-
-impl TcpHealthConfig {
-    pub const ABSENT: Self = Self {
-        set_state: TracepointFields::ABSENT,
-        receive_reset: TracepointFields::ABSENT,
-        error_report: TracepointFields::ABSENT,
-        retransmit: TracepointFields::ABSENT,
     };
 }
 
@@ -365,7 +336,6 @@ mod tests {
             core::mem::size_of::<TcpDestStats>(),
             8 * 8 + TCP_LATENCY_BUCKETS * 8
         );
-        assert_eq!(core::mem::size_of::<TracepointFields>(), 14 * 2);
-        assert_eq!(core::mem::size_of::<TcpHealthConfig>(), 4 * 14 * 2);
+        assert_eq!(core::mem::size_of::<TcpHealthConfig>(), 10 * 2 + 4);
     }
 }

@@ -10,7 +10,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{cgroup::Cgroups, nft, tc};
+use super::{btf, cgroup::Cgroups, nft, tc};
 
 /// One facility: whether faultline can use it, and what was found or what is missing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,11 +112,11 @@ impl Capabilities {
             "ifb",
             "ingress netem and rate faults (--dir in) need it",
         );
-        let btf = if Path::new("/sys/kernel/btf/vmlinux").exists() {
-            Capability::yes("/sys/kernel/btf/vmlinux")
+        let btf = if Path::new(btf::VMLINUX).exists() {
+            Capability::yes(btf::VMLINUX)
         } else {
             Capability::no(
-                "no /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF); fentry programs cannot load",
+                "no /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF); TCP connect health cannot load",
             )
         };
         let nftables = match nft::probe() {

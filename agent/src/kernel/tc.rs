@@ -45,7 +45,7 @@ use ipnet::IpNet;
 use thiserror::Error;
 
 /// The compiled eBPF object, built by agent/build.rs: the tc classifiers here, and the TCP
-/// tracepoint programs of `monitor::tcp`.
+/// raw tracepoint programs of `monitor::tcp`.
 pub(crate) static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/faultline-ebpf"));
 

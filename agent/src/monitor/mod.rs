@@ -1,5 +1,5 @@
 //! What the agent watches while faults run: host metrics from procfs ([`host`]), TCP connect
-//! health from eBPF tracepoints ([`tcp`]), active connect probes ([`probes`]), and one snapshot
+//! health from eBPF raw tracepoints ([`tcp`]), active connect probes ([`probes`]), and one snapshot
 //! of all of them with the active faults ([`Monitor::snapshot`]), served over gRPC and as
 //! Prometheus text ([`exposition`], [`http`]).
 

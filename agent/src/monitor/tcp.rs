@@ -1,4 +1,4 @@
-//! TCP connect health from eBPF tracepoints: the connect-health programs of faultline's BPF
+//! TCP connect health from eBPF raw tracepoints: the connect-health programs of faultline's BPF
 //! object (agent-ebpf/src/tcp.rs), loaded and attached for as long as a [`TcpHealth`] lives, and
 //! the per-destination totals read from their maps.
 //!
@@ -9,33 +9,35 @@
 //! Retransmits count only for destinations the host has connected to since the programs were
 //! attached: the programs do not track accepted connections.
 //!
-//! The tracepoints' record layouts change between kernel versions, so the field offsets are read
-//! from tracefs when the programs load. Tracefs is mounted at /sys/kernel/tracing when it is not
-//! (a fresh mount namespace, as `ip netns exec` makes, has none); this must happen before aya
-//! first looks for it, as aya remembers the answer for the life of the process.
+//! The programs read the socket a tracepoint passes them at offsets of `struct sock` and
+//! `struct inet_sock`, which change between kernel versions and builds: they are computed from
+//! the running kernel's BTF ([`crate::kernel::btf`]) when the programs load, and so is which
+//! arguments each tracepoint passes. Raw tracepoints attach through the bpf() syscall
+//! (BPF_RAW_TRACEPOINT_OPEN), not perf_event_open: neither tracefs nor
+//! `kernel.perf_event_paranoid` has a say.
 
 use std::{
-    collections::{hash_map::HashMap as StdHashMap, BTreeMap},
+    collections::BTreeMap,
     error::Error as StdError,
-    fs, io,
+    io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::{Path, PathBuf},
-    sync::Mutex,
 };
 
 use aya::{
     maps::{MapData, MapError, PerCpuHashMap},
-    programs::{ProgramError, TracePoint},
+    programs::{ProgramError, RawTracePoint},
     Ebpf, EbpfError, EbpfLoader,
 };
 use faultline_common::{
-    TcpDestKey, TcpDestStats, TcpHealthConfig, TracepointFields, AF_INET, AF_INET6,
-    TCP_LATENCY_BUCKETS, TCP_RECORD_LEN,
+    TcpDestKey, TcpDestStats, TcpHealthConfig, AF_INET, AF_INET6, FIELD_ABSENT, TCP_LATENCY_BUCKETS,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use thiserror::Error;
 
-use crate::kernel::tc::EBPF_OBJECT;
+use crate::kernel::{
+    btf::{Btf, BtfError},
+    tc::EBPF_OBJECT,
+};
 
 /// Destinations counted at once; the least recently active one makes room for a new one.
 pub const MAX_DESTINATIONS: u32 = 4096;
@@ -48,59 +50,58 @@ const MAX_RECENT: u32 = 4096;
 const CONFIG_MAP: &str = "TCP_CONFIG";
 const DESTS_MAP: &str = "TCP_DESTS";
 
-const TRACEFS: &str = "/sys/kernel/tracing";
-const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
-
-/// One attached program: its name in the object, and the tracepoint it serves.
+/// One attached program: its name in the object, the tracepoint it serves, and how many of the
+/// tracepoint's arguments it reads.
 struct Attachment {
     program: &'static str,
-    group: &'static str,
-    event: &'static str,
+    tracepoint: &'static str,
+    args: usize,
 }
 
 const SET_STATE: Attachment = Attachment {
     program: "faultline_state",
-    group: "sock",
-    event: "inet_sock_set_state",
+    tracepoint: "inet_sock_set_state",
+    args: 3,
 };
 const RECEIVE_RESET: Attachment = Attachment {
     program: "faultline_reset",
-    group: "tcp",
-    event: "tcp_receive_reset",
+    tracepoint: "tcp_receive_reset",
+    args: 1,
 };
 const ERROR_REPORT: Attachment = Attachment {
     program: "faultline_error",
-    group: "sock",
-    event: "inet_sk_error_report",
+    tracepoint: "inet_sk_error_report",
+    args: 1,
 };
+/// tcp_retransmit_skb(sk, skb) before Linux 6.13.
 const RETRANSMIT: Attachment = Attachment {
     program: "faultline_retx",
-    group: "tcp",
-    event: "tcp_retransmit_skb",
+    tracepoint: "tcp_retransmit_skb",
+    args: 2,
+};
+/// tcp_retransmit_skb(sk, skb, err) since Linux 6.13.
+const RETRANSMIT_ERR: Attachment = Attachment {
+    program: "faultline_retx_err",
+    tracepoint: "tcp_retransmit_skb",
+    args: 3,
 };
 
 #[derive(Debug, Error)]
 pub enum TcpHealthError {
-    #[error("tracefs is not mounted at {TRACEFS} and mounting it failed ({source}); {DEBUGFS_TRACING} is not there either: connect health needs tracefs")]
-    Tracefs {
-        #[source]
-        source: nix::Error,
+    #[error("{0}; connect health reads sockets at offsets from the kernel's BTF, and needs Linux 5.6 or later")]
+    Btf(#[from] BtfError),
+    #[error("the kernel's {member} lies at byte {offset} of the socket, beyond the {max} the programs can address")]
+    MemberTooFar {
+        member: String,
+        offset: u32,
+        max: u16,
     },
-    #[error("this kernel has no tracepoint {group}:{event} ({path}: {source})")]
-    Tracepoint {
-        group: &'static str,
-        event: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("the tracepoint {group}:{event} has no {size}-byte field {field} within its first {TCP_RECORD_LEN} bytes on this kernel ({path})")]
-    Field {
-        group: &'static str,
-        event: &'static str,
-        field: &'static str,
-        size: usize,
-        path: PathBuf,
+    #[error("the raw tracepoint {tracepoint} passes {found} arguments on this kernel; {program} reads {expected}")]
+    TracepointArgs {
+        tracepoint: &'static str,
+        program: &'static str,
+        expected: usize,
+        found: usize,
     },
     #[error(
         "not permitted to {step} (connect health needs root, or CAP_BPF and CAP_PERFMON): {detail}"
@@ -122,11 +123,10 @@ pub enum TcpHealthError {
         error: io::Error,
         tail: String,
     },
-    #[error("cannot attach {program} to the tracepoint {group}:{event}: {source}")]
+    #[error("cannot attach {program} to the raw tracepoint {tracepoint}: {source}")]
     Attach {
         program: &'static str,
-        group: &'static str,
-        event: &'static str,
+        tracepoint: &'static str,
         #[source]
         source: Box<ProgramError>,
     },
@@ -179,16 +179,27 @@ impl std::fmt::Debug for TcpHealth {
 }
 
 impl TcpHealth {
-    /// Loads and attaches the programs; a clear error naming what is missing (tracefs, a
-    /// tracepoint, BPF permission) otherwise.
+    /// Loads and attaches the programs; a clear error naming what is missing (the kernel's BTF,
+    /// a socket member, a tracepoint, BPF permission) otherwise.
     pub fn start() -> Result<Self, TcpHealthError> {
-        let tracefs = tracefs()?;
-        let config = TcpHealthConfig {
-            set_state: fields(&tracefs, &SET_STATE, SET_STATE_FIELDS)?,
-            receive_reset: fields(&tracefs, &RECEIVE_RESET, RECEIVE_RESET_FIELDS)?,
-            error_report: fields(&tracefs, &ERROR_REPORT, ERROR_REPORT_FIELDS)?,
-            retransmit: fields(&tracefs, &RETRANSMIT, RETRANSMIT_FIELDS)?,
-        };
+        let btf = Btf::vmlinux()?;
+        let config = sock_offsets(&btf)?;
+        let mut attachments = vec![&SET_STATE, &RECEIVE_RESET, &ERROR_REPORT];
+        attachments.push(match btf.tracepoint_args(RETRANSMIT.tracepoint)? {
+            2 => &RETRANSMIT,
+            _ => &RETRANSMIT_ERR,
+        });
+        for a in &attachments {
+            let found = btf.tracepoint_args(a.tracepoint)?;
+            if found < a.args {
+                return Err(TcpHealthError::TracepointArgs {
+                    tracepoint: a.tracepoint,
+                    program: a.program,
+                    expected: a.args,
+                    found,
+                });
+            }
+        }
         // The object declares these maps with one entry, so that the tc faults that load the same
         // object do not pay for them.
         let mut ebpf = EbpfLoader::new()
@@ -215,7 +226,7 @@ impl TcpHealth {
             aya::maps::Array::try_from(data).map_err(map_error)?;
         array.set(0, config, 0).map_err(map_error)?;
 
-        for attachment in [&SET_STATE, &RECEIVE_RESET, &ERROR_REPORT, &RETRANSMIT] {
+        for attachment in attachments {
             attach(&mut ebpf, attachment)?;
         }
         Ok(Self { ebpf })
@@ -322,32 +333,31 @@ fn bucket_bound_seconds(i: usize) -> f64 {
     }
 }
 
-/// Loads one program and attaches it to its tracepoint.
+/// Loads one program and attaches it to its raw tracepoint.
 fn attach(ebpf: &mut Ebpf, a: &Attachment) -> Result<(), TcpHealthError> {
     let program_error = |source| TcpHealthError::Program {
         program: a.program,
         source: Box::new(source),
     };
-    let program: &mut TracePoint = ebpf
+    let program: &mut RawTracePoint = ebpf
         .program_mut(a.program)
         .ok_or(TcpHealthError::Missing(a.program))?
         .try_into()
         .map_err(program_error)?;
     program.load().map_err(|e| load_error(a.program, e))?;
-    program.attach(a.group, a.event).map_err(|source| {
-        match denial(&source).or_else(|| perf_refusal(&source)) {
+    program
+        .attach(a.tracepoint)
+        .map_err(|source| match denial(&source) {
             Some(detail) => TcpHealthError::Permission {
-                step: "attach to tracepoints",
+                step: "attach to raw tracepoints",
                 detail,
             },
             None => TcpHealthError::Attach {
                 program: a.program,
-                group: a.group,
-                event: a.event,
+                tracepoint: a.tracepoint,
                 source: Box::new(source),
             },
-        }
-    })?;
+        })?;
     Ok(())
 }
 
@@ -391,211 +401,91 @@ fn denial(e: &(dyn StdError + 'static)) -> Option<String> {
     })
 }
 
-/// Debian's kernels answer EACCES to perf_event_open (which attaching to a tracepoint needs) at
-/// `kernel.perf_event_paranoid` 3, their default, unless the caller has CAP_SYS_ADMIN: the
-/// agent's CAP_PERFMON is not enough there. Says so, with the way out.
-fn perf_refusal(e: &(dyn StdError + 'static)) -> Option<String> {
-    std::iter::successors(Some(e), |&err| err.source())
-        .filter_map(|err| err.downcast_ref::<io::Error>())
-        .find(|io| io.raw_os_error() == Some(libc::EACCES))?;
-    let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
-        .ok()
-        .and_then(|t| t.trim().parse::<i32>().ok());
-    Some(match paranoid {
-        Some(level) if level >= 3 => format!(
-            "{e}: kernel.perf_event_paranoid is {level}, which on this kernel allows perf events \
-             only to CAP_SYS_ADMIN; `sysctl kernel.perf_event_paranoid=2` lets the agent's \
-             CAP_PERFMON suffice"
-        ),
-        _ => format!("{e}: the kernel refused the tracepoint's perf event (EACCES)"),
-    })
-}
-
-/// Where tracefs is, mounting it at /sys/kernel/tracing when it is not mounted anywhere.
-fn tracefs() -> Result<PathBuf, TcpHealthError> {
-    use nix::{
-        mount::{mount, MsFlags},
-        sys::statfs::{statfs, TRACEFS_MAGIC},
-    };
-    // Two starts at once must not both mount it.
-    static MOUNTING: Mutex<()> = Mutex::new(());
-    let _guard = MOUNTING
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-
-    let tracefs = Path::new(TRACEFS);
-    let is_tracefs = |p: &Path| {
-        statfs(p)
-            .map(|s| s.filesystem_type() == TRACEFS_MAGIC)
-            .unwrap_or(false)
-    };
-    if is_tracefs(tracefs) {
-        return Ok(tracefs.to_owned());
-    }
-    let mounted = mount(
-        Some("tracefs"),
-        tracefs,
-        Some("tracefs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    );
-    match mounted {
-        Ok(()) => {
-            tracing::info!(
-                path = TRACEFS,
-                "mounted tracefs for the connect-health tracepoints"
-            );
-            Ok(tracefs.to_owned())
-        }
-        // debugfs shows tracefs under tracing/ (mounting it on demand); aya looks there too.
-        Err(_) if Path::new(DEBUGFS_TRACING).join("events").is_dir() => {
-            Ok(PathBuf::from(DEBUGFS_TRACING))
-        }
-        Err(source) => Err(TcpHealthError::Tracefs { source }),
-    }
-}
-
-/// A field a program reads: its name in the record, its size, and whether the program can do
-/// without it (`FIELD_ABSENT`).
+/// A socket member a program reads: where it is in the kernel's structs, its size, and whether
+/// the programs can do without it (`FIELD_ABSENT`).
 struct Wanted {
-    name: &'static str,
-    size: usize,
+    structure: &'static str,
+    path: &'static [&'static str],
+    size: u32,
     required: bool,
-    slot: fn(&mut TracepointFields) -> &mut u16,
+    slot: fn(&mut TcpHealthConfig) -> &mut u16,
 }
 
-const fn want(
-    name: &'static str,
-    size: usize,
-    slot: fn(&mut TracepointFields) -> &mut u16,
+const fn sock(
+    path: &'static [&'static str],
+    size: u32,
+    slot: fn(&mut TcpHealthConfig) -> &mut u16,
 ) -> Wanted {
     Wanted {
-        name,
+        structure: "sock",
+        path,
         size,
         required: true,
         slot,
     }
 }
 
-const ADDRESSES: [Wanted; 7] = [
-    want("sport", 2, |f| &mut f.sport),
-    want("dport", 2, |f| &mut f.dport),
-    want("family", 2, |f| &mut f.family),
-    want("saddr", 4, |f| &mut f.saddr),
-    want("daddr", 4, |f| &mut f.daddr),
-    want("saddr_v6", 16, |f| &mut f.saddr_v6),
-    want("daddr_v6", 16, |f| &mut f.daddr_v6),
-];
-
-const SET_STATE_FIELDS: &[&[Wanted]] = &[
-    &[
-        want("skaddr", 8, |f| &mut f.skaddr),
-        want("oldstate", 4, |f| &mut f.oldstate),
-        want("newstate", 4, |f| &mut f.newstate),
-        want("protocol", 2, |f| &mut f.protocol),
-    ],
-    &ADDRESSES,
-];
-const RECEIVE_RESET_FIELDS: &[&[Wanted]] = &[&[want("skaddr", 8, |f| &mut f.skaddr)]];
-const ERROR_REPORT_FIELDS: &[&[Wanted]] = &[
-    &[
-        want("error", 4, |f| &mut f.error),
-        want("protocol", 2, |f| &mut f.protocol),
-    ],
-    &ADDRESSES,
-];
-const RETRANSMIT_FIELDS: &[&[Wanted]] = &[&[
-    want("state", 4, |f| &mut f.state),
-    want("dport", 2, |f| &mut f.dport),
-    want("family", 2, |f| &mut f.family),
-    want("daddr", 4, |f| &mut f.daddr),
-    want("daddr_v6", 16, |f| &mut f.daddr_v6),
-    // Since Linux 6.13; before, only retransmits that left were traced.
+/// The members the tracepoints' own records are filled from (the `TP_fast_assign` of
+/// inet_sock_set_state, inet_sk_error_report and tcp_retransmit_skb), which the programs read
+/// from the socket directly. `struct inet_sock` begins with `struct sock`, so its offsets count
+/// from the same pointer.
+const SOCK_MEMBERS: [Wanted; 10] = [
+    sock(&["__sk_common", "skc_family"], 2, |c| &mut c.family),
+    // A bitfield before Linux 5.6, which the lookup refuses by name.
+    sock(&["sk_protocol"], 2, |c| &mut c.protocol),
+    sock(&["__sk_common", "skc_state"], 1, |c| &mut c.state),
+    sock(&["sk_err"], 4, |c| &mut c.error),
+    sock(&["__sk_common", "skc_dport"], 2, |c| &mut c.dport),
+    sock(&["__sk_common", "skc_daddr"], 4, |c| &mut c.daddr),
     Wanted {
-        name: "err",
-        size: 4,
-        required: false,
-        slot: |f| &mut f.error,
+        structure: "inet_sock",
+        path: &["inet_sport"],
+        size: 2,
+        required: true,
+        slot: |c| &mut c.sport,
     },
-]];
+    Wanted {
+        structure: "inet_sock",
+        path: &["inet_saddr"],
+        size: 4,
+        required: true,
+        slot: |c| &mut c.saddr,
+    },
+    // Only in kernels built with IPv6, which then has no IPv6 sockets to count.
+    Wanted {
+        required: false,
+        ..sock(&["__sk_common", "skc_v6_rcv_saddr"], 16, |c| {
+            &mut c.saddr_v6
+        })
+    },
+    Wanted {
+        required: false,
+        ..sock(&["__sk_common", "skc_v6_daddr"], 16, |c| &mut c.daddr_v6)
+    },
+];
 
-/// The offsets of the fields `wanted` in the tracepoint's record, from its tracefs format.
-fn fields(
-    tracefs: &Path,
-    a: &Attachment,
-    wanted: &[&[Wanted]],
-) -> Result<TracepointFields, TcpHealthError> {
-    let path = tracefs
-        .join("events")
-        .join(a.group)
-        .join(a.event)
-        .join("format");
-    let format = fs::read_to_string(&path).map_err(|source| {
-        // tracefs is root's alone: without root the tracepoint is not missing, only hidden.
-        if source.kind() == io::ErrorKind::PermissionDenied {
-            TcpHealthError::Permission {
-                step: "read tracepoint formats",
-                detail: format!("{}: {source}", path.display()),
-            }
-        } else {
-            TcpHealthError::Tracepoint {
-                group: a.group,
-                event: a.event,
-                path: path.clone(),
-                source,
-            }
-        }
-    })?;
-    let layout = parse_format(&format);
-    let mut fields = TracepointFields::ABSENT;
-    for w in wanted.iter().flat_map(|list| list.iter()) {
-        match layout.get(w.name) {
-            // The programs read fields from a copy of the record's first TCP_RECORD_LEN bytes.
-            Some(&(offset, size)) if size == w.size && offset + size <= TCP_RECORD_LEN => {
-                *(w.slot)(&mut fields) = offset as u16;
-            }
-            _ if !w.required => {}
-            _ => {
-                return Err(TcpHealthError::Field {
-                    group: a.group,
-                    event: a.event,
-                    field: w.name,
-                    size: w.size,
-                    path,
-                })
-            }
-        }
-    }
-    Ok(fields)
-}
-
-/// Field name -> (offset, size) from a tracepoint's `format` file, whose lines read
-/// `field:__u8 saddr[4];` `offset:32;` `size:4;` `signed:0;`, tab-separated.
-fn parse_format(format: &str) -> StdHashMap<String, (usize, usize)> {
-    let mut layout = StdHashMap::new();
-    for line in format.lines() {
-        let mut decl = None;
-        let (mut offset, mut size) = (None, None);
-        for part in line.split(';').map(str::trim) {
-            if let Some(d) = part.strip_prefix("field:") {
-                decl = Some(d);
-            } else if let Some(o) = part.strip_prefix("offset:") {
-                offset = o.parse().ok();
-            } else if let Some(s) = part.strip_prefix("size:") {
-                size = s.parse().ok();
-            }
-        }
-        let (Some(decl), Some(offset), Some(size)) = (decl, offset, size) else {
-            continue;
+/// The offsets of the socket members the programs read, from the kernel's BTF.
+fn sock_offsets(btf: &Btf) -> Result<TcpHealthConfig, TcpHealthError> {
+    let mut config = TcpHealthConfig::ABSENT;
+    for w in &SOCK_MEMBERS {
+        let member = match btf.member_sized(w.structure, w.path, w.size) {
+            Ok(member) => member,
+            Err(BtfError::NoMember { .. }) if !w.required => continue,
+            Err(e) => return Err(e.into()),
         };
-        // The name is the declaration's last word, without an array length.
-        let Some(name) = decl.split_whitespace().last() else {
-            continue;
-        };
-        let name = name.split('[').next().unwrap_or(name);
-        layout.insert(name.to_owned(), (offset, size));
+        // FIELD_ABSENT is u16::MAX: no member of a struct sock lies that far, but say so if one
+        // ever does rather than read the wrong bytes.
+        let offset = u16::try_from(member.offset)
+            .ok()
+            .filter(|&o| o != FIELD_ABSENT)
+            .ok_or_else(|| TcpHealthError::MemberTooFar {
+                member: format!("{}.{}", w.structure, w.path.join(".")),
+                offset: member.offset,
+                max: FIELD_ABSENT - 1,
+            })?;
+        *(w.slot)(&mut config) = offset;
     }
-    layout
+    Ok(config)
 }
 
 #[cfg(test)]
@@ -1011,17 +901,27 @@ mod tests {
     }
 
     #[test]
-    fn format_files_are_parsed_for_offsets_and_sizes() {
-        let format = "name: inet_sock_set_state\nID: 2287\nformat:\n\
-            \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
-            \n\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;\n\
-            \tfield:__u8 daddr_v6[16];\toffset:56;\tsize:16;\tsigned:0;\n\
-            \nprint fmt: \"family=%s\", REC->family\n";
-        let layout = parse_format(format);
-        assert_eq!(layout.get("common_type"), Some(&(0, 2)));
-        assert_eq!(layout.get("skaddr"), Some(&(8, 8)));
-        assert_eq!(layout.get("daddr_v6"), Some(&(56, 16)));
-        assert_eq!(layout.len(), 3);
+    fn the_running_kernels_socket_layout_is_found() {
+        let Ok(btf) = Btf::vmlinux() else {
+            let _ = writeln!(io::stderr(), "SKIP: no readable kernel BTF");
+            return;
+        };
+        let config = sock_offsets(&btf).expect("socket offsets");
+        eprintln!("{config:?}");
+        assert_eq!((config.daddr, config.dport, config.family), (0, 12, 16));
+        for offset in [
+            config.protocol,
+            config.state,
+            config.error,
+            config.sport,
+            config.saddr,
+            config.saddr_v6,
+            config.daddr_v6,
+        ] {
+            assert_ne!(offset, FIELD_ABSENT, "{config:?}");
+        }
+        // inet_sock's own members come after the struct sock it begins with.
+        assert!(config.sport > config.protocol && config.saddr > config.protocol);
     }
 
     #[test]

@@ -305,7 +305,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
             "Connect rate: in a fresh namespace, one thread connects to a listener on \
              {dest}, accepts, and closes both ends (the client's with a reset), for {} s per \
              round; {ROUNDS} rounds without and {ROUNDS} with an agent started in that \
-             namespace (its eBPF connect-health tracepoints are attached host-wide; each round \
+             namespace (its eBPF connect-health raw tracepoints are attached host-wide; each round \
              waits until `faultline metrics` no longer says `tcp_unavailable`), in ABBA order. \
              After each round with the agent, its attempts and successes for {dest} are \
              compared with the connects made. Idle: an agent with default settings (only its \
