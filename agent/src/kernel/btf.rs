@@ -115,8 +115,10 @@ pub struct Member {
 /// A parsed BTF blob: types by id (id 0 is void and has no record).
 pub struct Btf {
     path: PathBuf,
-    types: Vec<u8>,
-    strings: Vec<u8>,
+    /// The whole blob, kept as read (vmlinux's is megabytes: no copies of its sections).
+    data: Vec<u8>,
+    types: std::ops::Range<usize>,
+    strings: std::ops::Range<usize>,
     records: Vec<TypeRecord>,
 }
 
@@ -130,6 +132,14 @@ impl std::fmt::Debug for Btf {
 }
 
 impl Btf {
+    fn types(&self) -> &[u8] {
+        &self.data[self.types.clone()]
+    }
+
+    fn strings(&self) -> &[u8] {
+        &self.data[self.strings.clone()]
+    }
+
     /// The running kernel's BTF.
     pub fn vmlinux() -> Result<Self, BtfError> {
         Self::from_file(Path::new(VMLINUX))
@@ -140,12 +150,12 @@ impl Btf {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(path, &data)
+        Self::parse(path, data)
     }
 
     /// Parses a raw BTF blob (header, type and string sections) in this machine's byte order;
     /// `path` only names it in errors.
-    pub fn parse(path: &Path, data: &[u8]) -> Result<Self, BtfError> {
+    pub fn parse(path: &Path, data: Vec<u8>) -> Result<Self, BtfError> {
         let malformed = |reason: String| BtfError::Malformed {
             path: path.to_owned(),
             reason,
@@ -167,7 +177,7 @@ impl Btf {
         if data[2] != 1 {
             return Err(malformed(format!("version {}, not 1", data[2])));
         }
-        let word = |at: usize| u32_at(data, at).unwrap_or(0) as usize;
+        let word = |at: usize| u32_at(&data, at).unwrap_or(0) as usize;
         let hdr_len = word(4);
         let (type_off, type_len, str_off, str_len) = (word(8), word(12), word(16), word(20));
         let section = |off: usize, len: usize, name: &str| {
@@ -175,13 +185,14 @@ impl Btf {
                 .checked_add(off)
                 .and_then(|start| Some(start..start.checked_add(len)?))
                 .filter(|range| hdr_len >= HEADER_LEN && range.end <= data.len())
-                .map(|range| data[range].to_vec())
                 .ok_or_else(|| malformed(format!("its {name} section lies outside the file")))
         };
-        let types = section(type_off, type_len, "type")?;
-        let strings = section(str_off, str_len, "string")?;
+        let type_range = section(type_off, type_len, "type")?;
+        let string_range = section(str_off, str_len, "string")?;
+        let types = &data[type_range.clone()];
 
-        let mut records = Vec::new();
+        // Every type takes 12 bytes or more: sized once for the largest count there can be.
+        let mut records = Vec::with_capacity(types.len() / 12);
         let mut at = 0;
         while at < types.len() {
             let id = records.len() + 1;
@@ -215,10 +226,12 @@ impl Btf {
                 "its last type runs past the type section".to_owned(),
             ));
         }
+        records.shrink_to_fit();
         Ok(Self {
             path: path.to_owned(),
-            types,
-            strings,
+            data,
+            types: type_range,
+            strings: string_range,
             records,
         })
     }
@@ -316,7 +329,7 @@ impl Btf {
 
     fn name(&self, r: TypeRecord) -> Option<&str> {
         let start = r.name_off as usize;
-        let rest = self.strings.get(start..)?;
+        let rest = self.strings().get(start..)?;
         let end = rest.iter().position(|&b| b == 0)?;
         std::str::from_utf8(&rest[..end]).ok()
     }
@@ -354,8 +367,8 @@ impl Btf {
             }
             KIND_PTR => Some(8),
             KIND_ARRAY => {
-                let elem = u32_at(&self.types, r.at + 12)?;
-                let count = u32_at(&self.types, r.at + 20)?;
+                let elem = u32_at(self.types(), r.at + 12)?;
+                let count = u32_at(self.types(), r.at + 20)?;
                 self.size_of(elem)?.checked_mul(count)
             }
             _ => None,
@@ -374,9 +387,9 @@ impl Btf {
         }
         for i in 0..r.vlen() {
             let at = r.at + 12 + 12 * i;
-            let name_off = u32_at(&self.types, at)?;
-            let type_id = u32_at(&self.types, at + 4)?;
-            let raw_offset = u32_at(&self.types, at + 8)?;
+            let name_off = u32_at(self.types(), at)?;
+            let type_id = u32_at(self.types(), at + 4)?;
+            let raw_offset = u32_at(self.types(), at + 8)?;
             // With the kind flag, the top byte is a bitfield's width (0 for a plain member).
             let (bit_offset, width) = if r.kind_flag() {
                 (raw_offset & 0x00ff_ffff, raw_offset >> 24)
@@ -413,13 +426,13 @@ impl Btf {
         if r.kind() != KIND_INT {
             return false;
         }
-        let encoding = u32_at(&self.types, r.at + 12).unwrap_or(0);
+        let encoding = u32_at(self.types(), r.at + 12).unwrap_or(0);
         let (bits, offset) = (encoding & 0xff, (encoding >> 16) & 0xff);
         offset != 0 || bits != r.size_or_type * 8
     }
 
     fn string(&self, off: u32) -> Option<&str> {
-        let rest = self.strings.get(off as usize..)?;
+        let rest = self.strings().get(off as usize..)?;
         let end = rest.iter().position(|&b| b == 0)?;
         std::str::from_utf8(&rest[..end]).ok()
     }
@@ -581,7 +594,7 @@ mod tests {
 
     #[test]
     fn members_of_anonymous_unions_are_found_with_their_offsets() {
-        let btf = Btf::parse(Path::new("handcrafted"), &handcrafted()).expect("parse");
+        let btf = Btf::parse(Path::new("handcrafted"), handcrafted()).expect("parse");
         let daddr = btf.member("sock", &["__sk_common", "skc_daddr"]);
         assert_eq!(daddr.expect("skc_daddr"), Member { offset: 0, size: 4 });
         let saddr = btf.member("sock", &["__sk_common", "skc_rcv_saddr"]);
@@ -598,7 +611,7 @@ mod tests {
 
     #[test]
     fn bitfields_missing_members_and_wrong_sizes_are_refused_by_name() {
-        let btf = Btf::parse(Path::new("handcrafted"), &handcrafted()).expect("parse");
+        let btf = Btf::parse(Path::new("handcrafted"), handcrafted()).expect("parse");
         let e = btf
             .member("sock", &["sk_protocol"])
             .expect_err("a bitfield");
@@ -632,11 +645,11 @@ mod tests {
     #[test]
     fn truncated_and_foreign_blobs_are_refused() {
         let blob = handcrafted();
-        let e = Btf::parse(Path::new("cut"), &blob[..blob.len() - 40]).expect_err("cut");
+        let e = Btf::parse(Path::new("cut"), blob[..blob.len() - 40].to_vec()).expect_err("cut");
         assert!(matches!(e, BtfError::Malformed { .. }), "{e}");
         let mut swapped = blob.clone();
         swapped.swap(0, 1);
-        let e = Btf::parse(Path::new("swapped"), &swapped).expect_err("byte order");
+        let e = Btf::parse(Path::new("swapped"), swapped).expect_err("byte order");
         assert!(e.to_string().contains("byte order"), "{e}");
     }
 
