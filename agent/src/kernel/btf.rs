@@ -197,9 +197,9 @@ impl Btf {
         while at < types.len() {
             let id = records.len() + 1;
             let (Some(name_off), Some(info), Some(size_or_type)) = (
-                u32_at(&types, at),
-                u32_at(&types, at + 4),
-                u32_at(&types, at + 8),
+                u32_at(types, at),
+                u32_at(types, at + 4),
+                u32_at(types, at + 8),
             ) else {
                 return Err(malformed(format!("type {id} is cut short")));
             };
