@@ -21,7 +21,7 @@ use super::{
     Ctx, Row, Section, Summary,
 };
 
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 10;
 const ROUND: Duration = Duration::from_secs(3);
 const CONNECT_PORT: u16 = 7400;
 const IDLE: Duration = Duration::from_secs(60);
