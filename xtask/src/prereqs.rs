@@ -9,15 +9,14 @@ use clap::Args;
 
 use crate::{exec, host};
 
-/// apt packages: nftnl/mnl headers and pkg-config to build the nftables adapter, protoc for
-/// the gRPC code, and the tools the integration tests use to set up hosts and check effects
+/// apt packages: nftnl/mnl headers and pkg-config to build the nftables adapter (the gRPC code
+/// needs no protoc: proto/build.rs compiles with protox), and the tools the integration tests use to set up hosts and check effects
 /// independently (`ip`, `ping`, `nft`, `unshare`/`nsenter` from util-linux, `sysctl` from procps; `promtool` from
 /// prometheus and the node exporter, the independent readers the monitoring tests compare with).
 const APT_PACKAGES: &[&str] = &[
     "libnftnl-dev",
     "libmnl-dev",
     "pkg-config",
-    "protobuf-compiler",
     "iproute2",
     "iputils-ping",
     "nftables",
