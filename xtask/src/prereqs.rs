@@ -24,7 +24,14 @@ const APT_PACKAGES: &[&str] = &[
     "procps",
     "prometheus",
     "prometheus-node-exporter",
+    // Debian's own Python with venv: the test environment of the independent gRPC client
+    // (tests/python), whatever other Python the machine has on PATH.
+    "python3",
+    "python3-venv",
 ];
+
+/// Debian's interpreter, which makes the test environment.
+const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 
 /// bpf-linker 0.10.x links with rustc's own LLVM; later versions need a system LLVM.
 const BPF_LINKER_VERSION: &str = "0.10.4";
@@ -44,6 +51,7 @@ pub fn ensure() -> Result<()> {
     apt_packages().context("apt packages")?;
     rust_toolchains().context("Rust toolchains")?;
     bpf_linker().context("bpf-linker")?;
+    python_env().context("the Python test environment")?;
     Ok(())
 }
 
@@ -148,4 +156,48 @@ fn bpf_linker() -> Result<()> {
             "--locked",
         ],
     ))
+}
+
+/// The Python environment of the independent-client tests, `target/python`: a venv with the
+/// pinned packages of tests/python/requirements.txt from PyPI. A copy of the requirements
+/// inside it says what it holds; another list makes it anew.
+fn python_env() -> Result<()> {
+    let requirements_path = host::workspace_root().join("tests/python/requirements.txt");
+    let requirements = std::fs::read_to_string(&requirements_path)
+        .with_context(|| format!("reading {}", requirements_path.display()))?;
+    let venv = python_env_dir();
+    let marker = venv.join("faultline-requirements.txt");
+    if std::fs::read_to_string(&marker).is_ok_and(|held| held == requirements) {
+        println!("python: test environment present ({})", venv.display());
+        return Ok(());
+    }
+    println!(
+        "python: making the test environment {} from {}",
+        venv.display(),
+        requirements_path.display()
+    );
+    exec::run(&mut exec::command(
+        SYSTEM_PYTHON,
+        ["-m", "venv", "--clear", &venv.to_string_lossy()],
+    ))?;
+    exec::run(&mut exec::command(
+        venv.join("bin/pip").to_string_lossy().as_ref(),
+        [
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--requirement",
+            &requirements_path.to_string_lossy(),
+        ],
+    ))?;
+    std::fs::write(&marker, requirements).with_context(|| format!("writing {}", marker.display()))
+}
+
+/// Where the Python test environment lives: under the target directory, like every other
+/// build product.
+pub fn python_env_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| host::workspace_root().join("target"))
+        .join("python")
 }
