@@ -55,7 +55,7 @@ fn systemd_accepts_the_unit() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let unit = dir.path().join("faultline.service");
     let text = fs::read_to_string(unit_path())?.replace(
-        "/usr/local/bin/faultline",
+        "/usr/bin/faultline",
         &process::faultline_bin()?.display().to_string(),
     );
     fs::write(&unit, text)?;
