@@ -81,7 +81,8 @@ pub struct FileSettings {
 
 /// Reads the configuration file `serve` was pointed at (or the default one, if it exists)
 /// and returns the arguments its settings add. `root` is the whole command line's definition,
-/// `matches` its first parse; for any subcommand but `serve` there is nothing to read.
+/// built, and `matches` its first parse; for any subcommand but `serve` there is nothing to
+/// read.
 pub fn settings(root: &Command, matches: &ArgMatches) -> Result<FileSettings, ConfigFileError> {
     let Some(serve) = matches.subcommand_matches("serve") else {
         return Ok(FileSettings::default());
@@ -119,15 +120,11 @@ pub fn settings(root: &Command, matches: &ArgMatches) -> Result<FileSettings, Co
             reason,
             expected: expected(arg),
         })?;
-        let id = arg.get_id().as_str();
-        let given = [matches.value_source(id), serve.value_source(id)]
-            .into_iter()
-            .any(|source| {
-                matches!(
-                    source,
-                    Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-                )
-            });
+        // clap hands global flags down to serve's matches wherever they were written.
+        let given = matches!(
+            serve.value_source(arg.get_id().as_str()),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        );
         if !given {
             arguments.extend(values.into_iter().map(|value| match value {
                 Some(value) => format!("--{}={value}", setting.key).into(),
@@ -237,11 +234,13 @@ fn values(arg: &Arg, setting: &Setting) -> Result<Vec<Option<String>>, String> {
 }
 
 /// Parses `value` as clap would parse `--flag=value`: with the flag's own parser and range
-/// checks, alone (without what it requires of other flags, which the full parse checks).
+/// checks, alone (without what it requires of or forbids to other flags, which the full parse
+/// checks).
 fn check(arg: &Arg, value: &str) -> Result<(), String> {
     let flag = arg
         .clone()
         .requires(Resettable::Reset)
+        .conflicts_with(Resettable::Reset)
         .env(None)
         .global(false);
     let mut alone = Command::new("faultline-serve")
@@ -439,6 +438,27 @@ mod tests {
         assert_eq!(
             o.metrics_listen,
             Some(crate::monitor::http::DEFAULT_ADDR.parse().unwrap())
+        );
+        // The global --tls-cert counts as given before serve as well as after it.
+        let tls_file = config("tls-cert = \"/etc/faultline/tls/agent.pem\"\n");
+        let tls_path = tls_file.path().to_str().unwrap();
+        let argv = [
+            "faultline",
+            "--tls-cert",
+            "/a.pem",
+            "serve",
+            "--config",
+            tls_path,
+        ];
+        let (cli, settings) = crate::cli::parse_from(argv.map(OsString::from)).unwrap();
+        assert_eq!(cli.global.tls_cert.as_deref(), Some(Path::new("/a.pem")));
+        assert!(settings.arguments.is_empty(), "{:?}", settings.arguments);
+        let (_, settings) = serve(&["--config", tls_path, "--tls-cert", "/b.pem"]).unwrap();
+        assert!(settings.arguments.is_empty(), "{:?}", settings.arguments);
+        let (_, settings) = serve(&["--config", tls_path]).unwrap();
+        assert_eq!(
+            settings.arguments,
+            ["--tls-cert=/etc/faultline/tls/agent.pem"]
         );
         // A list on the command line replaces the file's, it does not add to it.
         let (o, _) = serve(&["--config", path, "--protected-port", "80"]).unwrap();

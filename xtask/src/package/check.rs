@@ -178,14 +178,20 @@ fn needed_libraries(binary: &str) -> Result<Vec<String>> {
         .collect())
 }
 
-/// The package that ships `library` here (`libnftnl.so.11` -> `libnftnl11`).
+/// The package that ships `library` for this architecture (`libnftnl.so.11` -> `libnftnl11`).
+/// Matched under the multiarch directory, so that a foreign-architecture copy (libc6-i386's
+/// libc.so.6) is not taken for it.
 fn library_package(library: &str) -> Result<String> {
-    let out = exec::capture(&mut exec::command("dpkg", ["-S", &format!("/{library}")]))
-        .or_else(|_| exec::capture(&mut exec::command("dpkg", ["-S", library])))?;
+    let multiarch = exec::capture(&mut exec::command(
+        "dpkg-architecture",
+        ["-qDEB_HOST_MULTIARCH"],
+    ))?;
+    let suffix = format!("/{}/{library}", multiarch.trim());
+    let out = exec::capture(&mut exec::command("dpkg", ["-S", &format!("*{suffix}")]))?;
     out.lines()
         .find_map(|line| {
             let (package, path) = line.split_once(": ")?;
-            path.ends_with(&format!("/{library}"))
+            path.ends_with(&suffix)
                 .then(|| package.split(':').next().unwrap_or(package).to_owned())
         })
         .with_context(|| format!("no package ships {library}: {out:?}"))
