@@ -224,7 +224,7 @@ pub(crate) fn changelog(version: &str, commit: &str, date: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::process::{Command, Stdio};
+    use std::process::Command;
 
     use super::*;
 
@@ -235,22 +235,6 @@ mod tests {
             depends: "libc6 (>= 2.34), libmnl0 (>= 1.0.3-4~), libnftnl11 (>= 1.1.1)".into(),
             installed_size_kib: 9876,
         }
-    }
-
-    /// `sh -n`: the script parses.
-    fn parses_as_shell(script: &str) -> bool {
-        let mut sh = Command::new("sh")
-            .arg("-n")
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write as _;
-        sh.stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        sh.wait().unwrap().success()
     }
 
     #[test]
@@ -274,56 +258,140 @@ mod tests {
         assert!(description.lines().all(|l| l.len() <= 80));
     }
 
-    #[test]
-    fn first_install_enables_and_starts_nothing() {
-        let postinst = postinst();
-        assert!(parses_as_shell(&postinst));
-        assert!(postinst.starts_with("#!/bin/sh\n") && postinst.contains("set -e\n"));
-        // Enabling only for a unit this package installed before and the admin enabled.
-        let enable = postinst.find("deb-systemd-helper enable").unwrap();
-        let guard = postinst
-            .find("deb-systemd-helper debian-installed")
-            .unwrap();
-        let was_enabled = postinst.find("was-enabled").unwrap();
-        assert!(guard < was_enabled && was_enabled < enable);
-        // The only start is a try-restart, on upgrade ($2 set), with systemd running.
-        assert!(!postinst.contains("invoke start") && !postinst.contains("invoke restart"));
-        let restart = postinst
-            .find("deb-systemd-invoke try-restart faultline.service")
-            .unwrap();
-        let upgrade = postinst.find(r#"if [ -n "$2" ]"#).unwrap();
-        let systemd = postinst.find("[ -d /run/systemd/system ]").unwrap();
-        assert!(systemd < upgrade && upgrade < restart);
+    /// A host for running the maintainer scripts: stubs of deb-systemd-helper,
+    /// deb-systemd-invoke and systemctl that log their arguments, a directory standing for
+    /// /run/systemd/system when systemd runs, and one for the state directory.
+    struct Host {
+        dir: tempfile::TempDir,
+    }
+
+    impl Host {
+        fn new(systemd_running: bool) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let bin = dir.path().join("bin");
+            std::fs::create_dir_all(&bin).unwrap();
+            // debian-installed and was-enabled answer from the environment, like a unit this
+            // package installed before and the administrator enabled.
+            let stub = r#"#!/bin/sh
+echo "${0##*/} $*" >> "$LOG"
+case "$*" in
+  "debian-installed "*) exit "$INSTALLED" ;;
+  "--quiet was-enabled "*) exit "$ENABLED" ;;
+esac
+exit 0
+"#;
+            for name in ["deb-systemd-helper", "deb-systemd-invoke", "systemctl"] {
+                let path = bin.join(name);
+                std::fs::write(&path, stub).unwrap();
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            if systemd_running {
+                std::fs::create_dir_all(dir.path().join("run-systemd")).unwrap();
+            }
+            std::fs::create_dir_all(dir.path().join("state/journal")).unwrap();
+            Self { dir }
+        }
+
+        fn state_dir_exists(&self) -> bool {
+            self.dir.path().join("state").exists()
+        }
+
+        /// Runs `script` with `args`; returns the stubs' calls, one per line.
+        fn run(&self, script: &str, args: &[&str], installed_and_enabled: bool) -> Vec<String> {
+            let root = self.dir.path();
+            let script = script
+                .replace(
+                    "/run/systemd/system",
+                    &root.join("run-systemd").to_string_lossy(),
+                )
+                .replace(
+                    "/usr/bin/deb-systemd-helper",
+                    &root.join("bin/deb-systemd-helper").to_string_lossy(),
+                )
+                .replace(STATE_DIR, &root.join("state").to_string_lossy());
+            let log = root.join("log");
+            let _ = std::fs::remove_file(&log);
+            let answer = if installed_and_enabled { "0" } else { "1" };
+            let status = Command::new("sh")
+                .arg("-c")
+                .arg(&script)
+                .arg("script")
+                .args(args)
+                .env(
+                    "PATH",
+                    format!("{}:/usr/bin:/bin", root.join("bin").display()),
+                )
+                .env("LOG", &log)
+                .env("INSTALLED", answer)
+                .env("ENABLED", answer)
+                .env_remove("DPKG_ROOT")
+                .status()
+                .unwrap();
+            assert!(status.success(), "{args:?}: {status}");
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        }
     }
 
     #[test]
-    fn remove_stops_the_agent_and_purge_alone_removes_its_state() {
-        let prerm = prerm();
-        assert!(parses_as_shell(&prerm));
-        assert!(prerm.contains(
-            r#"[ "$1" = remove ] && [ -d /run/systemd/system ] ; then
-	deb-systemd-invoke stop faultline.service"#
-        ));
-        let postrm = postrm();
-        assert!(parses_as_shell(&postrm));
-        let purge = postrm.find(r#"if [ "$1" = "purge" ]; then"#).unwrap();
-        let rm = postrm.find("rm -rf /var/lib/faultline").unwrap();
-        assert!(
-            purge < rm,
-            "the state directory is removed outside the purge branch"
+    fn maintainer_scripts_do_what_debian_conventions_say_in_each_case() {
+        let host = Host::new(true);
+        // First install: the unit is recorded, neither enabled nor started.
+        assert_eq!(
+            host.run(&postinst(), &["configure", ""], false),
+            [
+                "deb-systemd-helper debian-installed faultline.service",
+                "deb-systemd-helper update-state faultline.service",
+                "systemctl --system daemon-reload",
+            ]
         );
-        assert_eq!(postrm.matches("rm -rf").count(), 1);
-        // Without systemd (a chroot), every systemctl call is skipped.
-        for script in [postinst(), prerm, postrm] {
-            let calls = script
-                .match_indices("systemctl")
-                .chain(script.match_indices("deb-systemd-invoke"));
-            for (at, _) in calls {
-                let line_start = script[..at].rfind("\nif ").unwrap();
-                let branch = &script[line_start..at];
-                assert!(branch.contains("[ -d /run/systemd/system ]"), "{script}");
-            }
-        }
+        // Upgrade of an enabled unit: it stays enabled, and a running agent is restarted.
+        assert_eq!(
+            host.run(&postinst(), &["configure", "0.1.0-1"], true),
+            [
+                "deb-systemd-helper debian-installed faultline.service",
+                "deb-systemd-helper --quiet was-enabled faultline.service",
+                "deb-systemd-helper enable faultline.service",
+                "deb-systemd-helper update-state faultline.service",
+                "systemctl --system daemon-reload",
+                "deb-systemd-invoke try-restart faultline.service",
+            ]
+        );
+        // An upgrade leaves the agent running until postinst; a remove stops it.
+        assert!(host.run(&prerm(), &["upgrade", "0.1.0-2"], true).is_empty());
+        assert_eq!(
+            host.run(&prerm(), &["remove"], true),
+            ["deb-systemd-invoke stop faultline.service"]
+        );
+        // Remove keeps the journal and the audit log; purge removes them.
+        assert_eq!(
+            host.run(&postrm(), &["remove"], true),
+            ["systemctl --system daemon-reload"]
+        );
+        assert!(host.state_dir_exists());
+        assert_eq!(
+            host.run(&postrm(), &["purge"], true),
+            ["deb-systemd-helper purge faultline.service"]
+        );
+        assert!(!host.state_dir_exists());
+    }
+
+    #[test]
+    fn without_systemd_the_scripts_touch_no_service() {
+        // A chroot or a container: no /run/systemd/system.
+        let host = Host::new(false);
+        let calls = host.run(&postinst(), &["configure", "0.1.0-1"], true);
+        assert!(
+            calls.iter().all(|c| c.starts_with("deb-systemd-helper ")),
+            "{calls:?}"
+        );
+        assert!(host.run(&prerm(), &["remove"], true).is_empty());
+        assert!(host.run(&postrm(), &["remove"], true).is_empty());
+        assert!(host.state_dir_exists());
     }
 
     #[test]
