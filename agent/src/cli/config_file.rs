@@ -58,7 +58,7 @@ pub enum ConfigFileError {
         key: String,
         known: Vec<String>,
     },
-    #[error("{} line {line}: bad value for `{key}`: {reason} (expected {expected})", path.display())]
+    #[error("{} line {line}: bad value for `{key}`: {reason}; `{key}` takes {expected}", path.display())]
     BadValue {
         path: PathBuf,
         line: usize,
@@ -405,7 +405,7 @@ mod tests {
         assert!(
             error.contains("line 2: bad value for `max-duration`: \"soon\"")
                 && error.contains("expected e.g. 30s")
-                && error.contains("(expected DURATION: The longest duration"),
+                && error.contains("; `max-duration` takes DURATION: The longest duration"),
             "{error}"
         );
         let file = config("protected-port = [22, \"ssh\"]\n");
