@@ -1,6 +1,6 @@
 //! The prerequisites shared by `run` and `test`: the apt packages that building and testing
 //! faultline needs, nightly Rust with `rust-src` and `rustfmt` (the eBPF programs and our
-//! rustfmt.toml need nightly), clippy, and `bpf-linker`. Each check says what it finds and
+//! rustfmt.toml need nightly), clippy, and `bpf-linker`; and the few more `package` needs. Each check says what it finds and
 //! what it installs before installing it; a check whose thing is present changes nothing.
 //! It never removes or downgrades anything.
 
@@ -33,6 +33,10 @@ const APT_PACKAGES: &[&str] = &[
 /// Debian's interpreter, which makes the test environment.
 const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 
+/// More apt packages for `cargo xtask package` only: `dpkg-shlibdeps` (dpkg-dev) computes the
+/// Depends of the binary, lintian checks the .deb against Debian policy.
+const PACKAGE_APT_PACKAGES: &[&str] = &["dpkg-dev", "lintian"];
+
 /// bpf-linker 0.10.x links with rustc's own LLVM; later versions need a system LLVM.
 const BPF_LINKER_VERSION: &str = "0.10.4";
 
@@ -48,21 +52,27 @@ pub fn run(_: Options) -> Result<()> {
 
 /// Makes sure every prerequisite is installed, installing what is missing.
 pub fn ensure() -> Result<()> {
-    apt_packages().context("apt packages")?;
+    apt_packages(APT_PACKAGES).context("apt packages")?;
     rust_toolchains().context("Rust toolchains")?;
     bpf_linker().context("bpf-linker")?;
     python_env().context("the Python test environment")?;
     Ok(())
 }
 
-fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+/// [`ensure`], and the tools that build and check the Debian package.
+pub fn ensure_for_package() -> Result<()> {
+    ensure()?;
+    apt_packages(PACKAGE_APT_PACKAGES).context("apt packages for packaging")
+}
+
+fn apt_packages(wanted: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = wanted
         .iter()
         .copied()
         .filter(|package| !apt_installed(package))
         .collect();
     if missing.is_empty() {
-        println!("apt: all present ({})", APT_PACKAGES.join(" "));
+        println!("apt: all present ({})", wanted.join(" "));
         return Ok(());
     }
     let missing = missing.join(" ");
