@@ -300,6 +300,11 @@ const HOST_ONLY: &[(&str, &str)] = &[
         "the guest has no Python to run Chaos Toolkit, and what it checks (the extension's \
          calls, leases renewed and left to expire) does not depend on the kernel",
     ),
+    (
+        "deploy",
+        "the guest has neither promtool nor Python, and checking rules and manifests offline \
+         does not touch the kernel",
+    ),
 ];
 
 /// What the guest runs: the agent binary and the integration test executables by name.
