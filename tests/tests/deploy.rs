@@ -33,8 +33,9 @@ fn the_alerting_rules_pass_promtool_tests() -> Result<()> {
     check
         .current_dir(&dir)
         .args(["check", "rules", "faultline-rules.yml"]);
-    let checked = process::run_ok(check)
-        .context("promtool (from Debian's prometheus package, which `cargo xtask prereqs` installs)")?;
+    let checked = process::run_ok(check).context(
+        "promtool (from Debian's prometheus package, which `cargo xtask prereqs` installs)",
+    )?;
     ensure!(
         checked.contains("SUCCESS: 5 rules found"),
         "promtool check rules said: {checked}"
@@ -43,14 +44,19 @@ fn the_alerting_rules_pass_promtool_tests() -> Result<()> {
     test.current_dir(&dir)
         .args(["test", "rules", "faultline-rules.test.yml"]);
     let tested = process::run_ok(test)?;
-    ensure!(tested.contains("SUCCESS"), "promtool test rules said: {tested}");
+    ensure!(
+        tested.contains("SUCCESS"),
+        "promtool test rules said: {tested}"
+    );
     Ok(())
 }
 
 /// Runs the validator on `files` for `version`; returns whether it passed and what it said.
 fn validate(version: &str, files: &[PathBuf]) -> Result<(bool, String)> {
     let mut command = Command::new(python::program("kubernetes-validate")?);
-    command.args(["--strict", "--kubernetes-version", version]).args(files);
+    command
+        .args(["--strict", "--kubernetes-version", version])
+        .args(files);
     let output = process::run(command, process::COMMAND_TIMEOUT)?;
     let said = format!(
         "{}{}",
@@ -93,13 +99,18 @@ fn the_kubernetes_manifests_validate_for_every_supported_version() -> Result<()>
     }
 
     // The validator refuses what the API would: a misspelt field of the DaemonSet.
-    let scratch = tempfile::Builder::new().prefix("faultline-k8s-").tempdir()?;
+    let scratch = tempfile::Builder::new()
+        .prefix("faultline-k8s-")
+        .tempdir()?;
     let broken = scratch.path().join("daemonset.yaml");
     let daemonset = fs::read_to_string(deploy_dir("kubernetes/faultline-daemonset.yaml"))?;
     ensure!(daemonset.contains("readOnlyRootFilesystem: true"));
     fs::write(
         &broken,
-        daemonset.replace("readOnlyRootFilesystem: true", "readOnlyRootFilesytem: true"),
+        daemonset.replace(
+            "readOnlyRootFilesystem: true",
+            "readOnlyRootFilesytem: true",
+        ),
     )?;
     let newest = KUBERNETES_VERSIONS[KUBERNETES_VERSIONS.len() - 1];
     let (passed, said) = validate(newest, &[broken])?;
