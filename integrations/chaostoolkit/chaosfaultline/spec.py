@@ -8,7 +8,7 @@ built by protobuf's JSON parser, so an unknown field or a wrong type is refused 
 before any agent is called.
 """
 
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 from chaoslib.exceptions import ActivityFailed
 from google.protobuf import duration_pb2, json_format
@@ -19,7 +19,6 @@ __all__ = [
     "duration",
     "enum",
     "fault_json",
-    "fault_list",
     "fault_spec",
     "packet_match",
     "seconds",
@@ -89,8 +88,3 @@ def fault_json(fault: faults_pb2.Fault) -> Dict[str, Any]:
     out = json_format.MessageToDict(fault, preserving_proto_field_name=True)
     out["state"] = state_name(fault.state)
     return out
-
-
-def fault_list(faults: List[faults_pb2.Fault]) -> List[Dict[str, Any]]:
-    """Faults as JSON objects (see `fault_json`)."""
-    return [fault_json(f) for f in faults]
