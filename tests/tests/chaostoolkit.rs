@@ -243,6 +243,45 @@ fn activity(kind: &str, name: &str, module: &str, func: &str, arguments: Value) 
     })
 }
 
+/// `chaos run` of `experiment` on host `ns`, which must deviate (`chaos run` then exits 1):
+/// its journal and the log of Chaos Toolkit and the extension.
+fn run_deviating(experiment: &Value, ns: &Netns) -> Result<(Value, String)> {
+    let dir = tempfile::Builder::new()
+        .prefix("faultline-chaos-")
+        .tempdir()?;
+    let path = dir.path().join("experiment.json");
+    fs::write(&path, serde_json::to_vec_pretty(experiment)?)?;
+    let journal_path = dir.path().join("journal.json");
+    let mut command = chaos(dir.path(), Some(ns))?;
+    command
+        .args(["run", "--journal-path"])
+        .arg(&journal_path)
+        .arg(&path);
+    let output = process::run(command, RUN_TIMEOUT)?;
+    let log = fs::read_to_string(dir.path().join("chaostoolkit.log")).unwrap_or_default();
+    let described = format!(
+        "{}\n--- chaostoolkit.log\n{log}",
+        process::describe("chaos run", &output)
+    );
+    ensure!(output.status.code() == Some(1), "{described}");
+    let journal: Value = fs::read_to_string(&journal_path)
+        .map_err(anyhow::Error::from)
+        .and_then(|text| Ok(serde_json::from_str(&text)?))
+        .with_context(|| format!("no journal from chaos run: {described}"))?;
+    ensure!(
+        journal["deviated"] == true && journal["status"] == "completed",
+        "the journal does not show a completed run that deviated: deviated {}, status {}\n{described}",
+        journal["deviated"],
+        journal["status"]
+    );
+    ensure!(
+        journal["steady_states"]["before"]["steady_state_met"] == true,
+        "the steady state was not met before the method: {:#}",
+        journal["steady_states"]["before"]
+    );
+    Ok((journal, log))
+}
+
 #[test]
 fn an_experiment_deviates_under_a_block_and_its_rollback_reverts_it() -> Result<()> {
     let test = "an_experiment_deviates_under_a_block_and_its_rollback_reverts_it";
@@ -322,43 +361,9 @@ fn an_experiment_deviates_under_a_block_and_its_rollback_reverts_it() -> Result<
                      "chaosfaultline.faults.actions", "revert_experiment_faults", json!({})),
         ],
     });
-    let dir = tempfile::Builder::new()
-        .prefix("faultline-chaos-")
-        .tempdir()?;
-    let path = dir.path().join("experiment.json");
-    fs::write(&path, serde_json::to_vec_pretty(&experiment)?)?;
-    let journal_path = dir.path().join("journal.json");
-
     // `chaos` runs on host `a` too: the process probe connects from there.
-    let mut command = chaos(dir.path(), Some(&lab.a.ns))?;
-    command
-        .args(["run", "--journal-path"])
-        .arg(&journal_path)
-        .arg(&path);
-    let output = process::run(command, RUN_TIMEOUT)?;
-    let log = fs::read_to_string(dir.path().join("chaostoolkit.log")).unwrap_or_default();
-    let described = format!(
-        "{}\n--- chaostoolkit.log\n{log}",
-        process::describe("chaos run", &output)
-    );
-    // `chaos run` exits 1 when the steady state deviated.
-    ensure!(output.status.code() == Some(1), "{described}");
-    let journal: Value = fs::read_to_string(&journal_path)
-        .map_err(anyhow::Error::from)
-        .and_then(|text| Ok(serde_json::from_str(&text)?))
-        .with_context(|| format!("no journal from chaos run: {described}"))?;
+    let (journal, log) = run_deviating(&experiment, &lab.a.ns)?;
 
-    ensure!(
-        journal["deviated"] == true && journal["status"] == "completed",
-        "the journal does not show a completed run that deviated: deviated {}, status {}\n{described}",
-        journal["deviated"],
-        journal["status"]
-    );
-    ensure!(
-        journal["steady_states"]["before"]["steady_state_met"] == true,
-        "the steady state was not met before the method: {:#}",
-        journal["steady_states"]["before"]
-    );
     let after = &journal["steady_states"]["after"];
     ensure!(
         after["steady_state_met"] == false
@@ -425,6 +430,156 @@ fn an_experiment_deviates_under_a_block_and_its_rollback_reverts_it() -> Result<
         agent.faults()?.iter().all(|f| f["state"] != "active"),
         "faults still active: {:#?}",
         agent.faults()?
+    );
+    agent.assert_clean()
+}
+
+/// `faultline certs ...`, failing with its output unless it exits 0.
+fn certs(args: &[&str]) -> Result<()> {
+    let mut command = Command::new(process::faultline_bin()?);
+    command.arg("certs").args(args);
+    process::run_ok(command).map(drop)
+}
+
+#[test]
+fn an_experiment_reaches_the_agent_over_mutual_tls_with_its_secrets() -> Result<()> {
+    let test = "an_experiment_reaches_the_agent_over_mutual_tls_with_its_secrets";
+    if !require_root(test) {
+        return Ok(());
+    }
+    let lab = Lab::new()?;
+    let service = SocketAddr::from((lab.b.v4, 8094));
+    let _listener = tcp_listen(&lab.b.ns, service)?;
+
+    let pki = tempfile::Builder::new()
+        .prefix("faultline-pki-")
+        .tempdir()?;
+    let p = |name: &str| pki.path().join(name).display().to_string();
+    certs(&["ca", "--out", &p("ca")])?;
+    let agent_ip = lab.b.v4.to_string();
+    certs(&[
+        "agent",
+        "--ca-dir",
+        &p("ca"),
+        "--name",
+        "agent",
+        "--ip",
+        &agent_ip,
+        "--out",
+        &p("agent"),
+    ])?;
+    certs(&[
+        "client",
+        "--ca-dir",
+        &p("ca"),
+        "--name",
+        "alice",
+        "--out",
+        &p("alice"),
+    ])?;
+    let policy = pki.path().join("policy.toml");
+    fs::write(
+        &policy,
+        "[operator]\ncertificates = [\"alice\"]\nkinds = [\"block\"]\nmax_duration = \"5m\"\n",
+    )?;
+    let listen = SocketAddr::from((lab.b.v4, 7443)).to_string();
+    let agent = Agent::start_with(
+        &lab.b.ns,
+        &[
+            "--listen",
+            &listen,
+            "--tls-cert",
+            &p("agent/agent.pem"),
+            "--tls-key",
+            &p("agent/agent-key.pem"),
+            "--client-ca",
+            &p("agent/ca.pem"),
+            "--policy",
+            &policy.display().to_string(),
+        ],
+    )?;
+
+    let lease = 3.0;
+    // Every activity that talks to the agent names the secrets that hold alice's files.
+    let over_tls = |name: &str, kind: &str, func: &str, module: &str, arguments: Value| {
+        json!({
+            "type": kind,
+            "name": name,
+            "provider": {"type": "python", "module": module, "func": func,
+                         "arguments": arguments, "secrets": ["faultline"]},
+        })
+    };
+    let mut apply = over_tls(
+        "block the service",
+        "action",
+        "apply_block",
+        "chaosfaultline.faults.actions",
+        json!({
+            "direction": "ingress",
+            "match": {"protocol": "tcp", "ports": [service.port()]},
+            "reject": true,
+            "duration": 120,
+            "lease": lease,
+        }),
+    );
+    apply["pauses"] = json!({"after": lease + 1.5});
+    let experiment = json!({
+        "version": "1.0.0",
+        "title": "The service answers while its port is blocked, through the remote listener",
+        "description": "The extension reaches the agent over mutual TLS with a client certificate.",
+        "configuration": {"faultline_agent": format!("https://{listen}")},
+        "secrets": {"faultline": {
+            "faultline_tls_cert": p("alice/client.pem"),
+            "faultline_tls_key": p("alice/client-key.pem"),
+            "faultline_ca": p("alice/ca.pem"),
+        }},
+        "steady-state-hypothesis": {"title": "The service answers", "probes": [connect_probe(service)?]},
+        "method": [
+            apply,
+            over_tls("the block's state", "probe", "fault_state",
+                     "chaosfaultline.faults.probes", json!({})),
+        ],
+        "rollbacks": [
+            activity("action", "revert what the experiment applied",
+                     "chaosfaultline.faults.actions", "revert_experiment_faults", json!({})),
+        ],
+    });
+    let (journal, log) = run_deviating(&experiment, &lab.a.ns)?;
+    let run = journal["run"].as_array().context("no run in the journal")?;
+    let id = run[0]["output"]["id"]
+        .as_str()
+        .with_context(|| format!("apply_block returned no fault: {:#}\n{log}", run[0]))?
+        .to_owned();
+    ensure!(
+        run.get(1).is_some_and(|r| r["output"] == "active"),
+        "the fault was not active past its lease: renewals over TLS failed: {run:#?}\n{log}"
+    );
+    ensure!(
+        journal["rollbacks"][0]["status"] == "succeeded"
+            && journal["rollbacks"][0]["output"][0]["state"] == "reverted",
+        "the rollback did not revert {id}: {:#}",
+        journal["rollbacks"]
+    );
+    // The agent saw alice's certificate: the audit log names her for the apply and the revert.
+    let audit = fs::read_to_string(agent.state_dir().join("audit.log"))?;
+    for rpc in ["Faults/Apply", "Faults/Revert"] {
+        ensure!(
+            audit
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .any(|l| {
+                    l["rpc"] == rpc
+                        && l["who"]["identity"] == "alice"
+                        && l["who"]["auth"] == "tls-client-certificate"
+                        && l["result"] == "ok"
+                }),
+            "no {rpc} by alice over TLS in the audit log:\n{audit}"
+        );
+    }
+    let fault = agent.fault(&id)?;
+    ensure!(
+        fault["state"] == "reverted" && fault["reason"] == "requested",
+        "the agent shows {fault:#}"
     );
     agent.assert_clean()
 }
