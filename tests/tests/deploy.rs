@@ -13,11 +13,12 @@ use std::{
 use anyhow::{ensure, Context as _, Result};
 use faultline_tests::{process, python};
 
-/// The Kubernetes versions the manifests are validated for: from 1.27, where the features they
-/// rely on are all generally available, to the newest whose schemas the pinned validator ships.
+/// The Kubernetes versions the manifests are validated for: every version whose schemas the
+/// pinned validator ships, 1.25 (where Pod Security admission, whose label the namespace
+/// carries, became generally available) to 1.37.
 const KUBERNETES_VERSIONS: &[&str] = &[
-    "1.27.0", "1.28.0", "1.29.0", "1.30.0", "1.31.0", "1.32.0", "1.33.0", "1.34.0", "1.35.0",
-    "1.36.0", "1.37.0",
+    "1.25.0", "1.26.0", "1.27.0", "1.28.0", "1.29.0", "1.30.0", "1.31.0", "1.32.0", "1.33.0",
+    "1.34.0", "1.35.0", "1.36.0", "1.37.0",
 ];
 
 fn deploy_dir(sub: &str) -> PathBuf {
