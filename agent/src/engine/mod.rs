@@ -331,7 +331,7 @@ impl Engine {
             match fault.spec.family().revert(&fault.id, &self.host()) {
                 Ok(()) => {
                     self.journal.remove(&fault.id)?;
-                    info!(id = %fault.id, spec = %fault.spec.family().summary(), reason = reason.as_str(), "reverted a fault left by an earlier run");
+                    info!(id = %fault.id, kind = fault.spec.kind(), spec = %fault.spec.family().summary(), reason = reason.as_str(), "reverted a fault left by an earlier run");
                     recovery.reverted.push(fault.id.clone());
                     fault.state = FaultState::Reverted;
                     fault.reason = reason.as_str().to_owned();
@@ -566,7 +566,7 @@ impl Engine {
             .lease
             .map(|l| humantime::format_duration(l).to_string())
             .unwrap_or_else(|| "none".to_owned());
-        info!(id = %fault.id, spec = %fault.spec.family().summary(), duration = %humantime::format_duration(fault.duration), lease, kernel_us = kernel_time.as_micros() as u64, "fault active");
+        info!(id = %fault.id, kind = fault.spec.kind(), spec = %fault.spec.family().summary(), duration = %humantime::format_duration(fault.duration), lease, kernel_us = kernel_time.as_micros() as u64, "fault active");
         self.publish(&fault);
         Ok(ApplyOutcome::Applied(Box::new(fault)))
     }
@@ -709,7 +709,7 @@ impl Engine {
                     // The objects are gone; a stale entry only costs an idempotent revert later.
                     warn!(id = %fault.id, error = %e, "cannot remove the journal entry of a reverted fault");
                 }
-                info!(id = %fault.id, reason = reason.as_str(), "fault reverted");
+                info!(id = %fault.id, kind = fault.spec.kind(), reason = reason.as_str(), "fault reverted");
                 self.finish(&fault);
                 Ok(fault)
             }
@@ -717,7 +717,7 @@ impl Engine {
                 fault.state = FaultState::Failed;
                 fault.reason = format!("revert ({}) failed: {source}", reason.as_str());
                 let _ = self.journal.record(&fault);
-                error!(id = %fault.id, error = %source, "revert failed");
+                error!(id = %fault.id, kind = fault.spec.kind(), error = %source, "revert failed");
                 self.finish(&fault);
                 Err(EngineError::Revert {
                     id: fault.id,
