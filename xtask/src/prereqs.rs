@@ -26,8 +26,15 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus-node-exporter",
 ];
 
+/// What `cargo xtask clean-room` itself needs on the host: `mmdebstrap`, which builds the
+/// Debian 12 root filesystem the project is built in. Kept apart from [`APT_PACKAGES`] because
+/// that list is what the clean room checks: a tool that only the check uses must not be on it,
+/// or the room would install it too and the list would no longer say what building and testing
+/// faultline need. Nothing else installs these.
+pub const CLEAN_ROOM_APT_PACKAGES: &[&str] = &["mmdebstrap"];
+
 /// bpf-linker 0.10.x links with rustc's own LLVM; later versions need a system LLVM.
-const BPF_LINKER_VERSION: &str = "0.10.4";
+pub const BPF_LINKER_VERSION: &str = "0.10.4";
 
 #[derive(Debug, Args)]
 pub struct Options {}
@@ -41,20 +48,21 @@ pub fn run(_: Options) -> Result<()> {
 
 /// Makes sure every prerequisite is installed, installing what is missing.
 pub fn ensure() -> Result<()> {
-    apt_packages().context("apt packages")?;
+    apt_packages(APT_PACKAGES).context("apt packages")?;
     rust_toolchains().context("Rust toolchains")?;
     bpf_linker().context("bpf-linker")?;
     Ok(())
 }
 
-fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+/// Installs those of `packages` that dpkg does not have, saying which first.
+pub fn apt_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|package| !apt_installed(package))
         .collect();
     if missing.is_empty() {
-        println!("apt: all present ({})", APT_PACKAGES.join(" "));
+        println!("apt: all present ({})", packages.join(" "));
         return Ok(());
     }
     let missing = missing.join(" ");
