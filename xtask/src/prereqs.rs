@@ -2,7 +2,9 @@
 //! faultline needs, nightly Rust with `rust-src` and `rustfmt` (the eBPF programs and our
 //! rustfmt.toml need nightly), clippy, and `bpf-linker`. Each check says what it finds and
 //! what it installs before installing it; a check whose thing is present changes nothing.
-//! It never removes or downgrades anything.
+//! It never removes or downgrades anything. `cargo xtask clean-room` checks that this list is
+//! complete; the one tool that check needs itself is listed apart
+//! ([`CLEAN_ROOM_APT_PACKAGES`]).
 
 use anyhow::{bail, Context as _, Result};
 use clap::Args;

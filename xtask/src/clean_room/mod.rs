@@ -288,7 +288,7 @@ fn clean_room(o: &Options, steps: &mut Steps) -> Result<()> {
 }
 
 /// What the base image lacks that the room needs, none of it a package: the host's DNS setup
-/// (for apt and crates.io), a `policy-rc.d` so that packages do not start services (the room
+/// and the site's CAs (for apt and crates.io), a `policy-rc.d` so that packages do not start services (the room
 /// shares the host's network; prometheus would take ports 9090 and 9100 of the host), the
 /// machine's rustup proxies and cargo-nextest, and the mounts.
 fn set_up(room: &mut Room, o: &Options, dir: &Path) -> Result<()> {
@@ -353,7 +353,43 @@ fn set_up(room: &mut Room, o: &Options, dir: &Path) -> Result<()> {
         rustup_home: home.join(".rustup"),
         registry_cache,
     };
-    room.mount(&room::mount_plan(&share))
+    room.mount(&room::mount_plan(&share))?;
+    site_certificates(room)
+}
+
+/// The machine's own certificate authorities (`/usr/local/share/ca-certificates`, where a site
+/// puts the CA of the proxy its HTTPS goes through) are trusted in the room too, as on every
+/// machine of the site: without them cargo cannot reach crates.io here. Debian's own CAs come
+/// from the room's ca-certificates package.
+fn site_certificates(room: &Room) -> Result<()> {
+    let local = Path::new("/usr/local/share/ca-certificates");
+    let Ok(entries) = fs::read_dir(local) else {
+        return Ok(());
+    };
+    let mut copied = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "crt") {
+            let name = path.file_name().context("a file name")?;
+            fs::copy(
+                &path,
+                room.path(local.to_str().unwrap_or_default()).join(name),
+            )
+            .with_context(|| format!("copying {}", path.display()))?;
+            copied.push(name.to_string_lossy().into_owned());
+        }
+    }
+    if copied.is_empty() {
+        return Ok(());
+    }
+    copied.sort();
+    println!("site CAs: {}", copied.join(" "));
+    exec::run(&mut command_in(
+        room.root(),
+        "/",
+        "update-ca-certificates",
+        &[],
+    ))
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<()> {
