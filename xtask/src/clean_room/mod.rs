@@ -143,7 +143,8 @@ fn wait_for(mut child: Child, shown: &str) -> Result<std::process::ExitStatus> {
     let mut signalled: Option<Instant> = None;
     loop {
         if let Some(status) = child.try_wait()? {
-            if signalled.is_some() {
+            // Ctrl-C reaches the child too, which may exit before we look at the flag.
+            if signalled.is_some() || INTERRUPTED.load(Ordering::SeqCst) {
                 bail!("interrupted while `{shown}` ran");
             }
             return Ok(status);

@@ -261,6 +261,7 @@ impl Room {
         if self.removed {
             return Ok(());
         }
+        println!("clean-room: removing {}", self.root.display());
         let killed = kill_processes_in(&self.root);
         if killed > 0 {
             println!("clean-room: killed {killed} process(es) still running in the room");
