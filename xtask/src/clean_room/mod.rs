@@ -47,8 +47,8 @@ pub struct Options {
     /// Build the base image again even if one for the current recipe is cached
     #[arg(long)]
     rebuild_base: bool,
-    /// Start with an empty crates download cache (by default the room's cache from earlier runs
-    /// is reused; crates.io is still asked for the index)
+    /// Empty the room's crates download cache first, so every crate is downloaded again (by
+    /// default the cache earlier runs filled is reused; crates.io is still asked for the index)
     #[arg(long)]
     fresh_registry: bool,
     /// Put the bpf-linker an earlier run installed into the room's CARGO_HOME before prereqs,
@@ -339,17 +339,16 @@ fn set_up(room: &mut Room, o: &Options, dir: &Path) -> Result<()> {
         }
     }
 
-    let registry_cache = if o.fresh_registry {
-        let cache = dir.join("cargo-registry");
-        if cache.exists() {
-            fs::remove_dir_all(&cache).with_context(|| format!("removing {}", cache.display()))?;
-        }
-        None
-    } else {
-        let cache = dir.join("cargo-registry");
-        fs::create_dir_all(&cache)?;
-        Some(cache)
-    };
+    let registry_cache = dir.join("cargo-registry");
+    if o.fresh_registry && registry_cache.exists() {
+        println!(
+            "registry: emptying {} (--fresh-registry)",
+            registry_cache.display()
+        );
+        fs::remove_dir_all(&registry_cache)
+            .with_context(|| format!("removing {}", registry_cache.display()))?;
+    }
+    fs::create_dir_all(&registry_cache)?;
     let share = HostShare {
         rustup_home: home.join(".rustup"),
         registry_cache,

@@ -56,14 +56,14 @@ pub struct Mount {
 pub struct HostShare {
     /// `~/.rustup`: the machine's toolchains, read-only (see `mod.rs` for why that suffices).
     pub rustup_home: PathBuf,
-    /// A crates download cache kept between runs, if reused.
-    pub registry_cache: Option<PathBuf>,
+    /// The room's crates download cache, kept between runs.
+    pub registry_cache: PathBuf,
 }
 
 /// The mounts, in the order they are made; a target under another target comes after it, and
 /// they are unmounted in the reverse order.
 pub fn mount_plan(share: &HostShare) -> Vec<Mount> {
-    let mut plan = vec![
+    vec![
         Mount {
             source: "proc".into(),
             target: "/proc",
@@ -89,15 +89,12 @@ pub fn mount_plan(share: &HostShare) -> Vec<Mount> {
             target: "/root/.rustup",
             kind: MountKind::Bind { read_only: true },
         },
-    ];
-    if let Some(cache) = &share.registry_cache {
-        plan.push(Mount {
-            source: cache.clone(),
+        Mount {
+            source: share.registry_cache.clone(),
             target: "/root/.cargo/registry",
             kind: MountKind::Bind { read_only: false },
-        });
-    }
-    plan
+        },
+    ]
 }
 
 /// The `mount` invocations that make `mount` under `root` (an rbind takes two: the bind, then
@@ -435,40 +432,42 @@ pub fn copy_tracked_files(from: &Path, to: &Path, files: &[PathBuf]) -> Result<C
 mod tests {
     use super::*;
 
-    fn share(cache: bool) -> HostShare {
+    fn share() -> HostShare {
         HostShare {
             rustup_home: "/root/.rustup".into(),
-            registry_cache: cache.then(|| "/w/target/clean-room/cargo-registry".into()),
+            registry_cache: "/w/target/clean-room/cargo-registry".into(),
         }
     }
 
     #[test]
     fn a_mount_inside_another_comes_after_it() {
-        for plan in [mount_plan(&share(true)), mount_plan(&share(false))] {
-            for (i, mount) in plan.iter().enumerate() {
-                for later in &plan[i + 1..] {
-                    assert!(
-                        !Path::new(mount.target).starts_with(later.target),
-                        "{} is mounted before {}, which would hide it",
-                        mount.target,
-                        later.target
-                    );
-                }
+        let plan = mount_plan(&share());
+        for (i, mount) in plan.iter().enumerate() {
+            for later in &plan[i + 1..] {
+                assert!(
+                    !Path::new(mount.target).starts_with(later.target),
+                    "{} is mounted before {}, which would hide it",
+                    mount.target,
+                    later.target
+                );
             }
-            assert!(plan
-                .iter()
-                .any(|m| m.target == "/root/.rustup"
-                    && m.kind == MountKind::Bind { read_only: true }));
         }
-        assert!(!mount_plan(&share(false))
-            .iter()
-            .any(|m| m.target == "/root/.cargo/registry"));
+        let kind = |target: &str| plan.iter().find(|m| m.target == target).map(|m| &m.kind);
+        assert_eq!(
+            kind("/root/.rustup"),
+            Some(&MountKind::Bind { read_only: true })
+        );
+        assert_eq!(
+            kind("/root/.cargo/registry"),
+            Some(&MountKind::Bind { read_only: false })
+        );
+        assert_eq!(kind("/sys/fs/bpf"), Some(&MountKind::Bpffs));
     }
 
     #[test]
     fn mount_commands_target_the_room_and_keep_rbinds_private() {
         let root = Path::new("/w/rooms/7");
-        let plan = mount_plan(&share(true));
+        let plan = mount_plan(&share());
         let sys = mount_commands(root, &plan[1]);
         assert_eq!(
             sys,
