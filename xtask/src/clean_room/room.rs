@@ -210,20 +210,18 @@ impl Room {
     pub fn extract(rooms: &Path, tarball: &Path) -> Result<Room> {
         fs::create_dir_all(rooms).with_context(|| format!("creating {}", rooms.display()))?;
         let root = rooms.join(std::process::id().to_string());
+        // Created before the guard exists, so a directory that is not ours is never removed.
+        fs::create_dir(&root).with_context(|| format!("creating {}", root.display()))?;
         let room = Room {
-            root: root.clone(),
+            root,
             mounted: Vec::new(),
             removed: false,
         };
-        if root.exists() {
-            bail!("{} exists already", root.display());
-        }
-        fs::create_dir(&root).with_context(|| format!("creating {}", root.display()))?;
         exec::run(
             exec::command("tar", ["-x", "--numeric-owner", "-p", "-f"])
                 .arg(tarball)
                 .arg("-C")
-                .arg(&root),
+                .arg(&room.root),
         )?;
         Ok(room)
     }
@@ -359,7 +357,8 @@ pub fn remove_stale(rooms: &Path) -> Result<()> {
         else {
             continue;
         };
-        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+        // A room named after our own pid is stale too: we have not made ours yet.
+        if pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
         println!(
