@@ -2,7 +2,9 @@
 //! faultline needs, nightly Rust with `rust-src` and `rustfmt` (the eBPF programs and our
 //! rustfmt.toml need nightly), clippy, and `bpf-linker`; and the few more `package` needs. Each check says what it finds and
 //! what it installs before installing it; a check whose thing is present changes nothing.
-//! It never removes or downgrades anything.
+//! It never removes or downgrades anything. `cargo xtask clean-room` checks that this list is
+//! complete; the one tool that check needs itself is listed apart
+//! ([`CLEAN_ROOM_APT_PACKAGES`]).
 
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
@@ -37,8 +39,15 @@ const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 /// Depends of the binary, lintian checks the .deb against Debian policy.
 const PACKAGE_APT_PACKAGES: &[&str] = &["dpkg-dev", "lintian"];
 
+/// What `cargo xtask clean-room` itself needs on the host: `mmdebstrap`, which builds the
+/// Debian 12 root filesystem the project is built in. Kept apart from [`APT_PACKAGES`] because
+/// that list is what the clean room checks: a tool that only the check uses must not be on it,
+/// or the room would install it too and the list would no longer say what building and testing
+/// faultline need. Nothing else installs these.
+pub const CLEAN_ROOM_APT_PACKAGES: &[&str] = &["mmdebstrap"];
+
 /// bpf-linker 0.10.x links with rustc's own LLVM; later versions need a system LLVM.
-const BPF_LINKER_VERSION: &str = "0.10.4";
+pub const BPF_LINKER_VERSION: &str = "0.10.4";
 
 #[derive(Debug, Args)]
 pub struct Options {}
@@ -65,14 +74,15 @@ pub fn ensure_for_package() -> Result<()> {
     apt_packages(PACKAGE_APT_PACKAGES).context("apt packages for packaging")
 }
 
-fn apt_packages(wanted: &[&str]) -> Result<()> {
-    let missing: Vec<&str> = wanted
+/// Installs those of `packages` that dpkg does not have, saying which first.
+pub fn apt_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|package| !apt_installed(package))
         .collect();
     if missing.is_empty() {
-        println!("apt: all present ({})", wanted.join(" "));
+        println!("apt: all present ({})", packages.join(" "));
         return Ok(());
     }
     let missing = missing.join(" ");
