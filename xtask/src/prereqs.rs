@@ -1,10 +1,10 @@
-//! The prerequisites shared by `run` and `test`: the apt packages that building and testing
-//! faultline needs, nightly Rust with `rust-src` and `rustfmt` (the eBPF programs and our
-//! rustfmt.toml need nightly), clippy, and `bpf-linker`; and the few more `package` needs. Each check says what it finds and
-//! what it installs before installing it; a check whose thing is present changes nothing.
-//! It never removes or downgrades anything. `cargo xtask clean-room` checks that this list is
-//! complete; the one tool that check needs itself is listed apart
-//! ([`CLEAN_ROOM_APT_PACKAGES`]).
+//! Every prerequisite of faultline's tasks, in one place: the apt packages that building and
+//! testing faultline needs, nightly Rust with `rust-src` and `rustfmt` (the eBPF programs and
+//! our rustfmt.toml need nightly), clippy, `bpf-linker`, the Python test environment; and the
+//! few more packages that `vm-test`, `package` and `clean-room` need (`cargo xtask prereqs
+//! --list` prints them all). Each check says what it finds and what it installs before
+//! installing it; a check whose thing is present changes nothing. It never removes or
+//! downgrades anything. `cargo xtask clean-room` checks that [`APT_PACKAGES`] is complete.
 
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
@@ -46,14 +46,26 @@ const PACKAGE_APT_PACKAGES: &[&str] = &["dpkg-dev", "lintian"];
 /// faultline need. Nothing else installs these.
 pub const CLEAN_ROOM_APT_PACKAGES: &[&str] = &["mmdebstrap"];
 
+/// What the real-kernel layer (`cargo xtask vm-test`, the last step of `test`) needs on the
+/// host: qemu with software emulation. Installed when that layer runs.
+pub const VM_APT_PACKAGES: &[&str] = &["qemu-system-x86"];
+
 /// bpf-linker 0.10.x links with rustc's own LLVM; later versions need a system LLVM.
 pub const BPF_LINKER_VERSION: &str = "0.10.4";
 
 #[derive(Debug, Args)]
-pub struct Options {}
+pub struct Options {
+    /// Only print every prerequisite, by the task that needs it; install nothing
+    #[arg(long)]
+    list: bool,
+}
 
 /// `cargo xtask prereqs`.
-pub fn run(_: Options) -> Result<()> {
+pub fn run(o: Options) -> Result<()> {
+    if o.list {
+        print!("{}", listing());
+        return Ok(());
+    }
     ensure()?;
     println!("prerequisites: all present");
     Ok(())
@@ -66,6 +78,24 @@ pub fn ensure() -> Result<()> {
     bpf_linker().context("bpf-linker")?;
     python_env().context("the Python test environment")?;
     Ok(())
+}
+
+/// Every prerequisite, one line per group: what `--list` prints and README names.
+fn listing() -> String {
+    let apt = |packages: &[&str]| packages.join(" ");
+    format!(
+        "apt (build and test; run, test): {}\n\
+         apt (vm-test, the last step of test): {}\n\
+         apt (package): {}\n\
+         apt (clean-room): {}\n\
+         rustup: nightly toolchain with rust-src and rustfmt; clippy\n\
+         cargo install: bpf-linker@{BPF_LINKER_VERSION}\n\
+         python (test): a venv at target/python from tests/python/requirements.txt (PyPI)\n",
+        apt(APT_PACKAGES),
+        apt(VM_APT_PACKAGES),
+        apt(PACKAGE_APT_PACKAGES),
+        apt(CLEAN_ROOM_APT_PACKAGES),
+    )
 }
 
 /// [`ensure`], and the tools that build and check the Debian package.

@@ -154,8 +154,8 @@ pub fn ensure_qemu() -> Result<()> {
         println!("qemu: {} present", qemu.display());
         return Ok(());
     }
-    println!("qemu: qemu-system-x86_64 not found; installing qemu-system-x86 with apt");
-    prereqs::apt_install(&["qemu-system-x86"])
+    println!("qemu: qemu-system-x86_64 not found; installing it with apt");
+    prereqs::apt_packages(prereqs::VM_APT_PACKAGES)
 }
 
 /// Downloads `package`'s .deb into `debs` (reusing one already there) and unpacks it into
