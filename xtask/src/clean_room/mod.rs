@@ -206,23 +206,26 @@ fn clean_room(o: &Options, steps: &mut Steps) -> Result<()> {
 
     let mut room = steps.run("extract a fresh root", || Room::extract(&rooms, &tarball))?;
     steps.run("set up the room", || set_up(&mut room, o, &dir))?;
-    steps.run("copy the source tree (git ls-files)", || {
-        let workspace = host::workspace_root();
-        let files = room::tracked_files(&workspace)?;
-        let copied = room::copy_tracked_files(&workspace, &room.path(SOURCE), &files)?;
-        println!(
-            "copied {} files ({:.1} MiB) to {SOURCE}",
-            copied.files,
-            copied.bytes as f64 / (1024.0 * 1024.0)
-        );
-        for deleted in &copied.deleted {
+    steps.run(
+        "copy the source tree (git ls-files, and its history)",
+        || {
+            let workspace = host::workspace_root();
+            let files = room::tracked_files(&workspace)?;
+            let copied = room::copy_tracked_files(&workspace, &room.path(SOURCE), &files)?;
             println!(
-                "not copied (deleted in the working tree): {}",
-                deleted.display()
+                "copied {} files ({:.1} MiB) to {SOURCE}",
+                copied.files,
+                copied.bytes as f64 / (1024.0 * 1024.0)
             );
-        }
-        Ok(())
-    })?;
+            for deleted in &copied.deleted {
+                println!(
+                    "not copied (deleted in the working tree): {}",
+                    deleted.display()
+                );
+            }
+            room::add_history(&workspace, &room.path(SOURCE))
+        },
+    )?;
 
     let bpf_linker = room.path("/root/.cargo/bin/bpf-linker");
     let had_bpf_linker = bpf_linker.exists();

@@ -396,6 +396,22 @@ pub fn tracked_files(workspace: &Path) -> Result<Vec<PathBuf>> {
         .collect())
 }
 
+/// Gives the copy at `to` the history of `workspace`, at the same commit: a bare clone
+/// becomes its `.git`, and its index is set to that commit, so that git inside the room sees
+/// the working tree's own changes as uncommitted, as on the host. The package task reads the
+/// last commit (its time, its id, the years of the copyright) from there.
+pub fn add_history(workspace: &Path, to: &Path) -> Result<()> {
+    let head = exec::capture(exec::command("git", ["rev-parse", "HEAD"]).current_dir(workspace))?;
+    let git_dir = to.join(".git");
+    exec::run(
+        exec::command("git", ["clone", "--quiet", "--bare", "--no-hardlinks"])
+            .arg(workspace)
+            .arg(&git_dir),
+    )?;
+    exec::run(exec::command("git", ["config", "core.bare", "false"]).current_dir(to))?;
+    exec::run(exec::command("git", ["reset", "--quiet", head.trim()]).current_dir(to))
+}
+
 /// Copies `files` (relative to `from`) to `to`, keeping modes and symlinks.
 pub fn copy_tracked_files(from: &Path, to: &Path, files: &[PathBuf]) -> Result<Copied> {
     let mut copied = Copied::default();

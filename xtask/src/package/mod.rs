@@ -55,8 +55,8 @@ fn revision(text: &str) -> Result<String, String> {
 }
 
 /// The time the package's files carry: SOURCE_DATE_EPOCH when the caller sets it (the
-/// reproducible-builds convention; the clean room sets it, its copy of the tree has no .git),
-/// else the last commit's time.
+/// reproducible-builds convention, for a tree without its history), else the last commit's
+/// time.
 fn source_date_epoch() -> Result<String> {
     if let Some(epoch) = std::env::var_os("SOURCE_DATE_EPOCH") {
         let epoch = epoch.to_string_lossy().trim().to_owned();
