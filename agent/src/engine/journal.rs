@@ -4,20 +4,19 @@
 //! An entry is rewritten only for what a restart needs (a lease renewal, a failed clean-up), so
 //! the state in it is the state it had then (`pending` for a fault that became active).
 //!
-//! One file per fault, replaced atomically (write, fsync, rename, fsync the directory), keeps
-//! every update crash-safe without a log to compact. Writes are serialized, so that an update
-//! decided on the fault's current state (a lease renewal) cannot land after the removal of a
-//! fault that was reverted meanwhile.
+//! One file per fault, replaced atomically (`kernel::durable`: write, fsync, rename, fsync the
+//! directory), keeps every update crash-safe without a log to compact. Writes are serialized, so
+//! that an update decided on the fault's current state (a lease renewal) cannot land after the
+//! removal of a fault that was reverted meanwhile.
 
 use std::{
-    fs::{self, File, OpenOptions},
-    io::Write,
+    fs,
     path::{Path, PathBuf},
     sync::{Mutex, MutexGuard},
 };
 
 use super::fault::Fault;
-use crate::errors::JournalError;
+use crate::{errors::JournalError, kernel::durable};
 
 pub struct Journal {
     dir: PathBuf,
@@ -85,30 +84,17 @@ impl Journal {
             source,
         })?;
         let path = self.entry(&fault.id);
-        let tmp = self.dir.join(format!(".{}.json.tmp", fault.id));
-        let write = || -> std::io::Result<()> {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)?;
-            file.write_all(&body)?;
-            file.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            sync_dir(&self.dir)
-        };
-        write().map_err(|source| JournalError::Write { path, source })
+        durable::write(&self.dir, &path, &body)
+            .map_err(|source| JournalError::Write { path, source })
     }
 
     /// Forgets a fault whose kernel objects are gone. Already forgotten is fine.
     pub fn remove(&self, id: &str) -> Result<(), JournalError> {
         let _writing = self.writing();
         let path = self.entry(id);
-        match fs::remove_file(&path) {
-            Ok(()) => sync_dir(&self.dir).map_err(|source| JournalError::Remove { path, source }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(JournalError::Remove { path, source }),
-        }
+        durable::remove(&self.dir, &path)
+            .map(|_| ())
+            .map_err(|source| JournalError::Remove { path, source })
     }
 
     /// Every recorded fault, and the entries that could not be parsed (renamed to
@@ -142,10 +128,6 @@ impl Journal {
         faults.sort_by_key(|f| f.created_at);
         Ok((faults, unreadable))
     }
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// The journal says what faults exist on the host: root's business only.

@@ -9,7 +9,11 @@ use super::{
 };
 use crate::{
     errors::{InvalidSpec, KernelError},
-    kernel::{caps::Capabilities, netdev, tc},
+    kernel::{
+        bpf::{config as tc, TcDirection},
+        caps::Capabilities,
+        netdev,
+    },
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,10 +26,10 @@ pub struct LossSpec {
 }
 
 impl LossSpec {
-    fn tc_direction(&self) -> tc::TcDirection {
+    fn tc_direction(&self) -> TcDirection {
         match self.direction {
-            Direction::Ingress => tc::TcDirection::Ingress,
-            Direction::Egress => tc::TcDirection::Egress,
+            Direction::Ingress => TcDirection::Ingress,
+            Direction::Egress => TcDirection::Egress,
         }
     }
 
@@ -57,7 +61,7 @@ impl Family for LossSpec {
         self.matcher.validate()?;
         netdev::check_exists(&self.device)?;
         // The classifier must know where the IP header starts on this kind of link.
-        tc::l2_len(&self.device).map_err(|e| InvalidSpec::new("dev", e.to_string()))?;
+        netdev::l2_len(&self.device)?;
         Ok(())
     }
 

@@ -9,8 +9,12 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    config::AgentConfig,
     errors::{InvalidSpec, KernelError},
-    kernel::{caps::Capabilities, qdisc::Records, tc::Classifiers},
+    kernel::{
+        bpf::Classifiers, caps::Capabilities, nft::Firewall, qdisc::shaping::Shaping,
+        workers::Workers, Adapter, Swept,
+    },
 };
 
 pub mod block;
@@ -316,12 +320,72 @@ pub struct Connection {
     pub remote: std::net::SocketAddr,
 }
 
+/// The kernel adapters, built once for the agent's life. Families reach them through a
+/// [`Host`]; the engine knows them only as a whole, to sweep at start-up.
+pub struct Adapters {
+    caps: Capabilities,
+    firewall: Firewall,
+    classifiers: Classifiers,
+    shaping: Shaping,
+    workers: Workers,
+}
+
+impl Adapters {
+    pub fn new(config: &AgentConfig, caps: Capabilities) -> Self {
+        Self {
+            firewall: Firewall {
+                available: caps.nftables.available,
+            },
+            classifiers: Classifiers::new(config.bpf_pin_dir.clone()),
+            shaping: Shaping::new(&config.state_dir),
+            workers: Workers::new(
+                caps.cgroups
+                    .clone()
+                    .map(|c| c.with_parent(&config.cgroup_parent)),
+                config.memory_reserve,
+            ),
+            caps,
+        }
+    }
+
+    pub fn caps(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// What a family works with for one request; `force` as the request said.
+    pub fn host(&self, force: bool) -> Host<'_> {
+        Host {
+            caps: &self.caps,
+            classifiers: &self.classifiers,
+            shaping: &self.shaping,
+            workers: &self.workers,
+            force,
+        }
+    }
+
+    /// Sweeps every adapter in turn: each removes what belongs to no fault in `keep`. A
+    /// classifier goes before the qdisc tree it steers into.
+    pub fn sweep(&self, keep: &[&str]) -> Swept {
+        let adapters: [&dyn Adapter; 4] = [
+            &self.firewall,
+            &self.workers,
+            &self.classifiers,
+            &self.shaping,
+        ];
+        let mut swept = Swept::default();
+        for adapter in adapters {
+            swept.extend(adapter.sweep(keep));
+        }
+        swept
+    }
+}
+
 /// What families may use of the host while planning, applying and reverting.
 pub struct Host<'a> {
     pub caps: &'a Capabilities,
     pub classifiers: &'a Classifiers,
-    pub stress: &'a stress::Stress,
-    pub qdisc_records: &'a Records,
+    pub shaping: &'a Shaping,
+    pub workers: &'a Workers,
     /// The request said to replace what another tool installed (a root qdisc).
     pub force: bool,
 }

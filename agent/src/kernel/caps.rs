@@ -10,7 +10,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{btf, cgroup::Cgroups, nft, tc};
+use super::{bpf::object::tcx_supported, btf, cgroup::Cgroups, nft};
 
 /// One facility: whether faultline can use it, and what was found or what is missing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,7 +64,7 @@ impl Capabilities {
             .unwrap_or_default();
         let config = KernelConfig::read(&kernel_release);
         let modules = Modules::new(&kernel_release);
-        let tcx = if tc::tcx_supported() {
+        let tcx = if tcx_supported() {
             Capability::yes(format!(
                 "kernel {kernel_release} >= 6.6 attaches tc programs through TCX links"
             ))

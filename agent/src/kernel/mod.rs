@@ -1,13 +1,90 @@
-//! Thin, typed adapters over the kernel interfaces faultline drives: nftables over netlink,
-//! eBPF tc classifiers, the kernel's BTF, and the probe of what the running kernel offers.
-//! Adapters do what they are told and nothing more; policy (guards, conflicts, deadlines) lives
-//! in the engine.
+//! Thin, typed adapters over the kernel interfaces faultline drives, one per kind of object it
+//! creates, each owning its objects: the names it derives from a fault id, the durable record of
+//! what it replaced, and the start-up [`Adapter::sweep`] that removes what no fault accounts
+//! for. Adapters do what they are told and nothing more; policy (guards, conflicts, deadlines)
+//! lives in the engine, which reaches them only through the fault families.
+//!
+//! | adapter | owns |
+//! | --- | --- |
+//! | [`nft::Firewall`] | the `inet faultline` table's chains of block faults |
+//! | [`bpf::Classifiers`] | eBPF tc classifiers (loss, steering) and their pins |
+//! | [`qdisc::shaping::Shaping`] | faultline's root qdisc trees, IFB devices, records of replaced roots |
+//! | [`workers::Workers`] | stress worker processes and their cgroups |
+//!
+//! Below them: [`rtnl`] (the one route-netlink path), [`durable`] (the one fsynced write),
+//! [`netdev`], [`cgroup`], [`btf`], and [`caps`], the probe of what the running kernel offers.
 
+use thiserror::Error;
+
+pub mod bpf;
 pub mod btf;
 pub mod caps;
 pub mod cgroup;
+pub mod durable;
 pub mod netdev;
 pub mod nft;
 pub mod qdisc;
-pub mod qdisc_opts;
-pub mod tc;
+pub mod rtnl;
+pub mod workers;
+
+/// A kernel adapter failed.
+#[derive(Debug, Error)]
+pub enum KernelError {
+    #[error(transparent)]
+    Nft(#[from] nft::NftError),
+    /// Boxed: aya's errors are large, and every `Result` carrying a `KernelError` would pay
+    /// for their size.
+    #[error(transparent)]
+    Bpf(Box<bpf::BpfError>),
+    #[error(transparent)]
+    Workers(#[from] workers::WorkerError),
+    /// Boxed for the same reason as `Bpf`.
+    #[error(transparent)]
+    Shaping(Box<qdisc::shaping::ShapingError>),
+}
+
+impl From<qdisc::shaping::ShapingError> for KernelError {
+    fn from(e: qdisc::shaping::ShapingError) -> Self {
+        KernelError::Shaping(Box::new(e))
+    }
+}
+
+impl From<rtnl::RtnlError> for KernelError {
+    fn from(e: rtnl::RtnlError) -> Self {
+        KernelError::Shaping(Box::new(e.into()))
+    }
+}
+
+impl From<cgroup::CgroupError> for KernelError {
+    fn from(e: cgroup::CgroupError) -> Self {
+        KernelError::Workers(workers::WorkerError::Cgroup(e))
+    }
+}
+
+impl From<bpf::BpfError> for KernelError {
+    fn from(e: bpf::BpfError) -> Self {
+        KernelError::Bpf(Box::new(e))
+    }
+}
+
+/// What a sweep removed, and what it could not.
+#[derive(Debug, Default)]
+pub struct Swept {
+    /// One line per object removed, for the log.
+    pub removed: Vec<String>,
+    pub failed: Vec<KernelError>,
+}
+
+impl Swept {
+    pub fn extend(&mut self, other: Swept) {
+        self.removed.extend(other.removed);
+        self.failed.extend(other.failed);
+    }
+}
+
+/// A kernel adapter, as start-up sees it.
+pub trait Adapter {
+    /// Removes every object of this adapter that belongs to no fault in `keep` (ids), trying
+    /// each one even when another could not be removed.
+    fn sweep(&self, keep: &[&str]) -> Swept;
+}

@@ -35,8 +35,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use thiserror::Error;
 
 use crate::kernel::{
+    bpf::EBPF_OBJECT,
     btf::{Btf, BtfError},
-    tc::EBPF_OBJECT,
 };
 
 /// Destinations counted at once; the least recently active one makes room for a new one.
@@ -377,7 +377,7 @@ fn load_error(program: &'static str, e: ProgramError) -> TcpHealthError {
         } => TcpHealthError::Verifier {
             program,
             error: io_error,
-            tail: crate::kernel::tc::verifier_tail(program, &verifier_log.to_string()),
+            tail: crate::kernel::bpf::verifier_tail(program, &verifier_log.to_string()),
         },
         source => TcpHealthError::Program {
             program,
