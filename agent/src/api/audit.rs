@@ -1,6 +1,8 @@
 //! The audit log: one JSON line for every call that changes faults (Apply, Revert, RevertAll),
-//! whatever its outcome, for every call the policy refused, and for every TLS client refused at
-//! the handshake for its certificate. Each line says when, who (identity, how it was
+//! whatever its outcome, for every call the policy refused, for every TLS client refused at
+//! the handshake for its certificate, and for every revert the agent decides on by itself
+//! (`rpc` `automatic-revert`, `who` the agent, with the `reason`: deadline, lease expired,
+//! shutdown, recovered). Each line says when, who (identity, how it was
 //! established, role), which call, which fault (id, kind, summary) and the result: `ok`,
 //! `denied` or `failed`, with the gRPC code and the message the caller got.
 //!
@@ -24,7 +26,7 @@ use tonic::Status;
 use tracing::error;
 
 use super::authz::{Caller, Role, Rpc};
-use crate::engine::Fault;
+use crate::engine::{Fault, FaultState, RevertLog, RevertReason};
 
 #[derive(Debug, Error)]
 #[error("cannot open the audit log {path}: {source}")]
@@ -44,7 +46,8 @@ pub struct Who {
     /// As refusals name it (`alice`, `uid 1000`); null when the caller has no identity (a
     /// certificate refused at the handshake).
     pub identity: Option<String>,
-    /// `unix-peer-credentials` or `tls-client-certificate`.
+    /// `unix-peer-credentials`, `tls-client-certificate`, or `agent` for what the agent did by
+    /// itself.
     pub auth: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
@@ -129,6 +132,9 @@ pub struct Record {
     pub rpc: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault: Option<Target>,
+    /// Why the agent reverted a fault by itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
     /// RevertAll: every fault it reverted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub faults: Option<Vec<Target>>,
@@ -151,6 +157,7 @@ impl Record {
             who,
             rpc,
             fault: None,
+            reason: None,
             faults: None,
             result: Outcome::Ok,
             code: None,
@@ -256,6 +263,26 @@ impl AuditLog {
         let mut record = Record::named(who, "tls-handshake");
         record.result = Outcome::Denied;
         record.error = Some(reason);
+        self.write(&record);
+    }
+}
+
+impl RevertLog for AuditLog {
+    fn reverted(&self, fault: &Fault, reason: RevertReason) {
+        let who = Who {
+            identity: Some("faultline agent".to_owned()),
+            auth: "agent",
+            uid: None,
+            pid: Some(std::process::id() as i32),
+            peer: None,
+            role: None,
+        };
+        let mut record = Record::named(who, "automatic-revert").with_fault(Target::fault(fault));
+        record.reason = Some(reason.as_str());
+        if fault.state == FaultState::Failed {
+            record.result = Outcome::Failed;
+            record.error = Some(fault.reason.clone());
+        }
         self.write(&record);
     }
 }

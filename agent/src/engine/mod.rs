@@ -75,6 +75,14 @@ impl RevertReason {
     }
 }
 
+/// Where the engine reports the reverts it decides on by itself (deadline, lease expiry,
+/// shutdown, start-up): the agent's audit log. A revert a caller asked for is recorded where
+/// the call is, with who asked.
+pub trait RevertLog: Send + Sync {
+    /// `fault` has ended (reverted, or failed with every cause in its `reason`) for `reason`.
+    fn reverted(&self, fault: &Fault, reason: RevertReason);
+}
+
 /// A request to apply a fault, already parsed into domain types.
 #[derive(Debug, Clone)]
 pub struct ApplyRequest {
@@ -127,6 +135,7 @@ struct Registry {
 pub struct Engine {
     config: AgentConfig,
     adapters: Adapters,
+    revert_log: Arc<dyn RevertLog>,
     journal: Journal,
     guard: Guard,
     registry: Mutex<Registry>,
@@ -137,11 +146,16 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(config: AgentConfig, caps: Capabilities) -> Result<Arc<Self>, EngineError> {
+    pub fn new(
+        config: AgentConfig,
+        caps: Capabilities,
+        revert_log: Arc<dyn RevertLog>,
+    ) -> Result<Arc<Self>, EngineError> {
         let journal = Journal::open(&config.state_dir)?;
         let (events, _) = broadcast::channel(256);
         Ok(Arc::new(Self {
             adapters: Adapters::new(&config, caps),
+            revert_log,
             guard: Guard::new(config.protected_ports.clone()),
             journal,
             config,
@@ -481,6 +495,7 @@ impl Engine {
                     warn!(id = %fault.id, error = %e, "cannot remove the journal entry of a reverted fault");
                 }
                 info!(id = %fault.id, reason = reason.as_str(), "fault reverted");
+                self.audit_automatic(&fault, reason);
                 self.finish(&fault);
                 Ok(fault)
             }
@@ -489,12 +504,20 @@ impl Engine {
                 fault.reason = format!("revert ({}) failed: {source}", reason.as_str());
                 let _ = self.journal.record(&fault);
                 error!(id = %fault.id, error = %source, "revert failed");
+                self.audit_automatic(&fault, reason);
                 self.finish(&fault);
                 Err(EngineError::Revert {
                     id: fault.id,
                     source,
                 })
             }
+        }
+    }
+
+    /// Writes the audit line of a revert nobody asked for; a requested one has its line already.
+    fn audit_automatic(&self, fault: &Fault, reason: RevertReason) {
+        if reason != RevertReason::Requested {
+            self.revert_log.reverted(fault, reason);
         }
     }
 

@@ -44,13 +44,20 @@ impl Engine {
     /// faultline-tagged kernel object that no remaining journal entry accounts for.
     pub async fn recover(self: &Arc<Self>) -> Result<Recovery, EngineError> {
         let engine = Arc::clone(self);
-        tokio::task::spawn_blocking(move || engine.recover_blocking())
+        let (recovery, ended) = tokio::task::spawn_blocking(move || engine.recover_blocking())
             .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        for (fault, reason) in &ended {
+            self.audit_automatic(fault, *reason);
+        }
+        Ok(recovery)
     }
 
-    fn recover_blocking(&self) -> Result<Recovery, EngineError> {
+    /// The recovery, and every fault it ended with the reason.
+    #[allow(clippy::type_complexity)]
+    fn recover_blocking(&self) -> Result<(Recovery, Vec<(Fault, RevertReason)>), EngineError> {
         let mut recovery = Recovery::default();
+        let mut ended = Vec::new();
         let (faults, unreadable) = self.journal.load()?;
         for entry in unreadable {
             warn!(path = %entry.path.display(), error = %entry.error, "unreadable journal entry set aside");
@@ -76,6 +83,7 @@ impl Engine {
             // Listed like any fault that ended, so that `get` tells its controller what became
             // of it and why.
             self.finish(&fault);
+            ended.push((fault, reason));
         }
         let keep: Vec<&str> = recovery.failed.iter().map(|(id, _)| id.as_str()).collect();
         let swept = self.adapters.sweep(&keep);
@@ -90,7 +98,7 @@ impl Engine {
         }
         recovery.swept = swept.removed;
         recovery.sweep_failed = swept.failed.iter().map(ToString::to_string).collect();
-        Ok(recovery)
+        Ok((recovery, ended))
     }
 }
 

@@ -41,6 +41,42 @@ pub enum KernelError {
     /// Boxed for the same reason as `Bpf`.
     #[error(transparent)]
     Shaping(Box<qdisc::shaping::ShapingError>),
+    /// Several objects of one operation failed; every one was tried.
+    #[error("{} objects failed: {}", .0.len(), join(.0))]
+    Several(Vec<KernelError>),
+}
+
+fn join(errors: &[KernelError]) -> String {
+    let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    texts.join("; ")
+}
+
+/// The errors of an operation that tries every object before it reports, as a revert must:
+/// one object that cannot be removed never leaves the others in place.
+#[derive(Debug, Default)]
+#[must_use = "the errors are reported by `finish`"]
+pub struct Attempts(Vec<KernelError>);
+
+impl Attempts {
+    /// Keeps the error of one object's attempt, if it failed.
+    pub fn note<E: Into<KernelError>>(&mut self, result: Result<(), E>) {
+        if let Err(e) = result {
+            self.0.push(e.into());
+        }
+    }
+
+    pub fn failed(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    /// `Ok` when every attempt succeeded; else the one error, or all of them.
+    pub fn finish(mut self) -> Result<(), KernelError> {
+        match self.0.len() {
+            0 => Ok(()),
+            1 => Err(self.0.remove(0)),
+            _ => Err(KernelError::Several(self.0)),
+        }
+    }
 }
 
 impl From<qdisc::shaping::ShapingError> for KernelError {

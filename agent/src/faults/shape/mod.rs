@@ -38,6 +38,7 @@ use crate::{
             show_handle, Leaf, Prior, DEFAULT_MINOR, LEAF_MAJOR, ROOT_MAJOR, TARGET_MINOR,
         },
         rtnl::Rtnl,
+        Attempts,
     },
 };
 
@@ -402,16 +403,20 @@ impl<P: Shaper + Serialize> Family for ShapeSpec<P> {
     fn revert(&self, id: &str, host: &Host<'_>) -> Result<(), KernelError> {
         match self.target.direction {
             Direction::Egress => {
-                host.shaping.restore_root(id)?;
-                host.classifiers.detach(id)?;
+                // Independent objects: each is tried whatever became of the other.
+                let mut attempts = Attempts::default();
+                attempts.note(host.shaping.restore_root(id));
+                attempts.note(host.classifiers.detach(id));
+                attempts.finish()
             }
             Direction::Ingress => {
-                // The classifier first, so no packet is redirected to a device that is going.
+                // The classifier first, and the IFB only once it is gone: packets redirected
+                // to a missing device are dropped, worse than shaped. The classifier stops at
+                // the deadline by itself, and the start-up sweep removes what is left.
                 host.classifiers.detach(id)?;
-                host.shaping.remove_ingress(id)?;
+                Ok(host.shaping.remove_ingress(id)?)
             }
         }
-        Ok(())
     }
 
     fn summary(&self) -> String {

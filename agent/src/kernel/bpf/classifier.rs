@@ -23,7 +23,7 @@ use super::{
 use crate::kernel::{
     netdev::l2_len,
     rtnl::{BpfFilter, FilterAction, Rtnl, CLSACT_INGRESS},
-    Adapter, Swept,
+    Adapter, Attempts, KernelError, Swept,
 };
 
 /// After the loss classifier (priority 1) in the same hook, so that a packet the loss fault
@@ -234,7 +234,7 @@ impl Classifiers {
     /// Detaches a fault's classifiers and removes its pins. Idempotent: a fault with nothing
     /// pinned any more is fine. The interface and hook come from the pin names, which also
     /// serves the start-up sweep, where no journal entry tells them.
-    pub(crate) fn detach(&self, id: &str) -> Result<(), BpfError> {
+    pub(crate) fn detach(&self, id: &str) -> Result<(), KernelError> {
         let dir = self.dir(id);
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
@@ -244,7 +244,8 @@ impl Classifiers {
                     what: "cannot read the pin directory",
                     path: dir,
                     source,
-                })
+                }
+                .into())
             }
         };
         let mut names: Vec<String> = entries
@@ -253,40 +254,14 @@ impl Classifiers {
             .collect();
         // Attachments first, so the maps outlive the program that reads them.
         names.sort_by_key(|n| Attachment::from_pin_name(n).is_none());
+        // Every pin is tried: one attachment that cannot be undone leaves the others undone.
+        let mut attempts = Attempts::default();
         for name in names {
-            let path = dir.join(&name);
-            let Some(Attachment { hook, device }) = Attachment::from_pin_name(&name) else {
-                remove_pin(&path)?;
-                continue;
-            };
-            match hook {
-                Hook::Tcx(_) => {
-                    let link =
-                        PinnedLink::from_pin(&path).map_err(|source| BpfError::PinnedLink {
-                            path: path.clone(),
-                            source,
-                        })?;
-                    // Unpinning drops the last reference: the kernel detaches the link.
-                    link.unpin().map_err(|source| BpfError::Io {
-                        what: "cannot unpin",
-                        path: path.clone(),
-                        source,
-                    })?;
-                }
-                Hook::Cls(direction) => {
-                    let rtnl = Rtnl::open()?;
-                    rtnl.delete_bpf_filters(&device, direction.clsact_parent(), LOSS_PROGRAM)?;
-                    remove_pin(&path)?;
-                    rtnl.remove_idle_clsact(&device)?;
-                }
-                Hook::SteerIngress => {
-                    let rtnl = Rtnl::open()?;
-                    rtnl.delete_bpf_filters(&device, CLSACT_INGRESS, STEER_PROGRAM)?;
-                    remove_pin(&path)?;
-                    rtnl.remove_idle_clsact(&device)?;
-                }
-                Hook::SteerRoot => remove_pin(&path)?,
-            }
+            attempts.note(unpin(&dir.join(&name), &name));
+        }
+        if attempts.failed() {
+            // The directory keeps what is left, for the start-up sweep to try again.
+            return attempts.finish();
         }
         match fs::remove_dir(&dir) {
             Ok(()) => Ok(()),
@@ -295,12 +270,18 @@ impl Classifiers {
                 what: "cannot remove the pin directory",
                 path: dir,
                 source,
-            }),
+            }
+            .into()),
         }
     }
 
-    /// Detaches every pinned classifier whose fault id is not in `keep`; returns their ids.
-    fn sweep_ids(&self, keep: &[&str]) -> Result<Vec<String>, BpfError> {
+    /// Detaches every pinned classifier whose fault id is not in `keep`; returns their ids,
+    /// and the errors of those that could not be detached.
+    fn sweep_ids(
+        &self,
+        keep: &[&str],
+        failed: &mut Vec<KernelError>,
+    ) -> Result<Vec<String>, BpfError> {
         let entries = match fs::read_dir(&self.root) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -318,12 +299,49 @@ impl Classifiers {
             if keep.contains(&id.as_str()) || !entry.path().is_dir() {
                 continue;
             }
-            self.detach(&id)?;
-            swept.push(id);
+            match self.detach(&id) {
+                Ok(()) => swept.push(id),
+                Err(e) => failed.push(e),
+            }
         }
         swept.sort();
         Ok(swept)
     }
+}
+
+/// Undoes what the pin `name` at `path` records, and removes the pin.
+fn unpin(path: &Path, name: &str) -> Result<(), BpfError> {
+    let Some(Attachment { hook, device }) = Attachment::from_pin_name(name) else {
+        return remove_pin(path);
+    };
+    match hook {
+        Hook::Tcx(_) => {
+            let link = PinnedLink::from_pin(path).map_err(|source| BpfError::PinnedLink {
+                path: path.to_owned(),
+                source,
+            })?;
+            // Unpinning drops the last reference: the kernel detaches the link.
+            link.unpin().map_err(|source| BpfError::Io {
+                what: "cannot unpin",
+                path: path.to_owned(),
+                source,
+            })?;
+        }
+        Hook::Cls(direction) => {
+            let rtnl = Rtnl::open()?;
+            rtnl.delete_bpf_filters(&device, direction.clsact_parent(), LOSS_PROGRAM)?;
+            remove_pin(path)?;
+            rtnl.remove_idle_clsact(&device)?;
+        }
+        Hook::SteerIngress => {
+            let rtnl = Rtnl::open()?;
+            rtnl.delete_bpf_filters(&device, CLSACT_INGRESS, STEER_PROGRAM)?;
+            remove_pin(path)?;
+            rtnl.remove_idle_clsact(&device)?;
+        }
+        Hook::SteerRoot => remove_pin(path)?,
+    }
+    Ok(())
 }
 
 /// Attaches the loaded loss classifier to `direction` of `device`, through TCX or cls_bpf, and
@@ -406,12 +424,43 @@ fn attach_program(
 impl Adapter for Classifiers {
     fn sweep(&self, keep: &[&str]) -> Swept {
         let mut swept = Swept::default();
-        match self.sweep_ids(keep) {
+        match self.sweep_ids(keep, &mut swept.failed) {
             Ok(ids) => swept
                 .removed
                 .extend(ids.into_iter().map(|id| format!("eBPF classifier of {id}"))),
             Err(e) => swept.failed.push(e.into()),
         }
         swept
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A revert that cannot undo one attachment still undoes every other, and keeps what it
+    /// could not for the start-up sweep.
+    #[test]
+    fn a_detach_that_fails_on_one_pin_still_removes_the_others() {
+        let root = tempfile::tempdir().unwrap();
+        let classifiers = Classifiers::new(root.path().to_owned());
+        let dir = root.path().join("0123abcd");
+        fs::create_dir(&dir).unwrap();
+        // Not a BPF link (a plain file): taking hold of it fails. The filter pin names an
+        // interface that does not exist, so its filter is gone already.
+        let names = ["tcx-ingress-lo", "cls-egress-nosuch0", "config", "stats"];
+        for name in names {
+            fs::write(dir.join(name), b"").unwrap();
+        }
+        let error = classifiers.detach("0123abcd").unwrap_err();
+        assert!(
+            matches!(&error, KernelError::Bpf(e) if matches!(**e, BpfError::PinnedLink { .. })),
+            "{error}"
+        );
+        let left: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["tcx-ingress-lo"]);
     }
 }
