@@ -160,42 +160,6 @@ impl Rpc {
     }
 }
 
-/// A fault kind as the policy names it: the `kind` of `faultline ls` (`delay` is `netem`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    Block,
-    Loss,
-    Netem,
-    Rate,
-    Cpu,
-    Memory,
-}
-
-impl Kind {
-    fn of(spec: &FaultSpec) -> Self {
-        match spec {
-            FaultSpec::Block(_) => Kind::Block,
-            FaultSpec::Loss(_) => Kind::Loss,
-            FaultSpec::Netem(_) => Kind::Netem,
-            FaultSpec::Rate(_) => Kind::Rate,
-            FaultSpec::CpuStress(_) => Kind::Cpu,
-            FaultSpec::MemoryStress(_) => Kind::Memory,
-        }
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Kind::Block => "block",
-            Kind::Loss => "loss",
-            Kind::Netem => "netem",
-            Kind::Rate => "rate",
-            Kind::Cpu => "cpu",
-            Kind::Memory => "memory",
-        }
-    }
-}
-
 /// A refused call: who, in which role, and the rule that refused it. Shown to the caller as
 /// gRPC PermissionDenied and written to the audit log as it stands.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -261,13 +225,28 @@ struct OperatorSection {
     #[serde(default)]
     uids: Vec<u32>,
     /// Required: an operator section that forgot it must not mean "every kind".
-    kinds: BTreeSet<Kind>,
+    #[serde(deserialize_with = "kind_names")]
+    kinds: BTreeSet<&'static str>,
     #[serde(default, deserialize_with = "duration_text")]
     max_duration: Option<Duration>,
     #[serde(default, deserialize_with = "percent_value")]
     max_percent: Option<f64>,
     #[serde(default, deserialize_with = "size_text")]
     max_memory: Option<u64>,
+}
+
+/// Fault kinds as the policy names them: the `kind` of `faultline ls` (`delay` is `netem`).
+fn kind_names<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeSet<&'static str>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .into_iter()
+        .map(|name| {
+            FaultSpec::KINDS
+                .iter()
+                .find(|kind| **kind == name)
+                .copied()
+                .ok_or_else(|| serde::de::Error::unknown_variant(&name, FaultSpec::KINDS))
+        })
+        .collect()
 }
 
 fn duration_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -300,7 +279,7 @@ fn size_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
 /// What an operator may apply.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OperatorLimits {
-    pub kinds: BTreeSet<Kind>,
+    pub kinds: BTreeSet<&'static str>,
     pub max_duration: Option<Duration>,
     /// Of block and loss percent, netem loss, duplication and corruption, and CPU load.
     pub max_percent: Option<f64>,
@@ -510,12 +489,11 @@ impl Authorizer {
                     .to_owned(),
             ));
         }
-        let kind = Kind::of(&request.spec);
-        if !limits.kinds.contains(&kind) {
-            let allowed: Vec<&str> = limits.kinds.iter().map(|k| k.as_str()).collect();
+        let kind = request.spec.kind();
+        if !limits.kinds.contains(kind) {
+            let allowed: Vec<&str> = limits.kinds.iter().copied().collect();
             return Err(refuse(format!(
-                "fault kind {} is not allowed (allowed: {})",
-                kind.as_str(),
+                "fault kind {kind} is not allowed (allowed: {})",
                 if allowed.is_empty() {
                     "none".to_owned()
                 } else {
@@ -532,18 +510,17 @@ impl Authorizer {
                 )));
             }
         }
+        let demands = request.spec.family().demands();
         if let Some(max) = limits.max_percent {
-            if let Some((what, value)) = percents(&request.spec)
-                .into_iter()
-                .find(|(_, value)| *value > max)
+            if let Some((what, value)) =
+                demands.percents.into_iter().find(|(_, value)| *value > max)
             {
                 return Err(refuse(format!(
                     "{what} {value}% is more than the operator maximum of {max}%"
                 )));
             }
         }
-        if let (Some(max), FaultSpec::MemoryStress(spec)) = (limits.max_memory, &request.spec) {
-            let bytes = spec.bytes();
+        if let (Some(max), Some(bytes)) = (limits.max_memory, demands.memory) {
             if bytes > max {
                 return Err(refuse(format!(
                     "memory {} is more than the operator maximum of {}",
@@ -553,22 +530,6 @@ impl Authorizer {
             }
         }
         Ok(())
-    }
-}
-
-/// The shares of a fault that `max_percent` bounds, named as the CLI flags are.
-fn percents(spec: &FaultSpec) -> Vec<(&'static str, f64)> {
-    match spec {
-        // Without --percent a block takes every matching packet.
-        FaultSpec::Block(b) => vec![("block percent", b.percent.unwrap_or(100.0))],
-        FaultSpec::Loss(l) => vec![("loss percent", l.percent)],
-        FaultSpec::Netem(n) => vec![
-            ("netem loss", n.params.loss),
-            ("netem duplicate", n.params.duplicate),
-            ("netem corrupt", n.params.corrupt),
-        ],
-        FaultSpec::CpuStress(c) => vec![("cpu load", c.load)],
-        FaultSpec::Rate(_) | FaultSpec::MemoryStress(_) => Vec::new(),
     }
 }
 

@@ -7,7 +7,8 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    check_percent, Claim, Connection, Deadline, Direction, Family, Host, PacketMatch, Protocol,
+    check_percent, Claim, Connection, Deadline, Demands, Direction, Family, Host, PacketMatch,
+    Protocol,
 };
 use crate::{
     errors::{InvalidSpec, KernelError},
@@ -126,6 +127,14 @@ impl Family for BlockSpec {
     fn revert(&self, id: &str, _host: &Host<'_>) -> Result<(), KernelError> {
         nft::remove(id)?;
         Ok(())
+    }
+
+    fn demands(&self) -> Demands {
+        Demands {
+            // Without --percent a block takes every matching packet.
+            percents: vec![("block percent", self.percent.unwrap_or(100.0))],
+            memory: None,
+        }
     }
 
     fn summary(&self) -> String {

@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    check_percent, Claim, Connection, Deadline, Direction, Family, Host, PacketMatch, Protocol,
+    check_percent, Claim, Connection, Deadline, Demands, Direction, Family, Host, PacketMatch,
+    Protocol,
 };
 use crate::{
     errors::{InvalidSpec, KernelError},
@@ -122,6 +123,13 @@ impl Family for LossSpec {
 
     fn revert(&self, id: &str, host: &Host<'_>) -> Result<(), KernelError> {
         host.classifiers.detach(id)
+    }
+
+    fn demands(&self) -> Demands {
+        Demands {
+            percents: vec![("loss percent", self.percent)],
+            memory: None,
+        }
     }
 
     fn summary(&self) -> String {

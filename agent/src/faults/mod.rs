@@ -232,42 +232,56 @@ pub(crate) mod opt_secs {
     }
 }
 
-/// What a fault does, one variant per family.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum FaultSpec {
-    Block(BlockSpec),
-    Loss(LossSpec),
-    #[serde(rename = "cpu")]
-    CpuStress(stress::CpuStressSpec),
-    #[serde(rename = "memory")]
-    MemoryStress(stress::MemoryStressSpec),
-    Netem(NetemSpec),
-    Rate(RateSpec),
+/// Declares the fault families: one line each, `Variant(Spec) = "kind"`. This is the one list
+/// of families; from it come the [`FaultSpec`] enum (whose serde tag is the kind, as the journal
+/// and `faultline ls -o json` write it), [`FaultSpec::KINDS`] (the names a policy may list), and
+/// the dispatch to each family's [`Family`] implementation.
+macro_rules! families {
+    ($($(#[$doc:meta])* $variant:ident($spec:ty) = $kind:literal,)*) => {
+        /// What a fault does, one variant per family.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "kind")]
+        pub enum FaultSpec {
+            $($(#[$doc])* #[serde(rename = $kind)] $variant($spec),)*
+        }
+
+        impl FaultSpec {
+            /// Every family's kind name, as requests, listings and policies name it.
+            pub const KINDS: &'static [&'static str] = &[$($kind),*];
+
+            pub fn family(&self) -> &dyn Family {
+                match self {
+                    $(FaultSpec::$variant(spec) => spec,)*
+                }
+            }
+
+            /// The family's kind name (`block`, `netem`, ...).
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(FaultSpec::$variant(_) => $kind,)*
+                }
+            }
+        }
+    };
 }
 
-impl FaultSpec {
-    pub fn family(&self) -> &dyn Family {
-        match self {
-            FaultSpec::Block(spec) => spec,
-            FaultSpec::Loss(spec) => spec,
-            FaultSpec::CpuStress(spec) => spec,
-            FaultSpec::MemoryStress(spec) => spec,
-            FaultSpec::Netem(spec) => spec,
-            FaultSpec::Rate(spec) => spec,
-        }
-    }
+families! {
+    Block(BlockSpec) = "block",
+    Loss(LossSpec) = "loss",
+    CpuStress(stress::CpuStressSpec) = "cpu",
+    MemoryStress(stress::MemoryStressSpec) = "memory",
+    Netem(NetemSpec) = "netem",
+    Rate(RateSpec) = "rate",
+}
 
-    pub fn kind(&self) -> &'static str {
-        match self {
-            FaultSpec::Block(_) => "block",
-            FaultSpec::Loss(_) => "loss",
-            FaultSpec::CpuStress(_) => "cpu",
-            FaultSpec::MemoryStress(_) => "memory",
-            FaultSpec::Netem(_) => "netem",
-            FaultSpec::Rate(_) => "rate",
-        }
-    }
+/// What a fault takes of the host, in the terms an operator's policy bounds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Demands {
+    /// Shares of packets or of CPU time, bounded by `max_percent`, each named as its CLI flag
+    /// is (`loss percent`, `cpu load`).
+    pub percents: Vec<(&'static str, f64)>,
+    /// Bytes of memory, bounded by `max_memory`.
+    pub memory: Option<u64>,
 }
 
 /// A kernel object that only one fault at a time may own; two faults claiming the same object
@@ -436,6 +450,11 @@ pub trait Family: Send + Sync {
 
     /// Removes the fault's kernel objects. Idempotent: objects already gone are not an error.
     fn revert(&self, id: &str, host: &Host<'_>) -> Result<(), KernelError>;
+
+    /// What the fault takes of the host, for the operator policy's limits (`max_percent`,
+    /// `max_memory`; `max_duration` bounds every request alike). Required: a new family says
+    /// what it takes, even when that is nothing a limit bounds.
+    fn demands(&self) -> Demands;
 
     /// One line for humans: `block in tcp dport 22 (drop)`.
     fn summary(&self) -> String;

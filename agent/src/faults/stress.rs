@@ -10,7 +10,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{Claim, Connection, Deadline, Family, Host};
+use super::{Claim, Connection, Deadline, Demands, Family, Host};
 use crate::{
     errors::{EngineError, InvalidSpec, KernelError},
     kernel::{
@@ -237,6 +237,13 @@ impl Family for CpuStressSpec {
         host.workers.remove(id)
     }
 
+    fn demands(&self) -> Demands {
+        Demands {
+            percents: vec![("cpu load", self.load)],
+            memory: None,
+        }
+    }
+
     fn summary(&self) -> String {
         let scope = if !self.cpus.is_empty() {
             format!("of CPUs {}", cpu_list(&self.cpus))
@@ -403,6 +410,13 @@ impl Family for MemoryStressSpec {
 
     fn revert(&self, id: &str, host: &Host<'_>) -> Result<(), KernelError> {
         host.workers.remove(id)
+    }
+
+    fn demands(&self) -> Demands {
+        Demands {
+            percents: Vec::new(),
+            memory: Some(self.bytes()),
+        }
     }
 
     fn summary(&self) -> String {

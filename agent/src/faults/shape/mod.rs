@@ -22,7 +22,7 @@ pub use self::{
     netem::{DelayDistribution, NetemParams},
     rate::RateParams,
 };
-use super::{Claim, Connection, Deadline, Direction, Family, Host, PacketMatch, Protocol};
+use super::{Claim, Connection, Deadline, Demands, Direction, Family, Host, PacketMatch, Protocol};
 use crate::{
     errors::{EngineError, InvalidSpec, KernelError},
     kernel::{
@@ -77,6 +77,8 @@ pub trait Shaper: Send + Sync {
     fn describe(&self) -> String;
     /// Would every targeted packet be lost (and so a session cut)?
     fn cuts(&self) -> bool;
+    /// The shares of packets it takes, for the policy's `max_percent`.
+    fn percents(&self) -> Vec<(&'static str, f64)>;
 }
 
 pub(super) fn ms(d: Duration) -> String {
@@ -416,6 +418,13 @@ impl<P: Shaper + Serialize> Family for ShapeSpec<P> {
                 host.classifiers.detach(id)?;
                 Ok(host.shaping.remove_ingress(id)?)
             }
+        }
+    }
+
+    fn demands(&self) -> Demands {
+        Demands {
+            percents: self.params.percents(),
+            memory: None,
         }
     }
 

@@ -226,6 +226,14 @@ impl Shaper for NetemParams {
     fn cuts(&self) -> bool {
         self.loss >= 100.0
     }
+
+    fn percents(&self) -> Vec<(&'static str, f64)> {
+        vec![
+            ("netem loss", self.loss),
+            ("netem duplicate", self.duplicate),
+            ("netem corrupt", self.corrupt),
+        ]
+    }
 }
 
 #[cfg(test)]

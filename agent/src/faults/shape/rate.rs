@@ -102,6 +102,10 @@ impl Shaper for RateParams {
     fn cuts(&self) -> bool {
         false
     }
+
+    fn percents(&self) -> Vec<(&'static str, f64)> {
+        Vec::new()
+    }
 }
 
 #[cfg(test)]
