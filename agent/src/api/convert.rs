@@ -39,7 +39,10 @@ pub fn apply_request(req: pb::ApplyRequest) -> Result<ApplyRequest, InvalidSpec>
 fn missing_spec() -> InvalidSpec {
     InvalidSpec::new(
         "spec",
-        "missing: set one fault kind (block, loss, netem, rate, cpu or memory)",
+        format!(
+            "missing: set one fault kind ({})",
+            FaultSpec::KINDS.join(", ")
+        ),
     )
 }
 
@@ -395,10 +398,13 @@ pub fn proto_fault(f: &Fault) -> pb::Fault {
         plan: f.plan.clone(),
         lease: f.lease.map(proto_duration),
         lease_expires_at: f.lease_expires_at.map(Into::into),
+        kind: f.spec.kind().to_owned(),
+        summary: f.spec.family().summary(),
     }
 }
 
-/// The way back, for the CLI: a fault as the agent reported it.
+/// The way back, for clients that compute with faults (metrics snapshots, experiments); the
+/// CLI prints from the protobuf types instead (`cli::view`).
 pub fn fault(f: pb::Fault) -> Result<Fault, InvalidSpec> {
     let time = |t: Option<prost_types::Timestamp>, field: &str| {
         t.and_then(|t| SystemTime::try_from(t).ok())

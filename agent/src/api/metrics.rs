@@ -353,10 +353,12 @@ pub fn from_proto(s: pb::MetricsSnapshot) -> Result<MetricsSnapshot, InvalidSpec
                 last_checked_unix_ms: unix_ms(p.last_checked),
             })
             .collect(),
+        // A fault of a kind this client does not know (the agent is newer) is left out: a
+        // snapshot is for computing with, and this client could not.
         faults: s
             .faults
             .into_iter()
-            .map(convert::fault)
-            .collect::<Result<_, _>>()?,
+            .filter_map(|f| convert::fault(f).ok())
+            .collect(),
     })
 }

@@ -21,6 +21,6 @@ pub async fn run(global: &Global, o: Options) -> Result<(), Failure> {
         .get(pb::GetRequest { id: o.id })
         .await?
         .into_inner();
-    output::print_fault(&output::fault(fault)?, global.output);
+    output::print_fault(&output::fault(fault), global.output);
     Ok(())
 }

@@ -22,13 +22,9 @@ pub async fn run(global: &Global, o: Options) -> Result<(), Failure> {
         .list(pb::ListRequest {})
         .await?
         .into_inner();
-    let mut faults = listed
-        .faults
-        .into_iter()
-        .map(output::fault)
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut faults: Vec<_> = listed.faults.into_iter().map(output::fault).collect();
     if o.active {
-        faults.retain(|f| !f.state.is_finished());
+        faults.retain(|f| !f.is_finished());
     }
     output::print_faults(&faults, global.output);
     Ok(())

@@ -23,6 +23,7 @@ mod revert;
 mod serve;
 mod shape;
 mod stress;
+mod view;
 mod worker;
 
 pub use output::Failure;
