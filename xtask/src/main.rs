@@ -7,6 +7,8 @@
 mod bench;
 mod exec;
 mod host;
+#[cfg(test)]
+mod modules;
 mod prereqs;
 mod run;
 mod test;

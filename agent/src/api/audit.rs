@@ -25,7 +25,10 @@ use thiserror::Error;
 use tonic::Status;
 use tracing::error;
 
-use super::authz::{Caller, Role, Rpc};
+use super::{
+    authz::{Caller, Role, Rpc},
+    tls::RefusalLog,
+};
 use crate::engine::{Fault, FaultState, RevertLog, RevertReason};
 
 #[derive(Debug, Error)]
@@ -249,9 +252,10 @@ impl AuditLog {
             error!(path = %self.path.display(), error = %e, rpc = record.rpc, "cannot write to the audit log");
         }
     }
+}
 
-    /// A TLS client refused for its certificate before it could make any call.
-    pub fn handshake_refused(&self, peer: SocketAddr, reason: String) {
+impl RefusalLog for AuditLog {
+    fn handshake_refused(&self, peer: SocketAddr, reason: String) {
         let who = Who {
             identity: None,
             auth: "tls-client-certificate",

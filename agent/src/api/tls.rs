@@ -40,8 +40,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{server::Connected, Certificate, ClientTlsConfig, Identity};
 use tracing::{debug, warn};
 
-use super::audit::AuditLog;
-
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a refused client has to read its alert and close before the agent closes.
@@ -215,8 +213,9 @@ impl AsyncWrite for TlsConnection {
 pub fn incoming(
     listener: TcpListener,
     tls: ServerTls,
-    audit: Arc<AuditLog>,
+    audit: Arc<impl RefusalLog + 'static>,
 ) -> ReceiverStream<io::Result<TlsConnection>> {
+    let audit: Arc<dyn RefusalLog> = audit;
     let (tx, rx) = mpsc::channel(16);
     let acceptor = TlsAcceptor::from(tls.config);
     tokio::spawn(async move {
@@ -247,7 +246,7 @@ pub fn incoming(
                 let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                     Ok(Ok(stream)) => stream,
                     Ok(Err((e, tcp))) => {
-                        refused(&audit, remote, &e);
+                        refused(audit.as_ref(), remote, &e);
                         return linger(tcp).await;
                     }
                     Err(_) => {
@@ -277,9 +276,16 @@ pub fn incoming(
     ReceiverStream::new(rx)
 }
 
+/// Where refused handshakes are recorded: the audit log, which knows this module's callers'
+/// identities, so this module does not know it.
+pub trait RefusalLog: Send + Sync {
+    /// A client refused for its certificate before it could make any call.
+    fn handshake_refused(&self, peer: SocketAddr, reason: String);
+}
+
 /// A failed handshake. Certificate refusals are what the audit log is for; anything else
 /// (a port scan, a client speaking plain HTTP) only goes to the debug log.
-fn refused(audit: &AuditLog, remote: SocketAddr, error: &io::Error) {
+fn refused(audit: &dyn RefusalLog, remote: SocketAddr, error: &io::Error) {
     let tls_error = error
         .get_ref()
         .and_then(|e| e.downcast_ref::<rustls::Error>());

@@ -4,10 +4,22 @@
 
 use std::sync::OnceLock;
 
-use super::{
-    netem::Distribution,
-    nla::{clamp_i16, rint_i32},
-};
+use super::nla::{clamp_i16, rint_i32};
+
+/// Shape of netem's random delay around the mean (`tc ... distribution`).
+///
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Distribution {
+    /// The kernel's built-in uniform jitter; no table is sent.
+    #[default]
+    Uniform,
+    /// Gaussian (iproute2 `normal.dist`).
+    Normal,
+    /// Pareto with shape 3 (iproute2 `pareto.dist`).
+    Pareto,
+    /// 1/4 normal + 3/4 pareto (iproute2 `paretonormal.dist`).
+    ParetoNormal,
+}
 
 /// Fixed-point scale of the delay distribution table (`NETEM_DIST_SCALE`).
 pub(super) const NETEM_DIST_SCALE: i32 = 8192;

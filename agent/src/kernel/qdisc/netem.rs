@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+pub(crate) use super::dist::Distribution;
 use super::{
     dist::cached_table,
     nla::{
@@ -31,21 +32,6 @@ const TCA_NETEM_JITTER64: u16 = 11;
 const NETEM_QOPT_LEN: usize = 24;
 /// iproute2's default netem limit, in packets.
 const NETEM_DEFAULT_LIMIT: u32 = 1000;
-
-/// Shape of netem's random delay around the mean (`tc ... distribution`).
-///
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Distribution {
-    /// The kernel's built-in uniform jitter; no table is sent.
-    #[default]
-    Uniform,
-    /// Gaussian (iproute2 `normal.dist`).
-    Normal,
-    /// Pareto with shape 3 (iproute2 `pareto.dist`).
-    Pareto,
-    /// 1/4 normal + 3/4 pareto (iproute2 `paretonormal.dist`).
-    ParetoNormal,
-}
 
 /// Parameters of a netem qdisc, in the units a human gives `tc`.
 ///
