@@ -8,20 +8,20 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 use crate::kernel::netdev::{BadDevice, LinkTypeError};
-pub use crate::kernel::KernelError;
+pub(crate) use crate::kernel::KernelError;
 
 /// A request that is wrong in itself: refused before anything touches the kernel.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 #[error("{field}: {reason}")]
-pub struct InvalidSpec {
+pub(crate) struct InvalidSpec {
     /// The request field, named as the CLI flag / proto field a user wrote (`port`, `cidr`).
-    pub field: String,
+    pub(crate) field: String,
     /// What was wrong and what would be accepted.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 impl InvalidSpec {
-    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             reason: reason.into(),
@@ -42,7 +42,7 @@ impl From<LinkTypeError> for InvalidSpec {
 }
 
 #[derive(Debug, Error)]
-pub enum JournalError {
+pub(crate) enum JournalError {
     #[error("cannot create the journal directory {path}: {source}")]
     CreateDir {
         path: PathBuf,
@@ -71,7 +71,7 @@ pub enum JournalError {
 }
 
 #[derive(Debug, Error)]
-pub enum EngineError {
+pub(crate) enum EngineError {
     #[error(transparent)]
     Invalid(#[from] InvalidSpec),
 

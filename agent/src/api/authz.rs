@@ -37,7 +37,7 @@ use crate::{
 
 /// A caller, as its connection identifies it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Caller {
+pub(crate) enum Caller {
     /// A process on the unix socket; the kernel reports its credentials.
     Unix { uid: u32, pid: Option<i32> },
     /// A client of the TLS listener whose certificate chains to the configured CA.
@@ -46,7 +46,7 @@ pub enum Caller {
 
 impl Caller {
     /// How the identity was established, as the audit log names it.
-    pub fn auth(&self) -> &'static str {
+    pub(crate) fn auth(&self) -> &'static str {
         match self {
             Caller::Unix { .. } => "unix-peer-credentials",
             Caller::Certificate { .. } => "tls-client-certificate",
@@ -64,7 +64,7 @@ impl fmt::Display for Caller {
 }
 
 /// Finds who is calling from what the transport put in the request's extensions.
-pub fn caller<T>(request: &Request<T>) -> Result<Caller, Denied> {
+pub(crate) fn caller<T>(request: &Request<T>) -> Result<Caller, Denied> {
     if let Some(peer) = request.extensions().get::<TlsPeer>() {
         return Ok(Caller::Certificate {
             name: peer.name.clone(),
@@ -97,7 +97,7 @@ pub fn caller<T>(request: &Request<T>) -> Result<Caller, Denied> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Role {
+pub(crate) enum Role {
     Observer,
     Operator,
     Admin,
@@ -121,7 +121,7 @@ impl fmt::Display for Role {
 
 /// The calls the agent serves, as gRPC names them (without the package).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rpc {
+pub(crate) enum Rpc {
     Apply,
     Get,
     List,
@@ -135,7 +135,7 @@ pub enum Rpc {
 }
 
 impl Rpc {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Rpc::Apply => "Faults/Apply",
             Rpc::Get => "Faults/Get",
@@ -164,10 +164,10 @@ impl Rpc {
 /// gRPC PermissionDenied and written to the audit log as it stands.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("{who}{}: {reason}", .role.map(|r| format!(" ({r})")).unwrap_or_default())]
-pub struct Denied {
-    pub who: String,
-    pub role: Option<Role>,
-    pub reason: String,
+pub(crate) struct Denied {
+    pub(crate) who: String,
+    pub(crate) role: Option<Role>,
+    pub(crate) reason: String,
 }
 
 impl From<Denied> for Status {
@@ -177,7 +177,7 @@ impl From<Denied> for Status {
 }
 
 #[derive(Debug, Error)]
-pub enum PolicyError {
+pub(crate) enum PolicyError {
     #[error("cannot read the policy file {path}: {source}")]
     Read {
         path: PathBuf,
@@ -278,12 +278,12 @@ fn size_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
 
 /// What an operator may apply.
 #[derive(Debug, Clone, PartialEq)]
-pub struct OperatorLimits {
-    pub kinds: BTreeSet<&'static str>,
-    pub max_duration: Option<Duration>,
+pub(crate) struct OperatorLimits {
+    pub(crate) kinds: BTreeSet<&'static str>,
+    pub(crate) max_duration: Option<Duration>,
     /// Of block and loss percent, netem loss, duplication and corruption, and CPU load.
-    pub max_percent: Option<f64>,
-    pub max_memory: Option<u64>,
+    pub(crate) max_percent: Option<f64>,
+    pub(crate) max_memory: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -302,14 +302,14 @@ impl fmt::Display for Member {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Policy {
+pub(crate) struct Policy {
     path: PathBuf,
     members: BTreeMap<Member, Role>,
     operator: OperatorLimits,
 }
 
 impl Policy {
-    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, PolicyError> {
         let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
             path: path.to_owned(),
             source,
@@ -318,7 +318,7 @@ impl Policy {
     }
 
     /// Parses policy text; `path` names it in errors.
-    pub fn parse(path: &Path, text: &str) -> Result<Self, PolicyError> {
+    pub(crate) fn parse(path: &Path, text: &str) -> Result<Self, PolicyError> {
         let file: PolicyFile = toml::from_str(text).map_err(|e| PolicyError::Parse {
             path: path.to_owned(),
             source: Box::new(e),
@@ -387,29 +387,25 @@ impl Policy {
         })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 }
 
 /// The decisions: who has which role, and whether a call is within it.
 #[derive(Debug, Clone)]
-pub struct Authorizer {
+pub(crate) struct Authorizer {
     policy: Option<Policy>,
 }
 
 impl Authorizer {
     /// `None`: no policy file, only root may call.
-    pub fn new(policy: Option<Policy>) -> Self {
+    pub(crate) fn new(policy: Option<Policy>) -> Self {
         Self { policy }
     }
 
-    pub fn policy(&self) -> Option<&Policy> {
-        self.policy.as_ref()
-    }
-
     /// The caller's role, or why it has none.
-    pub fn role(&self, caller: &Caller) -> Result<Role, Denied> {
+    pub(crate) fn role(&self, caller: &Caller) -> Result<Role, Denied> {
         let refuse = |reason: String| Denied {
             who: caller.to_string(),
             role: None,
@@ -444,7 +440,7 @@ impl Authorizer {
     }
 
     /// May the caller make this call at all? Returns its role.
-    pub fn authorize(&self, caller: &Caller, rpc: Rpc) -> Result<Role, Denied> {
+    pub(crate) fn authorize(&self, caller: &Caller, rpc: Rpc) -> Result<Role, Denied> {
         let role = self.role(caller)?;
         if role == Role::Observer && !rpc.reads_only() {
             return Err(Denied {
@@ -461,7 +457,7 @@ impl Authorizer {
     }
 
     /// Is this fault within what the caller's role may apply?
-    pub fn check_apply(
+    pub(crate) fn check_apply(
         &self,
         caller: &Caller,
         role: Role,

@@ -22,11 +22,11 @@ use super::{
     view::FaultView,
 };
 
-pub async fn client(global: &Global) -> Result<FaultsClient<Channel>, Failure> {
+pub(crate) async fn client(global: &Global) -> Result<FaultsClient<Channel>, Failure> {
     Ok(FaultsClient::new(channel(global).await?))
 }
 
-pub async fn run(
+pub(crate) async fn run(
     global: &Global,
     args: &ApplyArgs,
     kind: pb::fault_spec::Kind,

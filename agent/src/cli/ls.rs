@@ -10,13 +10,13 @@ use super::{
 };
 
 #[derive(Debug, Args)]
-pub struct Options {
+pub(crate) struct Options {
     /// Only faults that have not ended yet
     #[arg(long)]
-    pub active: bool,
+    pub(crate) active: bool,
 }
 
-pub async fn run(global: &Global, o: Options) -> Result<(), Failure> {
+pub(crate) async fn run(global: &Global, o: Options) -> Result<(), Failure> {
     let listed = client(global)
         .await?
         .list(pb::ListRequest {})

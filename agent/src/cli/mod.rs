@@ -31,7 +31,7 @@ pub use output::Failure;
 /// faultline: inject network, CPU and memory faults into this host, and revert them, always.
 #[derive(Debug, Parser)]
 #[command(name = "faultline", version, about, propagate_version = true)]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(flatten)]
     pub global: args::Global,
     #[command(subcommand)]
@@ -39,7 +39,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the agent in the foreground (root): gRPC on a unix socket, faults reverted on exit
     Serve(serve::Options),
     /// Block packets with nftables: drop, or reject with a TCP reset / ICMP unreachable

@@ -24,7 +24,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    pub fn internal(message: impl Into<String>) -> Self {
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
         Self {
             code: 1,
             message: message.into(),
@@ -33,7 +33,7 @@ impl Failure {
 
     /// An experiment that ended early: a guard breached, an agent was lost, or the operator
     /// stopped it (exit status 7); everything it applied was reverted.
-    pub fn aborted(message: impl Into<String>) -> Self {
+    pub(crate) fn aborted(message: impl Into<String>) -> Self {
         Self {
             code: 7,
             message: message.into(),
@@ -41,7 +41,7 @@ impl Failure {
     }
 
     /// A command line the CLI itself refuses (exit status 2, as for an invalid request).
-    pub fn usage(message: impl Into<String>) -> Self {
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
         Self {
             code: 2,
             message: message.into(),
@@ -49,7 +49,7 @@ impl Failure {
     }
 
     /// Something named does not exist (exit status 3, as for an unknown fault).
-    pub fn not_found(message: impl Into<String>) -> Self {
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
         Self {
             code: 3,
             message: message.into(),
@@ -57,14 +57,14 @@ impl Failure {
     }
 
     /// The agent would not do it (exit status 4, as for a conflict or the safety guard).
-    pub fn refused(message: impl Into<String>) -> Self {
+    pub(crate) fn refused(message: impl Into<String>) -> Self {
         Self {
             code: 4,
             message: message.into(),
         }
     }
 
-    pub fn unreachable(agent: &impl fmt::Display, error: impl fmt::Display) -> Self {
+    pub(crate) fn unreachable(agent: &impl fmt::Display, error: impl fmt::Display) -> Self {
         Self {
             code: 5,
             message: format!(
@@ -74,7 +74,10 @@ impl Failure {
     }
 
     /// A failed connection: a TLS failure says which side's certificate was refused.
-    pub fn connect(agent: &impl fmt::Display, error: &(dyn std::error::Error + 'static)) -> Self {
+    pub(crate) fn connect(
+        agent: &impl fmt::Display,
+        error: &(dyn std::error::Error + 'static),
+    ) -> Self {
         match tls_failure(error) {
             Some(TlsFailure::Refused(alert)) => Self::refused_certificate(&alert),
             Some(TlsFailure::Untrusted(why)) => Self {
@@ -99,7 +102,7 @@ impl Failure {
         }
     }
 
-    pub fn exit_code(&self) -> ExitCode {
+    pub(crate) fn exit_code(&self) -> ExitCode {
         ExitCode::from(self.code)
     }
 }
@@ -149,7 +152,7 @@ fn tls_failure(error: &(dyn std::error::Error + 'static)) -> Option<TlsFailure> 
 
 /// An error with its causes, `outer: inner: innermost`: transport errors say only "transport
 /// error" themselves, and the cause (a refused certificate, a closed port) is what helps.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -198,16 +201,16 @@ impl From<tonic::Status> for Failure {
 
 /// The agent's fault as the CLI shows it: whatever the agent sent, a kind this CLI does not
 /// know included.
-pub fn fault(f: pb::Fault) -> FaultView {
+pub(crate) fn fault(f: pb::Fault) -> FaultView {
     FaultView::new(f)
 }
 
 /// A fault as JSON (see [`FaultView::json`]).
-pub fn fault_json(f: &FaultView) -> Value {
+pub(crate) fn fault_json(f: &FaultView) -> Value {
     f.json()
 }
 
-pub fn print_json(value: &Value) {
+pub(crate) fn print_json(value: &Value) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
@@ -242,7 +245,7 @@ fn whole_seconds(d: Duration) -> String {
 }
 
 /// A table of faults for people.
-pub fn print_faults(faults: &[FaultView], output: Output) {
+pub(crate) fn print_faults(faults: &[FaultView], output: Output) {
     match output {
         Output::Json => print_json(&Value::Array(faults.iter().map(fault_json).collect())),
         Output::Text => {
@@ -273,7 +276,7 @@ pub fn print_faults(faults: &[FaultView], output: Output) {
 }
 
 /// One fault in detail.
-pub fn print_fault(f: &FaultView, output: Output) {
+pub(crate) fn print_fault(f: &FaultView, output: Output) {
     match output {
         Output::Json => print_json(&fault_json(f)),
         Output::Text => {
@@ -315,7 +318,7 @@ pub fn print_fault(f: &FaultView, output: Output) {
     }
 }
 
-pub fn print_plan(plan: &[String], output: Output) {
+pub(crate) fn print_plan(plan: &[String], output: Output) {
     match output {
         Output::Json => print_json(&json!({ "plan": plan })),
         Output::Text => {

@@ -15,17 +15,17 @@ use super::{
 };
 
 #[derive(Debug, Args)]
-pub struct Options {
+pub(crate) struct Options {
     /// The faults whose leases to renew
     #[arg(value_name = "ID", required = true)]
-    pub ids: Vec<String>,
+    pub(crate) ids: Vec<String>,
     /// A new lease period for all of them, counted from now and kept for later renewals
     /// (default: each keeps its own)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub lease: Option<Duration>,
+    pub(crate) lease: Option<Duration>,
 }
 
-pub async fn run(global: &Global, o: Options) -> Result<(), Failure> {
+pub(crate) async fn run(global: &Global, o: Options) -> Result<(), Failure> {
     let asked = o.ids.len();
     let response = client(global)
         .await?

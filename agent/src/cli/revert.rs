@@ -11,16 +11,16 @@ use super::{
 
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("which").required(true))]
-pub struct Options {
+pub(crate) struct Options {
     /// The fault to revert
     #[arg(group = "which")]
-    pub id: Option<String>,
+    pub(crate) id: Option<String>,
     /// Revert every active fault
     #[arg(long, group = "which")]
-    pub all: bool,
+    pub(crate) all: bool,
 }
 
-pub async fn run(global: &Global, o: Options) -> Result<(), Failure> {
+pub(crate) async fn run(global: &Global, o: Options) -> Result<(), Failure> {
     let mut faults = client(global).await?;
     match o.id {
         Some(id) => {

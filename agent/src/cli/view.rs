@@ -11,18 +11,18 @@ use serde_json::{json, Value};
 use crate::{api::convert, faults::FaultSpec};
 
 /// Shown for a kind or a state this CLI does not know.
-pub const UNKNOWN: &str = "unknown";
+pub(crate) const UNKNOWN: &str = "unknown";
 
 /// One fault of an answer.
 #[derive(Debug, Clone)]
-pub struct FaultView {
+pub(crate) struct FaultView {
     fault: pb::Fault,
     /// The spec, when this CLI knows its kind: for the JSON shape scripts read.
     spec: Option<FaultSpec>,
 }
 
 impl FaultView {
-    pub fn new(fault: pb::Fault) -> Self {
+    pub(crate) fn new(fault: pb::Fault) -> Self {
         let spec = fault
             .spec
             .clone()
@@ -30,12 +30,12 @@ impl FaultView {
         Self { fault, spec }
     }
 
-    pub fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         &self.fault.id
     }
 
     /// The family's kind name; [`UNKNOWN`] for one this CLI does not know.
-    pub fn kind(&self) -> &str {
+    pub(crate) fn kind(&self) -> &str {
         match (&self.spec, self.fault.kind.as_str()) {
             (_, kind) if !kind.is_empty() => kind,
             (Some(spec), _) => spec.kind(),
@@ -44,7 +44,7 @@ impl FaultView {
     }
 
     /// The agent's one-line description, or this CLI's for an agent that sends none.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         match &self.spec {
             _ if !self.fault.summary.is_empty() => self.fault.summary.clone(),
             Some(spec) => spec.family().summary(),
@@ -55,7 +55,7 @@ impl FaultView {
     }
 
     /// `pending`, `active`, `reverting`, `reverted`, `failed`, or [`UNKNOWN`].
-    pub fn state(&self) -> &'static str {
+    pub(crate) fn state(&self) -> &'static str {
         match pb::FaultState::try_from(self.fault.state) {
             Ok(pb::FaultState::Pending) => "pending",
             Ok(pb::FaultState::Active) => "active",
@@ -67,47 +67,47 @@ impl FaultView {
     }
 
     /// Reverted or failed: nothing of it is left to wait for.
-    pub fn is_finished(&self) -> bool {
+    pub(crate) fn is_finished(&self) -> bool {
         matches!(self.state(), "reverted" | "failed")
     }
 
-    pub fn reason(&self) -> &str {
+    pub(crate) fn reason(&self) -> &str {
         &self.fault.reason
     }
 
-    pub fn labels(&self) -> impl Iterator<Item = (&String, &String)> {
+    pub(crate) fn labels(&self) -> impl Iterator<Item = (&String, &String)> {
         self.fault.labels.iter()
     }
 
-    pub fn plan(&self) -> &[String] {
+    pub(crate) fn plan(&self) -> &[String] {
         &self.fault.plan
     }
 
-    pub fn created_at(&self) -> Option<SystemTime> {
+    pub(crate) fn created_at(&self) -> Option<SystemTime> {
         time(self.fault.created_at)
     }
 
-    pub fn deadline(&self) -> Option<SystemTime> {
+    pub(crate) fn deadline(&self) -> Option<SystemTime> {
         time(self.fault.deadline)
     }
 
-    pub fn lease(&self) -> Option<Duration> {
+    pub(crate) fn lease(&self) -> Option<Duration> {
         self.fault.lease.and_then(|d| Duration::try_from(d).ok())
     }
 
-    pub fn lease_expires_at(&self) -> Option<SystemTime> {
+    pub(crate) fn lease_expires_at(&self) -> Option<SystemTime> {
         time(self.fault.lease_expires_at)
     }
 
     /// Time left before the deadline, zero once it has passed or when the agent sent none.
-    pub fn remaining(&self, now: SystemTime) -> Duration {
+    pub(crate) fn remaining(&self, now: SystemTime) -> Duration {
         self.deadline()
             .and_then(|at| at.duration_since(now).ok())
             .unwrap_or_default()
     }
 
     /// Time left before the lease runs out, zero once it has; `None` without a lease.
-    pub fn lease_remaining(&self, now: SystemTime) -> Option<Duration> {
+    pub(crate) fn lease_remaining(&self, now: SystemTime) -> Option<Duration> {
         self.lease_expires_at()
             .map(|at| at.duration_since(now).unwrap_or_default())
     }
@@ -115,7 +115,7 @@ impl FaultView {
     /// The journal's shape of a fault, plus `kind`, `remaining_secs` and
     /// `lease_remaining_secs` (null without a lease) for scripts. A spec of a kind this CLI
     /// does not know is `{"kind": "unknown"}`.
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         let rfc3339 =
             |t: Option<SystemTime>| t.map(|t| humantime::format_rfc3339_millis(t).to_string());
         let spec = self

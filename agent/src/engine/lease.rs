@@ -15,7 +15,7 @@ use crate::errors::{EngineError, InvalidSpec};
 
 /// The shortest lease accepted: a controller renewing every third of it still has over 300 ms
 /// per renewal, and the agent's revert within a second of the expiry stays meaningful.
-pub const MIN_LEASE: Duration = Duration::from_secs(1);
+pub(crate) const MIN_LEASE: Duration = Duration::from_secs(1);
 
 /// Whether `lease` is long enough to be a lease at all.
 pub(super) fn check_lease_period(lease: Duration) -> Result<(), InvalidSpec> {
@@ -33,7 +33,7 @@ pub(super) fn check_lease_period(lease: Duration) -> Result<(), InvalidSpec> {
 }
 
 /// Whether `lease` is accepted for a fault that lasts `duration`.
-pub fn check_lease(lease: Duration, duration: Duration) -> Result<(), InvalidSpec> {
+pub(crate) fn check_lease(lease: Duration, duration: Duration) -> Result<(), InvalidSpec> {
     check_lease_period(lease)?;
     if lease > duration {
         return Err(InvalidSpec::new(
@@ -52,7 +52,7 @@ pub fn check_lease(lease: Duration, duration: Duration) -> Result<(), InvalidSpe
 
 /// What a lease renewal did with one of the ids it was given.
 #[derive(Debug, Clone)]
-pub enum Renewal {
+pub(crate) enum Renewal {
     /// Renewed: the fault with its new `lease_expires_at`.
     Renewed(Box<Fault>),
     NotRenewed {
@@ -63,7 +63,7 @@ pub enum Renewal {
 
 /// Why a fault's lease was not renewed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NotRenewed {
+pub(crate) enum NotRenewed {
     /// No fault with this id, or it ended too long ago to be kept.
     Unknown,
     /// Reverted, failed, or being reverted.
@@ -137,7 +137,7 @@ impl Engine {
     /// Renews the leases of `ids`: each runs again from now, for its own period or for `period`
     /// (which becomes the fault's period). An empty list or a period that is not accepted for
     /// one of the faults renews nothing; otherwise every id gets its own outcome.
-    pub fn renew(
+    pub(crate) fn renew(
         self: &Arc<Self>,
         ids: &[String],
         period: Option<Duration>,

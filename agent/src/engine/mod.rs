@@ -35,17 +35,16 @@ use crate::{
     kernel::caps::Capabilities,
 };
 
-pub mod fault;
-pub mod guard;
-pub mod journal;
+pub(crate) mod fault;
+pub(crate) mod guard;
+pub(crate) mod journal;
 mod lease;
 mod recover;
 
-pub use fault::{Fault, FaultState};
+pub(crate) use fault::{Fault, FaultState};
 use guard::Guard;
 use journal::Journal;
-pub use lease::{check_lease, NotRenewed, Renewal, MIN_LEASE};
-pub use recover::Recovery;
+pub(crate) use lease::{check_lease, NotRenewed, Renewal};
 
 /// Finished faults kept for `get`/`ls` after they ended.
 const KEEP_FINISHED: usize = 64;
@@ -53,7 +52,7 @@ const MAX_LABELS: usize = 32;
 
 /// Why a fault was reverted, as recorded in its `reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RevertReason {
+pub(crate) enum RevertReason {
     Deadline,
     Requested,
     /// Nobody renewed the fault's lease in time.
@@ -64,7 +63,7 @@ pub enum RevertReason {
 }
 
 impl RevertReason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             RevertReason::Deadline => "deadline",
             RevertReason::Requested => "requested",
@@ -78,25 +77,25 @@ impl RevertReason {
 /// Where the engine reports the reverts it decides on by itself (deadline, lease expiry,
 /// shutdown, start-up): the agent's audit log. A revert a caller asked for is recorded where
 /// the call is, with who asked.
-pub trait RevertLog: Send + Sync {
+pub(crate) trait RevertLog: Send + Sync {
     /// `fault` has ended (reverted, or failed with every cause in its `reason`) for `reason`.
     fn reverted(&self, fault: &Fault, reason: RevertReason);
 }
 
 /// A request to apply a fault, already parsed into domain types.
 #[derive(Debug, Clone)]
-pub struct ApplyRequest {
-    pub spec: FaultSpec,
-    pub duration: Duration,
+pub(crate) struct ApplyRequest {
+    pub(crate) spec: FaultSpec,
+    pub(crate) duration: Duration,
     /// Revert the fault unless its lease is renewed within this period.
-    pub lease: Option<Duration>,
-    pub labels: BTreeMap<String, String>,
-    pub dry_run: bool,
-    pub force: bool,
+    pub(crate) lease: Option<Duration>,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) dry_run: bool,
+    pub(crate) force: bool,
 }
 
 #[derive(Debug, Clone)]
-pub enum ApplyOutcome {
+pub(crate) enum ApplyOutcome {
     /// Nothing was touched; this is what would be done.
     DryRun {
         plan: Vec<String>,
@@ -132,7 +131,7 @@ struct Registry {
     finished: VecDeque<String>,
 }
 
-pub struct Engine {
+pub(crate) struct Engine {
     config: AgentConfig,
     adapters: Adapters,
     revert_log: Arc<dyn RevertLog>,
@@ -146,7 +145,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(
+    pub(crate) fn new(
         config: AgentConfig,
         caps: Capabilities,
         revert_log: Arc<dyn RevertLog>,
@@ -166,11 +165,11 @@ impl Engine {
         }))
     }
 
-    pub fn config(&self) -> &AgentConfig {
+    pub(crate) fn config(&self) -> &AgentConfig {
         &self.config
     }
 
-    pub fn capabilities(&self) -> &Capabilities {
+    pub(crate) fn capabilities(&self) -> &Capabilities {
         self.adapters.caps()
     }
 
@@ -188,12 +187,12 @@ impl Engine {
     }
 
     /// Lifecycle events of every fault, from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Fault> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Fault> {
         self.events.subscribe()
     }
 
     /// Becomes true when the agent shuts down.
-    pub fn closing(&self) -> watch::Receiver<bool> {
+    pub(crate) fn closing(&self) -> watch::Receiver<bool> {
         self.closing.subscribe()
     }
 
@@ -203,7 +202,7 @@ impl Engine {
     }
 
     /// Validates, plans, journals and applies a fault, then arms its deadline.
-    pub async fn apply(
+    pub(crate) async fn apply(
         self: &Arc<Self>,
         request: ApplyRequest,
     ) -> Result<ApplyOutcome, EngineError> {
@@ -421,7 +420,7 @@ impl Engine {
         tokio::task::block_in_place(|| op(fault.spec.family(), &fault.id, &self.host_with(force)))
     }
 
-    pub fn get(&self, id: &str) -> Result<Fault, EngineError> {
+    pub(crate) fn get(&self, id: &str) -> Result<Fault, EngineError> {
         self.registry()
             .faults
             .get(id)
@@ -430,7 +429,7 @@ impl Engine {
     }
 
     /// Every fault the agent knows, oldest first.
-    pub fn list(&self) -> Vec<Fault> {
+    pub(crate) fn list(&self) -> Vec<Fault> {
         let mut faults: Vec<Fault> = self
             .registry()
             .faults
@@ -441,7 +440,7 @@ impl Engine {
         faults
     }
 
-    pub fn active_count(&self) -> usize {
+    pub(crate) fn active_count(&self) -> usize {
         self.registry()
             .faults
             .values()
@@ -450,7 +449,11 @@ impl Engine {
     }
 
     /// Reverts one fault. Reverting a fault that already ended returns it unchanged.
-    pub async fn revert(&self, id: &str, reason: RevertReason) -> Result<Fault, EngineError> {
+    pub(crate) async fn revert(
+        &self,
+        id: &str,
+        reason: RevertReason,
+    ) -> Result<Fault, EngineError> {
         self.revert_when(id, reason, |_| true).await
     }
 
@@ -522,7 +525,7 @@ impl Engine {
     }
 
     /// Reverts every active fault; one failure does not stop the others.
-    pub async fn revert_all(&self, reason: RevertReason) -> Vec<Result<Fault, EngineError>> {
+    pub(crate) async fn revert_all(&self, reason: RevertReason) -> Vec<Result<Fault, EngineError>> {
         let ids: Vec<String> = self
             .registry()
             .faults
@@ -538,7 +541,7 @@ impl Engine {
     }
 
     /// Refuses new faults and reverts every active one.
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
         for result in self.revert_all(RevertReason::Shutdown).await {
             if let Err(e) = result {

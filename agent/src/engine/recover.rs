@@ -11,17 +11,17 @@ use crate::errors::EngineError;
 
 /// What start-up found and cleaned.
 #[derive(Debug, Default)]
-pub struct Recovery {
+pub(crate) struct Recovery {
     /// Faults the journal said were unfinished, now reverted.
-    pub reverted: Vec<String>,
+    pub(crate) reverted: Vec<String>,
     /// Faults whose revert failed again; they stay journalled.
-    pub failed: Vec<(String, String)>,
+    pub(crate) failed: Vec<(String, String)>,
     /// Tagged kernel objects no journal entry accounted for, removed.
-    pub swept: Vec<String>,
+    pub(crate) swept: Vec<String>,
     /// Why some of those objects could not be removed (the next start-up tries again).
-    pub sweep_failed: Vec<String>,
+    pub(crate) sweep_failed: Vec<String>,
     /// Journal entries that could not be read.
-    pub unreadable: Vec<String>,
+    pub(crate) unreadable: Vec<String>,
 }
 
 impl RevertReason {
@@ -42,7 +42,7 @@ impl RevertReason {
 impl Engine {
     /// Start-up reconcile: reverts every fault the journal left unfinished, then removes any
     /// faultline-tagged kernel object that no remaining journal entry accounts for.
-    pub async fn recover(self: &Arc<Self>) -> Result<Recovery, EngineError> {
+    pub(crate) async fn recover(self: &Arc<Self>) -> Result<Recovery, EngineError> {
         let engine = Arc::clone(self);
         let (recovery, ended) = tokio::task::spawn_blocking(move || engine.recover_blocking())
             .await

@@ -16,19 +16,19 @@ use crate::{
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BlockSpec {
-    pub direction: Direction,
+pub(crate) struct BlockSpec {
+    pub(crate) direction: Direction,
     #[serde(rename = "match", default)]
-    pub matcher: PacketMatch,
+    pub(crate) matcher: PacketMatch,
     /// Answer with a TCP reset / ICMP unreachable instead of a silent drop.
     #[serde(default)]
-    pub reject: bool,
+    pub(crate) reject: bool,
     /// Share of matching packets blocked; `None` blocks all of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub percent: Option<f64>,
+    pub(crate) percent: Option<f64>,
     /// Limit the block to one interface.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
+    pub(crate) device: Option<String>,
 }
 
 impl BlockSpec {

@@ -18,12 +18,12 @@ use crate::{
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LossSpec {
-    pub device: String,
-    pub direction: Direction,
-    pub percent: f64,
+pub(crate) struct LossSpec {
+    pub(crate) device: String,
+    pub(crate) direction: Direction,
+    pub(crate) percent: f64,
     #[serde(rename = "match", default)]
-    pub matcher: PacketMatch,
+    pub(crate) matcher: PacketMatch,
 }
 
 impl LossSpec {

@@ -37,41 +37,41 @@ const MIN_QUOTA_US: u64 = 1_000;
 const MEMORY_HEADROOM: u64 = 32 << 20;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CpuStressSpec {
+pub(crate) struct CpuStressSpec {
     /// Percent of the CPUs in scope, `0 < load <= 100`.
-    pub load: f64,
+    pub(crate) load: f64,
     /// Pin the workers to these CPUs; the load is a share of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub cpus: Vec<u32>,
+    pub(crate) cpus: Vec<u32>,
     /// A share of this many CPUs, unpinned; neither this nor `cpus`: all online CPUs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cores: Option<u32>,
+    pub(crate) cores: Option<u32>,
     /// Rise linearly from nothing to `load` over this long.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         with = "super::opt_secs"
     )]
-    pub ramp: Option<Duration>,
+    pub(crate) ramp: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum MemSize {
+pub(crate) enum MemSize {
     Bytes(u64),
     /// Percent of the host's total memory.
     Percent(f64),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MemoryStressSpec {
-    pub size: MemSize,
+pub(crate) struct MemoryStressSpec {
+    pub(crate) size: MemSize,
     /// Allocation rate in bytes per second; `None` allocates as fast as the kernel allows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate: Option<u64>,
+    pub(crate) rate: Option<u64>,
     /// Lock the pages in memory (mlock), so they cannot be swapped out.
     #[serde(default)]
-    pub lock: bool,
+    pub(crate) lock: bool,
 }
 
 /// The host's online CPUs, from /sys/devices/system/cpu/online (`0-3,6`).
@@ -290,7 +290,7 @@ fn meminfo() -> (u64, u64) {
 
 impl MemoryStressSpec {
     /// The size in bytes on this host.
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         match self.size {
             MemSize::Bytes(b) => b,
             MemSize::Percent(p) => (meminfo().0 as f64 * p / 100.0) as u64,
@@ -436,7 +436,7 @@ impl Family for MemoryStressSpec {
 
 /// `512MiB`, `1.5GiB`, `100M` (SI), `4096` (bytes). Written here because the error must name
 /// the flag and say what is accepted, and the units are few.
-pub fn parse_bytes(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_bytes(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -468,7 +468,7 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
-pub fn format_bytes(bytes: u64) -> String {
+pub(crate) fn format_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
     let mut unit = 0;

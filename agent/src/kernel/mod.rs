@@ -16,20 +16,20 @@
 
 use thiserror::Error;
 
-pub mod bpf;
-pub mod btf;
-pub mod caps;
-pub mod cgroup;
-pub mod durable;
-pub mod netdev;
-pub mod nft;
-pub mod qdisc;
-pub mod rtnl;
-pub mod workers;
+pub(crate) mod bpf;
+pub(crate) mod btf;
+pub(crate) mod caps;
+pub(crate) mod cgroup;
+pub(crate) mod durable;
+pub(crate) mod netdev;
+pub(crate) mod nft;
+pub(crate) mod qdisc;
+pub(crate) mod rtnl;
+pub(crate) mod workers;
 
 /// A kernel adapter failed.
 #[derive(Debug, Error)]
-pub enum KernelError {
+pub(crate) enum KernelError {
     #[error(transparent)]
     Nft(#[from] nft::NftError),
     /// Boxed: aya's errors are large, and every `Result` carrying a `KernelError` would pay
@@ -55,22 +55,22 @@ fn join(errors: &[KernelError]) -> String {
 /// one object that cannot be removed never leaves the others in place.
 #[derive(Debug, Default)]
 #[must_use = "the errors are reported by `finish`"]
-pub struct Attempts(Vec<KernelError>);
+pub(crate) struct Attempts(Vec<KernelError>);
 
 impl Attempts {
     /// Keeps the error of one object's attempt, if it failed.
-    pub fn note<E: Into<KernelError>>(&mut self, result: Result<(), E>) {
+    pub(crate) fn note<E: Into<KernelError>>(&mut self, result: Result<(), E>) {
         if let Err(e) = result {
             self.0.push(e.into());
         }
     }
 
-    pub fn failed(&self) -> bool {
+    pub(crate) fn failed(&self) -> bool {
         !self.0.is_empty()
     }
 
     /// `Ok` when every attempt succeeded; else the one error, or all of them.
-    pub fn finish(mut self) -> Result<(), KernelError> {
+    pub(crate) fn finish(mut self) -> Result<(), KernelError> {
         match self.0.len() {
             0 => Ok(()),
             1 => Err(self.0.remove(0)),
@@ -105,21 +105,21 @@ impl From<bpf::BpfError> for KernelError {
 
 /// What a sweep removed, and what it could not.
 #[derive(Debug, Default)]
-pub struct Swept {
+pub(crate) struct Swept {
     /// One line per object removed, for the log.
-    pub removed: Vec<String>,
-    pub failed: Vec<KernelError>,
+    pub(crate) removed: Vec<String>,
+    pub(crate) failed: Vec<KernelError>,
 }
 
 impl Swept {
-    pub fn extend(&mut self, other: Swept) {
+    pub(crate) fn extend(&mut self, other: Swept) {
         self.removed.extend(other.removed);
         self.failed.extend(other.failed);
     }
 }
 
 /// A kernel adapter, as start-up sees it.
-pub trait Adapter {
+pub(crate) trait Adapter {
     /// Removes every object of this adapter that belongs to no fault in `keep` (ids), trying
     /// each one even when another could not be removed.
     fn sweep(&self, keep: &[&str]) -> Swept;

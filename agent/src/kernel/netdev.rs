@@ -11,11 +11,11 @@ const MAX_NAME: usize = 15;
 /// wrong, and what would be accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct BadDevice(pub String);
+pub(crate) struct BadDevice(pub String);
 
 /// Why a link-layer header length is not known for an interface.
 #[derive(Debug, thiserror::Error)]
-pub enum LinkTypeError {
+pub(crate) enum LinkTypeError {
     #[error("cannot read the link type of {path}: {source}")]
     Io {
         path: PathBuf,

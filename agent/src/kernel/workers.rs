@@ -24,7 +24,7 @@ use super::{
 };
 
 #[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
+pub(crate) enum WorkerError {
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
     #[error("cgroups are not usable here: {0}")]
@@ -45,7 +45,7 @@ struct SpawnRequest {
 
 /// The agent's workers: the cgroup hierarchy they run in, the memory reserve, and the thread
 /// that starts (and reaps) them.
-pub struct Workers {
+pub(crate) struct Workers {
     cgroups: Result<Cgroups, String>,
     /// Bytes of MemAvailable a memory stress must leave; `None`: the default.
     reserve: Option<u64>,
@@ -59,7 +59,7 @@ enum Spawn {
 }
 
 impl Workers {
-    pub fn new(cgroups: Result<Cgroups, String>, reserve: Option<u64>) -> Self {
+    pub(crate) fn new(cgroups: Result<Cgroups, String>, reserve: Option<u64>) -> Self {
         let (tx, rx) = mpsc::channel();
         thread::Builder::new()
             .name("stress-spawner".to_owned())
@@ -72,7 +72,7 @@ impl Workers {
         }
     }
 
-    pub fn cgroups(&self) -> Result<&Cgroups, WorkerError> {
+    pub(crate) fn cgroups(&self) -> Result<&Cgroups, WorkerError> {
         self.cgroups
             .as_ref()
             .map_err(|e| WorkerError::NoCgroups(e.clone()))
@@ -80,7 +80,7 @@ impl Workers {
 
     /// The reserve for a host with `total` bytes: as configured, or 5 % of memory but at least
     /// 256 MiB.
-    pub fn reserve(&self, total: u64) -> u64 {
+    pub(crate) fn reserve(&self, total: u64) -> u64 {
         self.reserve.unwrap_or_else(|| (total / 20).max(256 << 20))
     }
 
@@ -123,7 +123,7 @@ impl Workers {
     }
 
     /// Kills the fault's workers with their cgroup, reaps them and removes the cgroup.
-    pub fn remove(&self, id: &str) -> Result<(), KernelError> {
+    pub(crate) fn remove(&self, id: &str) -> Result<(), KernelError> {
         let Ok(cgroups) = &self.cgroups else {
             return Ok(());
         };

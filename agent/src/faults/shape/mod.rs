@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 mod netem;
 mod rate;
 
-pub use self::{
+pub(crate) use self::{
     netem::{DelayDistribution, NetemParams},
     rate::RateParams,
 };
@@ -44,31 +44,31 @@ use crate::{
 
 /// What a shaping fault applies to: one interface, one direction, the packets it names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ShapeTarget {
-    pub device: String,
-    pub direction: Direction,
+pub(crate) struct ShapeTarget {
+    pub(crate) device: String,
+    pub(crate) direction: Direction,
     #[serde(rename = "match", default)]
-    pub matcher: PacketMatch,
+    pub(crate) matcher: PacketMatch,
     /// Only packets sent by sockets in this cgroup (a cgroup v2 path, relative to the cgroup2
     /// mount, such as `system.slice/nginx.service`); egress only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cgroup: Option<String>,
+    pub(crate) cgroup: Option<String>,
 }
 
 /// A shaping fault: where, and which qdisc does the shaping.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ShapeSpec<P> {
+pub(crate) struct ShapeSpec<P> {
     #[serde(flatten)]
-    pub target: ShapeTarget,
+    pub(crate) target: ShapeTarget,
     #[serde(flatten)]
-    pub params: P,
+    pub(crate) params: P,
 }
 
-pub type NetemSpec = ShapeSpec<NetemParams>;
-pub type RateSpec = ShapeSpec<RateParams>;
+pub(crate) type NetemSpec = ShapeSpec<NetemParams>;
+pub(crate) type RateSpec = ShapeSpec<RateParams>;
 
 /// What differs between the shaping families: the leaf qdisc and the words for it.
-pub trait Shaper: Send + Sync {
+pub(crate) trait Shaper: Send + Sync {
     fn validate(&self) -> Result<(), InvalidSpec>;
     /// The kernel facility the leaf needs.
     fn needs<'a>(&self, caps: &'a Capabilities) -> (&'static str, &'a Capability);
@@ -86,7 +86,7 @@ pub(super) fn ms(d: Duration) -> String {
 }
 
 /// `10mbit`, `1.5gbit`, as tc writes rates.
-pub fn show_rate(bps: u64) -> String {
+pub(crate) fn show_rate(bps: u64) -> String {
     let units = [
         (1_000_000_000, "gbit"),
         (1_000_000, "mbit"),

@@ -23,33 +23,33 @@ const MAX_DELAY: Duration = Duration::from_secs(60);
 /// netem parameters; percentages are `0..=100`, 0 meaning "not set".
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default)]
-pub struct NetemParams {
+pub(crate) struct NetemParams {
     #[serde(with = "crate::faults::secs")]
-    pub delay: Duration,
+    pub(crate) delay: Duration,
     #[serde(with = "crate::faults::secs")]
-    pub jitter: Duration,
-    pub delay_correlation: f64,
-    pub distribution: DelayDistribution,
-    pub loss: f64,
-    pub loss_correlation: f64,
-    pub duplicate: f64,
-    pub duplicate_correlation: f64,
-    pub corrupt: f64,
-    pub corrupt_correlation: f64,
-    pub reorder: f64,
-    pub reorder_correlation: f64,
+    pub(crate) jitter: Duration,
+    pub(crate) delay_correlation: f64,
+    pub(crate) distribution: DelayDistribution,
+    pub(crate) loss: f64,
+    pub(crate) loss_correlation: f64,
+    pub(crate) duplicate: f64,
+    pub(crate) duplicate_correlation: f64,
+    pub(crate) corrupt: f64,
+    pub(crate) corrupt_correlation: f64,
+    pub(crate) reorder: f64,
+    pub(crate) reorder_correlation: f64,
     /// Reorder every `gap`-th packet instead of at random.
-    pub gap: u32,
+    pub(crate) gap: u32,
     /// netem's own rate limit, bits per second.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rate_bps: Option<u64>,
+    pub(crate) rate_bps: Option<u64>,
     /// Packets the qdisc holds; 0: netem's default, 1000.
-    pub limit: u32,
+    pub(crate) limit: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum DelayDistribution {
+pub(crate) enum DelayDistribution {
     #[default]
     Uniform,
     Normal,

@@ -16,19 +16,19 @@ use crate::{
 
 /// A bandwidth cap with tbf.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RateParams {
+pub(crate) struct RateParams {
     /// Bits per second.
-    pub rate_bps: u64,
+    pub(crate) rate_bps: u64,
     /// Bytes that may pass at once; unset: 20 ms worth of the rate, at least 16 KiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub burst: Option<u32>,
+    pub(crate) burst: Option<u32>,
     /// Longest a packet may wait before it is dropped; unset: 50 ms.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         with = "crate::faults::opt_secs"
     )]
-    pub latency: Option<Duration>,
+    pub(crate) latency: Option<Duration>,
 }
 impl RateParams {
     fn bytes_per_sec(&self) -> u64 {

@@ -40,14 +40,14 @@ fn uses_tcx(direction: TcDirection) -> bool {
 
 /// The pinned loss classifiers under one directory.
 #[derive(Debug)]
-pub struct Classifiers {
+pub(crate) struct Classifiers {
     root: PathBuf,
     spares: Spares,
 }
 
 /// Where the steering classifier of a shaping fault goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SteerHook {
+pub(crate) enum SteerHook {
     /// Into faultline's root qdisc of the interface, whose handle (major << 16) this is.
     Root(u32),
     /// The interface's ingress hook (clsact), redirecting to the IFB with this index.

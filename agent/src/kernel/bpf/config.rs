@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use super::{BpfError, TcDirection};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum L4Filter {
+pub(crate) enum L4Filter {
     Any,
     Tcp,
     Udp,

@@ -40,7 +40,7 @@ pub(crate) use classifier::{Classifiers, SteerHook};
 pub(crate) use object::{verifier_tail, EBPF_OBJECT};
 
 #[derive(Debug, Error)]
-pub enum BpfError {
+pub(crate) enum BpfError {
     #[error("cannot read CLOCK_MONOTONIC: {0}")]
     Clock(#[source] nix::Error),
     #[error("cannot load faultline's eBPF object: {0}")]
@@ -88,7 +88,7 @@ pub enum BpfError {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TcDirection {
+pub(crate) enum TcDirection {
     Ingress,
     Egress,
 }

@@ -37,14 +37,14 @@ mod socket;
 use socket::{dump, send};
 
 /// The one table faultline owns.
-pub const TABLE: &str = "faultline";
+pub(crate) const TABLE: &str = "faultline";
 const CHAIN_PREFIX: &str = "fl-";
 /// Ahead of the usual `filter` priority (0), so a host chain's `accept` cannot hide a fault
 /// from the packets it targets (a drop in any base chain is final).
 const PRIORITY: i32 = -10;
 
 #[derive(Debug, Error)]
-pub enum NftError {
+pub(crate) enum NftError {
     #[error("cannot open a netfilter netlink socket: {0} (faultline needs CAP_NET_ADMIN)")]
     Socket(#[source] io::Error),
     #[error("nf_tables refused {what}: {source}")]
@@ -64,7 +64,7 @@ pub enum NftError {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hook {
+pub(crate) enum Hook {
     Input,
     Output,
 }
@@ -79,14 +79,14 @@ impl Hook {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum L4 {
+pub(crate) enum L4 {
     Any,
     Tcp,
     Udp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Drop,
     /// TCP reset for TCP, ICMP(v6) port unreachable for anything else.
     Reject,
@@ -95,19 +95,19 @@ pub enum Verdict {
 /// One block fault, as the rules that carry it out. Ports are destination ports; addresses
 /// are the remote side (source on input, destination on output). Empty lists match anything.
 #[derive(Debug, Clone, PartialEq)]
-pub struct BlockRules {
-    pub fault_id: String,
-    pub hook: Hook,
-    pub l4: L4,
-    pub ports: Vec<RangeInclusive<u16>>,
-    pub v4: Vec<Ipv4Net>,
-    pub v6: Vec<Ipv6Net>,
-    pub device: Option<String>,
-    pub verdict: Verdict,
+pub(crate) struct BlockRules {
+    pub(crate) fault_id: String,
+    pub(crate) hook: Hook,
+    pub(crate) l4: L4,
+    pub(crate) ports: Vec<RangeInclusive<u16>>,
+    pub(crate) v4: Vec<Ipv4Net>,
+    pub(crate) v6: Vec<Ipv6Net>,
+    pub(crate) device: Option<String>,
+    pub(crate) verdict: Verdict,
     /// Share of matching packets blocked, `0 < p <= 100`; `None` blocks all.
-    pub percent: Option<f64>,
+    pub(crate) percent: Option<f64>,
     /// How long the rules act; the kernel stops them after that on its own.
-    pub lifetime: std::time::Duration,
+    pub(crate) lifetime: std::time::Duration,
 }
 
 impl BlockRules {
@@ -267,7 +267,7 @@ fn table() -> Table {
 static CHANGES: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Installs a block fault's chain and rules in one batch.
-pub fn apply(rules: &BlockRules) -> Result<(), NftError> {
+pub(crate) fn apply(rules: &BlockRules) -> Result<(), NftError> {
     let _changing = CHANGES.lock().unwrap_or_else(|e| e.into_inner());
     let table = table();
     let chain_name = cstring(&rules.chain_name())?;
@@ -413,7 +413,7 @@ fn add_network<A: ToSlice>(
 }
 
 /// The plan, in `nft` syntax, of what `apply` would install.
-pub fn describe(rules: &BlockRules) -> Vec<String> {
+pub(crate) fn describe(rules: &BlockRules) -> Vec<String> {
     let hook = match rules.hook {
         Hook::Input => "input",
         Hook::Output => "output",
@@ -489,7 +489,7 @@ pub fn describe(rules: &BlockRules) -> Vec<String> {
 
 /// Removes a fault's chains, rules and live set in one batch. Idempotent: a fault whose chains
 /// are already gone is fine. The table goes too when no fault has a chain left in it.
-pub fn remove(fault_id: &str) -> Result<(), NftError> {
+pub(crate) fn remove(fault_id: &str) -> Result<(), NftError> {
     let _changing = CHANGES.lock().unwrap_or_else(|e| e.into_inner());
     let chains = list_chains()?;
     let prefix = format!("{CHAIN_PREFIX}{fault_id}-");
@@ -522,7 +522,7 @@ pub fn remove(fault_id: &str) -> Result<(), NftError> {
 }
 
 /// The ids of the faults that have chains in faultline's table.
-pub fn fault_ids() -> Result<Vec<String>, NftError> {
+pub(crate) fn fault_ids() -> Result<Vec<String>, NftError> {
     let ids: BTreeSet<String> = list_chains()?
         .iter()
         .filter_map(|name| {
@@ -536,9 +536,9 @@ pub fn fault_ids() -> Result<Vec<String>, NftError> {
 
 /// The firewall adapter: the chains and sets of block faults in the `inet faultline` table.
 #[derive(Debug)]
-pub struct Firewall {
+pub(crate) struct Firewall {
     /// nf_tables is usable here; if not, there is nothing to sweep.
-    pub available: bool,
+    pub(crate) available: bool,
 }
 
 impl super::Adapter for Firewall {
@@ -563,7 +563,7 @@ impl super::Adapter for Firewall {
 }
 
 /// Whether nf_tables answers: a harmless list of tables.
-pub fn probe() -> Result<(), NftError> {
+pub(crate) fn probe() -> Result<(), NftError> {
     dump(libc::NFT_MSG_GETTABLE as u16, "tables", |_| 1).map(|_| ())
 }
 

@@ -9,7 +9,7 @@ use super::nla::{clamp_i16, rint_i32};
 /// Shape of netem's random delay around the mean (`tc ... distribution`).
 ///
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Distribution {
+pub(crate) enum Distribution {
     /// The kernel's built-in uniform jitter; no table is sent.
     #[default]
     Uniform,

@@ -21,16 +21,16 @@ const HTB_DEFAULT_MTU: u32 = 1600;
 
 /// Parameters of an htb root qdisc.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct HtbQdiscOptions {
+pub(crate) struct HtbQdiscOptions {
     /// Minor number of the class unclassified traffic goes to (0 = none).
     /// Note tc parses its `default` argument as hex: `default 30` is 0x30.
-    pub default_minor: u32,
+    pub(crate) default_minor: u32,
 }
 
 impl HtbQdiscOptions {
     /// Encodes `TCA_HTB_INIT` with r2q 10 and protocol version 3, as
     /// `tc qdisc add ... htb default N` sends it.
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         // tc_htb_glob: version, rate2quantum, defcls, debug, direct_pkts.
         let glob = u32s(&[TC_HTB_PROTOVER, HTB_RATE2QUANTUM, self.default_minor, 0, 0]);
         let mut out = Vec::with_capacity(24);
@@ -41,26 +41,26 @@ impl HtbQdiscOptions {
 
 /// Parameters of an htb class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct HtbClassOptions {
+pub(crate) struct HtbClassOptions {
     /// Guaranteed rate in bytes per second.
-    pub rate_bytes_per_sec: u64,
+    pub(crate) rate_bytes_per_sec: u64,
     /// Maximum rate in bytes per second; 0 means equal to the rate (tc's default).
-    pub ceil_bytes_per_sec: u64,
+    pub(crate) ceil_bytes_per_sec: u64,
     /// Burst at `rate` in bytes; 0 means tc's default `rate / HZ + mtu`.
-    pub burst_bytes: u32,
+    pub(crate) burst_bytes: u32,
     /// Burst at `ceil` in bytes; 0 means tc's default `ceil / HZ + mtu`.
-    pub cburst_bytes: u32,
+    pub(crate) cburst_bytes: u32,
     /// Bytes served per round; 0 lets the kernel derive it from r2q.
-    pub quantum: u32,
+    pub(crate) quantum: u32,
     /// Priority (0 is highest).
-    pub prio: u32,
+    pub(crate) prio: u32,
 }
 
 impl HtbClassOptions {
     /// Encodes the htb class `TCA_OPTIONS` payload as
     /// `tc class add ... htb rate R [ceil C] [burst B] [cburst CB]
     /// [quantum Q] [prio P]` would (mtu 1600, ethernet link layer).
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let rate64 = self.rate_bytes_per_sec;
         let ceil64 = if self.ceil_bytes_per_sec == 0 {
             rate64

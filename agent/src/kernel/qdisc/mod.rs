@@ -48,7 +48,7 @@ pub(crate) fn is_ours(handle: u32) -> bool {
 /// What an interface's root held before a fault replaced it, and so what revert puts back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "prior", rename_all = "snake_case")]
-pub enum Prior {
+pub(crate) enum Prior {
     /// The kernel's own default (handle 0: noqueue, pfifo_fast, mq with its default children):
     /// deleting faultline's root brings it back.
     KernelDefault { kind: String },
@@ -58,7 +58,7 @@ pub enum Prior {
 
 /// Why an interface's root may not be replaced.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// Another fault's tree is there already.
     Ours(QdiscRecord),
     /// Another tool's qdisc, which `force` may replace (it is restored on revert).
@@ -122,14 +122,14 @@ const RESTORABLE: &[&str] = &[
 
 /// The qdiscs of one interface's egress tree: the root and every visible qdisc below it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tree {
-    pub root: Option<QdiscRecord>,
-    pub children: Vec<QdiscRecord>,
+pub(crate) struct Tree {
+    pub(crate) root: Option<QdiscRecord>,
+    pub(crate) children: Vec<QdiscRecord>,
 }
 
 impl Tree {
     /// What replacing the root would have to restore, or why it must not be replaced.
-    pub fn prior(&self, force: bool) -> Result<Prior, Refusal> {
+    pub(crate) fn prior(&self, force: bool) -> Result<Prior, Refusal> {
         let Some(root) = &self.root else {
             return Ok(Prior::KernelDefault {
                 kind: "noqueue".to_owned(),
@@ -181,9 +181,9 @@ impl Tree {
 
 /// A leaf qdisc: its kind and encoded `TCA_OPTIONS` (see [`netem`], [`tbf`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Leaf {
-    pub kind: &'static str,
-    pub options: Vec<u8>,
+pub(crate) struct Leaf {
+    pub(crate) kind: &'static str,
+    pub(crate) options: Vec<u8>,
 }
 
 #[cfg(test)]

@@ -39,38 +39,38 @@ const NETEM_DEFAULT_LIMIT: u32 = 1000;
 /// Durations are truncated to whole microseconds and then to 64 ns psched
 /// ticks, exactly as tc does.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct NetemOptions {
+pub(crate) struct NetemOptions {
     /// Queue limit in packets; 0 means iproute2's default of 1000.
-    pub limit: u32,
+    pub(crate) limit: u32,
     /// Mean added delay.
-    pub delay: Duration,
+    pub(crate) delay: Duration,
     /// Delay variation around `delay`. Recent kernels cap it at `i32::MAX`
     /// nanoseconds (about 2.15 s) because `tabledist()` works in 32 bits.
-    pub jitter: Duration,
+    pub(crate) jitter: Duration,
     /// Correlation of successive delays, percent.
-    pub delay_correlation: f64,
+    pub(crate) delay_correlation: f64,
     /// Shape of the jitter; only sent when `jitter` is non-zero.
-    pub distribution: Distribution,
+    pub(crate) distribution: Distribution,
     /// Random loss probability, percent.
-    pub loss: f64,
+    pub(crate) loss: f64,
     /// Loss correlation, percent.
-    pub loss_correlation: f64,
+    pub(crate) loss_correlation: f64,
     /// Duplication probability, percent.
-    pub duplicate: f64,
+    pub(crate) duplicate: f64,
     /// Duplication correlation, percent.
-    pub duplicate_correlation: f64,
+    pub(crate) duplicate_correlation: f64,
     /// Bit-corruption probability, percent.
-    pub corrupt: f64,
+    pub(crate) corrupt: f64,
     /// Corruption correlation, percent.
-    pub corrupt_correlation: f64,
+    pub(crate) corrupt_correlation: f64,
     /// Probability that a packet skips the delay (is reordered), percent.
-    pub reorder: f64,
+    pub(crate) reorder: f64,
     /// Reorder correlation, percent.
-    pub reorder_correlation: f64,
+    pub(crate) reorder_correlation: f64,
     /// Reorder every `gap`-th packet; 0 with `reorder` set means 1 (tc's default).
-    pub gap: u32,
+    pub(crate) gap: u32,
     /// Rate limit in bytes per second; `None` means unlimited.
-    pub rate_bytes_per_sec: Option<u64>,
+    pub(crate) rate_bytes_per_sec: Option<u64>,
 }
 
 impl NetemOptions {
@@ -85,7 +85,7 @@ impl NetemOptions {
     /// - delays above ~274 s (more than `u32::MAX` ticks), which tc rejects,
     ///   saturate the tick fields and travel in `TCA_NETEM_LATENCY64` /
     ///   `TCA_NETEM_JITTER64`.
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let latency = duration_to_ticks(self.delay);
         let jitter = duration_to_ticks(self.jitter);
         let reorder = percent_to_u32(self.reorder);

@@ -31,7 +31,7 @@ const IFB_PREFIX: &str = "fl-";
 const UNLIMITED_BYTES_PER_SEC: u64 = 50_000_000_000;
 
 #[derive(Debug, Error)]
-pub enum ShapingError {
+pub(crate) enum ShapingError {
     #[error(transparent)]
     Rtnl(#[from] RtnlError),
     #[error("{what} {path}: {source}")]
@@ -53,9 +53,9 @@ pub enum ShapingError {
 
 /// What a shaping fault recorded before it replaced a root.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
-    pub device: String,
-    pub prior: Prior,
+pub(crate) struct Record {
+    pub(crate) device: String,
+    pub(crate) prior: Prior,
 }
 
 /// The IFB device of fault `id`'s ingress shaping.
@@ -65,13 +65,13 @@ pub(crate) fn ifb_name(id: &str) -> String {
 
 /// faultline's qdisc trees and IFB devices, and the records of what they replaced.
 #[derive(Debug)]
-pub struct Shaping {
+pub(crate) struct Shaping {
     /// `<state dir>/qdisc/`, one `<fault id>.json` per replaced root.
     records: PathBuf,
 }
 
 impl Shaping {
-    pub fn new(state_dir: &Path) -> Self {
+    pub(crate) fn new(state_dir: &Path) -> Self {
         Self {
             records: state_dir.join("qdisc"),
         }

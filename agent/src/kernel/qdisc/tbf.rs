@@ -16,16 +16,16 @@ const TCA_TBF_BURST: u16 = 6;
 
 /// Parameters of a tbf (token bucket filter) qdisc.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TbfOptions {
+pub(crate) struct TbfOptions {
     /// Sustained rate in bytes per second.
-    pub rate_bytes_per_sec: u64,
+    pub(crate) rate_bytes_per_sec: u64,
     /// Bucket size in bytes (`burst`).
-    pub burst_bytes: u32,
+    pub(crate) burst_bytes: u32,
     /// Longest time a packet may wait; tc turns it into the byte limit.
-    pub latency: Duration,
+    pub(crate) latency: Duration,
     /// Only selects the rate table's cell size (no peak rate is configured,
     /// so tc sends 0 in `tc_tbf_qopt.mtu`); 0 means tc's default.
-    pub mtu: u32,
+    pub(crate) mtu: u32,
 }
 
 impl TbfOptions {
@@ -37,7 +37,7 @@ impl TbfOptions {
     /// mirrored. It is harmless: the kernel derives the bucket from
     /// `TCA_TBF_BURST` and the 64-bit rate, and consults the rate table only
     /// to guess the link layer for old tc versions that leave it unset.
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let rate64 = self.rate_bytes_per_sec;
         let rate = saturate_u32(rate64);
         let (cell_log, rtab) = rate_table(rate, self.mtu);

@@ -28,7 +28,7 @@ pub(crate) use tc::{
 };
 
 #[derive(Debug, Error)]
-pub enum RtnlError {
+pub(crate) enum RtnlError {
     #[error("cannot open a route netlink socket: {0}")]
     Socket(#[source] std::io::Error),
     #[error("{what} on {device}: {source}")]

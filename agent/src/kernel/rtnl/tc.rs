@@ -20,13 +20,13 @@ pub(crate) const CLSACT_EGRESS: u32 = 0xffff_fff3;
 
 /// One qdisc as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QdiscRecord {
-    pub kind: String,
-    pub handle: u32,
-    pub parent: u32,
+pub(crate) struct QdiscRecord {
+    pub(crate) kind: String,
+    pub(crate) handle: u32,
+    pub(crate) parent: u32,
     /// The `TCA_OPTIONS` payload, byte for byte; empty when the qdisc has none.
     #[serde(default)]
-    pub options: Vec<u8>,
+    pub(crate) options: Vec<u8>,
 }
 
 impl QdiscRecord {
@@ -42,7 +42,7 @@ impl QdiscRecord {
 }
 
 /// `fa00:` or `fa00:2`, as tc prints handles.
-pub fn show_handle(handle: u32) -> String {
+pub(crate) fn show_handle(handle: u32) -> String {
     let (major, minor) = (handle >> 16, handle & 0xffff);
     if minor == 0 {
         format!("{major:x}:")
@@ -57,18 +57,18 @@ pub(crate) fn handle(major: u16, minor: u16) -> u32 {
 
 /// A cls_bpf filter to add: where, which loaded program, and what it does.
 #[derive(Debug, Clone, Copy)]
-pub struct BpfFilter<'a> {
+pub(crate) struct BpfFilter<'a> {
     /// A qdisc handle, or a clsact hook (`ffff:fff2` for ingress).
-    pub parent: u32,
-    pub priority: u16,
-    pub prog_fd: u32,
-    pub name: &'a str,
-    pub action: FilterAction,
+    pub(crate) parent: u32,
+    pub(crate) priority: u16,
+    pub(crate) prog_fd: u32,
+    pub(crate) name: &'a str,
+    pub(crate) action: FilterAction,
 }
 
 /// What a steering filter does with the packets its program matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FilterAction {
+pub(crate) enum FilterAction {
     /// Send them to the class the program names (direct action, in faultline's htb).
     Classify,
     /// Redirect them to the egress of interface `ifindex` (mirred), an IFB.
