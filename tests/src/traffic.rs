@@ -100,11 +100,7 @@ pub fn udp_loss(from: &Netns, to: &Netns, addr: SocketAddr, count: usize) -> Res
                         last = Instant::now();
                     }
                     Ok(_) => {}
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) => {}
+                    Err(e) if is_retry(&e) => {}
                     Err(e) => return Err(e),
                 }
                 if sending_done.load(Ordering::Acquire) {
@@ -158,6 +154,16 @@ fn udp_pair(from: &Netns, to: &Netns, addr: SocketAddr) -> Result<(UdpSocket, Ud
     Ok((bound, other))
 }
 
+/// A receive that ended without a datagram and should simply be tried again: the read
+/// timeout ran out, or a signal came in (a socket with SO_RCVTIMEO returns EINTR even where
+/// the handler asked for restarts).
+fn is_retry(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
+}
+
 /// Marks one run's datagrams, so that strays of another run are not counted.
 fn run_nonce() -> u64 {
     SystemTime::now()
@@ -209,11 +215,7 @@ pub fn udp_rtts(
                     Ok((n, peer)) => {
                         server.send_to(&buf[..n], peer)?;
                     }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) => {}
+                    Err(e) if is_retry(&e) => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -235,11 +237,7 @@ pub fn udp_rtts(
                         quiet_since = None;
                     }
                     Ok(_) => {}
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) => {}
+                    Err(e) if is_retry(&e) => {}
                     Err(e) => return Err(e),
                 }
                 if stop.load(Ordering::Acquire) {

@@ -1,6 +1,6 @@
 //! The prerequisites shared by `run` and `test`: the apt packages that building and testing
 //! faultline needs, nightly Rust with `rust-src` and `rustfmt` (the eBPF programs and our
-//! rustfmt.toml need nightly), clippy, and `bpf-linker`. Each check says what it finds and
+//! rustfmt.toml need nightly), clippy, and `bpf-linker`; and the few more `package` needs. Each check says what it finds and
 //! what it installs before installing it; a check whose thing is present changes nothing.
 //! It never removes or downgrades anything.
 
@@ -24,7 +24,18 @@ const APT_PACKAGES: &[&str] = &[
     "procps",
     "prometheus",
     "prometheus-node-exporter",
+    // Debian's own Python with venv: the test environment of the independent gRPC client
+    // (tests/python), whatever other Python the machine has on PATH.
+    "python3",
+    "python3-venv",
 ];
+
+/// Debian's interpreter, which makes the test environment.
+const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+/// More apt packages for `cargo xtask package` only: `dpkg-shlibdeps` (dpkg-dev) computes the
+/// Depends of the binary, lintian checks the .deb against Debian policy.
+const PACKAGE_APT_PACKAGES: &[&str] = &["dpkg-dev", "lintian"];
 
 /// bpf-linker 0.10.x links with rustc's own LLVM; later versions need a system LLVM.
 const BPF_LINKER_VERSION: &str = "0.10.4";
@@ -41,20 +52,27 @@ pub fn run(_: Options) -> Result<()> {
 
 /// Makes sure every prerequisite is installed, installing what is missing.
 pub fn ensure() -> Result<()> {
-    apt_packages().context("apt packages")?;
+    apt_packages(APT_PACKAGES).context("apt packages")?;
     rust_toolchains().context("Rust toolchains")?;
     bpf_linker().context("bpf-linker")?;
+    python_env().context("the Python test environment")?;
     Ok(())
 }
 
-fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+/// [`ensure`], and the tools that build and check the Debian package.
+pub fn ensure_for_package() -> Result<()> {
+    ensure()?;
+    apt_packages(PACKAGE_APT_PACKAGES).context("apt packages for packaging")
+}
+
+fn apt_packages(wanted: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = wanted
         .iter()
         .copied()
         .filter(|package| !apt_installed(package))
         .collect();
     if missing.is_empty() {
-        println!("apt: all present ({})", APT_PACKAGES.join(" "));
+        println!("apt: all present ({})", wanted.join(" "));
         return Ok(());
     }
     let missing = missing.join(" ");
@@ -148,4 +166,48 @@ fn bpf_linker() -> Result<()> {
             "--locked",
         ],
     ))
+}
+
+/// The Python environment of the independent-client tests, `target/python`: a venv with the
+/// pinned packages of tests/python/requirements.txt from PyPI. A copy of the requirements
+/// inside it says what it holds; another list makes it anew.
+fn python_env() -> Result<()> {
+    let requirements_path = host::workspace_root().join("tests/python/requirements.txt");
+    let requirements = std::fs::read_to_string(&requirements_path)
+        .with_context(|| format!("reading {}", requirements_path.display()))?;
+    let venv = python_env_dir();
+    let marker = venv.join("faultline-requirements.txt");
+    if std::fs::read_to_string(&marker).is_ok_and(|held| held == requirements) {
+        println!("python: test environment present ({})", venv.display());
+        return Ok(());
+    }
+    println!(
+        "python: making the test environment {} from {}",
+        venv.display(),
+        requirements_path.display()
+    );
+    exec::run(&mut exec::command(
+        SYSTEM_PYTHON,
+        ["-m", "venv", "--clear", &venv.to_string_lossy()],
+    ))?;
+    exec::run(&mut exec::command(
+        venv.join("bin/pip").to_string_lossy().as_ref(),
+        [
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--requirement",
+            &requirements_path.to_string_lossy(),
+        ],
+    ))?;
+    std::fs::write(&marker, requirements).with_context(|| format!("writing {}", marker.display()))
+}
+
+/// Where the Python test environment lives: under the target directory, like every other
+/// build product.
+pub fn python_env_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| host::workspace_root().join("target"))
+        .join("python")
 }

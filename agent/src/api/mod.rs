@@ -22,7 +22,7 @@ use tokio::{
     signal::unix::{signal, SignalKind},
     task::JoinHandle,
 };
-use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::{wrappers::UnixListenerStream, StreamExt as _};
 use tonic::transport::{Channel, Endpoint, Server, Uri};
 use tracing::{info, warn};
 
@@ -30,6 +30,7 @@ use crate::{engine::Engine, monitor::Monitor};
 
 mod agent;
 pub mod audit;
+mod authority;
 pub mod authz;
 pub mod convert;
 mod faults;
@@ -108,11 +109,13 @@ pub(crate) async fn serve(
     let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stop.wait_for(|s| *s).await;
     };
-    let mut server: ServerTask =
-        tokio::spawn(router().serve_with_incoming_shutdown(
-            UnixListenerStream::new(listener),
+    let mut server: ServerTask = tokio::spawn(
+        router().serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener)
+                .map(|accepted| accepted.map(authority::MendAuthority::new)),
             stopped(stop_rx.clone()),
-        ));
+        ),
+    );
     let mut remote_server: Option<ServerTask> = match remote {
         Some(remote) => {
             let address = remote

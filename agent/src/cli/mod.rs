@@ -1,21 +1,26 @@
 //! The `faultline` command line: `serve` runs the agent, every other subcommand is a gRPC
 //! client of it (over the local unix socket unless `--agent` says otherwise). One file per
-//! subcommand; `args` holds the shared flags, `output` the printing and the exit codes.
+//! subcommand; `args` holds the shared flags, `output` the printing and the exit codes,
+//! `config_file` the settings `serve` reads from its configuration file.
 
-use std::process::ExitCode;
+use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
+use thiserror::Error;
 
 mod apply;
 pub mod args;
 mod block;
 mod certs;
+mod completions;
+pub mod config_file;
 mod connect;
 mod fleet;
 mod get;
 mod info;
 mod loss;
 mod ls;
+mod man_pages;
 mod metrics;
 pub mod output;
 mod renew;
@@ -75,18 +80,106 @@ pub(crate) enum Command {
     /// Make the certificates of the remote listener: a CA, the agent's, clients'
     #[command(subcommand)]
     Certs(certs::Command),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell
+    Completions(completions::Options),
+}
+
+/// Entry points for faultline itself, not for people: `faultline __NAME ...`. Not part of
+/// [`Cli`], so that no help text, completion script or man page offers them.
+#[derive(Debug, Parser)]
+#[command(name = "faultline")]
+enum Internal {
     /// A stress worker, started by the agent inside a fault's cgroup
-    #[command(name = "__worker", hide = true)]
+    #[command(name = "__worker")]
     Worker(worker::Options),
+    /// Write a man page for faultline and each subcommand into a directory (for packaging)
+    #[command(name = "__man-pages")]
+    ManPages(man_pages::Options),
+}
+
+impl Internal {
+    /// Whether `args` (with the program name first) call an internal entry point.
+    fn called(args: &[OsString]) -> bool {
+        args.get(1)
+            .and_then(|arg| arg.to_str())
+            .is_some_and(|arg| arg.starts_with("__"))
+    }
+
+    fn run(self) -> Result<(), Failure> {
+        match self {
+            Internal::Worker(options) => worker::run(options),
+            Internal::ManPages(options) => man_pages::run(options),
+        }
+    }
+}
+
+/// Why the command line could not be turned into a [`Cli`].
+#[derive(Debug, Error)]
+pub(crate) enum ParseError {
+    /// Including --help and --version, which clap prints and exits for.
+    #[error(transparent)]
+    CommandLine(#[from] clap::Error),
+    #[error(transparent)]
+    ConfigFile(#[from] config_file::ConfigFileError),
+    /// The file's settings are each valid, but not together with the command line (a flag
+    /// that requires another, say).
+    #[error("with the settings of {}: {error}", path.display())]
+    WithConfigFile { path: PathBuf, error: clap::Error },
+}
+
+/// Parses a command line; for `serve`, the settings of its configuration file fill in the
+/// flags the command line and the environment left unset. Also returns what the file added.
+pub(crate) fn parse_from(
+    args: impl IntoIterator<Item = OsString>,
+) -> Result<(Cli, config_file::FileSettings), ParseError> {
+    let args: Vec<OsString> = args.into_iter().collect();
+    let mut root = Cli::command();
+    let mut matches = root.try_get_matches_from_mut(&args)?;
+    let settings = config_file::settings(&root, &matches)?;
+    if let (Some(path), false) = (&settings.path, settings.arguments.is_empty()) {
+        // Parsed once more with the file's settings as flags, so clap checks them all together.
+        matches = Cli::command()
+            .try_get_matches_from(args.iter().chain(&settings.arguments))
+            .map_err(|error| ParseError::WithConfigFile {
+                path: path.clone(),
+                error,
+            })?;
+    }
+    Ok((Cli::from_arg_matches(&matches)?, settings))
 }
 
 /// Runs the command line and turns the outcome into an exit status scripts can rely on.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Serve(options) => serve::run(&cli.global, options),
-        Command::Worker(options) => worker::run(options),
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if Internal::called(&args) {
+        return match Internal::parse_from(args).run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(failure) => {
+                eprintln!("faultline: {failure}");
+                failure.exit_code()
+            }
+        };
+    }
+    let result = match parse_from(args) {
+        Ok((cli, settings)) => run(cli, settings),
+        // Usage errors, --help and --version: clap prints them and picks the exit status.
+        Err(ParseError::CommandLine(e)) => e.exit(),
+        Err(e) => Err(Failure::usage(e.to_string())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("faultline: {failure}");
+            failure.exit_code()
+        }
+    }
+}
+
+fn run(cli: Cli, settings: config_file::FileSettings) -> Result<(), Failure> {
+    match cli.command {
+        Command::Serve(options) => serve::run(&cli.global, options, settings.path),
         Command::Certs(command) => certs::run(command),
+        Command::Completions(options) => completions::run(options),
         command => client_runtime().and_then(|rt| {
             rt.block_on(async {
                 match command {
@@ -104,19 +197,12 @@ pub fn main() -> ExitCode {
                     Command::Metrics(o) => metrics::metrics(&cli.global, o).await,
                     Command::Top(o) => metrics::top(&cli.global, o).await,
                     Command::Fleet(o) => fleet::run(&cli.global, o).await,
-                    Command::Serve(_) | Command::Worker(_) | Command::Certs(_) => {
+                    Command::Serve(_) | Command::Certs(_) | Command::Completions(_) => {
                         unreachable!("handled above")
                     }
                 }
             })
         }),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(failure) => {
-            eprintln!("faultline: {failure}");
-            failure.exit_code()
-        }
     }
 }
 
@@ -125,4 +211,27 @@ fn client_runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::internal(format!("cannot start the async runtime: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_entry_points_parse_apart_from_the_command_line() {
+        let args: Vec<OsString> = ["faultline", "__worker", "memory", "--bytes", "4096"]
+            .map(OsString::from)
+            .into();
+        assert!(Internal::called(&args));
+        let Internal::Worker(worker) = Internal::try_parse_from(&args).unwrap() else {
+            panic!("not a worker");
+        };
+        assert!(matches!(
+            worker.kind,
+            worker::Kind::Memory { bytes: 4096, .. }
+        ));
+        assert!(!Internal::called(&["faultline".into(), "serve".into()]));
+        // People's command line does not know them.
+        assert!(Cli::try_parse_from(["faultline", "__worker", "cpu"]).is_err());
+    }
 }

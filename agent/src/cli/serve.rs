@@ -10,6 +10,7 @@ use tracing::{info, warn};
 
 use super::{
     args::{parse_duration, Global},
+    config_file::DEFAULT_CONFIG,
     output::Failure,
 };
 use crate::{
@@ -31,8 +32,13 @@ use crate::{
 
 #[derive(Debug, Args)]
 pub struct Options {
+    /// The configuration file: serve's flags as TOML keys (socket = "/run/x.sock"); a flag on
+    /// the command line or in its environment variable wins. The default file is read only if
+    /// it exists
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
     /// The local gRPC socket (created with mode 0600)
-    #[arg(long, env = "FAULTLINE_SOCKET", default_value = DEFAULT_SOCKET)]
+    #[arg(long, value_name = "PATH", env = "FAULTLINE_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
     /// A group whose members may also connect to the socket (mode 0660, a name or a gid);
     /// what each uid may do is still the policy's decision
@@ -53,13 +59,13 @@ pub struct Options {
     #[arg(long, value_name = "PATH")]
     pub audit_log: Option<PathBuf>,
     /// Where the journal of unfinished faults is kept
-    #[arg(long, env = "FAULTLINE_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    #[arg(long, value_name = "DIR", env = "FAULTLINE_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
     /// Where eBPF attachments are pinned (on bpffs) so they outlive a crashed agent
-    #[arg(long, env = "FAULTLINE_BPF_PIN_DIR", default_value = DEFAULT_BPF_PIN_DIR)]
+    #[arg(long, value_name = "DIR", env = "FAULTLINE_BPF_PIN_DIR", default_value = DEFAULT_BPF_PIN_DIR)]
     pub bpf_pin_dir: PathBuf,
     /// The longest duration a fault may ask for
-    #[arg(long, value_parser = parse_duration, default_value = "24h")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "24h")]
     pub max_duration: Duration,
     /// Local TCP port whose established connections no fault may cut without --force;
     /// repeatable (default: 22)
@@ -84,15 +90,20 @@ pub struct Options {
     pub probes: Vec<Target>,
 
     /// How often each probe target is checked
-    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
     pub probe_interval: Duration,
 
     /// How long a probe connect may take before it counts as failed
-    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2s")]
     pub probe_timeout: Duration,
 
     /// Log filter (error, warn, info, debug, or a tracing directive)
-    #[arg(long, env = "FAULTLINE_LOG", default_value = "info")]
+    #[arg(
+        long,
+        value_name = "FILTER",
+        env = "FAULTLINE_LOG",
+        default_value = "info"
+    )]
     pub log_level: String,
 }
 
@@ -130,7 +141,8 @@ struct RemoteOptions {
     tls: ServerTls,
 }
 
-pub fn run(global: &Global, o: Options) -> Result<(), Failure> {
+/// `config_file`: the configuration file whose settings were read, if one was.
+pub fn run(global: &Global, o: Options, config_file: Option<PathBuf>) -> Result<(), Failure> {
     let filter = tracing_subscriber::EnvFilter::try_new(&o.log_level)
         .map_err(|e| Failure::internal(format!("--log-level {:?}: {e}", o.log_level)))?;
     use std::io::IsTerminal as _;
@@ -139,6 +151,9 @@ pub fn run(global: &Global, o: Options) -> Result<(), Failure> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    if let Some(path) = &config_file {
+        info!(config = %path.display(), "settings read from the configuration file");
+    }
     // The configuration is checked before anything is touched: a wrong file stops the start.
     let remote = match o.listen {
         None => None,
