@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod lab;
 pub mod process;
+pub mod python;
 pub mod traffic;
 
 use std::io::Write as _;

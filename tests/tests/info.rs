@@ -107,3 +107,29 @@ fn info_matches_what_the_kernel_offers() -> Result<()> {
     );
     Ok(())
 }
+
+/// `faultline health`, the command Kubernetes' exec probes run: the agent's gRPC health
+/// check, exit status 0 while it serves, 5 once it is gone.
+#[test]
+fn health_answers_serving_and_fails_once_the_agent_is_gone() -> Result<()> {
+    if !require_root("health_answers_serving_and_fails_once_the_agent_is_gone") {
+        return Ok(());
+    }
+    let ns = Netns::create(&format!("fl-{}-{}-health", std::process::id(), unique()))?;
+    let mut agent = Agent::start(&ns)?;
+    ensure!(agent.cli_ok(&["health"])?.trim() == "SERVING");
+    let json: Value = serde_json::from_str(&agent.cli_ok(&[
+        "health",
+        "--service",
+        "faultline.v1.Faults",
+        "-o",
+        "json",
+    ])?)?;
+    ensure!(
+        json["service"] == "faultline.v1.Faults" && json["status"] == "SERVING",
+        "health -o json printed {json}"
+    );
+    agent.terminate()?;
+    agent.cli_fails(&["health"], 5)?;
+    Ok(())
+}

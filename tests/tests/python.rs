@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _, Result};
 use faultline_tests::{
-    require_root,
+    python, require_root,
     traffic::{tcp_connect, tcp_listen},
     Agent, Lab,
 };
@@ -22,34 +22,13 @@ use faultline_tests::{
 const PORT: u16 = 8090;
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
 
-/// The interpreter of the test's Python environment: FAULTLINE_PYTHON, or the one
-/// `cargo xtask prereqs` makes under target/python.
-fn python() -> Result<PathBuf> {
-    let path = std::env::var_os("FAULTLINE_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| workspace.join("target"));
-            target.join("python/bin/python3")
-        });
-    ensure!(
-        path.exists(),
-        "no Python test environment at {} (`cargo xtask prereqs` makes it with grpcio from \
-         tests/python/requirements.txt; FAULTLINE_PYTHON names another)",
-        path.display()
-    );
-    Ok(path)
-}
-
 #[test]
 fn grpcio_with_default_settings_checks_health_lists_services_applies_and_reverts() -> Result<()> {
     let test = "grpcio_with_default_settings_checks_health_lists_services_applies_and_reverts";
     if !require_root(test) {
         return Ok(());
     }
-    let python = python()?;
+    let python = python::program("python3")?;
     let lab = Lab::new()?;
     let to_port = SocketAddr::from((lab.b.v4, PORT));
     let _listener = tcp_listen(&lab.b.ns, to_port)?;

@@ -5,6 +5,7 @@
 //! failure or a skipped layer: whatever did not run says so on its own line.
 
 mod bench;
+mod clean_room;
 mod exec;
 mod host;
 #[cfg(test)]
@@ -73,6 +74,18 @@ enum Task {
     /// scripts, builds the .deb with dpkg-deb, then checks its contents and runs lintian,
     /// failing on errors. Never installs it. Non-interactive.
     Package(package::Options),
+    /// Build the agent in a fresh Debian 12 root filesystem holding only what prereqs installs
+    ///
+    /// Needs root. Proves the project's own scripts install everything: mmdebstrap (installed
+    /// if missing) makes a minbase Debian 12 with what a new machine of ours has (cached under
+    /// target/clean-room/ by recipe), and each run extracts a fresh copy, copies in the files
+    /// `git ls-files` lists, and runs in it with chroot: `cargo xtask prereqs`, `cargo build
+    /// --release -p faultline`, `faultline --version`/`--help`, `faultline serve` answering
+    /// `faultline info` and exiting 0 on SIGTERM, and, where the tree has `cargo xtask package`,
+    /// the .deb's install, upgrade, remove and purge (else a SKIP line). The host's kernel and
+    /// Rust toolchains (~/.rustup, read-only) are used. The room is removed at the end, also on
+    /// failure or Ctrl-C.
+    CleanRoom(clean_room::Options),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +97,7 @@ fn main() -> ExitCode {
         Task::VmTest(options) => vm::run(options),
         Task::Bench(options) => bench::run(options),
         Task::Package(options) => package::run(options),
+        Task::CleanRoom(options) => clean_room::run_task(options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,8 +1,10 @@
-//! The prerequisites shared by `run` and `test`: the apt packages that building and testing
-//! faultline needs, nightly Rust with `rust-src` and `rustfmt` (the eBPF programs and our
-//! rustfmt.toml need nightly), clippy, and `bpf-linker`; and the few more `package` needs. Each check says what it finds and
-//! what it installs before installing it; a check whose thing is present changes nothing.
-//! It never removes or downgrades anything.
+//! Every prerequisite of faultline's tasks, in one place: the apt packages that building and
+//! testing faultline needs, nightly Rust with `rust-src` and `rustfmt` (the eBPF programs and
+//! our rustfmt.toml need nightly), clippy, `bpf-linker`, the Python test environment; and the
+//! few more packages that `vm-test`, `package` and `clean-room` need (`cargo xtask prereqs
+//! --list` prints them all). Each check says what it finds and what it installs before
+//! installing it; a check whose thing is present changes nothing. It never removes or
+//! downgrades anything. `cargo xtask clean-room` checks that [`APT_PACKAGES`] is complete.
 
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
@@ -24,8 +26,8 @@ const APT_PACKAGES: &[&str] = &[
     "procps",
     "prometheus",
     "prometheus-node-exporter",
-    // Debian's own Python with venv: the test environment of the independent gRPC client
-    // (tests/python), whatever other Python the machine has on PATH.
+    // Debian's own Python with venv: the test environment of the Python clients (tests/python,
+    // the Chaos Toolkit extension), whatever other Python the machine has on PATH.
     "python3",
     "python3-venv",
 ];
@@ -37,14 +39,33 @@ const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 /// Depends of the binary, lintian checks the .deb against Debian policy.
 const PACKAGE_APT_PACKAGES: &[&str] = &["dpkg-dev", "lintian"];
 
+/// What `cargo xtask clean-room` itself needs on the host: `mmdebstrap`, which builds the
+/// Debian 12 root filesystem the project is built in. Kept apart from [`APT_PACKAGES`] because
+/// that list is what the clean room checks: a tool that only the check uses must not be on it,
+/// or the room would install it too and the list would no longer say what building and testing
+/// faultline need. Nothing else installs these.
+pub const CLEAN_ROOM_APT_PACKAGES: &[&str] = &["mmdebstrap"];
+
+/// What the real-kernel layer (`cargo xtask vm-test`, the last step of `test`) needs on the
+/// host: qemu with software emulation. Installed when that layer runs.
+pub const VM_APT_PACKAGES: &[&str] = &["qemu-system-x86"];
+
 /// bpf-linker 0.10.x links with rustc's own LLVM; later versions need a system LLVM.
-const BPF_LINKER_VERSION: &str = "0.10.4";
+pub const BPF_LINKER_VERSION: &str = "0.10.4";
 
 #[derive(Debug, Args)]
-pub struct Options {}
+pub struct Options {
+    /// Only print every prerequisite, by the task that needs it; install nothing
+    #[arg(long)]
+    list: bool,
+}
 
 /// `cargo xtask prereqs`.
-pub fn run(_: Options) -> Result<()> {
+pub fn run(o: Options) -> Result<()> {
+    if o.list {
+        print!("{}", listing());
+        return Ok(());
+    }
     ensure()?;
     println!("prerequisites: all present");
     Ok(())
@@ -59,20 +80,39 @@ pub fn ensure() -> Result<()> {
     Ok(())
 }
 
+/// Every prerequisite, one line per group: what `--list` prints and README names.
+fn listing() -> String {
+    let apt = |packages: &[&str]| packages.join(" ");
+    format!(
+        "apt (build and test; run, test): {}\n\
+         apt (vm-test, the last step of test): {}\n\
+         apt (package): {}\n\
+         apt (clean-room): {}\n\
+         rustup: nightly toolchain with rust-src and rustfmt; clippy\n\
+         cargo install: bpf-linker@{BPF_LINKER_VERSION}\n\
+         python (test): a venv at target/python from tests/python/requirements.txt (PyPI)\n",
+        apt(APT_PACKAGES),
+        apt(VM_APT_PACKAGES),
+        apt(PACKAGE_APT_PACKAGES),
+        apt(CLEAN_ROOM_APT_PACKAGES),
+    )
+}
+
 /// [`ensure`], and the tools that build and check the Debian package.
 pub fn ensure_for_package() -> Result<()> {
     ensure()?;
     apt_packages(PACKAGE_APT_PACKAGES).context("apt packages for packaging")
 }
 
-fn apt_packages(wanted: &[&str]) -> Result<()> {
-    let missing: Vec<&str> = wanted
+/// Installs those of `packages` that dpkg does not have, saying which first.
+pub fn apt_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|package| !apt_installed(package))
         .collect();
     if missing.is_empty() {
-        println!("apt: all present ({})", wanted.join(" "));
+        println!("apt: all present ({})", packages.join(" "));
         return Ok(());
     }
     let missing = missing.join(" ");
@@ -168,9 +208,11 @@ fn bpf_linker() -> Result<()> {
     ))
 }
 
-/// The Python environment of the independent-client tests, `target/python`: a venv with the
-/// pinned packages of tests/python/requirements.txt from PyPI. A copy of the requirements
-/// inside it says what it holds; another list makes it anew.
+/// The Python environment of the tests that drive the agent from Python, `target/python`: a
+/// venv with the pinned packages of tests/python/requirements.txt from PyPI (grpcio, Chaos
+/// Toolkit, the Kubernetes schema validator), then the Chaos Toolkit extension built from
+/// integrations/chaostoolkit. A copy of the requirements inside it says what it holds; another
+/// list makes it anew.
 fn python_env() -> Result<()> {
     let requirements_path = host::workspace_root().join("tests/python/requirements.txt");
     let requirements = std::fs::read_to_string(&requirements_path)
@@ -179,28 +221,102 @@ fn python_env() -> Result<()> {
     let marker = venv.join("faultline-requirements.txt");
     if std::fs::read_to_string(&marker).is_ok_and(|held| held == requirements) {
         println!("python: test environment present ({})", venv.display());
+    } else {
+        println!(
+            "python: making the test environment {} from {}",
+            venv.display(),
+            requirements_path.display()
+        );
+        exec::run(&mut exec::command(
+            SYSTEM_PYTHON,
+            ["-m", "venv", "--clear", &venv.to_string_lossy()],
+        ))?;
+        pip(&[
+            "install",
+            "--requirement",
+            &requirements_path.to_string_lossy(),
+        ])?;
+        std::fs::write(&marker, requirements)
+            .with_context(|| format!("writing {}", marker.display()))?;
+    }
+    chaostoolkit_extension().context("the Chaos Toolkit extension")
+}
+
+/// `pip` of the test environment, quiet.
+fn pip(args: &[&str]) -> Result<()> {
+    exec::run(
+        exec::command(
+            python_env_dir().join("bin/pip").to_string_lossy().as_ref(),
+            ["--quiet", "--disable-pip-version-check"],
+        )
+        .args(args),
+    )
+}
+
+/// Installs `chaostoolkit-faultline` from integrations/chaostoolkit into the test environment,
+/// again whenever its sources or proto/ (its stubs are generated from it at build time) have
+/// changed since: a fingerprint of both inside the environment says what it was built from.
+/// Built without isolation, with the setuptools and grpcio-tools pinned in the requirements.
+fn chaostoolkit_extension() -> Result<()> {
+    let root = host::workspace_root();
+    let source = root.join("integrations/chaostoolkit");
+    let fingerprint = format!(
+        "{:016x}",
+        tree_fingerprint(&[source.clone(), root.join("proto/faultline")])?
+    );
+    let marker = python_env_dir().join("faultline-chaostoolkit.fingerprint");
+    if std::fs::read_to_string(&marker).is_ok_and(|held| held == fingerprint) {
+        println!("python: chaostoolkit-faultline present, built from these sources");
         return Ok(());
     }
     println!(
-        "python: making the test environment {} from {}",
-        venv.display(),
-        requirements_path.display()
+        "python: installing chaostoolkit-faultline from {}",
+        source.display()
     );
-    exec::run(&mut exec::command(
-        SYSTEM_PYTHON,
-        ["-m", "venv", "--clear", &venv.to_string_lossy()],
-    ))?;
-    exec::run(&mut exec::command(
-        venv.join("bin/pip").to_string_lossy().as_ref(),
-        [
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--requirement",
-            &requirements_path.to_string_lossy(),
-        ],
-    ))?;
-    std::fs::write(&marker, requirements).with_context(|| format!("writing {}", marker.display()))
+    pip(&[
+        "install",
+        "--no-deps",
+        "--no-build-isolation",
+        "--force-reinstall",
+        &source.to_string_lossy(),
+    ])?;
+    std::fs::write(&marker, fingerprint).with_context(|| format!("writing {}", marker.display()))
+}
+
+/// A fingerprint of the files under `roots` (their paths and contents), leaving out what a
+/// build makes there (`build/`, `*.egg-info`, `__pycache__`). Only compared with itself: a
+/// different toolchain may compute another and cause one more install.
+fn tree_fingerprint(roots: &[std::path::PathBuf]) -> Result<u64> {
+    use std::hash::{Hash as _, Hasher as _};
+
+    fn walk(dir: &std::path::Path, files: &mut Vec<std::path::PathBuf>) -> Result<()> {
+        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if name == "build" || name == "__pycache__" || name.ends_with(".egg-info") {
+                continue;
+            }
+            if path.is_dir() {
+                walk(&path, files)?;
+            } else {
+                files.push(path);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    for root in roots {
+        walk(root, &mut files)?;
+    }
+    files.sort();
+    let mut hasher = std::hash::DefaultHasher::new();
+    for file in files {
+        file.hash(&mut hasher);
+        std::fs::read(&file)
+            .with_context(|| format!("reading {}", file.display()))?
+            .hash(&mut hasher);
+    }
+    Ok(hasher.finish())
 }
 
 /// Where the Python test environment lives: under the target directory, like every other

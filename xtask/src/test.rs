@@ -91,7 +91,7 @@ fn vm_layer() -> Result<Outcome> {
     vm::run(vm::Options::default()).map(|()| Outcome::Passed)
 }
 
-fn seconds(d: Duration) -> String {
+pub fn seconds(d: Duration) -> String {
     let secs = d.as_secs_f64();
     if secs < 60.0 {
         format!("{secs:.1}s")

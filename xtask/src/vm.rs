@@ -154,8 +154,8 @@ pub fn ensure_qemu() -> Result<()> {
         println!("qemu: {} present", qemu.display());
         return Ok(());
     }
-    println!("qemu: qemu-system-x86_64 not found; installing qemu-system-x86 with apt");
-    prereqs::apt_install(&["qemu-system-x86"])
+    println!("qemu: qemu-system-x86_64 not found; installing it with apt");
+    prereqs::apt_packages(prereqs::VM_APT_PACKAGES)
 }
 
 /// Downloads `package`'s .deb into `debs` (reusing one already there) and unpacks it into
@@ -289,11 +289,23 @@ impl Kernel {
 
 /// Integration test executables the guest does not run, and why: what they check does not
 /// depend on the kernel, and the guest lacks what they need.
-const HOST_ONLY: &[(&str, &str)] = &[(
-    "python",
-    "the guest has no Python, and the gRPC exchange it checks (grpcio on the unix socket) \
-     does not depend on the kernel",
-)];
+const HOST_ONLY: &[(&str, &str)] = &[
+    (
+        "python",
+        "the guest has no Python, and the gRPC exchange it checks (grpcio on the unix socket) \
+         does not depend on the kernel",
+    ),
+    (
+        "chaostoolkit",
+        "the guest has no Python to run Chaos Toolkit, and what it checks (the extension's \
+         calls, leases renewed and left to expire) does not depend on the kernel",
+    ),
+    (
+        "deploy",
+        "the guest has neither promtool nor Python, and checking rules and manifests offline \
+         does not touch the kernel",
+    ),
+];
 
 /// What the guest runs: the agent binary and the integration test executables by name.
 struct Artifacts {

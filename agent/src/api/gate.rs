@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use tonic::{Request, Status};
+use tracing::{info, warn};
 
 use super::{
     audit::{AuditLog, Outcome, Record, Target, Who},
@@ -91,6 +92,20 @@ impl Gate {
     }
 
     pub(crate) fn record(&self, record: &Record) {
+        self.write(record);
+    }
+
+    /// The audit line, and the same call in the agent's log with the fields operators filter
+    /// on (`caller`, `id`, `kind`, `result`).
+    fn write(&self, record: &Record) {
+        let caller = record.who.identity.as_deref().unwrap_or("unidentified");
+        let result = format!("{:?}", record.result).to_lowercase();
+        let id = record.fault.as_ref().and_then(|f| f.id.as_deref());
+        let kind = record.fault.as_ref().and_then(|f| f.kind);
+        match &record.error {
+            None => info!(caller, rpc = record.rpc, id, kind, result, "call"),
+            Some(error) => warn!(caller, rpc = record.rpc, id, kind, result, error, "call"),
+        }
         self.audit.write(record);
     }
 
@@ -99,7 +114,7 @@ impl Gate {
         record.result = Outcome::Denied;
         record.code = Some(format!("{:?}", status.code()));
         record.error = Some(status.message().to_owned());
-        self.audit.write(&record);
+        self.write(&record);
         status
     }
 }

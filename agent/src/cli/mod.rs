@@ -17,6 +17,7 @@ pub mod config_file;
 mod connect;
 mod fleet;
 mod get;
+mod health;
 mod info;
 mod loss;
 mod ls;
@@ -70,6 +71,8 @@ pub(crate) enum Command {
     Renew(renew::Options),
     /// Show the agent's version, host and what its kernel offers
     Info(info::Options),
+    /// The agent's gRPC health check: exits 0 when it is serving (for exec probes)
+    Health(health::Options),
     /// One snapshot of what the agent sees: CPU, memory, disk, network, TCP connect health,
     /// probes, active faults
     Metrics(metrics::MetricsOptions),
@@ -194,6 +197,7 @@ fn run(cli: Cli, settings: config_file::FileSettings) -> Result<(), Failure> {
                     Command::Revert(o) => revert::run(&cli.global, o).await,
                     Command::Renew(o) => renew::run(&cli.global, o).await,
                     Command::Info(o) => info::run(&cli.global, o).await,
+                    Command::Health(o) => health::run(&cli.global, o).await,
                     Command::Metrics(o) => metrics::metrics(&cli.global, o).await,
                     Command::Top(o) => metrics::top(&cli.global, o).await,
                     Command::Fleet(o) => fleet::run(&cli.global, o).await,

@@ -105,6 +105,18 @@ pub struct Options {
         default_value = "info"
     )]
     pub log_level: String,
+
+    /// Log lines as text (for people and the systemd journal) or as one JSON object per line
+    /// (fields: timestamp, level, target, message, and the event's own: id, kind, reason,
+    /// caller, ...)
+    #[arg(long, value_enum, env = "FAULTLINE_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// A group name, or a numeric gid.
@@ -146,11 +158,19 @@ pub fn run(global: &Global, o: Options, config_file: Option<PathBuf>) -> Result<
     let filter = tracing_subscriber::EnvFilter::try_new(&o.log_level)
         .map_err(|e| Failure::internal(format!("--log-level {:?}: {e}", o.log_level)))?;
     use std::io::IsTerminal as _;
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match o.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // Flattened: the event's fields sit beside `message`, where log pipelines look for them.
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
     if let Some(path) = &config_file {
         info!(config = %path.display(), "settings read from the configuration file");
     }

@@ -350,7 +350,7 @@ impl Engine {
             .lease
             .map(|l| humantime::format_duration(l).to_string())
             .unwrap_or_else(|| "none".to_owned());
-        info!(id = %fault.id, spec = %fault.spec.family().summary(), duration = %humantime::format_duration(fault.duration), lease, kernel_us = kernel_time.as_micros() as u64, "fault active");
+        info!(id = %fault.id, kind = fault.spec.kind(), spec = %fault.spec.family().summary(), duration = %humantime::format_duration(fault.duration), lease, kernel_us = kernel_time.as_micros() as u64, "fault active");
         self.publish(&fault);
         Ok(ApplyOutcome::Applied(Box::new(fault)))
     }
@@ -497,7 +497,7 @@ impl Engine {
                     // The objects are gone; a stale entry only costs an idempotent revert later.
                     warn!(id = %fault.id, error = %e, "cannot remove the journal entry of a reverted fault");
                 }
-                info!(id = %fault.id, reason = reason.as_str(), "fault reverted");
+                info!(id = %fault.id, kind = fault.spec.kind(), reason = reason.as_str(), "fault reverted");
                 self.audit_automatic(&fault, reason);
                 self.finish(&fault);
                 Ok(fault)
@@ -506,7 +506,7 @@ impl Engine {
                 fault.state = FaultState::Failed;
                 fault.reason = format!("revert ({}) failed: {source}", reason.as_str());
                 let _ = self.journal.record(&fault);
-                error!(id = %fault.id, error = %source, "revert failed");
+                error!(id = %fault.id, kind = fault.spec.kind(), error = %source, "revert failed");
                 self.audit_automatic(&fault, reason);
                 self.finish(&fault);
                 Err(EngineError::Revert {

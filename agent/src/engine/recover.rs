@@ -68,7 +68,7 @@ impl Engine {
             match fault.spec.family().revert(&fault.id, &self.host()) {
                 Ok(()) => {
                     self.journal.remove(&fault.id)?;
-                    info!(id = %fault.id, spec = %fault.spec.family().summary(), reason = reason.as_str(), "reverted a fault left by an earlier run");
+                    info!(id = %fault.id, kind = fault.spec.kind(), spec = %fault.spec.family().summary(), reason = reason.as_str(), "reverted a fault left by an earlier run");
                     recovery.reverted.push(fault.id.clone());
                     fault.state = FaultState::Reverted;
                     fault.reason = reason.as_str().to_owned();

@@ -111,7 +111,25 @@ pub(crate) fn prometheus_text(s: &MetricsSnapshot) -> String {
     tcp_metrics(&mut e, &s.tcp);
     probe_metrics(&mut e, &s.probes);
     fault_metrics(&mut e, &s.faults);
+    agent_metrics(&mut e);
     e.finish()
+}
+
+/// The agent's own resident memory, under the name Prometheus client libraries give it, for
+/// alerting on growth. Read from /proc/self/statm at each scrape; left out if unreadable.
+fn agent_metrics(e: &mut Exposition) {
+    let resident_pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok());
+    // SAFETY: sysconf has no preconditions.
+    let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if let (Some(pages), Ok(page_size @ 1..)) = (resident_pages, u64::try_from(page_size)) {
+        e.gauge(
+            "process_resident_memory_bytes",
+            "Resident memory size of the agent process in bytes.",
+            &[(&[][..], (pages * page_size) as f64)],
+        );
+    }
 }
 
 fn tcp_metrics(e: &mut Exposition, list: &[DestHealth]) {

@@ -54,6 +54,26 @@ fn revision(text: &str) -> Result<String, String> {
     }
 }
 
+/// The time the package's files carry: SOURCE_DATE_EPOCH when the caller sets it (the
+/// reproducible-builds convention; the clean room sets it, its copy of the tree has no .git),
+/// else the last commit's time.
+fn source_date_epoch() -> Result<String> {
+    if let Some(epoch) = std::env::var_os("SOURCE_DATE_EPOCH") {
+        let epoch = epoch.to_string_lossy().trim().to_owned();
+        anyhow::ensure!(
+            !epoch.is_empty() && epoch.bytes().all(|b| b.is_ascii_digit()),
+            "SOURCE_DATE_EPOCH is {epoch:?}; expected seconds since 1970 (digits only)"
+        );
+        return Ok(epoch);
+    }
+    exec::capture(&mut exec::command("git", ["log", "-1", "--format=%ct"]))
+        .map(|out| out.trim().to_owned())
+        .context(
+            "reading the last commit's time for the package's timestamps (outside a git \
+             checkout, set SOURCE_DATE_EPOCH)",
+        )
+}
+
 pub fn run(o: Options) -> Result<()> {
     let started = Instant::now();
     prereqs::ensure_for_package()?;
@@ -71,9 +91,7 @@ pub fn run(o: Options) -> Result<()> {
     let out_dir = root.join("target/debian");
     let stage = out_dir.join(&name);
     let deb = out_dir.join(format!("{name}.deb"));
-    let epoch = exec::capture(&mut exec::command("git", ["log", "-1", "--format=%ct"]))?
-        .trim()
-        .to_owned();
+    let epoch = source_date_epoch()?;
 
     stage_tree(&stage, &binary, &version, &epoch).context("staging the package's files")?;
     let depends = shlib_depends(&out_dir, &stage.join("usr/bin/faultline"))?;

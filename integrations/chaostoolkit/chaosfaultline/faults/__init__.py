@@ -1,0 +1,1 @@
+"""Actions that apply and revert faults, and probes of their state."""

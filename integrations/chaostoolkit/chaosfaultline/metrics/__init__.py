@@ -1,0 +1,1 @@
+"""Probes of what the agent measures: snapshots, TCP connect health, probe targets."""
