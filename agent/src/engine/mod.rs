@@ -498,8 +498,10 @@ impl Engine {
                     warn!(id = %fault.id, error = %e, "cannot remove the journal entry of a reverted fault");
                 }
                 info!(id = %fault.id, kind = fault.spec.kind(), reason = reason.as_str(), "fault reverted");
-                self.audit_automatic(&fault, reason);
+                // Finished before the audit line's fsync: whoever sees the objects gone sees
+                // the fault reverted too.
                 self.finish(&fault);
+                self.audit_automatic(&fault, reason);
                 Ok(fault)
             }
             Err(source) => {
@@ -507,8 +509,8 @@ impl Engine {
                 fault.reason = format!("revert ({}) failed: {source}", reason.as_str());
                 let _ = self.journal.record(&fault);
                 error!(id = %fault.id, kind = fault.spec.kind(), error = %source, "revert failed");
-                self.audit_automatic(&fault, reason);
                 self.finish(&fault);
+                self.audit_automatic(&fault, reason);
                 Err(EngineError::Revert {
                     id: fault.id,
                     source,
