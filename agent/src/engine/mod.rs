@@ -493,14 +493,14 @@ impl Engine {
             Ok(()) => {
                 fault.state = FaultState::Reverted;
                 fault.reason = reason.as_str().to_owned();
+                // Finished before the fsyncs of the journal and the audit log: whoever sees the
+                // objects gone sees the fault reverted too.
+                self.finish(&fault);
                 if let Err(e) = self.journal.remove(&fault.id) {
                     // The objects are gone; a stale entry only costs an idempotent revert later.
                     warn!(id = %fault.id, error = %e, "cannot remove the journal entry of a reverted fault");
                 }
                 info!(id = %fault.id, kind = fault.spec.kind(), reason = reason.as_str(), "fault reverted");
-                // Finished before the audit line's fsync: whoever sees the objects gone sees
-                // the fault reverted too.
-                self.finish(&fault);
                 self.audit_automatic(&fault, reason);
                 Ok(fault)
             }
