@@ -1,6 +1,6 @@
 //! Builds faultline's eBPF programs (agent-ebpf/) for the BPF target with the nightly toolchain,
 //! so that `cargo build` of the agent is all it takes. The object lands in OUT_DIR and is
-//! embedded into the binary by `kernel::tc`.
+//! embedded into the binary by `kernel::bpf::object`.
 
 use std::process::Command;
 

@@ -3,34 +3,34 @@
 
 use std::{path::PathBuf, time::Duration};
 
-pub const DEFAULT_SOCKET: &str = "/run/faultline/faultline.sock";
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/faultline";
-pub const DEFAULT_BPF_PIN_DIR: &str = "/sys/fs/bpf/faultline";
-pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const DEFAULT_SOCKET: &str = "/run/faultline/faultline.sock";
+pub(crate) const DEFAULT_STATE_DIR: &str = "/var/lib/faultline";
+pub(crate) const DEFAULT_BPF_PIN_DIR: &str = "/sys/fs/bpf/faultline";
+pub(crate) const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 /// SSH: a fault that cuts the operator's session loses the host.
-pub const DEFAULT_PROTECTED_PORTS: &[u16] = &[22];
+pub(crate) const DEFAULT_PROTECTED_PORTS: &[u16] = &[22];
 
 #[derive(Debug, Clone)]
-pub struct AgentConfig {
+pub(crate) struct AgentConfig {
     /// The local gRPC listener (unix socket, mode 0600).
-    pub socket: PathBuf,
+    pub(crate) socket: PathBuf,
     /// A group that may also connect to the socket (mode 0660); the policy still decides
     /// what each uid may do.
-    pub socket_group: Option<u32>,
+    pub(crate) socket_group: Option<u32>,
     /// Holds the journal; must survive a crash (not tmpfs, for the journal to mean anything).
-    pub state_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
     /// Where eBPF attachments are pinned so that they outlive the agent until their deadline.
-    pub bpf_pin_dir: PathBuf,
+    pub(crate) bpf_pin_dir: PathBuf,
     /// The longest duration a fault may ask for.
-    pub max_duration: Duration,
+    pub(crate) max_duration: Duration,
     /// Local TCP ports whose established connections the safety guard protects (the remote
     /// listener's port among them when it is on).
-    pub protected_ports: Vec<u16>,
+    pub(crate) protected_ports: Vec<u16>,
     /// Bytes of available memory a memory stress must leave; `None`: 5 % of memory, at least
     /// 256 MiB.
-    pub memory_reserve: Option<u64>,
+    pub(crate) memory_reserve: Option<u64>,
     /// The cgroup under which stress faults get their cgroups, at each hierarchy's root.
-    pub cgroup_parent: String,
+    pub(crate) cgroup_parent: String,
 }
 
 impl Default for AgentConfig {

@@ -7,23 +7,21 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-use crate::{
-    faults::stress::StressError,
-    kernel::{cgroup::CgroupError, nft::NftError, qdisc::QdiscError, tc::TcError},
-};
+use crate::kernel::netdev::{BadDevice, LinkTypeError};
+pub(crate) use crate::kernel::KernelError;
 
 /// A request that is wrong in itself: refused before anything touches the kernel.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 #[error("{field}: {reason}")]
-pub struct InvalidSpec {
+pub(crate) struct InvalidSpec {
     /// The request field, named as the CLI flag / proto field a user wrote (`port`, `cidr`).
-    pub field: String,
+    pub(crate) field: String,
     /// What was wrong and what would be accepted.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 impl InvalidSpec {
-    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             reason: reason.into(),
@@ -31,42 +29,20 @@ impl InvalidSpec {
     }
 }
 
-/// A kernel adapter failed.
-#[derive(Debug, Error)]
-pub enum KernelError {
-    #[error(transparent)]
-    Nft(#[from] NftError),
-    /// Boxed: aya's errors are large, and every `Result` carrying a `KernelError` would pay
-    /// for their size.
-    #[error(transparent)]
-    Tc(Box<TcError>),
-    #[error(transparent)]
-    Stress(#[from] StressError),
-    /// Boxed for the same reason as `Tc`.
-    #[error(transparent)]
-    Qdisc(Box<QdiscError>),
-}
-
-impl From<QdiscError> for KernelError {
-    fn from(e: QdiscError) -> Self {
-        KernelError::Qdisc(Box::new(e))
+impl From<BadDevice> for InvalidSpec {
+    fn from(e: BadDevice) -> Self {
+        InvalidSpec::new("dev", e.0)
     }
 }
 
-impl From<CgroupError> for KernelError {
-    fn from(e: CgroupError) -> Self {
-        KernelError::Stress(StressError::Cgroup(e))
-    }
-}
-
-impl From<TcError> for KernelError {
-    fn from(e: TcError) -> Self {
-        KernelError::Tc(Box::new(e))
+impl From<LinkTypeError> for InvalidSpec {
+    fn from(e: LinkTypeError) -> Self {
+        InvalidSpec::new("dev", e.to_string())
     }
 }
 
 #[derive(Debug, Error)]
-pub enum JournalError {
+pub(crate) enum JournalError {
     #[error("cannot create the journal directory {path}: {source}")]
     CreateDir {
         path: PathBuf,
@@ -95,7 +71,7 @@ pub enum JournalError {
 }
 
 #[derive(Debug, Error)]
-pub enum EngineError {
+pub(crate) enum EngineError {
     #[error(transparent)]
     Invalid(#[from] InvalidSpec),
 

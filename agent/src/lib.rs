@@ -4,10 +4,10 @@
 
 pub mod api;
 pub mod cli;
-pub mod config;
-pub mod engine;
-pub mod errors;
-pub mod faults;
-pub mod fleet;
-pub mod kernel;
-pub mod monitor;
+pub(crate) mod config;
+pub(crate) mod engine;
+pub(crate) mod errors;
+pub(crate) mod faults;
+pub(crate) mod fleet;
+pub(crate) mod kernel;
+pub(crate) mod monitor;

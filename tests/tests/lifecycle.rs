@@ -266,3 +266,51 @@ fn one_shot_fault_waits_and_ctrl_c_reverts_it() -> Result<()> {
     );
     agent.assert_clean()
 }
+
+/// Reverts nobody asked for are in the audit log all the same, as the agent's, with why: one at
+/// its deadline, one at shutdown.
+#[test]
+fn automatic_reverts_are_audited_as_the_agents() -> Result<()> {
+    if !require_root("automatic_reverts_are_audited_as_the_agents") {
+        return Ok(());
+    }
+    let lab = Lab::new()?;
+    let mut agent = Agent::start(&lab.a.ns)?;
+    let short = agent.apply(&[
+        "block", "--dir", "out", "--proto", "tcp", "--port", "9", "--for", "1s",
+    ])?;
+    let started = Instant::now();
+    while agent.fault(&short)?["state"] != "reverted" {
+        ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "fault {short} was not reverted at its deadline: {:#}",
+            agent.fault(&short)?
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let long = agent.apply(&[
+        "block", "--dir", "out", "--proto", "tcp", "--port", "10", "--for", "60s",
+    ])?;
+    let (status, _) = agent.terminate()?;
+    ensure!(status.success(), "the agent exited {status} on SIGTERM");
+
+    let log = std::fs::read_to_string(agent.state_dir().join("audit.log"))?;
+    let automatic: Vec<serde_json::Value> = log
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<Vec<serde_json::Value>, _>>()?
+        .into_iter()
+        .filter(|line| line["rpc"] == "automatic-revert")
+        .collect();
+    for (id, reason) in [(&short, "deadline"), (&long, "shutdown")] {
+        let line = automatic
+            .iter()
+            .find(|line| line["fault"]["id"] == id.as_str())
+            .ok_or_else(|| anyhow::anyhow!("no automatic-revert line for {id}: {log}"))?;
+        ensure!(line["reason"] == reason, "{id}: {line:#}");
+        ensure!(line["who"]["auth"] == "agent", "{id}: {line:#}");
+        ensure!(line["result"] == "ok", "{id}: {line:#}");
+        ensure!(line["fault"]["kind"] == "block", "{id}: {line:#}");
+    }
+    agent.assert_clean()
+}

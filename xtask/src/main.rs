@@ -8,6 +8,8 @@ mod bench;
 mod clean_room;
 mod exec;
 mod host;
+#[cfg(test)]
+mod modules;
 mod package;
 mod prereqs;
 mod run;

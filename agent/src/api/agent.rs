@@ -14,7 +14,7 @@ pub struct AgentService {
 }
 
 impl AgentService {
-    pub fn new(engine: Arc<Engine>, gate: Arc<Gate>) -> Self {
+    pub(crate) fn new(engine: Arc<Engine>, gate: Arc<Gate>) -> Self {
         Self { engine, gate }
     }
 }

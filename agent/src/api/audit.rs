@@ -1,6 +1,8 @@
 //! The audit log: one JSON line for every call that changes faults (Apply, Revert, RevertAll),
-//! whatever its outcome, for every call the policy refused, and for every TLS client refused at
-//! the handshake for its certificate. Each line says when, who (identity, how it was
+//! whatever its outcome, for every call the policy refused, for every TLS client refused at
+//! the handshake for its certificate, and for every revert the agent decides on by itself
+//! (`rpc` `automatic-revert`, `who` the agent, with the `reason`: deadline, lease expired,
+//! shutdown, recovered). Each line says when, who (identity, how it was
 //! established, role), which call, which fault (id, kind, summary) and the result: `ok`,
 //! `denied` or `failed`, with the gRPC code and the message the caller got.
 //!
@@ -23,42 +25,46 @@ use thiserror::Error;
 use tonic::Status;
 use tracing::error;
 
-use super::authz::{Caller, Role, Rpc};
-use crate::engine::Fault;
+use super::{
+    authz::{Caller, Role, Rpc},
+    tls::RefusalLog,
+};
+use crate::engine::{Fault, FaultState, RevertLog, RevertReason};
 
 #[derive(Debug, Error)]
 #[error("cannot open the audit log {path}: {source}")]
-pub struct AuditError {
+pub(crate) struct AuditError {
     path: PathBuf,
     source: std::io::Error,
 }
 
-pub struct AuditLog {
+pub(crate) struct AuditLog {
     path: PathBuf,
     file: Mutex<File>,
 }
 
 /// Who made the call.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Who {
+pub(crate) struct Who {
     /// As refusals name it (`alice`, `uid 1000`); null when the caller has no identity (a
     /// certificate refused at the handshake).
-    pub identity: Option<String>,
-    /// `unix-peer-credentials` or `tls-client-certificate`.
-    pub auth: &'static str,
+    pub(crate) identity: Option<String>,
+    /// `unix-peer-credentials`, `tls-client-certificate`, or `agent` for what the agent did by
+    /// itself.
+    pub(crate) auth: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub uid: Option<u32>,
+    pub(crate) uid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pid: Option<i32>,
+    pub(crate) pid: Option<i32>,
     /// The client's address on the TLS listener.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub peer: Option<String>,
+    pub(crate) peer: Option<String>,
     /// Null when the caller has none (not in the policy).
-    pub role: Option<Role>,
+    pub(crate) role: Option<Role>,
 }
 
 impl Who {
-    pub fn new(caller: &Caller, role: Option<Role>) -> Self {
+    pub(crate) fn new(caller: &Caller, role: Option<Role>) -> Self {
         let (uid, pid, peer) = match caller {
             Caller::Unix { uid, pid } => (Some(*uid), *pid, None),
             Caller::Certificate { peer, .. } => (None, None, Some(peer.to_string())),
@@ -76,29 +82,29 @@ impl Who {
 
 /// The fault a call was about, as far as it is known.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Target {
+pub(crate) struct Target {
     /// Null for a dry run, and for an Apply refused before the fault got an id.
-    pub id: Option<String>,
+    pub(crate) id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub kind: Option<&'static str>,
+    pub(crate) kind: Option<&'static str>,
     /// The fault's one-line description, its target included (`block in tcp dport 8080 (drop)`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub summary: Option<String>,
+    pub(crate) summary: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub duration_secs: Option<f64>,
+    pub(crate) duration_secs: Option<f64>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
 }
 
 impl Target {
-    pub fn id(id: &str) -> Self {
+    pub(crate) fn id(id: &str) -> Self {
         Self {
             id: Some(id.to_owned()),
             ..Self::default()
         }
     }
 
-    pub fn fault(fault: &Fault) -> Self {
+    pub(crate) fn fault(fault: &Fault) -> Self {
         Self {
             id: Some(fault.id.clone()),
             kind: Some(fault.spec.kind()),
@@ -111,7 +117,7 @@ impl Target {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Ok,
     /// Refused by the policy, or at the TLS handshake.
     Denied,
@@ -121,27 +127,30 @@ pub enum Outcome {
 
 /// One line of the log.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Record {
+pub(crate) struct Record {
     /// RFC 3339, UTC, milliseconds.
-    pub time: String,
-    pub who: Who,
+    pub(crate) time: String,
+    pub(crate) who: Who,
     /// `Faults/Apply`, ...; `tls-handshake` for a client refused before any call.
-    pub rpc: &'static str,
+    pub(crate) rpc: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub fault: Option<Target>,
+    pub(crate) fault: Option<Target>,
+    /// Why the agent reverted a fault by itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) reason: Option<&'static str>,
     /// RevertAll: every fault it reverted.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub faults: Option<Vec<Target>>,
-    pub result: Outcome,
+    pub(crate) faults: Option<Vec<Target>>,
+    pub(crate) result: Outcome,
     /// The gRPC status code the caller got, unless `ok`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
+    pub(crate) code: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 impl Record {
-    pub fn new(who: Who, rpc: Rpc) -> Self {
+    pub(crate) fn new(who: Who, rpc: Rpc) -> Self {
         Self::named(who, rpc.name())
     }
 
@@ -151,6 +160,7 @@ impl Record {
             who,
             rpc,
             fault: None,
+            reason: None,
             faults: None,
             result: Outcome::Ok,
             code: None,
@@ -158,18 +168,18 @@ impl Record {
         }
     }
 
-    pub fn with_fault(mut self, target: Target) -> Self {
+    pub(crate) fn with_fault(mut self, target: Target) -> Self {
         self.fault = Some(target);
         self
     }
 
-    pub fn with_faults(mut self, targets: Vec<Target>) -> Self {
+    pub(crate) fn with_faults(mut self, targets: Vec<Target>) -> Self {
         self.faults = Some(targets);
         self
     }
 
     /// Records what the caller was answered.
-    pub fn with_result<T>(mut self, result: &Result<T, Status>) -> Self {
+    pub(crate) fn with_result<T>(mut self, result: &Result<T, Status>) -> Self {
         if let Err(status) = result {
             self.result = if status.code() == tonic::Code::PermissionDenied {
                 Outcome::Denied
@@ -185,7 +195,7 @@ impl Record {
 
 impl AuditLog {
     /// Opens (creating it, mode 0600, and its directory, mode 0700) the log for appending.
-    pub fn open(path: &Path) -> Result<Self, AuditError> {
+    pub(crate) fn open(path: &Path) -> Result<Self, AuditError> {
         let fail = |source| AuditError {
             path: path.to_owned(),
             source,
@@ -215,13 +225,13 @@ impl AuditLog {
         })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Appends the record as one line and fsyncs it. Blocks for the fsync; called from the
     /// runtime it moves off the async workers first.
-    pub fn write(&self, record: &Record) {
+    pub(crate) fn write(&self, record: &Record) {
         let append = || -> std::io::Result<()> {
             let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
             line.push(b'\n');
@@ -242,9 +252,10 @@ impl AuditLog {
             error!(path = %self.path.display(), error = %e, rpc = record.rpc, "cannot write to the audit log");
         }
     }
+}
 
-    /// A TLS client refused for its certificate before it could make any call.
-    pub fn handshake_refused(&self, peer: SocketAddr, reason: String) {
+impl RefusalLog for AuditLog {
+    fn handshake_refused(&self, peer: SocketAddr, reason: String) {
         let who = Who {
             identity: None,
             auth: "tls-client-certificate",
@@ -256,6 +267,26 @@ impl AuditLog {
         let mut record = Record::named(who, "tls-handshake");
         record.result = Outcome::Denied;
         record.error = Some(reason);
+        self.write(&record);
+    }
+}
+
+impl RevertLog for AuditLog {
+    fn reverted(&self, fault: &Fault, reason: RevertReason) {
+        let who = Who {
+            identity: Some("faultline agent".to_owned()),
+            auth: "agent",
+            uid: None,
+            pid: Some(std::process::id() as i32),
+            peer: None,
+            role: None,
+        };
+        let mut record = Record::named(who, "automatic-revert").with_fault(Target::fault(fault));
+        record.reason = Some(reason.as_str());
+        if fault.state == FaultState::Failed {
+            record.result = Outcome::Failed;
+            record.error = Some(fault.reason.clone());
+        }
         self.write(&record);
     }
 }

@@ -37,7 +37,7 @@ use crate::{
 
 /// A caller, as its connection identifies it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Caller {
+pub(crate) enum Caller {
     /// A process on the unix socket; the kernel reports its credentials.
     Unix { uid: u32, pid: Option<i32> },
     /// A client of the TLS listener whose certificate chains to the configured CA.
@@ -46,7 +46,7 @@ pub enum Caller {
 
 impl Caller {
     /// How the identity was established, as the audit log names it.
-    pub fn auth(&self) -> &'static str {
+    pub(crate) fn auth(&self) -> &'static str {
         match self {
             Caller::Unix { .. } => "unix-peer-credentials",
             Caller::Certificate { .. } => "tls-client-certificate",
@@ -64,7 +64,7 @@ impl fmt::Display for Caller {
 }
 
 /// Finds who is calling from what the transport put in the request's extensions.
-pub fn caller<T>(request: &Request<T>) -> Result<Caller, Denied> {
+pub(crate) fn caller<T>(request: &Request<T>) -> Result<Caller, Denied> {
     if let Some(peer) = request.extensions().get::<TlsPeer>() {
         return Ok(Caller::Certificate {
             name: peer.name.clone(),
@@ -97,7 +97,7 @@ pub fn caller<T>(request: &Request<T>) -> Result<Caller, Denied> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Role {
+pub(crate) enum Role {
     Observer,
     Operator,
     Admin,
@@ -121,7 +121,7 @@ impl fmt::Display for Role {
 
 /// The calls the agent serves, as gRPC names them (without the package).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rpc {
+pub(crate) enum Rpc {
     Apply,
     Get,
     List,
@@ -135,7 +135,7 @@ pub enum Rpc {
 }
 
 impl Rpc {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Rpc::Apply => "Faults/Apply",
             Rpc::Get => "Faults/Get",
@@ -160,50 +160,14 @@ impl Rpc {
     }
 }
 
-/// A fault kind as the policy names it: the `kind` of `faultline ls` (`delay` is `netem`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    Block,
-    Loss,
-    Netem,
-    Rate,
-    Cpu,
-    Memory,
-}
-
-impl Kind {
-    fn of(spec: &FaultSpec) -> Self {
-        match spec {
-            FaultSpec::Block(_) => Kind::Block,
-            FaultSpec::Loss(_) => Kind::Loss,
-            FaultSpec::Netem(_) => Kind::Netem,
-            FaultSpec::Rate(_) => Kind::Rate,
-            FaultSpec::CpuStress(_) => Kind::Cpu,
-            FaultSpec::MemoryStress(_) => Kind::Memory,
-        }
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Kind::Block => "block",
-            Kind::Loss => "loss",
-            Kind::Netem => "netem",
-            Kind::Rate => "rate",
-            Kind::Cpu => "cpu",
-            Kind::Memory => "memory",
-        }
-    }
-}
-
 /// A refused call: who, in which role, and the rule that refused it. Shown to the caller as
 /// gRPC PermissionDenied and written to the audit log as it stands.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("{who}{}: {reason}", .role.map(|r| format!(" ({r})")).unwrap_or_default())]
-pub struct Denied {
-    pub who: String,
-    pub role: Option<Role>,
-    pub reason: String,
+pub(crate) struct Denied {
+    pub(crate) who: String,
+    pub(crate) role: Option<Role>,
+    pub(crate) reason: String,
 }
 
 impl From<Denied> for Status {
@@ -213,7 +177,7 @@ impl From<Denied> for Status {
 }
 
 #[derive(Debug, Error)]
-pub enum PolicyError {
+pub(crate) enum PolicyError {
     #[error("cannot read the policy file {path}: {source}")]
     Read {
         path: PathBuf,
@@ -261,13 +225,28 @@ struct OperatorSection {
     #[serde(default)]
     uids: Vec<u32>,
     /// Required: an operator section that forgot it must not mean "every kind".
-    kinds: BTreeSet<Kind>,
+    #[serde(deserialize_with = "kind_names")]
+    kinds: BTreeSet<&'static str>,
     #[serde(default, deserialize_with = "duration_text")]
     max_duration: Option<Duration>,
     #[serde(default, deserialize_with = "percent_value")]
     max_percent: Option<f64>,
     #[serde(default, deserialize_with = "size_text")]
     max_memory: Option<u64>,
+}
+
+/// Fault kinds as the policy names them: the `kind` of `faultline ls` (`delay` is `netem`).
+fn kind_names<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeSet<&'static str>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .into_iter()
+        .map(|name| {
+            FaultSpec::KINDS
+                .iter()
+                .find(|kind| **kind == name)
+                .copied()
+                .ok_or_else(|| serde::de::Error::unknown_variant(&name, FaultSpec::KINDS))
+        })
+        .collect()
 }
 
 fn duration_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -299,12 +278,12 @@ fn size_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
 
 /// What an operator may apply.
 #[derive(Debug, Clone, PartialEq)]
-pub struct OperatorLimits {
-    pub kinds: BTreeSet<Kind>,
-    pub max_duration: Option<Duration>,
+pub(crate) struct OperatorLimits {
+    pub(crate) kinds: BTreeSet<&'static str>,
+    pub(crate) max_duration: Option<Duration>,
     /// Of block and loss percent, netem loss, duplication and corruption, and CPU load.
-    pub max_percent: Option<f64>,
-    pub max_memory: Option<u64>,
+    pub(crate) max_percent: Option<f64>,
+    pub(crate) max_memory: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -323,14 +302,14 @@ impl fmt::Display for Member {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Policy {
+pub(crate) struct Policy {
     path: PathBuf,
     members: BTreeMap<Member, Role>,
     operator: OperatorLimits,
 }
 
 impl Policy {
-    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, PolicyError> {
         let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
             path: path.to_owned(),
             source,
@@ -339,7 +318,7 @@ impl Policy {
     }
 
     /// Parses policy text; `path` names it in errors.
-    pub fn parse(path: &Path, text: &str) -> Result<Self, PolicyError> {
+    pub(crate) fn parse(path: &Path, text: &str) -> Result<Self, PolicyError> {
         let file: PolicyFile = toml::from_str(text).map_err(|e| PolicyError::Parse {
             path: path.to_owned(),
             source: Box::new(e),
@@ -408,29 +387,25 @@ impl Policy {
         })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 }
 
 /// The decisions: who has which role, and whether a call is within it.
 #[derive(Debug, Clone)]
-pub struct Authorizer {
+pub(crate) struct Authorizer {
     policy: Option<Policy>,
 }
 
 impl Authorizer {
     /// `None`: no policy file, only root may call.
-    pub fn new(policy: Option<Policy>) -> Self {
+    pub(crate) fn new(policy: Option<Policy>) -> Self {
         Self { policy }
     }
 
-    pub fn policy(&self) -> Option<&Policy> {
-        self.policy.as_ref()
-    }
-
     /// The caller's role, or why it has none.
-    pub fn role(&self, caller: &Caller) -> Result<Role, Denied> {
+    pub(crate) fn role(&self, caller: &Caller) -> Result<Role, Denied> {
         let refuse = |reason: String| Denied {
             who: caller.to_string(),
             role: None,
@@ -465,7 +440,7 @@ impl Authorizer {
     }
 
     /// May the caller make this call at all? Returns its role.
-    pub fn authorize(&self, caller: &Caller, rpc: Rpc) -> Result<Role, Denied> {
+    pub(crate) fn authorize(&self, caller: &Caller, rpc: Rpc) -> Result<Role, Denied> {
         let role = self.role(caller)?;
         if role == Role::Observer && !rpc.reads_only() {
             return Err(Denied {
@@ -482,7 +457,7 @@ impl Authorizer {
     }
 
     /// Is this fault within what the caller's role may apply?
-    pub fn check_apply(
+    pub(crate) fn check_apply(
         &self,
         caller: &Caller,
         role: Role,
@@ -510,12 +485,11 @@ impl Authorizer {
                     .to_owned(),
             ));
         }
-        let kind = Kind::of(&request.spec);
-        if !limits.kinds.contains(&kind) {
-            let allowed: Vec<&str> = limits.kinds.iter().map(|k| k.as_str()).collect();
+        let kind = request.spec.kind();
+        if !limits.kinds.contains(kind) {
+            let allowed: Vec<&str> = limits.kinds.iter().copied().collect();
             return Err(refuse(format!(
-                "fault kind {} is not allowed (allowed: {})",
-                kind.as_str(),
+                "fault kind {kind} is not allowed (allowed: {})",
                 if allowed.is_empty() {
                     "none".to_owned()
                 } else {
@@ -532,18 +506,17 @@ impl Authorizer {
                 )));
             }
         }
+        let demands = request.spec.family().demands();
         if let Some(max) = limits.max_percent {
-            if let Some((what, value)) = percents(&request.spec)
-                .into_iter()
-                .find(|(_, value)| *value > max)
+            if let Some((what, value)) =
+                demands.percents.into_iter().find(|(_, value)| *value > max)
             {
                 return Err(refuse(format!(
                     "{what} {value}% is more than the operator maximum of {max}%"
                 )));
             }
         }
-        if let (Some(max), FaultSpec::MemoryStress(spec)) = (limits.max_memory, &request.spec) {
-            let bytes = spec.bytes();
+        if let (Some(max), Some(bytes)) = (limits.max_memory, demands.memory) {
             if bytes > max {
                 return Err(refuse(format!(
                     "memory {} is more than the operator maximum of {}",
@@ -553,22 +526,6 @@ impl Authorizer {
             }
         }
         Ok(())
-    }
-}
-
-/// The shares of a fault that `max_percent` bounds, named as the CLI flags are.
-fn percents(spec: &FaultSpec) -> Vec<(&'static str, f64)> {
-    match spec {
-        // Without --percent a block takes every matching packet.
-        FaultSpec::Block(b) => vec![("block percent", b.percent.unwrap_or(100.0))],
-        FaultSpec::Loss(l) => vec![("loss percent", l.percent)],
-        FaultSpec::Netem(n) => vec![
-            ("netem loss", n.params.loss),
-            ("netem duplicate", n.params.duplicate),
-            ("netem corrupt", n.params.corrupt),
-        ],
-        FaultSpec::CpuStress(c) => vec![("cpu load", c.load)],
-        FaultSpec::Rate(_) | FaultSpec::MemoryStress(_) => Vec::new(),
     }
 }
 

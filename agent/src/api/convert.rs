@@ -21,7 +21,7 @@ use crate::{
     },
 };
 
-pub fn apply_request(req: pb::ApplyRequest) -> Result<ApplyRequest, InvalidSpec> {
+pub(crate) fn apply_request(req: pb::ApplyRequest) -> Result<ApplyRequest, InvalidSpec> {
     let spec = fault_spec(req.spec.ok_or_else(missing_spec)?)?;
     let duration = duration(req.duration.ok_or_else(|| {
         InvalidSpec::new("duration", "missing: every fault needs one (e.g. 30s)")
@@ -39,11 +39,14 @@ pub fn apply_request(req: pb::ApplyRequest) -> Result<ApplyRequest, InvalidSpec>
 fn missing_spec() -> InvalidSpec {
     InvalidSpec::new(
         "spec",
-        "missing: set one fault kind (block, loss, netem, rate, cpu or memory)",
+        format!(
+            "missing: set one fault kind ({})",
+            FaultSpec::KINDS.join(", ")
+        ),
     )
 }
 
-pub fn fault_spec(spec: pb::FaultSpec) -> Result<FaultSpec, InvalidSpec> {
+pub(crate) fn fault_spec(spec: pb::FaultSpec) -> Result<FaultSpec, InvalidSpec> {
     match spec.kind.ok_or_else(missing_spec)? {
         pb::fault_spec::Kind::Block(b) => Ok(FaultSpec::Block(BlockSpec {
             direction: direction(b.direction, None)?,
@@ -210,7 +213,7 @@ fn packet_match(m: pb::PacketMatch) -> Result<PacketMatch, InvalidSpec> {
 }
 
 /// `10.0.0.0/8`, `2001:db8::/32`, or a bare address (a /32 or /128). Host bits are cleared.
-pub fn parse_cidr(text: &str) -> Result<IpNet, InvalidSpec> {
+pub(crate) fn parse_cidr(text: &str) -> Result<IpNet, InvalidSpec> {
     let text = text.trim();
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
@@ -223,16 +226,16 @@ pub fn parse_cidr(text: &str) -> Result<IpNet, InvalidSpec> {
         })
 }
 
-pub fn duration(d: prost_types::Duration) -> Result<Duration, InvalidSpec> {
+pub(crate) fn duration(d: prost_types::Duration) -> Result<Duration, InvalidSpec> {
     Duration::try_from(d).map_err(|_| InvalidSpec::new("duration", "must not be negative"))
 }
 
 /// A lease period as given; how long it may be is the engine's to check.
-pub fn lease(d: prost_types::Duration) -> Result<Duration, InvalidSpec> {
+pub(crate) fn lease(d: prost_types::Duration) -> Result<Duration, InvalidSpec> {
     Duration::try_from(d).map_err(|_| InvalidSpec::new("lease", "negative: expected e.g. 10s"))
 }
 
-pub fn proto_renewals(outcomes: Vec<Renewal>) -> pb::RenewLeaseResponse {
+pub(crate) fn proto_renewals(outcomes: Vec<Renewal>) -> pb::RenewLeaseResponse {
     let mut response = pb::RenewLeaseResponse::default();
     for outcome in outcomes {
         match outcome {
@@ -288,7 +291,7 @@ fn proto_match(m: &PacketMatch) -> pb::PacketMatch {
     }
 }
 
-pub fn proto_spec(spec: &FaultSpec) -> pb::FaultSpec {
+pub(crate) fn proto_spec(spec: &FaultSpec) -> pb::FaultSpec {
     let kind = match spec {
         FaultSpec::Block(b) => pb::fault_spec::Kind::Block(pb::BlockSpec {
             direction: proto_direction(b.direction),
@@ -382,7 +385,7 @@ fn proto_state(state: FaultState) -> i32 {
     .into()
 }
 
-pub fn proto_fault(f: &Fault) -> pb::Fault {
+pub(crate) fn proto_fault(f: &Fault) -> pb::Fault {
     pb::Fault {
         id: f.id.clone(),
         spec: Some(proto_spec(&f.spec)),
@@ -395,11 +398,14 @@ pub fn proto_fault(f: &Fault) -> pb::Fault {
         plan: f.plan.clone(),
         lease: f.lease.map(proto_duration),
         lease_expires_at: f.lease_expires_at.map(Into::into),
+        kind: f.spec.kind().to_owned(),
+        summary: f.spec.family().summary(),
     }
 }
 
-/// The way back, for the CLI: a fault as the agent reported it.
-pub fn fault(f: pb::Fault) -> Result<Fault, InvalidSpec> {
+/// The way back, for clients that compute with faults (metrics snapshots, experiments); the
+/// CLI prints from the protobuf types instead (`cli::view`).
+pub(crate) fn fault(f: pb::Fault) -> Result<Fault, InvalidSpec> {
     let time = |t: Option<prost_types::Timestamp>, field: &str| {
         t.and_then(|t| SystemTime::try_from(t).ok())
             .ok_or_else(|| InvalidSpec::new(field, "missing or out of range"))

@@ -27,7 +27,7 @@ pub struct FaultsService {
 }
 
 impl FaultsService {
-    pub fn new(engine: Arc<Engine>, gate: Arc<Gate>) -> Self {
+    pub(crate) fn new(engine: Arc<Engine>, gate: Arc<Gate>) -> Self {
         Self { engine, gate }
     }
 

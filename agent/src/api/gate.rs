@@ -14,35 +14,35 @@ use super::{
 };
 use crate::engine::ApplyRequest;
 
-pub struct Gate {
+pub(crate) struct Gate {
     authz: Authorizer,
     audit: Arc<AuditLog>,
 }
 
 /// A call let through: who made it, in which role.
 #[derive(Debug, Clone)]
-pub struct Admitted {
-    pub caller: Caller,
-    pub role: Role,
+pub(crate) struct Admitted {
+    pub(crate) caller: Caller,
+    pub(crate) role: Role,
 }
 
 impl Admitted {
-    pub fn who(&self) -> Who {
+    pub(crate) fn who(&self) -> Who {
         Who::new(&self.caller, Some(self.role))
     }
 }
 
 impl Gate {
-    pub fn new(authz: Authorizer, audit: Arc<AuditLog>) -> Self {
+    pub(crate) fn new(authz: Authorizer, audit: Arc<AuditLog>) -> Self {
         Self { authz, audit }
     }
 
-    pub fn audit(&self) -> &Arc<AuditLog> {
+    pub(crate) fn audit(&self) -> &Arc<AuditLog> {
         &self.audit
     }
 
     /// Who is calling; a caller without an identity is refused (and audited).
-    pub fn identify<T>(&self, request: &Request<T>, rpc: Rpc) -> Result<Caller, Status> {
+    pub(crate) fn identify<T>(&self, request: &Request<T>, rpc: Rpc) -> Result<Caller, Status> {
         authz::caller(request).map_err(|denied| {
             let who = Who {
                 identity: None,
@@ -58,7 +58,7 @@ impl Gate {
 
     /// Identifies the caller and checks that its role allows the call; a refusal is audited
     /// with `target`, the fault the call named.
-    pub fn admit<T>(
+    pub(crate) fn admit<T>(
         &self,
         request: &Request<T>,
         rpc: Rpc,
@@ -77,12 +77,12 @@ impl Gate {
 
     /// [`Authorizer::authorize`] without the audit line: for Apply, which writes one line for
     /// whatever happens to it.
-    pub fn authorize(&self, caller: &Caller, rpc: Rpc) -> Result<Role, Denied> {
+    pub(crate) fn authorize(&self, caller: &Caller, rpc: Rpc) -> Result<Role, Denied> {
         self.authz.authorize(caller, rpc)
     }
 
     /// [`Authorizer::check_apply`], likewise without the audit line.
-    pub fn check_apply(
+    pub(crate) fn check_apply(
         &self,
         caller: &Caller,
         role: Role,
@@ -91,7 +91,7 @@ impl Gate {
         self.authz.check_apply(caller, role, request)
     }
 
-    pub fn record(&self, record: &Record) {
+    pub(crate) fn record(&self, record: &Record) {
         self.write(record);
     }
 

@@ -29,7 +29,7 @@ pub struct MetricsService {
 }
 
 impl MetricsService {
-    pub fn new(monitor: Arc<Monitor>, engine: Arc<Engine>, gate: Arc<Gate>) -> Self {
+    pub(crate) fn new(monitor: Arc<Monitor>, engine: Arc<Engine>, gate: Arc<Gate>) -> Self {
         Self {
             monitor,
             engine,
@@ -126,7 +126,7 @@ fn cpu_back(c: pb::CpuTimes) -> CpuTimes {
     }
 }
 
-pub fn to_proto(s: &MetricsSnapshot) -> pb::MetricsSnapshot {
+pub(crate) fn to_proto(s: &MetricsSnapshot) -> pb::MetricsSnapshot {
     let h = &s.host;
     let m = &h.memory;
     let t = &h.tcp;
@@ -248,7 +248,7 @@ fn unix_ms(t: Option<prost_types::Timestamp>) -> u64 {
 }
 
 /// The way back, for the CLI.
-pub fn from_proto(s: pb::MetricsSnapshot) -> Result<MetricsSnapshot, InvalidSpec> {
+pub(crate) fn from_proto(s: pb::MetricsSnapshot) -> Result<MetricsSnapshot, InvalidSpec> {
     let h = s
         .host
         .ok_or_else(|| InvalidSpec::new("host", "missing from the agent's snapshot"))?;
@@ -353,10 +353,12 @@ pub fn from_proto(s: pb::MetricsSnapshot) -> Result<MetricsSnapshot, InvalidSpec
                 last_checked_unix_ms: unix_ms(p.last_checked),
             })
             .collect(),
+        // A fault of a kind this client does not know (the agent is newer) is left out: a
+        // snapshot is for computing with, and this client could not.
         faults: s
             .faults
             .into_iter()
-            .map(convert::fault)
-            .collect::<Result<_, _>>()?,
+            .filter_map(|f| convert::fault(f).ok())
+            .collect(),
     })
 }

@@ -47,7 +47,7 @@ pub use metrics::MetricsService;
 const DRAIN: Duration = Duration::from_secs(5);
 
 /// The remote listener, bound and with its certificates loaded.
-pub struct Remote {
+pub(crate) struct Remote {
     pub listener: TcpListener,
     pub tls: tls::ServerTls,
 }
@@ -58,7 +58,7 @@ type ServerTask = JoinHandle<Result<(), tonic::transport::Error>>;
 /// listener (mutual TLS), every call through `gate`; and the monitor as Prometheus text on
 /// `metrics_listener`, when given. Runs until SIGTERM or SIGINT (or a listener fails), then
 /// reverts every active fault before returning.
-pub async fn serve(
+pub(crate) async fn serve(
     engine: Arc<Engine>,
     monitor: Arc<Monitor>,
     gate: Arc<gate::Gate>,
@@ -308,7 +308,7 @@ pub async fn connect(address: &AgentAddress) -> Result<Channel, tonic::transport
 
 /// Connects a gRPC channel to the agent's remote listener (`https://HOST:PORT`), presenting
 /// the client certificate and checking the agent's against the CA in `tls`.
-pub async fn connect_tls(
+pub(crate) async fn connect_tls(
     url: &str,
     tls: &tls::ClientTls,
 ) -> Result<Channel, tonic::transport::Error> {

@@ -5,7 +5,7 @@ use tonic::{Code, Status};
 
 use crate::errors::EngineError;
 
-pub fn from_engine(e: EngineError) -> Status {
+pub(crate) fn from_engine(e: EngineError) -> Status {
     let code = match &e {
         EngineError::Invalid(_) => Code::InvalidArgument,
         EngineError::NotFound { .. } => Code::NotFound,

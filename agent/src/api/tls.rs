@@ -40,8 +40,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{server::Connected, Certificate, ClientTlsConfig, Identity};
 use tracing::{debug, warn};
 
-use super::audit::AuditLog;
-
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a refused client has to read its alert and close before the agent closes.
@@ -51,7 +49,7 @@ const LINGER: Duration = Duration::from_secs(2);
 const MAX_HANDSHAKES: usize = 64;
 
 #[derive(Debug, Error)]
-pub enum TlsError {
+pub(crate) enum TlsError {
     #[error("cannot read the {what} {path}: {source}")]
     Read {
         what: &'static str,
@@ -110,12 +108,12 @@ fn private_key(pem: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, TlsErr
 
 /// The agent's side: its certificate and key, and the CA client certificates must chain to.
 #[derive(Clone)]
-pub struct ServerTls {
+pub(crate) struct ServerTls {
     config: Arc<ServerConfig>,
 }
 
 impl ServerTls {
-    pub fn load(cert: &Path, key: &Path, client_ca: &Path) -> Result<Self, TlsError> {
+    pub(crate) fn load(cert: &Path, key: &Path, client_ca: &Path) -> Result<Self, TlsError> {
         let chain = certificates(&read(cert, "certificate")?, cert, "certificate")?;
         let key = private_key(&read(key, "private key")?, key)?;
         let mut roots = RootCertStore::empty();
@@ -149,14 +147,14 @@ impl ServerTls {
 
 /// Who is at the other end of a verified TLS connection; in every request's extensions.
 #[derive(Debug, Clone)]
-pub struct TlsPeer {
-    pub remote: SocketAddr,
+pub(crate) struct TlsPeer {
+    pub(crate) remote: SocketAddr,
     /// The common name of the verified client certificate.
-    pub name: String,
+    pub(crate) name: String,
 }
 
 /// A TLS connection whose client certificate the handshake verified.
-pub struct TlsConnection {
+pub(crate) struct TlsConnection {
     stream: TlsStream<TcpStream>,
     peer: TlsPeer,
 }
@@ -212,11 +210,12 @@ impl AsyncWrite for TlsConnection {
 /// Accepts TCP connections on `listener` and yields those whose handshake verified a client
 /// certificate with a common name. Refusals are logged and audited. Stops accepting when the
 /// stream is dropped (the server stopped).
-pub fn incoming(
+pub(crate) fn incoming(
     listener: TcpListener,
     tls: ServerTls,
-    audit: Arc<AuditLog>,
+    audit: Arc<impl RefusalLog + 'static>,
 ) -> ReceiverStream<io::Result<TlsConnection>> {
+    let audit: Arc<dyn RefusalLog> = audit;
     let (tx, rx) = mpsc::channel(16);
     let acceptor = TlsAcceptor::from(tls.config);
     tokio::spawn(async move {
@@ -247,7 +246,7 @@ pub fn incoming(
                 let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                     Ok(Ok(stream)) => stream,
                     Ok(Err((e, tcp))) => {
-                        refused(&audit, remote, &e);
+                        refused(audit.as_ref(), remote, &e);
                         return linger(tcp).await;
                     }
                     Err(_) => {
@@ -277,9 +276,16 @@ pub fn incoming(
     ReceiverStream::new(rx)
 }
 
+/// Where refused handshakes are recorded: the audit log, which knows this module's callers'
+/// identities, so this module does not know it.
+pub(crate) trait RefusalLog: Send + Sync {
+    /// A client refused for its certificate before it could make any call.
+    fn handshake_refused(&self, peer: SocketAddr, reason: String);
+}
+
 /// A failed handshake. Certificate refusals are what the audit log is for; anything else
 /// (a port scan, a client speaking plain HTTP) only goes to the debug log.
-fn refused(audit: &AuditLog, remote: SocketAddr, error: &io::Error) {
+fn refused(audit: &dyn RefusalLog, remote: SocketAddr, error: &io::Error) {
     let tls_error = error
         .get_ref()
         .and_then(|e| e.downcast_ref::<rustls::Error>());
@@ -309,7 +315,7 @@ async fn linger(mut tcp: TcpStream) {
 }
 
 /// The subject's common name, the identity of a client certificate.
-pub fn common_name(der: &CertificateDer<'_>) -> Option<String> {
+pub(crate) fn common_name(der: &CertificateDer<'_>) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
     let name = cert.subject().iter_common_name().next()?.as_str().ok()?;
     Some(name.to_owned()).filter(|n| !n.is_empty())
@@ -317,14 +323,14 @@ pub fn common_name(der: &CertificateDer<'_>) -> Option<String> {
 
 /// The CLI's side: its certificate and key, and the CA the agent's certificate must chain to.
 #[derive(Debug, Clone)]
-pub struct ClientTls {
+pub(crate) struct ClientTls {
     config: ClientTlsConfig,
 }
 
 impl ClientTls {
     /// Reads and checks the three PEM files, so that a wrong path or file is reported as such
     /// rather than as a failed connection.
-    pub fn load(cert: &Path, key: &Path, ca: &Path) -> Result<Self, TlsError> {
+    pub(crate) fn load(cert: &Path, key: &Path, ca: &Path) -> Result<Self, TlsError> {
         let cert_pem = read(cert, "client certificate")?;
         certificates(&cert_pem, cert, "client certificate")?;
         let key_pem = read(key, "private key")?;
@@ -338,7 +344,7 @@ impl ClientTls {
         })
     }
 
-    pub fn config(&self) -> ClientTlsConfig {
+    pub(crate) fn config(&self) -> ClientTlsConfig {
         self.config.clone()
     }
 }

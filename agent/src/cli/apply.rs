@@ -19,14 +19,14 @@ use super::{
     args::{ApplyArgs, Global, Output},
     connect::channel,
     output::{self, Failure},
+    view::FaultView,
 };
-use crate::engine::{Fault, FaultState};
 
-pub async fn client(global: &Global) -> Result<FaultsClient<Channel>, Failure> {
+pub(crate) async fn client(global: &Global) -> Result<FaultsClient<Channel>, Failure> {
     Ok(FaultsClient::new(channel(global).await?))
 }
 
-pub async fn run(
+pub(crate) async fn run(
     global: &Global,
     args: &ApplyArgs,
     kind: pb::fault_spec::Kind,
@@ -40,11 +40,11 @@ pub async fn run(
     let fault =
         output::fault(response.fault.ok_or_else(|| {
             Failure::internal("the agent applied the fault but did not return it")
-        })?)?;
+        })?);
     if args.detach {
         match global.output {
             Output::Json => output::print_fault(&fault, Output::Json),
-            Output::Text => println!("{}", fault.id),
+            Output::Text => println!("{}", fault.id()),
         }
         return Ok(());
     }
@@ -52,11 +52,12 @@ pub async fn run(
     if global.output == Output::Json {
         output::print_fault(&last, Output::Json);
     }
-    match last.state {
-        FaultState::Reverted => Ok(()),
-        _ => Err(Failure::internal(format!(
-            "fault {} ended {}: {}",
-            last.id, last.state, last.reason
+    match last.state() {
+        "reverted" => Ok(()),
+        state => Err(Failure::internal(format!(
+            "fault {} ended {state}: {}",
+            last.id(),
+            last.reason()
         ))),
     }
 }
@@ -65,14 +66,17 @@ pub async fn run(
 /// fault is renewed every third of its lease: this command is its controller, so the fault
 /// ends within the lease of this command's death (SIGKILL, a lost machine), and two renewals
 /// may fail before the lease runs out.
-async fn follow(faults: &mut FaultsClient<Channel>, fault: Fault) -> Result<Fault, Failure> {
+async fn follow(
+    faults: &mut FaultsClient<Channel>,
+    fault: FaultView,
+) -> Result<FaultView, Failure> {
     let tty = std::io::stderr().is_terminal();
     eprintln!(
         "fault {} active: {} (Ctrl-C reverts it now)",
-        fault.id,
-        fault.spec.family().summary()
+        fault.id(),
+        fault.summary()
     );
-    let mut renewals = fault.lease.map(|lease| {
+    let mut renewals = fault.lease().map(|lease| {
         let every = lease / 3;
         let mut interval = tokio::time::interval_at(Instant::now() + every, every);
         interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -80,7 +84,7 @@ async fn follow(faults: &mut FaultsClient<Channel>, fault: Fault) -> Result<Faul
     });
     let mut events = faults
         .watch(pb::WatchRequest {
-            fault_id: fault.id.clone(),
+            fault_id: fault.id().to_owned(),
         })
         .await?
         .into_inner();
@@ -94,8 +98,8 @@ async fn follow(faults: &mut FaultsClient<Channel>, fault: Fault) -> Result<Faul
         tokio::select! {
             event = events.message() => match event? {
                 Some(pb::FaultEvent { fault: Some(f), .. }) => {
-                    current = output::fault(f)?;
-                    if current.state.is_finished() {
+                    current = output::fault(f);
+                    if current.is_finished() {
                         break;
                     }
                 }
@@ -106,20 +110,20 @@ async fn follow(faults: &mut FaultsClient<Channel>, fault: Fault) -> Result<Faul
                 }
             },
             every = next_renewal(&mut renewals) => {
-                if let Some(problem) = renew(faults, &current.id, every).await {
+                if let Some(problem) = renew(faults, current.id(), every).await {
                     // The agent reverts the fault if this goes on; the Watch stream says when.
                     if tty {
                         eprint!("\r\x1b[K");
                     }
-                    eprintln!("faultline: the lease of fault {} was not renewed: {problem}", current.id);
+                    eprintln!("faultline: the lease of fault {} was not renewed: {problem}", current.id());
                 }
             }
-            _ = int.recv() => { current = revert(faults, &current.id).await?; break; }
-            _ = term.recv() => { current = revert(faults, &current.id).await?; break; }
+            _ = int.recv() => { current = revert(faults, current.id()).await?; break; }
+            _ = term.recv() => { current = revert(faults, current.id()).await?; break; }
             _ = tick.tick() => {
                 if tty {
                     let left = current.remaining(SystemTime::now()).as_secs();
-                    eprint!("\r\x1b[K{} {}: {} left", current.id, current.state, humantime::format_duration(Duration::from_secs(left)));
+                    eprint!("\r\x1b[K{} {}: {} left", current.id(), current.state(), humantime::format_duration(Duration::from_secs(left)));
                     let _ = std::io::stderr().flush();
                 }
             }
@@ -130,7 +134,9 @@ async fn follow(faults: &mut FaultsClient<Channel>, fault: Fault) -> Result<Faul
     }
     eprintln!(
         "fault {} {} ({})",
-        current.id, current.state, current.reason
+        current.id(),
+        current.state(),
+        current.reason()
     );
     Ok(current)
 }
@@ -169,10 +175,10 @@ async fn renew(faults: &mut FaultsClient<Channel>, id: &str, within: Duration) -
     }
 }
 
-async fn revert(faults: &mut FaultsClient<Channel>, id: &str) -> Result<Fault, Failure> {
+async fn revert(faults: &mut FaultsClient<Channel>, id: &str) -> Result<FaultView, Failure> {
     let reverted = faults
         .revert(pb::RevertRequest { id: id.to_owned() })
         .await?
         .into_inner();
-    output::fault(reverted)
+    Ok(output::fault(reverted))
 }

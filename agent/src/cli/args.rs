@@ -9,34 +9,34 @@ use faultline_proto::v1 as pb;
 use crate::config::DEFAULT_SOCKET;
 
 #[derive(Debug, Clone, Args)]
-pub struct Global {
+pub(crate) struct Global {
     /// The agent to talk to: a unix socket path, unix:PATH, or https://HOST:PORT (its remote
     /// listener, with --tls-cert, --tls-key and --ca)
     #[arg(long, global = true, env = "FAULTLINE_AGENT", default_value = DEFAULT_SOCKET)]
-    pub agent: String,
+    pub(crate) agent: String,
     /// This side's certificate (PEM): the client's for an https:// agent, the agent's own for
     /// `serve --listen`
     #[arg(long, global = true, env = "FAULTLINE_TLS_CERT", value_name = "FILE")]
-    pub tls_cert: Option<PathBuf>,
+    pub(crate) tls_cert: Option<PathBuf>,
     /// The private key of --tls-cert (PEM)
     #[arg(long, global = true, env = "FAULTLINE_TLS_KEY", value_name = "FILE")]
-    pub tls_key: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
     /// The CA the agent's certificate must chain to (PEM), for an https:// agent
     #[arg(long, global = true, env = "FAULTLINE_CA", value_name = "FILE")]
-    pub ca: Option<PathBuf>,
+    pub(crate) ca: Option<PathBuf>,
     /// Output format
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Text)]
-    pub output: Output,
+    pub(crate) output: Output,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Output {
+pub(crate) enum Output {
     Text,
     Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Dir {
+pub(crate) enum Dir {
     /// Packets the host receives
     In,
     /// Packets the host sends
@@ -53,7 +53,7 @@ impl From<Dir> for pb::Direction {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
-pub enum Proto {
+pub(crate) enum Proto {
     #[default]
     Any,
     Tcp,
@@ -62,20 +62,20 @@ pub enum Proto {
 
 /// Which packets: protocol, destination ports, remote addresses.
 #[derive(Debug, Clone, Args)]
-pub struct MatchArgs {
+pub(crate) struct MatchArgs {
     /// Protocol of the packets
     #[arg(long, value_enum, default_value_t = Proto::Any)]
-    pub proto: Proto,
+    pub(crate) proto: Proto,
     /// Destination port or range (8080, 8000-8100); repeat or separate with commas
     #[arg(long = "port", value_name = "PORT[-PORT]", value_delimiter = ',', value_parser = parse_port_range)]
-    pub ports: Vec<pb::PortRange>,
+    pub(crate) ports: Vec<pb::PortRange>,
     /// Remote address or CIDR (10.0.0.0/8, 2001:db8::/32); repeat or separate with commas
     #[arg(long = "cidr", value_name = "CIDR", value_delimiter = ',')]
-    pub cidrs: Vec<String>,
+    pub(crate) cidrs: Vec<String>,
 }
 
 impl MatchArgs {
-    pub fn to_proto(&self) -> pb::PacketMatch {
+    pub(crate) fn to_proto(&self) -> pb::PacketMatch {
         pb::PacketMatch {
             protocol: match self.proto {
                 Proto::Any => pb::Protocol::Any,
@@ -91,31 +91,31 @@ impl MatchArgs {
 
 /// How long, how labelled, and how to run a fault.
 #[derive(Debug, Clone, Args)]
-pub struct ApplyArgs {
+pub(crate) struct ApplyArgs {
     /// How long the fault lasts (30s, 1m30s, 2h); it is reverted then
     #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
-    pub duration: Duration,
+    pub(crate) duration: Duration,
     /// Revert the fault early unless its lease is renewed within this period (faultline renew
     /// ID); without --detach this command renews it every third of the period while it waits,
     /// so the fault ends soon after the command dies. At least 1s, at most --for
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub lease: Option<Duration>,
+    pub(crate) lease: Option<Duration>,
     /// A label to attach (key=value); repeatable
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
-    pub labels: Vec<(String, String)>,
+    pub(crate) labels: Vec<(String, String)>,
     /// Apply even where the safety guard refuses (SSH sessions, the agent's own control port)
     #[arg(long)]
-    pub force: bool,
+    pub(crate) force: bool,
     /// Print the kernel operations and touch nothing
     #[arg(long)]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
     /// Return as soon as the fault is active, printing its id; the agent reverts it at its deadline
     #[arg(long)]
-    pub detach: bool,
+    pub(crate) detach: bool,
 }
 
 impl ApplyArgs {
-    pub fn request(&self, spec: pb::fault_spec::Kind) -> pb::ApplyRequest {
+    pub(crate) fn request(&self, spec: pb::fault_spec::Kind) -> pb::ApplyRequest {
         pb::ApplyRequest {
             spec: Some(pb::FaultSpec { kind: Some(spec) }),
             duration: prost_types::Duration::try_from(self.duration).ok(),
@@ -136,13 +136,13 @@ impl ApplyArgs {
 }
 
 /// `30s`, `1m30s`, `500ms`, `2h`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|e| format!("{e} (expected e.g. 30s, 1m30s, 500ms, 2h)"))
 }
 
 /// `8080` or `8000-8100`; range checks are the agent's, so every interface gets the same ones.
-pub fn parse_port_range(text: &str) -> Result<pb::PortRange, String> {
+pub(crate) fn parse_port_range(text: &str) -> Result<pb::PortRange, String> {
     let number = |s: &str| {
         s.trim().parse::<u32>().map_err(|_| {
             format!("{s:?} is not a port number (expected 1-65535, or a range like 8000-8100)")

@@ -10,26 +10,26 @@ use super::{
 };
 
 #[derive(Debug, Args)]
-pub struct Options {
+pub(crate) struct Options {
     /// Direction: in blocks packets to this host, out blocks packets it sends
     #[arg(long, value_enum)]
-    pub dir: Dir,
+    pub(crate) dir: Dir,
     /// Only packets through this interface
     #[arg(long)]
-    pub dev: Option<String>,
+    pub(crate) dev: Option<String>,
     #[command(flatten)]
-    pub matcher: MatchArgs,
+    pub(crate) matcher: MatchArgs,
     /// Reject (TCP reset / ICMP port unreachable) instead of dropping silently
     #[arg(long)]
-    pub reject: bool,
+    pub(crate) reject: bool,
     /// Block only this share of the matching packets, in percent (0 < P <= 100)
     #[arg(long)]
-    pub percent: Option<f64>,
+    pub(crate) percent: Option<f64>,
     #[command(flatten)]
-    pub apply: ApplyArgs,
+    pub(crate) apply: ApplyArgs,
 }
 
-pub async fn run(global: &Global, o: Options) -> Result<(), Failure> {
+pub(crate) async fn run(global: &Global, o: Options) -> Result<(), Failure> {
     let spec = pb::BlockSpec {
         direction: pb::Direction::from(o.dir).into(),
         r#match: Some(o.matcher.to_proto()),

@@ -32,7 +32,7 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 const MAX_NAME: usize = 64;
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// A new certificate authority: OUT/ca.pem and OUT/ca-key.pem (keep the key secret)
     Ca(CaOptions),
     /// The agent's certificate, signed by the CA: OUT/agent.pem, OUT/agent-key.pem, OUT/ca.pem
@@ -43,67 +43,67 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
-pub struct Validity {
+pub(crate) struct Validity {
     /// How many days the certificate is valid, from --valid-from [default: 3650 for a CA, 365
     /// for an agent, 90 for a client]
     #[arg(long, value_name = "N", conflicts_with = "not_after")]
-    pub days: Option<u32>,
+    pub(crate) days: Option<u32>,
     /// Start of validity, RFC 3339 (2026-01-01T00:00:00Z) [default: now, less 5 minutes of
     /// clock skew]
     #[arg(long, value_name = "TIME", value_parser = rfc3339)]
-    pub valid_from: Option<SystemTime>,
+    pub(crate) valid_from: Option<SystemTime>,
     /// End of validity, RFC 3339, instead of --days
     #[arg(long, value_name = "TIME", value_parser = rfc3339)]
-    pub not_after: Option<SystemTime>,
+    pub(crate) not_after: Option<SystemTime>,
 }
 
 #[derive(Debug, Args)]
-pub struct CaOptions {
+pub(crate) struct CaOptions {
     /// The directory to write to (created if missing)
     #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    pub(crate) out: PathBuf,
     /// The CA's common name
     #[arg(long, default_value = "faultline CA")]
-    pub name: String,
+    pub(crate) name: String,
     #[command(flatten)]
-    pub validity: Validity,
+    pub(crate) validity: Validity,
 }
 
 #[derive(Debug, Args)]
-pub struct AgentOptions {
+pub(crate) struct AgentOptions {
     /// The directory holding ca.pem and ca-key.pem (from `faultline certs ca`)
     #[arg(long, value_name = "DIR")]
-    pub ca_dir: PathBuf,
+    pub(crate) ca_dir: PathBuf,
     /// The agent's host name, as clients write it in --agent https://HOST:PORT (its common
     /// name and a DNS name of the certificate; an address is taken as an IP address)
     #[arg(long, value_name = "HOST")]
-    pub name: String,
+    pub(crate) name: String,
     /// An address clients may reach the agent at; repeatable
     #[arg(long = "ip", value_name = "IP")]
-    pub ips: Vec<IpAddr>,
+    pub(crate) ips: Vec<IpAddr>,
     /// Another DNS name of the agent; repeatable
     #[arg(long = "dns", value_name = "NAME")]
-    pub dns_names: Vec<String>,
+    pub(crate) dns_names: Vec<String>,
     /// The directory to write to (created if missing)
     #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    pub(crate) out: PathBuf,
     #[command(flatten)]
-    pub validity: Validity,
+    pub(crate) validity: Validity,
 }
 
 #[derive(Debug, Args)]
-pub struct ClientOptions {
+pub(crate) struct ClientOptions {
     /// The directory holding ca.pem and ca-key.pem (from `faultline certs ca`)
     #[arg(long, value_name = "DIR")]
-    pub ca_dir: PathBuf,
+    pub(crate) ca_dir: PathBuf,
     /// The client's identity: the certificate's common name, as the policy names it
     #[arg(long, value_name = "NAME")]
-    pub name: String,
+    pub(crate) name: String,
     /// The directory to write to (created if missing)
     #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    pub(crate) out: PathBuf,
     #[command(flatten)]
-    pub validity: Validity,
+    pub(crate) validity: Validity,
 }
 
 fn rfc3339(text: &str) -> Result<SystemTime, String> {
@@ -140,7 +140,7 @@ impl Validity {
     }
 }
 
-pub fn run(command: Command) -> Result<(), Failure> {
+pub(crate) fn run(command: Command) -> Result<(), Failure> {
     match command {
         Command::Ca(o) => ca(o),
         Command::Agent(o) => agent(o),

@@ -14,13 +14,13 @@ installs bash, zsh and fish completions already):
          faultline completions bash > /etc/bash_completion.d/faultline
   zsh:   faultline completions zsh > \"${fpath[1]}/_faultline\"
   fish:  faultline completions fish > ~/.config/fish/completions/faultline.fish")]
-pub struct Options {
+pub(crate) struct Options {
     /// The shell to complete for
     #[arg(value_enum)]
-    pub shell: Shell,
+    pub(crate) shell: Shell,
 }
 
-pub fn run(o: Options) -> Result<(), Failure> {
+pub(crate) fn run(o: Options) -> Result<(), Failure> {
     clap_complete::generate(
         o.shell,
         &mut Cli::command(),

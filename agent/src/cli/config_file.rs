@@ -17,11 +17,12 @@ use clap::{builder::Resettable, parser::ValueSource, Arg, ArgAction, ArgMatches,
 use thiserror::Error;
 use toml::{Spanned, Value};
 
-pub const DEFAULT_CONFIG: &str = "/etc/faultline/faultline.toml";
+pub(crate) const DEFAULT_CONFIG: &str = "/etc/faultline/faultline.toml";
 
 /// The file the package installs: every setting commented out with its default. A line
 /// `#key = value` (no space after `#`) is a setting; `# ...` is prose.
-pub const SHIPPED: &str = include_str!("../../../packaging/faultline.toml");
+#[cfg(test)]
+pub(crate) const SHIPPED: &str = include_str!("../../../packaging/faultline.toml");
 
 /// The global flags `serve` reads besides its own: the remote listener's certificate and key.
 /// The other global flags (`--agent`, `--ca`, `--output`) are the client's.
@@ -31,7 +32,7 @@ const GLOBAL_KEYS: &[&str] = &["tls-cert", "tls-key"];
 const NOT_SETTINGS: &[&str] = &["config"];
 
 #[derive(Debug, Error)]
-pub enum ConfigFileError {
+pub(crate) enum ConfigFileError {
     #[error(
         "{}: no such file (--config names a file that must exist; without --config, \
          {DEFAULT_CONFIG} is read only if it exists)",
@@ -72,18 +73,21 @@ pub enum ConfigFileError {
 
 /// What the file adds to `serve`'s command line.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct FileSettings {
+pub(crate) struct FileSettings {
     /// The file read, if there was one.
-    pub path: Option<PathBuf>,
+    pub(crate) path: Option<PathBuf>,
     /// `--flag=value` for every setting the command line and the environment left unset.
-    pub arguments: Vec<OsString>,
+    pub(crate) arguments: Vec<OsString>,
 }
 
 /// Reads the configuration file `serve` was pointed at (or the default one, if it exists)
 /// and returns the arguments its settings add. `root` is the whole command line's definition,
 /// built, and `matches` its first parse; for any subcommand but `serve` there is nothing to
 /// read.
-pub fn settings(root: &Command, matches: &ArgMatches) -> Result<FileSettings, ConfigFileError> {
+pub(crate) fn settings(
+    root: &Command,
+    matches: &ArgMatches,
+) -> Result<FileSettings, ConfigFileError> {
     let Some(serve) = matches.subcommand_matches("serve") else {
         return Ok(FileSettings::default());
     };

@@ -6,7 +6,7 @@ use tonic::transport::Channel;
 use super::{args::Global, output::Failure};
 use crate::api::{connect, connect_tls, tls::ClientTls, AgentAddress};
 
-pub async fn channel(global: &Global) -> Result<Channel, Failure> {
+pub(crate) async fn channel(global: &Global) -> Result<Channel, Failure> {
     let address = AgentAddress::parse(&global.agent);
     let connected = match &address {
         AgentAddress::Tcp(url) if url.starts_with("https://") => {

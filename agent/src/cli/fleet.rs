@@ -17,13 +17,13 @@ use crate::{
 };
 
 #[derive(Debug, Args)]
-pub struct Options {
+pub(crate) struct Options {
     #[command(subcommand)]
-    pub command: FleetCommand,
+    pub(crate) command: FleetCommand,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum FleetCommand {
+pub(crate) enum FleetCommand {
     /// Run an experiment file: baseline, faults on all targets at once (with leases), guards
     /// watched while they run, everything reverted at the end, on a breach or on Ctrl-C; then
     /// the SLO scorecard
@@ -33,16 +33,16 @@ pub enum FleetCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct RunOptions {
-    pub file: PathBuf,
+pub(crate) struct RunOptions {
+    pub(crate) file: PathBuf,
     /// Let faults pass the agents' safety guards (SSH sessions, control connections)
     #[arg(long)]
-    pub force: bool,
+    pub(crate) force: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct CheckOptions {
-    pub file: PathBuf,
+pub(crate) struct CheckOptions {
+    pub(crate) file: PathBuf,
 }
 
 fn load(
@@ -51,7 +51,7 @@ fn load(
     Experiment::load(file).map_err(|e| Failure::usage(e.to_string()))
 }
 
-pub async fn run(global: &Global, o: Options) -> Result<(), Failure> {
+pub(crate) async fn run(global: &Global, o: Options) -> Result<(), Failure> {
     match o.command {
         FleetCommand::Check(c) => {
             let (e, targets) = load(&c.file)?;

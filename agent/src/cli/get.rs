@@ -10,17 +10,17 @@ use super::{
 };
 
 #[derive(Debug, Args)]
-pub struct Options {
+pub(crate) struct Options {
     /// The fault's id (faultline ls lists them)
-    pub id: String,
+    pub(crate) id: String,
 }
 
-pub async fn run(global: &Global, o: Options) -> Result<(), Failure> {
+pub(crate) async fn run(global: &Global, o: Options) -> Result<(), Failure> {
     let fault = client(global)
         .await?
         .get(pb::GetRequest { id: o.id })
         .await?
         .into_inner();
-    output::print_fault(&output::fault(fault)?, global.output);
+    output::print_fault(&output::fault(fault), global.output);
     Ok(())
 }

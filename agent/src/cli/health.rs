@@ -15,15 +15,15 @@ use super::{
 };
 
 #[derive(Debug, Args)]
-pub struct Options {
+pub(crate) struct Options {
     /// The service to check (faultline.v1.Faults, faultline.v1.Agent, faultline.v1.Metrics);
     /// default: the agent as a whole
     #[arg(long, default_value = "")]
-    pub service: String,
+    pub(crate) service: String,
 }
 
 /// Exits 0 when the agent answers SERVING, 5 (unreachable) otherwise.
-pub async fn run(global: &Global, o: Options) -> Result<(), Failure> {
+pub(crate) async fn run(global: &Global, o: Options) -> Result<(), Failure> {
     let answer = HealthClient::new(channel(global).await?)
         .check(HealthCheckRequest {
             service: o.service.clone(),

@@ -11,9 +11,9 @@ use super::{
 };
 
 #[derive(Debug, Args)]
-pub struct Options {}
+pub(crate) struct Options {}
 
-pub async fn run(global: &Global, _: Options) -> Result<(), Failure> {
+pub(crate) async fn run(global: &Global, _: Options) -> Result<(), Failure> {
     let info = AgentClient::new(channel(global).await?)
         .info(pb::InfoRequest {})
         .await?

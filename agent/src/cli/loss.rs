@@ -10,23 +10,23 @@ use super::{
 };
 
 #[derive(Debug, Args)]
-pub struct Options {
+pub(crate) struct Options {
     /// The interface whose packets are dropped
     #[arg(long)]
-    pub dev: String,
+    pub(crate) dev: String,
     /// Direction: out drops packets the host sends, in packets it receives
     #[arg(long, value_enum, default_value_t = Dir::Out)]
-    pub dir: Dir,
+    pub(crate) dir: Dir,
     /// Share of the matching packets dropped, in percent (0 < P <= 100)
     #[arg(long)]
-    pub percent: f64,
+    pub(crate) percent: f64,
     #[command(flatten)]
-    pub matcher: MatchArgs,
+    pub(crate) matcher: MatchArgs,
     #[command(flatten)]
-    pub apply: ApplyArgs,
+    pub(crate) apply: ApplyArgs,
 }
 
-pub async fn run(global: &Global, o: Options) -> Result<(), Failure> {
+pub(crate) async fn run(global: &Global, o: Options) -> Result<(), Failure> {
     let spec = pb::LossSpec {
         device: o.dev,
         direction: pb::Direction::from(o.dir).into(),

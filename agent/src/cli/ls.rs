@@ -10,25 +10,21 @@ use super::{
 };
 
 #[derive(Debug, Args)]
-pub struct Options {
+pub(crate) struct Options {
     /// Only faults that have not ended yet
     #[arg(long)]
-    pub active: bool,
+    pub(crate) active: bool,
 }
 
-pub async fn run(global: &Global, o: Options) -> Result<(), Failure> {
+pub(crate) async fn run(global: &Global, o: Options) -> Result<(), Failure> {
     let listed = client(global)
         .await?
         .list(pb::ListRequest {})
         .await?
         .into_inner();
-    let mut faults = listed
-        .faults
-        .into_iter()
-        .map(output::fault)
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut faults: Vec<_> = listed.faults.into_iter().map(output::fault).collect();
     if o.active {
-        faults.retain(|f| !f.state.is_finished());
+        faults.retain(|f| !f.is_finished());
     }
     output::print_faults(&faults, global.output);
     Ok(())

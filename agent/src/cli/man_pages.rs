@@ -9,12 +9,12 @@ use clap::{Args, CommandFactory as _};
 use super::{output::Failure, Cli};
 
 #[derive(Debug, Args)]
-pub struct Options {
+pub(crate) struct Options {
     /// The directory to write the pages into (created if missing)
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
 }
 
-pub fn run(o: Options) -> Result<(), Failure> {
+pub(crate) fn run(o: Options) -> Result<(), Failure> {
     let failed = |e: std::io::Error| {
         Failure::internal(format!("writing man pages into {}: {e}", o.dir.display()))
     };

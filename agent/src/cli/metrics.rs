@@ -21,16 +21,16 @@ use crate::{
 };
 
 #[derive(Debug, Args)]
-pub struct MetricsOptions {}
+pub(crate) struct MetricsOptions {}
 
 #[derive(Debug, Args)]
-pub struct TopOptions {
+pub(crate) struct TopOptions {
     /// Time between updates
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
-    pub interval: Duration,
+    pub(crate) interval: Duration,
     /// Stop after this many updates (default: until Ctrl-C)
     #[arg(long, short = 'n')]
-    pub iterations: Option<u64>,
+    pub(crate) iterations: Option<u64>,
 }
 
 async fn client(global: &Global) -> Result<MetricsClient<tonic::transport::Channel>, Failure> {
@@ -42,7 +42,7 @@ fn domain(s: pb::MetricsSnapshot) -> Result<MetricsSnapshot, Failure> {
         .map_err(|e| Failure::internal(format!("the agent sent an unreadable snapshot: {e}")))
 }
 
-pub async fn metrics(global: &Global, _o: MetricsOptions) -> Result<(), Failure> {
+pub(crate) async fn metrics(global: &Global, _o: MetricsOptions) -> Result<(), Failure> {
     let mut metrics = client(global).await?;
     let snapshot = domain(metrics.snapshot(pb::SnapshotRequest {}).await?.into_inner())?;
     match global.output {
@@ -56,7 +56,7 @@ pub async fn metrics(global: &Global, _o: MetricsOptions) -> Result<(), Failure>
     Ok(())
 }
 
-pub async fn top(global: &Global, o: TopOptions) -> Result<(), Failure> {
+pub(crate) async fn top(global: &Global, o: TopOptions) -> Result<(), Failure> {
     let mut metrics = client(global).await?;
     let mut stream = metrics
         .stream(pb::StreamRequest {
@@ -133,7 +133,7 @@ fn cpu_percent(
 }
 
 /// The latency below which `q` of the connects fell, as the bucket's upper bound.
-pub fn quantile(d: &DestHealth, q: f64) -> Option<f64> {
+pub(crate) fn quantile(d: &DestHealth, q: f64) -> Option<f64> {
     let total: u64 = d.latency_buckets.iter().map(|(_, n)| n).sum();
     if total == 0 {
         return None;
@@ -160,7 +160,7 @@ fn seconds(s: f64) -> String {
 }
 
 /// One screen of text. With `before`, rates and CPU shares are computed over the interval.
-pub fn render(s: &MetricsSnapshot, before: Option<&MetricsSnapshot>) -> String {
+pub(crate) fn render(s: &MetricsSnapshot, before: Option<&MetricsSnapshot>) -> String {
     let h = &s.host;
     let mut out = String::new();
     let elapsed = before

@@ -29,6 +29,7 @@ mod revert;
 mod serve;
 mod shape;
 mod stress;
+mod view;
 mod worker;
 
 pub use output::Failure;
@@ -36,7 +37,7 @@ pub use output::Failure;
 /// faultline: inject network, CPU and memory faults into this host, and revert them, always.
 #[derive(Debug, Parser)]
 #[command(name = "faultline", version, about, propagate_version = true)]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(flatten)]
     pub global: args::Global,
     #[command(subcommand)]
@@ -44,7 +45,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the agent in the foreground (root): gRPC on a unix socket, faults reverted on exit
     Serve(serve::Options),
     /// Block packets with nftables: drop, or reject with a TCP reset / ICMP unreachable
@@ -117,7 +118,7 @@ impl Internal {
 
 /// Why the command line could not be turned into a [`Cli`].
 #[derive(Debug, Error)]
-pub enum ParseError {
+pub(crate) enum ParseError {
     /// Including --help and --version, which clap prints and exits for.
     #[error(transparent)]
     CommandLine(#[from] clap::Error),
@@ -131,7 +132,7 @@ pub enum ParseError {
 
 /// Parses a command line; for `serve`, the settings of its configuration file fill in the
 /// flags the command line and the environment left unset. Also returns what the file added.
-pub fn parse_from(
+pub(crate) fn parse_from(
     args: impl IntoIterator<Item = OsString>,
 ) -> Result<(Cli, config_file::FileSettings), ParseError> {
     let args: Vec<OsString> = args.into_iter().collect();

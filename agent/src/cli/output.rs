@@ -15,8 +15,7 @@ use serde_json::{json, Value};
 use tokio_rustls::rustls;
 use tonic::Code;
 
-use super::args::Output;
-use crate::{api::convert, engine::Fault};
+use super::{args::Output, view::FaultView};
 
 #[derive(Debug)]
 pub struct Failure {
@@ -25,7 +24,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    pub fn internal(message: impl Into<String>) -> Self {
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
         Self {
             code: 1,
             message: message.into(),
@@ -34,7 +33,7 @@ impl Failure {
 
     /// An experiment that ended early: a guard breached, an agent was lost, or the operator
     /// stopped it (exit status 7); everything it applied was reverted.
-    pub fn aborted(message: impl Into<String>) -> Self {
+    pub(crate) fn aborted(message: impl Into<String>) -> Self {
         Self {
             code: 7,
             message: message.into(),
@@ -42,7 +41,7 @@ impl Failure {
     }
 
     /// A command line the CLI itself refuses (exit status 2, as for an invalid request).
-    pub fn usage(message: impl Into<String>) -> Self {
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
         Self {
             code: 2,
             message: message.into(),
@@ -50,7 +49,7 @@ impl Failure {
     }
 
     /// Something named does not exist (exit status 3, as for an unknown fault).
-    pub fn not_found(message: impl Into<String>) -> Self {
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
         Self {
             code: 3,
             message: message.into(),
@@ -58,14 +57,14 @@ impl Failure {
     }
 
     /// The agent would not do it (exit status 4, as for a conflict or the safety guard).
-    pub fn refused(message: impl Into<String>) -> Self {
+    pub(crate) fn refused(message: impl Into<String>) -> Self {
         Self {
             code: 4,
             message: message.into(),
         }
     }
 
-    pub fn unreachable(agent: &impl fmt::Display, error: impl fmt::Display) -> Self {
+    pub(crate) fn unreachable(agent: &impl fmt::Display, error: impl fmt::Display) -> Self {
         Self {
             code: 5,
             message: format!(
@@ -75,7 +74,10 @@ impl Failure {
     }
 
     /// A failed connection: a TLS failure says which side's certificate was refused.
-    pub fn connect(agent: &impl fmt::Display, error: &(dyn std::error::Error + 'static)) -> Self {
+    pub(crate) fn connect(
+        agent: &impl fmt::Display,
+        error: &(dyn std::error::Error + 'static),
+    ) -> Self {
         match tls_failure(error) {
             Some(TlsFailure::Refused(alert)) => Self::refused_certificate(&alert),
             Some(TlsFailure::Untrusted(why)) => Self {
@@ -100,7 +102,7 @@ impl Failure {
         }
     }
 
-    pub fn exit_code(&self) -> ExitCode {
+    pub(crate) fn exit_code(&self) -> ExitCode {
         ExitCode::from(self.code)
     }
 }
@@ -150,7 +152,7 @@ fn tls_failure(error: &(dyn std::error::Error + 'static)) -> Option<TlsFailure> 
 
 /// An error with its causes, `outer: inner: innermost`: transport errors say only "transport
 /// error" themselves, and the cause (a refused certificate, a closed port) is what helps.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -197,49 +199,26 @@ impl From<tonic::Status> for Failure {
     }
 }
 
-/// The agent's fault as the CLI shows it; `None` when the agent sent something unreadable.
-pub fn fault(f: pb::Fault) -> Result<Fault, Failure> {
-    convert::fault(f)
-        .map_err(|e| Failure::internal(format!("the agent sent a fault this CLI cannot read: {e}")))
+/// The agent's fault as the CLI shows it: whatever the agent sent, a kind this CLI does not
+/// know included.
+pub(crate) fn fault(f: pb::Fault) -> FaultView {
+    FaultView::new(f)
 }
 
-/// A fault as JSON: the journal's shape plus `kind`, `remaining_secs` and
-/// `lease_remaining_secs` (null without a lease) for scripts.
-pub fn fault_json(f: &Fault) -> Value {
-    let mut value = serde_json::to_value(f).unwrap_or(Value::Null);
-    if let Value::Object(map) = &mut value {
-        map.insert("kind".into(), json!(f.spec.kind()));
-        if let Some(duration) = map.remove("duration") {
-            map.insert("duration_secs".into(), duration);
-        }
-        if let Some(lease) = map.remove("lease") {
-            map.insert("lease_secs".into(), lease);
-        }
-        let now = SystemTime::now();
-        let finished = f.state.is_finished();
-        let remaining = if finished {
-            0.0
-        } else {
-            f.remaining(now).as_secs_f64()
-        };
-        map.insert("remaining_secs".into(), json!(remaining));
-        let lease_remaining =
-            f.lease_remaining(now)
-                .map(|left| if finished { 0.0 } else { left.as_secs_f64() });
-        map.insert("lease_remaining_secs".into(), json!(lease_remaining));
-    }
-    value
+/// A fault as JSON (see [`FaultView::json`]).
+pub(crate) fn fault_json(f: &FaultView) -> Value {
+    f.json()
 }
 
-pub fn print_json(value: &Value) {
+pub(crate) fn print_json(value: &Value) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
     );
 }
 
-fn remaining_text(f: &Fault) -> String {
-    if f.state.is_finished() {
+fn remaining_text(f: &FaultView) -> String {
+    if f.is_finished() {
         "-".to_owned()
     } else {
         whole_seconds(f.remaining(SystemTime::now()))
@@ -248,9 +227,9 @@ fn remaining_text(f: &Fault) -> String {
 
 /// `1s/2s`: the time left before the lease runs out, of its period; `-` without a lease or
 /// once the fault has ended.
-fn lease_text(f: &Fault) -> String {
-    match (f.lease, f.lease_remaining(SystemTime::now())) {
-        (Some(lease), Some(left)) if !f.state.is_finished() => {
+fn lease_text(f: &FaultView) -> String {
+    match (f.lease(), f.lease_remaining(SystemTime::now())) {
+        (Some(lease), Some(left)) if !f.is_finished() => {
             format!(
                 "{}/{}",
                 whole_seconds(left),
@@ -266,7 +245,7 @@ fn whole_seconds(d: Duration) -> String {
 }
 
 /// A table of faults for people.
-pub fn print_faults(faults: &[Fault], output: Output) {
+pub(crate) fn print_faults(faults: &[FaultView], output: Output) {
     match output {
         Output::Json => print_json(&Value::Array(faults.iter().map(fault_json).collect())),
         Output::Text => {
@@ -279,15 +258,15 @@ pub fn print_faults(faults: &[Fault], output: Output) {
                 "ID", "KIND", "STATE", "REMAINING", "LEASE"
             );
             for f in faults {
-                let mut what = f.spec.family().summary();
-                if f.state.is_finished() && !f.reason.is_empty() {
-                    what.push_str(&format!(" [{}]", f.reason));
+                let mut what = f.summary();
+                if f.is_finished() && !f.reason().is_empty() {
+                    what.push_str(&format!(" [{}]", f.reason()));
                 }
                 println!(
                     "{:<12}  {:<6}  {:<9}  {:>9}  {:>9}  {what}",
-                    f.id,
-                    f.spec.kind(),
-                    f.state.to_string(),
+                    f.id(),
+                    f.kind(),
+                    f.state(),
                     remaining_text(f),
                     lease_text(f)
                 );
@@ -297,28 +276,30 @@ pub fn print_faults(faults: &[Fault], output: Output) {
 }
 
 /// One fault in detail.
-pub fn print_fault(f: &Fault, output: Output) {
+pub(crate) fn print_fault(f: &FaultView, output: Output) {
     match output {
         Output::Json => print_json(&fault_json(f)),
         Output::Text => {
-            println!("id:        {}", f.id);
-            println!("what:      {}", f.spec.family().summary());
-            println!("state:     {}", f.state);
-            if !f.reason.is_empty() {
-                println!("reason:    {}", f.reason);
+            let time = |t: Option<SystemTime>| {
+                t.map(|t| humantime::format_rfc3339_seconds(t).to_string())
+                    .unwrap_or_else(|| "-".to_owned())
+            };
+            println!("id:        {}", f.id());
+            println!("kind:      {}", f.kind());
+            println!("what:      {}", f.summary());
+            println!("state:     {}", f.state());
+            if !f.reason().is_empty() {
+                println!("reason:    {}", f.reason());
             }
-            println!(
-                "created:   {}",
-                humantime::format_rfc3339_seconds(f.created_at)
-            );
+            println!("created:   {}", time(f.created_at()));
             println!(
                 "deadline:  {} ({} left)",
-                humantime::format_rfc3339_seconds(f.deadline),
+                time(f.deadline()),
                 remaining_text(f)
             );
-            if let Some(lease) = f.lease {
-                match f.lease_expires_at {
-                    Some(at) if !f.state.is_finished() => println!(
+            if let Some(lease) = f.lease() {
+                match f.lease_expires_at() {
+                    Some(at) if !f.is_finished() => println!(
                         "lease:     {}, expires {} unless renewed ({} left)",
                         humantime::format_duration(lease),
                         humantime::format_rfc3339_seconds(at),
@@ -327,17 +308,17 @@ pub fn print_fault(f: &Fault, output: Output) {
                     _ => println!("lease:     {}", humantime::format_duration(lease)),
                 }
             }
-            for (k, v) in &f.labels {
+            for (k, v) in f.labels() {
                 println!("label:     {k}={v}");
             }
-            for line in &f.plan {
+            for line in f.plan() {
                 println!("plan:      {line}");
             }
         }
     }
 }
 
-pub fn print_plan(plan: &[String], output: Output) {
+pub(crate) fn print_plan(plan: &[String], output: Output) {
     match output {
         Output::Json => print_json(&json!({ "plan": plan })),
         Output::Text => {

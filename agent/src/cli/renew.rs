@@ -15,17 +15,17 @@ use super::{
 };
 
 #[derive(Debug, Args)]
-pub struct Options {
+pub(crate) struct Options {
     /// The faults whose leases to renew
     #[arg(value_name = "ID", required = true)]
-    pub ids: Vec<String>,
+    pub(crate) ids: Vec<String>,
     /// A new lease period for all of them, counted from now and kept for later renewals
     /// (default: each keeps its own)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub lease: Option<Duration>,
+    pub(crate) lease: Option<Duration>,
 }
 
-pub async fn run(global: &Global, o: Options) -> Result<(), Failure> {
+pub(crate) async fn run(global: &Global, o: Options) -> Result<(), Failure> {
     let asked = o.ids.len();
     let response = client(global)
         .await?
@@ -37,11 +37,7 @@ pub async fn run(global: &Global, o: Options) -> Result<(), Failure> {
         })
         .await?
         .into_inner();
-    let renewed = response
-        .renewed
-        .into_iter()
-        .map(output::fault)
-        .collect::<Result<Vec<_>, _>>()?;
+    let renewed: Vec<_> = response.renewed.into_iter().map(output::fault).collect();
     match global.output {
         Output::Json => output::print_json(&json!({
             "renewed": renewed.iter().map(output::fault_json).collect::<Vec<_>>(),
@@ -53,14 +49,14 @@ pub async fn run(global: &Global, o: Options) -> Result<(), Failure> {
         })),
         Output::Text => {
             for fault in &renewed {
-                match (fault.lease, fault.lease_expires_at) {
+                match (fault.lease(), fault.lease_expires_at()) {
                     (Some(lease), Some(at)) => println!(
                         "fault {} lease renewed: {}, expires {}",
-                        fault.id,
+                        fault.id(),
                         humantime::format_duration(lease),
                         humantime::format_rfc3339_seconds(at)
                     ),
-                    _ => println!("fault {} lease renewed", fault.id),
+                    _ => println!("fault {} lease renewed", fault.id()),
                 }
             }
         }

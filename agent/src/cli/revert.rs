@@ -11,23 +11,28 @@ use super::{
 
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("which").required(true))]
-pub struct Options {
+pub(crate) struct Options {
     /// The fault to revert
     #[arg(group = "which")]
-    pub id: Option<String>,
+    pub(crate) id: Option<String>,
     /// Revert every active fault
     #[arg(long, group = "which")]
-    pub all: bool,
+    pub(crate) all: bool,
 }
 
-pub async fn run(global: &Global, o: Options) -> Result<(), Failure> {
+pub(crate) async fn run(global: &Global, o: Options) -> Result<(), Failure> {
     let mut faults = client(global).await?;
     match o.id {
         Some(id) => {
-            let fault = output::fault(faults.revert(pb::RevertRequest { id }).await?.into_inner())?;
+            let fault = output::fault(faults.revert(pb::RevertRequest { id }).await?.into_inner());
             match global.output {
                 Output::Json => output::print_fault(&fault, Output::Json),
-                Output::Text => println!("fault {} {} ({})", fault.id, fault.state, fault.reason),
+                Output::Text => println!(
+                    "fault {} {} ({})",
+                    fault.id(),
+                    fault.state(),
+                    fault.reason()
+                ),
             }
         }
         None => {
@@ -35,11 +40,7 @@ pub async fn run(global: &Global, o: Options) -> Result<(), Failure> {
                 .revert_all(pb::RevertAllRequest {})
                 .await?
                 .into_inner();
-            let reverted = reverted
-                .faults
-                .into_iter()
-                .map(output::fault)
-                .collect::<Result<Vec<_>, _>>()?;
+            let reverted: Vec<_> = reverted.faults.into_iter().map(output::fault).collect();
             match global.output {
                 Output::Json => output::print_faults(&reverted, Output::Json),
                 Output::Text => println!("{} fault(s) reverted", reverted.len()),

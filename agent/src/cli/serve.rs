@@ -274,7 +274,8 @@ async fn serve(
             warn!(capability = name, detail = %cap.detail, "missing");
         }
     }
-    let engine = Engine::new(config, caps).context("opening the journal")?;
+    let engine =
+        Engine::new(config, caps, Arc::clone(gate.audit()) as _).context("opening the journal")?;
     let recovery = engine
         .recover()
         .await

@@ -14,22 +14,22 @@ use super::{
 
 /// Where and for which packets.
 #[derive(Debug, Args)]
-pub struct TargetArgs {
+pub(crate) struct TargetArgs {
     /// The interface whose traffic is shaped
     #[arg(long)]
-    pub dev: String,
+    pub(crate) dev: String,
     /// Direction: out shapes packets the host sends, in packets it receives (through an IFB)
     #[arg(long, value_enum, default_value_t = Dir::Out)]
-    pub dir: Dir,
+    pub(crate) dir: Dir,
     #[command(flatten)]
-    pub matcher: MatchArgs,
+    pub(crate) matcher: MatchArgs,
     /// Only packets sent by sockets in this cgroup v2 (path below the cgroup2 mount, e.g.
     /// system.slice/nginx.service); egress only
     #[arg(long, conflicts_with = "pid")]
-    pub cgroup: Option<String>,
+    pub(crate) cgroup: Option<String>,
     /// Only packets sent by sockets in this process's cgroup v2; egress only
     #[arg(long)]
-    pub pid: Option<u32>,
+    pub(crate) pid: Option<u32>,
 }
 
 impl TargetArgs {
@@ -64,7 +64,7 @@ fn cgroup_of(pid: u32) -> Result<String, Failure> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
-pub enum DistributionArg {
+pub(crate) enum DistributionArg {
     #[default]
     Uniform,
     Normal,
@@ -85,89 +85,89 @@ impl From<DistributionArg> for pb::DelayDistribution {
 
 /// The delay part of netem.
 #[derive(Debug, Args)]
-pub struct DelayArgs {
+pub(crate) struct DelayArgs {
     /// Jitter: the delay varies by up to this much either way (10ms)
     #[arg(long, value_parser = parse_duration)]
-    pub jitter: Option<Duration>,
+    pub(crate) jitter: Option<Duration>,
     /// How much each delay depends on the previous one, in percent
     #[arg(long, value_name = "PERCENT", value_parser = parse_percent, default_value = "0")]
-    pub delay_correlation: f64,
+    pub(crate) delay_correlation: f64,
     /// Shape of the jitter
     #[arg(long, value_enum, default_value_t = DistributionArg::Uniform)]
-    pub distribution: DistributionArg,
+    pub(crate) distribution: DistributionArg,
 }
 
 #[derive(Debug, Args)]
-pub struct DelayOptions {
+pub(crate) struct DelayOptions {
     /// Added delay (100ms)
     #[arg(long, value_parser = parse_duration)]
-    pub delay: Duration,
+    pub(crate) delay: Duration,
     #[command(flatten)]
-    pub delay_args: DelayArgs,
+    pub(crate) delay_args: DelayArgs,
     #[command(flatten)]
-    pub target: TargetArgs,
+    pub(crate) target: TargetArgs,
     #[command(flatten)]
-    pub apply: ApplyArgs,
+    pub(crate) apply: ApplyArgs,
 }
 
 #[derive(Debug, Args)]
-pub struct NetemOptions {
+pub(crate) struct NetemOptions {
     /// Added delay (100ms)
     #[arg(long, value_parser = parse_duration)]
-    pub delay: Option<Duration>,
+    pub(crate) delay: Option<Duration>,
     #[command(flatten)]
-    pub delay_args: DelayArgs,
+    pub(crate) delay_args: DelayArgs,
     /// Share of packets lost, in percent
     #[arg(long, value_name = "PERCENT", value_parser = parse_percent, default_value = "0")]
-    pub loss: f64,
+    pub(crate) loss: f64,
     /// Correlation of successive losses, in percent
     #[arg(long, value_name = "PERCENT", value_parser = parse_percent, default_value = "0")]
-    pub loss_correlation: f64,
+    pub(crate) loss_correlation: f64,
     /// Share of packets sent twice, in percent
     #[arg(long, value_name = "PERCENT", value_parser = parse_percent, default_value = "0")]
-    pub duplicate: f64,
+    pub(crate) duplicate: f64,
     #[arg(long, value_name = "PERCENT", value_parser = parse_percent, default_value = "0")]
-    pub duplicate_correlation: f64,
+    pub(crate) duplicate_correlation: f64,
     /// Share of packets with a flipped bit, in percent
     #[arg(long, value_name = "PERCENT", value_parser = parse_percent, default_value = "0")]
-    pub corrupt: f64,
+    pub(crate) corrupt: f64,
     #[arg(long, value_name = "PERCENT", value_parser = parse_percent, default_value = "0")]
-    pub corrupt_correlation: f64,
+    pub(crate) corrupt_correlation: f64,
     /// Share of packets sent at once, ahead of the delayed rest, in percent (needs --delay)
     #[arg(long, value_name = "PERCENT", value_parser = parse_percent, default_value = "0")]
-    pub reorder: f64,
+    pub(crate) reorder: f64,
     #[arg(long, value_name = "PERCENT", value_parser = parse_percent, default_value = "0")]
-    pub reorder_correlation: f64,
+    pub(crate) reorder_correlation: f64,
     /// Reorder every Nth packet instead of at random
     #[arg(long, default_value_t = 0)]
-    pub gap: u32,
+    pub(crate) gap: u32,
     /// netem's own rate limit (10mbit, 1gbit, 500kbit)
     #[arg(long, value_parser = parse_rate)]
-    pub rate: Option<u64>,
+    pub(crate) rate: Option<u64>,
     /// Packets netem holds (default 1000)
     #[arg(long, default_value_t = 0)]
-    pub limit: u32,
+    pub(crate) limit: u32,
     #[command(flatten)]
-    pub target: TargetArgs,
+    pub(crate) target: TargetArgs,
     #[command(flatten)]
-    pub apply: ApplyArgs,
+    pub(crate) apply: ApplyArgs,
 }
 
 #[derive(Debug, Args)]
-pub struct RateOptions {
+pub(crate) struct RateOptions {
     /// The cap (10mbit, 1gbit, 500kbit, 12mbps for bytes)
     #[arg(long, value_parser = parse_rate)]
-    pub rate: u64,
+    pub(crate) rate: u64,
     /// Bytes that may pass at once (default: 20 ms of the rate, at least 16 KiB)
     #[arg(long)]
-    pub burst: Option<u32>,
+    pub(crate) burst: Option<u32>,
     /// Longest a packet may wait before it is dropped (default 50ms)
     #[arg(long, value_parser = parse_duration)]
-    pub latency: Option<Duration>,
+    pub(crate) latency: Option<Duration>,
     #[command(flatten)]
-    pub target: TargetArgs,
+    pub(crate) target: TargetArgs,
     #[command(flatten)]
-    pub apply: ApplyArgs,
+    pub(crate) apply: ApplyArgs,
 }
 
 fn netem_spec(target: pb::ShapeTarget, delay: Option<Duration>, d: &DelayArgs) -> pb::NetemSpec {
@@ -183,12 +183,12 @@ fn netem_spec(target: pb::ShapeTarget, delay: Option<Duration>, d: &DelayArgs) -
     }
 }
 
-pub async fn delay(global: &Global, o: DelayOptions) -> Result<(), Failure> {
+pub(crate) async fn delay(global: &Global, o: DelayOptions) -> Result<(), Failure> {
     let spec = netem_spec(o.target.to_proto()?, Some(o.delay), &o.delay_args);
     apply::run(global, &o.apply, pb::fault_spec::Kind::Netem(spec)).await
 }
 
-pub async fn netem(global: &Global, o: NetemOptions) -> Result<(), Failure> {
+pub(crate) async fn netem(global: &Global, o: NetemOptions) -> Result<(), Failure> {
     let spec = pb::NetemSpec {
         loss: o.loss,
         loss_correlation: o.loss_correlation,
@@ -206,7 +206,7 @@ pub async fn netem(global: &Global, o: NetemOptions) -> Result<(), Failure> {
     apply::run(global, &o.apply, pb::fault_spec::Kind::Netem(spec)).await
 }
 
-pub async fn rate(global: &Global, o: RateOptions) -> Result<(), Failure> {
+pub(crate) async fn rate(global: &Global, o: RateOptions) -> Result<(), Failure> {
     let spec = pb::RateSpec {
         target: Some(o.target.to_proto()?),
         rate_bps: o.rate,
@@ -228,7 +228,7 @@ fn parse_percent(text: &str) -> Result<f64, String> {
 
 /// A rate in bits per second, as tc writes them: `10mbit`, `1.5gbit`, `500kbit`, `64000bit`, or
 /// bytes with `bps` (`12mbps`). Decimal units, as for link speeds.
-pub fn parse_rate(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_rate(text: &str) -> Result<u64, String> {
     let t = text.trim().to_ascii_lowercase();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

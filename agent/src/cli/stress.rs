@@ -13,13 +13,13 @@ use super::{
 use crate::faults::stress::parse_bytes;
 
 #[derive(Debug, Args)]
-pub struct Options {
+pub(crate) struct Options {
     #[command(subcommand)]
-    pub kind: Kind,
+    pub(crate) kind: Kind,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// Load CPUs to a percentage, enforced by a cgroup CPU quota
     Cpu(CpuOptions),
     /// Hold memory (pages really touched) inside a cgroup with a memory limit
@@ -28,39 +28,39 @@ pub enum Kind {
 }
 
 #[derive(Debug, Args)]
-pub struct CpuOptions {
+pub(crate) struct CpuOptions {
     /// Load in percent of the CPUs in scope (0 < LOAD <= 100)
     #[arg(long)]
-    pub load: f64,
+    pub(crate) load: f64,
     /// Pin to these CPUs (0,1 or 0-3); the load is a share of them
     #[arg(long, value_name = "CPU[-CPU]", value_delimiter = ',', value_parser = parse_cpus, conflicts_with = "cores")]
-    pub cpus: Vec<Vec<u32>>,
+    pub(crate) cpus: Vec<Vec<u32>>,
     /// A share of this many CPUs, unpinned (default: all online CPUs)
     #[arg(long)]
-    pub cores: Option<u32>,
+    pub(crate) cores: Option<u32>,
     /// Rise linearly to the load over this long (30s)
     #[arg(long, value_parser = parse_duration)]
-    pub ramp: Option<Duration>,
+    pub(crate) ramp: Option<Duration>,
     #[command(flatten)]
-    pub apply: ApplyArgs,
+    pub(crate) apply: ApplyArgs,
 }
 
 #[derive(Debug, Args)]
-pub struct MemoryOptions {
+pub(crate) struct MemoryOptions {
     /// How much: a size (512MiB, 2GiB) or a percent of total memory (25%)
     #[arg(long, value_parser = parse_size)]
-    pub size: pb::memory_stress_spec::Size,
+    pub(crate) size: pb::memory_stress_spec::Size,
     /// Allocation rate (100MiB/s); default as fast as possible
     #[arg(long, value_parser = parse_rate)]
-    pub rate: Option<u64>,
+    pub(crate) rate: Option<u64>,
     /// Lock the pages in memory so they cannot be swapped out
     #[arg(long)]
-    pub lock: bool,
+    pub(crate) lock: bool,
     #[command(flatten)]
-    pub apply: ApplyArgs,
+    pub(crate) apply: ApplyArgs,
 }
 
-pub async fn run(global: &Global, o: Options) -> Result<(), Failure> {
+pub(crate) async fn run(global: &Global, o: Options) -> Result<(), Failure> {
     match o.kind {
         Kind::Cpu(c) => {
             let spec = pb::CpuStressSpec {

@@ -9,13 +9,13 @@ use clap::{Args, Subcommand};
 use super::output::Failure;
 
 #[derive(Debug, Args)]
-pub struct Options {
+pub(crate) struct Options {
     #[command(subcommand)]
-    pub kind: Kind,
+    pub(crate) kind: Kind,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// Keep one CPU busy; the cgroup's quota decides how busy it may be.
     Cpu,
     /// Touch and hold memory.
@@ -30,7 +30,7 @@ pub enum Kind {
     },
 }
 
-pub fn run(o: Options) -> Result<(), Failure> {
+pub(crate) fn run(o: Options) -> Result<(), Failure> {
     match o.kind {
         Kind::Cpu => loop {
             // The quota, not this loop, sets the load: keep the CPU busy and let the kernel

@@ -16,7 +16,7 @@ use crate::faults::FaultSpec;
 /// `pending -> active -> reverting -> reverted | failed`
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum FaultState {
+pub(crate) enum FaultState {
     /// Journalled, being applied.
     Pending,
     Active,
@@ -27,7 +27,7 @@ pub enum FaultState {
 }
 
 impl FaultState {
-    pub fn is_finished(self) -> bool {
+    pub(crate) fn is_finished(self) -> bool {
         matches!(self, FaultState::Reverted | FaultState::Failed)
     }
 }
@@ -45,78 +45,75 @@ impl fmt::Display for FaultState {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Fault {
+pub(crate) struct Fault {
     /// 12 lowercase hex digits; short enough for nftables chain names and bpffs paths.
-    pub id: String,
-    pub spec: FaultSpec,
+    pub(crate) id: String,
+    pub(crate) spec: FaultSpec,
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    pub state: FaultState,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) state: FaultState,
     #[serde(with = "rfc3339")]
-    pub created_at: SystemTime,
+    pub(crate) created_at: SystemTime,
     #[serde(with = "rfc3339")]
-    pub deadline: SystemTime,
+    pub(crate) deadline: SystemTime,
     #[serde(with = "seconds")]
-    pub duration: Duration,
+    pub(crate) duration: Duration,
     /// Why the fault ended or failed.
     #[serde(default)]
-    pub reason: String,
+    pub(crate) reason: String,
     #[serde(default)]
-    pub plan: Vec<String>,
+    pub(crate) plan: Vec<String>,
     /// The lease period: unless renewed within it, the fault is reverted. `None`: no lease.
     #[serde(default, with = "seconds::option")]
-    pub lease: Option<Duration>,
+    pub(crate) lease: Option<Duration>,
     /// When the lease runs out unless renewed (the last expiry, once the fault has ended).
     #[serde(default, with = "rfc3339::option")]
-    pub lease_expires_at: Option<SystemTime>,
+    pub(crate) lease_expires_at: Option<SystemTime>,
 }
 
 impl Fault {
-    pub fn new_id() -> String {
+    pub(crate) fn new_id() -> String {
         uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
     }
 
     /// Time left before the deadline, zero once it has passed.
-    pub fn remaining(&self, now: SystemTime) -> Duration {
+    pub(crate) fn remaining(&self, now: SystemTime) -> Duration {
         self.deadline.duration_since(now).unwrap_or_default()
-    }
-
-    /// Time left before the lease runs out, zero once it has; `None` without a lease.
-    pub fn lease_remaining(&self, now: SystemTime) -> Option<Duration> {
-        self.lease_expires_at
-            .map(|at| at.duration_since(now).unwrap_or_default())
     }
 }
 
 /// Timestamps as RFC 3339 strings: readable in the journal and in `--output json`.
-pub mod rfc3339 {
+pub(crate) mod rfc3339 {
     use std::time::SystemTime;
 
     use serde::{de::Error, Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_rfc3339_millis(*t))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
         let text = String::deserialize(d)?;
         humantime::parse_rfc3339_weak(&text).map_err(D::Error::custom)
     }
 
     /// An optional timestamp: `null` when absent.
-    pub mod option {
+    pub(crate) mod option {
         use std::time::SystemTime;
 
         use serde::{de::Error, Deserialize, Deserializer, Serializer};
 
-        pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        pub(crate) fn serialize<S: Serializer>(
+            t: &Option<SystemTime>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
             match t {
                 Some(t) => super::serialize(t, s),
                 None => s.serialize_none(),
             }
         }
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
             d: D,
         ) -> Result<Option<SystemTime>, D::Error> {
             Option::<String>::deserialize(d)?
@@ -127,33 +124,38 @@ pub mod rfc3339 {
 }
 
 /// Durations as fractional seconds.
-pub mod seconds {
+pub(crate) mod seconds {
     use std::time::Duration;
 
     use serde::{de::Error, Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         Duration::try_from_secs_f64(f64::deserialize(d)?).map_err(D::Error::custom)
     }
 
     /// An optional duration: `null` when absent.
-    pub mod option {
+    pub(crate) mod option {
         use std::time::Duration;
 
         use serde::{de::Error, Deserialize, Deserializer, Serializer};
 
-        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        pub(crate) fn serialize<S: Serializer>(
+            d: &Option<Duration>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
             match d {
                 Some(d) => super::serialize(d, s),
                 None => s.serialize_none(),
             }
         }
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<Duration>, D::Error> {
             Option::<f64>::deserialize(d)?
                 .map(|secs| Duration::try_from_secs_f64(secs).map_err(D::Error::custom))
                 .transpose()

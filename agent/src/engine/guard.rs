@@ -8,12 +8,12 @@ use procfs::net::TcpState;
 
 use crate::faults::{Connection, Family};
 
-pub struct Guard {
+pub(crate) struct Guard {
     protected_ports: Vec<u16>,
 }
 
 impl Guard {
-    pub fn new(protected_ports: Vec<u16>) -> Self {
+    pub(crate) fn new(protected_ports: Vec<u16>) -> Self {
         Self { protected_ports }
     }
 
@@ -34,7 +34,7 @@ impl Guard {
     }
 
     /// The first protected connection the fault would touch, described for the refusal.
-    pub fn check(&self, fault: &dyn Family) -> Option<String> {
+    pub(crate) fn check(&self, fault: &dyn Family) -> Option<String> {
         let ports: Vec<u16> = self
             .protected_ports
             .iter()

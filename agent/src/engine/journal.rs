@@ -4,22 +4,21 @@
 //! An entry is rewritten only for what a restart needs (a lease renewal, a failed clean-up), so
 //! the state in it is the state it had then (`pending` for a fault that became active).
 //!
-//! One file per fault, replaced atomically (write, fsync, rename, fsync the directory), keeps
-//! every update crash-safe without a log to compact. Writes are serialized, so that an update
-//! decided on the fault's current state (a lease renewal) cannot land after the removal of a
-//! fault that was reverted meanwhile.
+//! One file per fault, replaced atomically (`kernel::durable`: write, fsync, rename, fsync the
+//! directory), keeps every update crash-safe without a log to compact. Writes are serialized, so
+//! that an update decided on the fault's current state (a lease renewal) cannot land after the
+//! removal of a fault that was reverted meanwhile.
 
 use std::{
-    fs::{self, File, OpenOptions},
-    io::Write,
+    fs,
     path::{Path, PathBuf},
     sync::{Mutex, MutexGuard},
 };
 
 use super::fault::Fault;
-use crate::errors::JournalError;
+use crate::{errors::JournalError, kernel::durable};
 
-pub struct Journal {
+pub(crate) struct Journal {
     dir: PathBuf,
     /// Held by every write and removal.
     writing: Mutex<()>,
@@ -27,13 +26,13 @@ pub struct Journal {
 
 /// A journal entry that could not be read back, moved aside so start-up goes on.
 #[derive(Debug)]
-pub struct Unreadable {
-    pub path: PathBuf,
-    pub error: String,
+pub(crate) struct Unreadable {
+    pub(crate) path: PathBuf,
+    pub(crate) error: String,
 }
 
 impl Journal {
-    pub fn open(state_dir: &Path) -> Result<Self, JournalError> {
+    pub(crate) fn open(state_dir: &Path) -> Result<Self, JournalError> {
         let dir = state_dir.join("journal");
         fs::create_dir_all(&dir).map_err(|source| JournalError::CreateDir {
             path: dir.clone(),
@@ -52,23 +51,19 @@ impl Journal {
         self.writing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn entry(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}.json"))
     }
 
     /// Durably records the fault's current state.
-    pub fn record(&self, fault: &Fault) -> Result<(), JournalError> {
+    pub(crate) fn record(&self, fault: &Fault) -> Result<(), JournalError> {
         let _writing = self.writing();
         self.write(fault)
     }
 
     /// Records what `current` returns, asked with writes held off: `None` (the fault is no
     /// longer active, so its revert removes or has removed the entry) records nothing.
-    pub fn record_current(
+    pub(crate) fn record_current(
         &self,
         current: impl FnOnce() -> Option<Fault>,
     ) -> Result<(), JournalError> {
@@ -85,35 +80,22 @@ impl Journal {
             source,
         })?;
         let path = self.entry(&fault.id);
-        let tmp = self.dir.join(format!(".{}.json.tmp", fault.id));
-        let write = || -> std::io::Result<()> {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)?;
-            file.write_all(&body)?;
-            file.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            sync_dir(&self.dir)
-        };
-        write().map_err(|source| JournalError::Write { path, source })
+        durable::write(&self.dir, &path, &body)
+            .map_err(|source| JournalError::Write { path, source })
     }
 
     /// Forgets a fault whose kernel objects are gone. Already forgotten is fine.
-    pub fn remove(&self, id: &str) -> Result<(), JournalError> {
+    pub(crate) fn remove(&self, id: &str) -> Result<(), JournalError> {
         let _writing = self.writing();
         let path = self.entry(id);
-        match fs::remove_file(&path) {
-            Ok(()) => sync_dir(&self.dir).map_err(|source| JournalError::Remove { path, source }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(JournalError::Remove { path, source }),
-        }
+        durable::remove(&self.dir, &path)
+            .map(|_| ())
+            .map_err(|source| JournalError::Remove { path, source })
     }
 
     /// Every recorded fault, and the entries that could not be parsed (renamed to
     /// `*.unreadable` so they are kept for a human but not read again).
-    pub fn load(&self) -> Result<(Vec<Fault>, Vec<Unreadable>), JournalError> {
+    pub(crate) fn load(&self) -> Result<(Vec<Fault>, Vec<Unreadable>), JournalError> {
         let read_err = |source| JournalError::Read {
             path: self.dir.clone(),
             source,
@@ -142,10 +124,6 @@ impl Journal {
         faults.sort_by_key(|f| f.created_at);
         Ok((faults, unreadable))
     }
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// The journal says what faults exist on the host: root's business only.
@@ -212,7 +190,7 @@ mod tests {
         journal.remove(&a.id).unwrap();
         let (faults, _) = journal.load().unwrap();
         assert_eq!(faults.len(), 1);
-        assert!(fs::read_dir(journal.dir()).unwrap().all(|e| !e
+        assert!(fs::read_dir(journal.dir).unwrap().all(|e| !e
             .unwrap()
             .file_name()
             .to_string_lossy()
@@ -229,7 +207,7 @@ mod tests {
         journal.record(&leased).unwrap();
         // Written by an agent that knew no leases.
         fs::write(
-            journal.dir().join("ffffffffffff.json"),
+            journal.dir.join("ffffffffffff.json"),
             br#"{
   "id": "ffffffffffff",
   "spec": {"kind": "block", "direction": "ingress", "match": {"protocol": "tcp", "ports": [], "cidrs": []}, "reject": false},
@@ -273,7 +251,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let journal = Journal::open(tmp.path()).unwrap();
         journal.record(&fault("cccccccccccc")).unwrap();
-        fs::write(journal.dir().join("dddddddddddd.json"), b"{ torn").unwrap();
+        fs::write(journal.dir.join("dddddddddddd.json"), b"{ torn").unwrap();
         let (faults, unreadable) = journal.load().unwrap();
         assert_eq!(faults.len(), 1);
         assert_eq!(unreadable.len(), 1);

@@ -31,33 +31,28 @@ use tracing::{error, info, warn};
 use crate::{
     config::AgentConfig,
     errors::{EngineError, InvalidSpec, KernelError},
-    faults::{shape, stress::Stress, Deadline, FaultSpec, Host},
-    kernel::{
-        caps::Capabilities,
-        nft,
-        qdisc::{Netlink, Records},
-        tc::{self, Classifiers},
-    },
+    faults::{Adapters, Deadline, FaultSpec, Host},
+    kernel::caps::Capabilities,
 };
 
-pub mod fault;
-pub mod guard;
-pub mod journal;
+pub(crate) mod fault;
+pub(crate) mod guard;
+pub(crate) mod journal;
+mod lease;
+mod recover;
 
-pub use fault::{Fault, FaultState};
+pub(crate) use fault::{Fault, FaultState};
 use guard::Guard;
 use journal::Journal;
+pub(crate) use lease::{check_lease, NotRenewed, Renewal};
 
 /// Finished faults kept for `get`/`ls` after they ended.
 const KEEP_FINISHED: usize = 64;
 const MAX_LABELS: usize = 32;
-/// The shortest lease accepted: a controller renewing every third of it still has over 300 ms
-/// per renewal, and the agent's revert within a second of the expiry stays meaningful.
-pub const MIN_LEASE: Duration = Duration::from_secs(1);
 
 /// Why a fault was reverted, as recorded in its `reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RevertReason {
+pub(crate) enum RevertReason {
     Deadline,
     Requested,
     /// Nobody renewed the fault's lease in time.
@@ -68,7 +63,7 @@ pub enum RevertReason {
 }
 
 impl RevertReason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             RevertReason::Deadline => "deadline",
             RevertReason::Requested => "requested",
@@ -77,128 +72,35 @@ impl RevertReason {
             RevertReason::Recovered => "recovered",
         }
     }
-
-    /// Why start-up reverts a fault an earlier run left: its lease or its deadline, whichever
-    /// ran out first while no agent ran, else only because the agent that held it is gone.
-    fn at_start_up(fault: &Fault, now: SystemTime) -> Self {
-        let lease = fault.lease_expires_at.filter(|at| *at <= now);
-        let deadline = Some(fault.deadline).filter(|at| *at <= now);
-        match (lease, deadline) {
-            (Some(lease), Some(deadline)) if lease <= deadline => RevertReason::LeaseExpired,
-            (Some(_), None) => RevertReason::LeaseExpired,
-            (_, Some(_)) => RevertReason::Deadline,
-            (None, None) => RevertReason::Recovered,
-        }
-    }
 }
 
-/// Whether `lease` is long enough to be a lease at all.
-fn check_lease_period(lease: Duration) -> Result<(), InvalidSpec> {
-    if lease < MIN_LEASE {
-        return Err(InvalidSpec::new(
-            "lease",
-            format!(
-                "{} is too short: a lease must be at least {} (e.g. 10s), renewed every third of it",
-                humantime::format_duration(lease),
-                humantime::format_duration(MIN_LEASE)
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Whether `lease` is accepted for a fault that lasts `duration`.
-pub fn check_lease(lease: Duration, duration: Duration) -> Result<(), InvalidSpec> {
-    check_lease_period(lease)?;
-    if lease > duration {
-        return Err(InvalidSpec::new(
-            "lease",
-            format!(
-                "{} is longer than the fault's duration of {}: its deadline would always come \
-                 first; give at most {}, or no lease",
-                humantime::format_duration(lease),
-                humantime::format_duration(duration),
-                humantime::format_duration(duration)
-            ),
-        ));
-    }
-    Ok(())
+/// Where the engine reports the reverts it decides on by itself (deadline, lease expiry,
+/// shutdown, start-up): the agent's audit log. A revert a caller asked for is recorded where
+/// the call is, with who asked.
+pub(crate) trait RevertLog: Send + Sync {
+    /// `fault` has ended (reverted, or failed with every cause in its `reason`) for `reason`.
+    fn reverted(&self, fault: &Fault, reason: RevertReason);
 }
 
 /// A request to apply a fault, already parsed into domain types.
 #[derive(Debug, Clone)]
-pub struct ApplyRequest {
-    pub spec: FaultSpec,
-    pub duration: Duration,
+pub(crate) struct ApplyRequest {
+    pub(crate) spec: FaultSpec,
+    pub(crate) duration: Duration,
     /// Revert the fault unless its lease is renewed within this period.
-    pub lease: Option<Duration>,
-    pub labels: BTreeMap<String, String>,
-    pub dry_run: bool,
-    pub force: bool,
+    pub(crate) lease: Option<Duration>,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) dry_run: bool,
+    pub(crate) force: bool,
 }
 
 #[derive(Debug, Clone)]
-pub enum ApplyOutcome {
+pub(crate) enum ApplyOutcome {
     /// Nothing was touched; this is what would be done.
     DryRun {
         plan: Vec<String>,
     },
     Applied(Box<Fault>),
-}
-
-/// What start-up found and cleaned.
-#[derive(Debug, Default)]
-pub struct Recovery {
-    /// Faults the journal said were unfinished, now reverted.
-    pub reverted: Vec<String>,
-    /// Faults whose revert failed again; they stay journalled.
-    pub failed: Vec<(String, String)>,
-    /// Tagged kernel objects no journal entry accounted for, removed.
-    pub swept: Vec<String>,
-    /// Journal entries that could not be read.
-    pub unreadable: Vec<String>,
-}
-
-/// What a lease renewal did with one of the ids it was given.
-#[derive(Debug, Clone)]
-pub enum Renewal {
-    /// Renewed: the fault with its new `lease_expires_at`.
-    Renewed(Box<Fault>),
-    NotRenewed {
-        id: String,
-        why: NotRenewed,
-    },
-}
-
-/// Why a fault's lease was not renewed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NotRenewed {
-    /// No fault with this id, or it ended too long ago to be kept.
-    Unknown,
-    /// Reverted, failed, or being reverted.
-    Ended { state: FaultState, reason: String },
-    /// Applied without a lease.
-    NoLease,
-    /// Still being applied; its lease starts once it is active.
-    Pending,
-}
-
-impl std::fmt::Display for NotRenewed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            NotRenewed::Unknown => f.write_str("no such fault (faultline ls lists the faults)"),
-            NotRenewed::Ended { state, reason } if reason.is_empty() => {
-                write!(f, "the fault has ended ({state})")
-            }
-            NotRenewed::Ended { state, reason } => {
-                write!(f, "the fault has ended ({state}: {reason})")
-            }
-            NotRenewed::NoLease => f.write_str("the fault was applied without a lease"),
-            NotRenewed::Pending => {
-                f.write_str("the fault is still being applied; its lease starts once it is active")
-            }
-        }
-    }
 }
 
 struct Entry {
@@ -229,12 +131,10 @@ struct Registry {
     finished: VecDeque<String>,
 }
 
-pub struct Engine {
+pub(crate) struct Engine {
     config: AgentConfig,
-    caps: Capabilities,
-    classifiers: Classifiers,
-    qdisc_records: Records,
-    stress: Stress,
+    adapters: Adapters,
+    revert_log: Arc<dyn RevertLog>,
     journal: Journal,
     guard: Guard,
     registry: Mutex<Registry>,
@@ -245,21 +145,18 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(config: AgentConfig, caps: Capabilities) -> Result<Arc<Self>, EngineError> {
+    pub(crate) fn new(
+        config: AgentConfig,
+        caps: Capabilities,
+        revert_log: Arc<dyn RevertLog>,
+    ) -> Result<Arc<Self>, EngineError> {
         let journal = Journal::open(&config.state_dir)?;
         let (events, _) = broadcast::channel(256);
         Ok(Arc::new(Self {
-            classifiers: Classifiers::new(config.bpf_pin_dir.clone()),
-            qdisc_records: Records::new(&config.state_dir),
-            stress: Stress::new(
-                caps.cgroups
-                    .clone()
-                    .map(|c| c.with_parent(&config.cgroup_parent)),
-                config.memory_reserve,
-            ),
+            adapters: Adapters::new(&config, caps),
+            revert_log,
             guard: Guard::new(config.protected_ports.clone()),
             journal,
-            caps,
             config,
             registry: Mutex::default(),
             events,
@@ -268,12 +165,12 @@ impl Engine {
         }))
     }
 
-    pub fn config(&self) -> &AgentConfig {
+    pub(crate) fn config(&self) -> &AgentConfig {
         &self.config
     }
 
-    pub fn capabilities(&self) -> &Capabilities {
-        &self.caps
+    pub(crate) fn capabilities(&self) -> &Capabilities {
+        self.adapters.caps()
     }
 
     fn host(&self) -> Host<'_> {
@@ -281,13 +178,7 @@ impl Engine {
     }
 
     fn host_with(&self, force: bool) -> Host<'_> {
-        Host {
-            caps: &self.caps,
-            classifiers: &self.classifiers,
-            stress: &self.stress,
-            qdisc_records: &self.qdisc_records,
-            force,
-        }
+        self.adapters.host(force)
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -296,12 +187,12 @@ impl Engine {
     }
 
     /// Lifecycle events of every fault, from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Fault> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Fault> {
         self.events.subscribe()
     }
 
     /// Becomes true when the agent shuts down.
-    pub fn closing(&self) -> watch::Receiver<bool> {
+    pub(crate) fn closing(&self) -> watch::Receiver<bool> {
         self.closing.subscribe()
     }
 
@@ -310,115 +201,8 @@ impl Engine {
         let _ = self.events.send(fault.clone());
     }
 
-    /// Start-up reconcile: reverts every fault the journal left unfinished, then removes any
-    /// faultline-tagged kernel object that no remaining journal entry accounts for.
-    pub async fn recover(self: &Arc<Self>) -> Result<Recovery, EngineError> {
-        let engine = Arc::clone(self);
-        tokio::task::spawn_blocking(move || engine.recover_blocking())
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-    }
-
-    fn recover_blocking(&self) -> Result<Recovery, EngineError> {
-        let mut recovery = Recovery::default();
-        let (faults, unreadable) = self.journal.load()?;
-        for entry in unreadable {
-            warn!(path = %entry.path.display(), error = %entry.error, "unreadable journal entry set aside");
-            recovery.unreadable.push(entry.path.display().to_string());
-        }
-        for mut fault in faults {
-            let reason = RevertReason::at_start_up(&fault, SystemTime::now());
-            match fault.spec.family().revert(&fault.id, &self.host()) {
-                Ok(()) => {
-                    self.journal.remove(&fault.id)?;
-                    info!(id = %fault.id, kind = fault.spec.kind(), spec = %fault.spec.family().summary(), reason = reason.as_str(), "reverted a fault left by an earlier run");
-                    recovery.reverted.push(fault.id.clone());
-                    fault.state = FaultState::Reverted;
-                    fault.reason = reason.as_str().to_owned();
-                }
-                Err(e) => {
-                    error!(id = %fault.id, error = %e, "cannot revert a fault left by an earlier run");
-                    recovery.failed.push((fault.id.clone(), e.to_string()));
-                    fault.state = FaultState::Failed;
-                    fault.reason = format!("revert at start-up ({}) failed: {e}", reason.as_str());
-                }
-            }
-            // Listed like any fault that ended, so that `get` tells its controller what became
-            // of it and why.
-            self.finish(&fault);
-        }
-        let keep: Vec<&str> = recovery.failed.iter().map(|(id, _)| id.as_str()).collect();
-        let sweep = || -> Result<Vec<String>, KernelError> {
-            let mut swept = Vec::new();
-            if self.caps.nftables.available {
-                for id in nft::fault_ids()? {
-                    if !keep.contains(&id.as_str()) {
-                        nft::remove(&id)?;
-                        swept.push(format!("nftables chains of {id}"));
-                    }
-                }
-            }
-            for id in self.stress.sweep(&keep)? {
-                swept.push(format!("stress cgroup and workers of {id}"));
-            }
-            for id in self.classifiers.sweep(&keep)? {
-                swept.push(format!("eBPF classifier of {id}"));
-            }
-            swept.extend(self.sweep_shaping(&keep)?);
-            Ok(swept)
-        };
-        recovery.swept = sweep().map_err(|source| EngineError::Revert {
-            id: "(start-up sweep)".to_owned(),
-            source,
-        })?;
-        for object in &recovery.swept {
-            warn!(
-                object,
-                "removed a faultline kernel object no journal entry knew"
-            );
-        }
-        Ok(recovery)
-    }
-
-    /// Puts back every root qdisc recorded by a fault that is gone, removes faultline roots and
-    /// IFB devices that no fault accounts for.
-    fn sweep_shaping(&self, keep: &[&str]) -> Result<Vec<String>, KernelError> {
-        let mut swept = Vec::new();
-        let host = self.host();
-        let nl = Netlink::open()?;
-        let mut kept_devices = Vec::new();
-        for id in self.qdisc_records.ids() {
-            let device = self.qdisc_records.load(&id)?.map(|r| r.device);
-            if keep.contains(&id.as_str()) {
-                kept_devices.extend(device);
-                continue;
-            }
-            shape::restore_root(&nl, &id, &host)?;
-            swept.push(format!(
-                "root qdisc of {} (restored as recorded by {id})",
-                device.unwrap_or_default()
-            ));
-        }
-        for (device, ifindex, handle) in tc::block_on(nl.faultline_roots())? {
-            if kept_devices.contains(&device) {
-                continue;
-            }
-            tc::block_on(nl.delete_root(&device, ifindex, handle))?;
-            swept.push(format!(
-                "faultline root qdisc of {device} with no record (the kernel's default is back)"
-            ));
-        }
-        for (id, ifb) in tc::block_on(nl.faultline_ifbs())? {
-            if !keep.contains(&id.as_str()) {
-                tc::block_on(nl.delete_link(&ifb))?;
-                swept.push(format!("IFB device {ifb} of {id}"));
-            }
-        }
-        Ok(swept)
-    }
-
     /// Validates, plans, journals and applies a fault, then arms its deadline.
-    pub async fn apply(
+    pub(crate) async fn apply(
         self: &Arc<Self>,
         request: ApplyRequest,
     ) -> Result<ApplyOutcome, EngineError> {
@@ -426,7 +210,7 @@ impl Engine {
         let family = request.spec.family();
         let host = self.host_with(request.force);
         family.validate(&host)?;
-        if let Some((feature, detail)) = family.missing_capability(&self.caps) {
+        if let Some((feature, detail)) = family.missing_capability(self.adapters.caps()) {
             return Err(EngineError::Unsupported { feature, detail });
         }
         let id = Fault::new_id();
@@ -636,7 +420,7 @@ impl Engine {
         tokio::task::block_in_place(|| op(fault.spec.family(), &fault.id, &self.host_with(force)))
     }
 
-    pub fn get(&self, id: &str) -> Result<Fault, EngineError> {
+    pub(crate) fn get(&self, id: &str) -> Result<Fault, EngineError> {
         self.registry()
             .faults
             .get(id)
@@ -645,7 +429,7 @@ impl Engine {
     }
 
     /// Every fault the agent knows, oldest first.
-    pub fn list(&self) -> Vec<Fault> {
+    pub(crate) fn list(&self) -> Vec<Fault> {
         let mut faults: Vec<Fault> = self
             .registry()
             .faults
@@ -656,7 +440,7 @@ impl Engine {
         faults
     }
 
-    pub fn active_count(&self) -> usize {
+    pub(crate) fn active_count(&self) -> usize {
         self.registry()
             .faults
             .values()
@@ -665,7 +449,11 @@ impl Engine {
     }
 
     /// Reverts one fault. Reverting a fault that already ended returns it unchanged.
-    pub async fn revert(&self, id: &str, reason: RevertReason) -> Result<Fault, EngineError> {
+    pub(crate) async fn revert(
+        &self,
+        id: &str,
+        reason: RevertReason,
+    ) -> Result<Fault, EngineError> {
         self.revert_when(id, reason, |_| true).await
     }
 
@@ -705,12 +493,15 @@ impl Engine {
             Ok(()) => {
                 fault.state = FaultState::Reverted;
                 fault.reason = reason.as_str().to_owned();
+                // Finished before the fsyncs of the journal and the audit log: whoever sees the
+                // objects gone sees the fault reverted too.
+                self.finish(&fault);
                 if let Err(e) = self.journal.remove(&fault.id) {
                     // The objects are gone; a stale entry only costs an idempotent revert later.
                     warn!(id = %fault.id, error = %e, "cannot remove the journal entry of a reverted fault");
                 }
                 info!(id = %fault.id, kind = fault.spec.kind(), reason = reason.as_str(), "fault reverted");
-                self.finish(&fault);
+                self.audit_automatic(&fault, reason);
                 Ok(fault)
             }
             Err(source) => {
@@ -719,6 +510,7 @@ impl Engine {
                 let _ = self.journal.record(&fault);
                 error!(id = %fault.id, kind = fault.spec.kind(), error = %source, "revert failed");
                 self.finish(&fault);
+                self.audit_automatic(&fault, reason);
                 Err(EngineError::Revert {
                     id: fault.id,
                     source,
@@ -727,142 +519,15 @@ impl Engine {
         }
     }
 
-    /// Starts the timer that reverts fault `id` when its lease runs out at `due`, unless a
-    /// renewal moved the lease on meanwhile.
-    fn arm_lease(self: &Arc<Self>, id: &str, due: Instant) -> AbortHandle {
-        let engine = Arc::clone(self);
-        let id = id.to_owned();
-        tokio::spawn(async move {
-            let mut due = due;
-            loop {
-                tokio::time::sleep_until(due).await;
-                // Renewals re-arm the timer; reading the lease back as well means that a wake-up
-                // that raced a renewal (or came a hair early) never ends a renewed fault.
-                match engine.lease_due(&id) {
-                    Some(later) if later > Instant::now() => due = later,
-                    Some(_) => break,
-                    None => return,
-                }
-            }
-            // Reverting in a task of its own, like the deadline: a renewal or a revert request
-            // aborts this timer, and must never abort a revert half-way.
-            tokio::spawn(async move {
-                let expired = |e: &Entry| e.lease_due.is_some_and(|due| due <= Instant::now());
-                if let Err(e) = engine
-                    .revert_when(&id, RevertReason::LeaseExpired, expired)
-                    .await
-                {
-                    error!(id, error = %e, "revert at the lease's expiry failed");
-                }
-            });
-        })
-        .abort_handle()
-    }
-
-    /// When the lease of active fault `id` runs out; `None` once the fault is no longer active.
-    fn lease_due(&self, id: &str) -> Option<Instant> {
-        self.registry()
-            .faults
-            .get(id)
-            .filter(|e| e.fault.state == FaultState::Active)
-            .and_then(|e| e.lease_due)
-    }
-
-    /// Renews the leases of `ids`: each runs again from now, for its own period or for `period`
-    /// (which becomes the fault's period). An empty list or a period that is not accepted for
-    /// one of the faults renews nothing; otherwise every id gets its own outcome.
-    pub fn renew(
-        self: &Arc<Self>,
-        ids: &[String],
-        period: Option<Duration>,
-    ) -> Result<Vec<Renewal>, EngineError> {
-        if ids.is_empty() {
-            return Err(InvalidSpec::new(
-                "ids",
-                "empty: name at least one fault whose lease to renew",
-            )
-            .into());
+    /// Writes the audit line of a revert nobody asked for; a requested one has its line already.
+    fn audit_automatic(&self, fault: &Fault, reason: RevertReason) {
+        if reason != RevertReason::Requested {
+            self.revert_log.reverted(fault, reason);
         }
-        let mut outcomes = Vec::with_capacity(ids.len());
-        {
-            let mut registry = self.registry();
-            if let Some(period) = period {
-                check_lease_period(period)?;
-                for (id, entry) in ids
-                    .iter()
-                    .filter_map(|id| registry.faults.get(id).map(|e| (id, e)))
-                    .filter(|(_, e)| e.fault.state == FaultState::Active && e.fault.lease.is_some())
-                {
-                    check_lease(period, entry.fault.duration).map_err(|e| {
-                        InvalidSpec::new(e.field, format!("fault {id}: {}", e.reason))
-                    })?;
-                }
-            }
-            let (now, mono) = (SystemTime::now(), Instant::now());
-            for id in ids {
-                let not_renewed = |why| Renewal::NotRenewed {
-                    id: id.clone(),
-                    why,
-                };
-                let Some(entry) = registry.faults.get_mut(id) else {
-                    outcomes.push(not_renewed(NotRenewed::Unknown));
-                    continue;
-                };
-                match entry.fault.state {
-                    FaultState::Active => {}
-                    FaultState::Pending => {
-                        outcomes.push(not_renewed(NotRenewed::Pending));
-                        continue;
-                    }
-                    state @ (FaultState::Reverting | FaultState::Reverted | FaultState::Failed) => {
-                        outcomes.push(not_renewed(NotRenewed::Ended {
-                            state,
-                            reason: entry.fault.reason.clone(),
-                        }));
-                        continue;
-                    }
-                }
-                let Some(own) = entry.fault.lease else {
-                    outcomes.push(not_renewed(NotRenewed::NoLease));
-                    continue;
-                };
-                let lease = period.unwrap_or(own);
-                let due = mono + lease;
-                entry.fault.lease = Some(lease);
-                entry.fault.lease_expires_at = Some(now + lease);
-                entry.lease_due = Some(due);
-                // Re-armed rather than left to find the new expiry: a shorter period must end
-                // the fault earlier than the old timer would wake up.
-                if let Some(old) = entry.lease_timer.replace(self.arm_lease(id, due)) {
-                    old.abort();
-                }
-                outcomes.push(Renewal::Renewed(Box::new(entry.fault.clone())));
-            }
-        }
-        for outcome in &outcomes {
-            let Renewal::Renewed(fault) = outcome else {
-                continue;
-            };
-            // Written only while the fault is still active, under the journal's write lock: a
-            // revert that got in since removes the entry after this, never before.
-            let current = || {
-                self.registry()
-                    .faults
-                    .get(&fault.id)
-                    .filter(|e| e.fault.state == FaultState::Active)
-                    .map(|e| e.fault.clone())
-            };
-            if let Err(e) = self.journal.record_current(current) {
-                // The lease runs in memory all the same; the journal only tells a later
-                // start-up whether it had run out.
-                warn!(id = %fault.id, error = %e, "cannot journal a lease renewal");
-            }
-        }
-        Ok(outcomes)
     }
 
     /// Reverts every active fault; one failure does not stop the others.
-    pub async fn revert_all(&self, reason: RevertReason) -> Vec<Result<Fault, EngineError>> {
+    pub(crate) async fn revert_all(&self, reason: RevertReason) -> Vec<Result<Fault, EngineError>> {
         let ids: Vec<String> = self
             .registry()
             .faults
@@ -878,7 +543,7 @@ impl Engine {
     }
 
     /// Refuses new faults and reverts every active one.
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
         for result in self.revert_all(RevertReason::Shutdown).await {
             if let Err(e) = result {
@@ -913,64 +578,5 @@ impl Engine {
             }
         }
         self.publish(fault);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::faults::{BlockSpec, Direction, PacketMatch};
-
-    #[test]
-    fn a_lease_is_at_least_a_second_and_at_most_the_duration() {
-        let minute = Duration::from_secs(60);
-        assert!(check_lease(Duration::from_secs(1), minute).is_ok());
-        assert!(check_lease(minute, minute).is_ok());
-        for lease in [Duration::ZERO, Duration::from_millis(999), minute * 2] {
-            let refused = check_lease(lease, minute).unwrap_err();
-            assert_eq!(refused.field, "lease", "{lease:?}");
-        }
-        assert!(check_lease(minute * 2, minute)
-            .unwrap_err()
-            .reason
-            .contains("at most 1m"));
-    }
-
-    #[test]
-    fn start_up_names_what_ran_out_first() {
-        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let fault = |lease: Option<u64>| Fault {
-            id: "aaaaaaaaaaaa".to_owned(),
-            spec: FaultSpec::Block(BlockSpec {
-                direction: Direction::Ingress,
-                matcher: PacketMatch::default(),
-                reject: false,
-                percent: None,
-                device: None,
-            }),
-            labels: BTreeMap::new(),
-            state: FaultState::Active,
-            created_at: start,
-            deadline: start + Duration::from_secs(60),
-            duration: Duration::from_secs(60),
-            reason: String::new(),
-            plan: Vec::new(),
-            lease: lease.map(Duration::from_secs),
-            lease_expires_at: lease.map(|l| start + Duration::from_secs(l)),
-        };
-        let at = |s: u64| start + Duration::from_secs(s);
-        use RevertReason::*;
-        assert_eq!(RevertReason::at_start_up(&fault(None), at(10)), Recovered);
-        assert_eq!(RevertReason::at_start_up(&fault(None), at(61)), Deadline);
-        assert_eq!(RevertReason::at_start_up(&fault(Some(3)), at(2)), Recovered);
-        assert_eq!(
-            RevertReason::at_start_up(&fault(Some(3)), at(4)),
-            LeaseExpired
-        );
-        assert_eq!(
-            RevertReason::at_start_up(&fault(Some(3)), at(100)),
-            LeaseExpired,
-            "the lease ran out before the deadline"
-        );
     }
 }

@@ -7,7 +7,8 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    check_percent, Claim, Connection, Deadline, Direction, Family, Host, PacketMatch, Protocol,
+    check_percent, Claim, Connection, Deadline, Demands, Direction, Family, Host, PacketMatch,
+    Protocol,
 };
 use crate::{
     errors::{InvalidSpec, KernelError},
@@ -15,19 +16,19 @@ use crate::{
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BlockSpec {
-    pub direction: Direction,
+pub(crate) struct BlockSpec {
+    pub(crate) direction: Direction,
     #[serde(rename = "match", default)]
-    pub matcher: PacketMatch,
+    pub(crate) matcher: PacketMatch,
     /// Answer with a TCP reset / ICMP unreachable instead of a silent drop.
     #[serde(default)]
-    pub reject: bool,
+    pub(crate) reject: bool,
     /// Share of matching packets blocked; `None` blocks all of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub percent: Option<f64>,
+    pub(crate) percent: Option<f64>,
     /// Limit the block to one interface.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
+    pub(crate) device: Option<String>,
 }
 
 impl BlockSpec {
@@ -126,6 +127,14 @@ impl Family for BlockSpec {
     fn revert(&self, id: &str, _host: &Host<'_>) -> Result<(), KernelError> {
         nft::remove(id)?;
         Ok(())
+    }
+
+    fn demands(&self) -> Demands {
+        Demands {
+            // Without --percent a block takes every matching packet.
+            percents: vec![("block percent", self.percent.unwrap_or(100.0))],
+            memory: None,
+        }
     }
 
     fn summary(&self) -> String {

@@ -5,27 +5,32 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    check_percent, Claim, Connection, Deadline, Direction, Family, Host, PacketMatch, Protocol,
+    check_percent, Claim, Connection, Deadline, Demands, Direction, Family, Host, PacketMatch,
+    Protocol,
 };
 use crate::{
     errors::{InvalidSpec, KernelError},
-    kernel::{caps::Capabilities, netdev, tc},
+    kernel::{
+        bpf::{config as tc, TcDirection},
+        caps::Capabilities,
+        netdev,
+    },
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LossSpec {
-    pub device: String,
-    pub direction: Direction,
-    pub percent: f64,
+pub(crate) struct LossSpec {
+    pub(crate) device: String,
+    pub(crate) direction: Direction,
+    pub(crate) percent: f64,
     #[serde(rename = "match", default)]
-    pub matcher: PacketMatch,
+    pub(crate) matcher: PacketMatch,
 }
 
 impl LossSpec {
-    fn tc_direction(&self) -> tc::TcDirection {
+    fn tc_direction(&self) -> TcDirection {
         match self.direction {
-            Direction::Ingress => tc::TcDirection::Ingress,
-            Direction::Egress => tc::TcDirection::Egress,
+            Direction::Ingress => TcDirection::Ingress,
+            Direction::Egress => TcDirection::Egress,
         }
     }
 
@@ -57,7 +62,7 @@ impl Family for LossSpec {
         self.matcher.validate()?;
         netdev::check_exists(&self.device)?;
         // The classifier must know where the IP header starts on this kind of link.
-        tc::l2_len(&self.device).map_err(|e| InvalidSpec::new("dev", e.to_string()))?;
+        netdev::l2_len(&self.device)?;
         Ok(())
     }
 
@@ -117,8 +122,14 @@ impl Family for LossSpec {
     }
 
     fn revert(&self, id: &str, host: &Host<'_>) -> Result<(), KernelError> {
-        host.classifiers.detach(id)?;
-        Ok(())
+        host.classifiers.detach(id)
+    }
+
+    fn demands(&self) -> Demands {
+        Demands {
+            percents: vec![("loss percent", self.percent)],
+            memory: None,
+        }
     }
 
     fn summary(&self) -> String {

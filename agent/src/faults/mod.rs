@@ -9,28 +9,32 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    config::AgentConfig,
     errors::{InvalidSpec, KernelError},
-    kernel::{caps::Capabilities, qdisc::Records, tc::Classifiers},
+    kernel::{
+        bpf::Classifiers, caps::Capabilities, nft::Firewall, qdisc::shaping::Shaping,
+        workers::Workers, Adapter, Swept,
+    },
 };
 
-pub mod block;
-pub mod loss;
-pub mod shape;
-pub mod stress;
+pub(crate) mod block;
+pub(crate) mod loss;
+pub(crate) mod shape;
+pub(crate) mod stress;
 
-pub use block::BlockSpec;
-pub use loss::LossSpec;
-pub use shape::{NetemSpec, RateSpec};
+pub(crate) use block::BlockSpec;
+pub(crate) use loss::LossSpec;
+pub(crate) use shape::{NetemSpec, RateSpec};
 
 /// The most port ranges and CIDRs one fault may name: enough to describe a service, small
 /// enough that the kernel objects stay a handful of rules and the eBPF filter a bounded loop.
-pub const MAX_PORT_RANGES: usize = 16;
-pub const MAX_CIDRS: usize = 8;
+pub(crate) const MAX_PORT_RANGES: usize = 16;
+pub(crate) const MAX_CIDRS: usize = 8;
 
 /// Which packets of the host a network fault is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Direction {
+pub(crate) enum Direction {
     /// Packets the host receives.
     Ingress,
     /// Packets the host sends.
@@ -48,7 +52,7 @@ impl fmt::Display for Direction {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Protocol {
+pub(crate) enum Protocol {
     #[default]
     Any,
     Tcp,
@@ -67,14 +71,14 @@ impl fmt::Display for Protocol {
 
 /// An inclusive range of ports, never containing port 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PortRange {
-    pub first: u16,
-    pub last: u16,
+pub(crate) struct PortRange {
+    pub(crate) first: u16,
+    pub(crate) last: u16,
 }
 
 impl PortRange {
     /// Checks a range as a caller wrote it; `field` names it in the error.
-    pub fn new(first: u32, last: u32, field: &str) -> Result<Self, InvalidSpec> {
+    pub(crate) fn new(first: u32, last: u32, field: &str) -> Result<Self, InvalidSpec> {
         let check = |p: u32| {
             u16::try_from(p).ok().filter(|p| *p != 0).ok_or_else(|| {
                 InvalidSpec::new(field, format!("{p} is out of range, expected 1-65535"))
@@ -90,7 +94,7 @@ impl PortRange {
         Ok(Self { first, last })
     }
 
-    pub fn contains(&self, port: u16) -> bool {
+    pub(crate) fn contains(&self, port: u16) -> bool {
         (self.first..=self.last).contains(&port)
     }
 }
@@ -107,19 +111,19 @@ impl fmt::Display for PortRange {
 
 /// Which packets a network fault touches; an empty list matches everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PacketMatch {
+pub(crate) struct PacketMatch {
     #[serde(default)]
-    pub protocol: Protocol,
+    pub(crate) protocol: Protocol,
     /// Destination port of the packet in the fault's direction.
     #[serde(default)]
-    pub ports: Vec<PortRange>,
+    pub(crate) ports: Vec<PortRange>,
     /// The remote side: destination on egress, source on ingress.
     #[serde(default)]
-    pub cidrs: Vec<IpNet>,
+    pub(crate) cidrs: Vec<IpNet>,
 }
 
 impl PacketMatch {
-    pub fn validate(&self) -> Result<(), InvalidSpec> {
+    pub(crate) fn validate(&self) -> Result<(), InvalidSpec> {
         if self.ports.len() > MAX_PORT_RANGES {
             return Err(InvalidSpec::new(
                 "port",
@@ -142,7 +146,7 @@ impl PacketMatch {
     }
 
     /// Would a packet with this protocol, remote address and destination port match?
-    pub fn matches(&self, protocol: Protocol, remote: IpAddr, dport: u16) -> bool {
+    pub(crate) fn matches(&self, protocol: Protocol, remote: IpAddr, dport: u16) -> bool {
         let proto_ok = self.protocol == Protocol::Any || self.protocol == protocol;
         let port_ok = self.ports.is_empty() || self.ports.iter().any(|r| r.contains(dport));
         let addr_ok = self.cidrs.is_empty() || self.cidrs.iter().any(|c| c.contains(&remote));
@@ -151,7 +155,7 @@ impl PacketMatch {
 
     /// Could a TCP packet to `dport` (`None`: a port not known yet) match, whatever its remote
     /// address?
-    pub fn may_match_tcp(&self, dport: Option<u16>) -> bool {
+    pub(crate) fn may_match_tcp(&self, dport: Option<u16>) -> bool {
         let proto_ok = matches!(self.protocol, Protocol::Any | Protocol::Tcp);
         let port_ok = match dport {
             Some(port) => self.ports.is_empty() || self.ports.iter().any(|r| r.contains(port)),
@@ -161,7 +165,7 @@ impl PacketMatch {
     }
 
     /// `tcp dport 80,8000-8100 from 10.0.0.0/8` -- for plans and messages.
-    pub fn describe(&self, direction: Direction) -> String {
+    pub(crate) fn describe(&self, direction: Direction) -> String {
         let mut out = self.protocol.to_string();
         if !self.ports.is_empty() {
             let ports: Vec<String> = self.ports.iter().map(ToString::to_string).collect();
@@ -180,7 +184,7 @@ impl PacketMatch {
 }
 
 /// A share of packets, in percent: `0 < p <= 100`.
-pub fn check_percent(value: f64, field: &str) -> Result<f64, InvalidSpec> {
+pub(crate) fn check_percent(value: f64, field: &str) -> Result<f64, InvalidSpec> {
     if value.is_finite() && value > 0.0 && value <= 100.0 {
         Ok(value)
     } else {
@@ -197,11 +201,11 @@ pub(crate) mod secs {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let secs = f64::deserialize(d)?;
         Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
     }
@@ -213,14 +217,16 @@ pub(crate) mod opt_secs {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
             Some(d) => s.serialize_some(&d.as_secs_f64()),
             None => s.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
         Option::<f64>::deserialize(d)?
             .map(Duration::try_from_secs_f64)
             .transpose()
@@ -228,48 +234,62 @@ pub(crate) mod opt_secs {
     }
 }
 
-/// What a fault does, one variant per family.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum FaultSpec {
-    Block(BlockSpec),
-    Loss(LossSpec),
-    #[serde(rename = "cpu")]
-    CpuStress(stress::CpuStressSpec),
-    #[serde(rename = "memory")]
-    MemoryStress(stress::MemoryStressSpec),
-    Netem(NetemSpec),
-    Rate(RateSpec),
+/// Declares the fault families: one line each, `Variant(Spec) = "kind"`. This is the one list
+/// of families; from it come the [`FaultSpec`] enum (whose serde tag is the kind, as the journal
+/// and `faultline ls -o json` write it), [`FaultSpec::KINDS`] (the names a policy may list), and
+/// the dispatch to each family's [`Family`] implementation.
+macro_rules! families {
+    ($($(#[$doc:meta])* $variant:ident($spec:ty) = $kind:literal,)*) => {
+        /// What a fault does, one variant per family.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "kind")]
+        pub(crate) enum FaultSpec {
+            $($(#[$doc])* #[serde(rename = $kind)] $variant($spec),)*
+        }
+
+        impl FaultSpec {
+            /// Every family's kind name, as requests, listings and policies name it.
+            pub(crate) const KINDS: &'static [&'static str] = &[$($kind),*];
+
+            pub(crate) fn family(&self) -> &dyn Family {
+                match self {
+                    $(FaultSpec::$variant(spec) => spec,)*
+                }
+            }
+
+            /// The family's kind name (`block`, `netem`, ...).
+            pub(crate) fn kind(&self) -> &'static str {
+                match self {
+                    $(FaultSpec::$variant(_) => $kind,)*
+                }
+            }
+        }
+    };
 }
 
-impl FaultSpec {
-    pub fn family(&self) -> &dyn Family {
-        match self {
-            FaultSpec::Block(spec) => spec,
-            FaultSpec::Loss(spec) => spec,
-            FaultSpec::CpuStress(spec) => spec,
-            FaultSpec::MemoryStress(spec) => spec,
-            FaultSpec::Netem(spec) => spec,
-            FaultSpec::Rate(spec) => spec,
-        }
-    }
+families! {
+    Block(BlockSpec) = "block",
+    Loss(LossSpec) = "loss",
+    CpuStress(stress::CpuStressSpec) = "cpu",
+    MemoryStress(stress::MemoryStressSpec) = "memory",
+    Netem(NetemSpec) = "netem",
+    Rate(RateSpec) = "rate",
+}
 
-    pub fn kind(&self) -> &'static str {
-        match self {
-            FaultSpec::Block(_) => "block",
-            FaultSpec::Loss(_) => "loss",
-            FaultSpec::CpuStress(_) => "cpu",
-            FaultSpec::MemoryStress(_) => "memory",
-            FaultSpec::Netem(_) => "netem",
-            FaultSpec::Rate(_) => "rate",
-        }
-    }
+/// What a fault takes of the host, in the terms an operator's policy bounds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Demands {
+    /// Shares of packets or of CPU time, bounded by `max_percent`, each named as its CLI flag
+    /// is (`loss percent`, `cpu load`).
+    pub(crate) percents: Vec<(&'static str, f64)>,
+    /// Bytes of memory, bounded by `max_memory`.
+    pub(crate) memory: Option<u64>,
 }
 
 /// A kernel object that only one fault at a time may own; two faults claiming the same object
 /// would fight over it, so the engine refuses the second.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Claim {
+pub(crate) enum Claim {
     /// The eBPF loss classifier slot of an interface's hook.
     LossHook {
         device: String,
@@ -311,31 +331,89 @@ pub(crate) fn may_cut(direction: Direction, matcher: &PacketMatch, local_port: u
 
 /// An established TCP connection the safety guard protects, seen from this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Connection {
-    pub local: std::net::SocketAddr,
-    pub remote: std::net::SocketAddr,
+pub(crate) struct Connection {
+    pub(crate) local: std::net::SocketAddr,
+    pub(crate) remote: std::net::SocketAddr,
+}
+
+/// The kernel adapters, built once for the agent's life. Families reach them through a
+/// [`Host`]; the engine knows them only as a whole, to sweep at start-up.
+pub(crate) struct Adapters {
+    caps: Capabilities,
+    firewall: Firewall,
+    classifiers: Classifiers,
+    shaping: Shaping,
+    workers: Workers,
+}
+
+impl Adapters {
+    pub(crate) fn new(config: &AgentConfig, caps: Capabilities) -> Self {
+        Self {
+            firewall: Firewall {
+                available: caps.nftables.available,
+            },
+            classifiers: Classifiers::new(config.bpf_pin_dir.clone()),
+            shaping: Shaping::new(&config.state_dir),
+            workers: Workers::new(
+                caps.cgroups
+                    .clone()
+                    .map(|c| c.with_parent(&config.cgroup_parent)),
+                config.memory_reserve,
+            ),
+            caps,
+        }
+    }
+
+    pub(crate) fn caps(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// What a family works with for one request; `force` as the request said.
+    pub(crate) fn host(&self, force: bool) -> Host<'_> {
+        Host {
+            classifiers: &self.classifiers,
+            shaping: &self.shaping,
+            workers: &self.workers,
+            force,
+        }
+    }
+
+    /// Sweeps every adapter in turn: each removes what belongs to no fault in `keep`. A
+    /// classifier goes before the qdisc tree it steers into.
+    pub(crate) fn sweep(&self, keep: &[&str]) -> Swept {
+        let adapters: [&dyn Adapter; 4] = [
+            &self.firewall,
+            &self.workers,
+            &self.classifiers,
+            &self.shaping,
+        ];
+        let mut swept = Swept::default();
+        for adapter in adapters {
+            swept.extend(adapter.sweep(keep));
+        }
+        swept
+    }
 }
 
 /// What families may use of the host while planning, applying and reverting.
-pub struct Host<'a> {
-    pub caps: &'a Capabilities,
-    pub classifiers: &'a Classifiers,
-    pub stress: &'a stress::Stress,
-    pub qdisc_records: &'a Records,
+pub(crate) struct Host<'a> {
+    pub(crate) classifiers: &'a Classifiers,
+    pub(crate) shaping: &'a Shaping,
+    pub(crate) workers: &'a Workers,
     /// The request said to replace what another tool installed (a root qdisc).
-    pub force: bool,
+    pub(crate) force: bool,
 }
 
 /// When a fault stops by itself.
 #[derive(Debug, Clone, Copy)]
-pub struct Deadline {
+pub(crate) struct Deadline {
     /// Time left from the moment the fault is applied.
-    pub remaining: Duration,
+    pub(crate) remaining: Duration,
 }
 
 /// One fault family. The engine calls these in order: `validate`, `claims`, `plan`, then
 /// `apply`, and `revert` at the end (also after a crash, on a spec read back from the journal).
-pub trait Family: Send + Sync {
+pub(crate) trait Family: Send + Sync {
     /// Semantic checks against the host (devices exist, combinations make sense), before
     /// anything is touched. Field-level parsing already happened at the API edge.
     fn validate(&self, host: &Host<'_>) -> Result<(), InvalidSpec>;
@@ -372,6 +450,11 @@ pub trait Family: Send + Sync {
 
     /// Removes the fault's kernel objects. Idempotent: objects already gone are not an error.
     fn revert(&self, id: &str, host: &Host<'_>) -> Result<(), KernelError>;
+
+    /// What the fault takes of the host, for the operator policy's limits (`max_percent`,
+    /// `max_memory`; `max_duration` bounds every request alike). Required: a new family says
+    /// what it takes, even when that is nothing a limit bounds.
+    fn demands(&self) -> Demands;
 
     /// One line for humans: `block in tcp dport 22 (drop)`.
     fn summary(&self) -> String;

@@ -1,29 +1,31 @@
 //! The stress families: CPU load and memory pressure, each held by worker processes inside the
-//! fault's own cgroup, whose limits the kernel enforces (see `kernel::cgroup`).
-//!
-//! Workers are this binary re-executed in a hidden mode (`faultline __worker`). They are
-//! spawned by one long-lived thread of the agent with `PR_SET_PDEATHSIG`, so they die with the
-//! agent (the death signal follows the thread that forked, hence a thread that never exits),
-//! and they join the fault's cgroup before they run a single instruction of their own.
+//! fault's own cgroup, whose limits the kernel enforces (see `kernel::cgroup`). The workers and
+//! their cgroups are the `kernel::workers` adapter's; this module decides how many, with what
+//! limits, and whether the host can spare the memory.
 
 use std::{
-    ffi::CString,
-    fs, io,
-    os::unix::process::CommandExt,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::{mpsc, Mutex},
-    thread,
+    fs, thread,
     time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
 
-use super::{Claim, Connection, Deadline, Family, Host};
+use super::{Claim, Connection, Deadline, Demands, Family, Host};
 use crate::{
     errors::{EngineError, InvalidSpec, KernelError},
-    kernel::cgroup::{CgroupError, Cgroups, Controller, CpuQuota, Limits},
+    kernel::{
+        cgroup::{Cgroups, Controller, CpuQuota, Limits},
+        workers::WorkerError,
+    },
 };
+
+/// Refused because the cgroup controllers stress needs are not usable: `detail` says why.
+fn unsupported(detail: String) -> EngineError {
+    EngineError::Unsupported {
+        feature: "cgroup controllers for stress".to_owned(),
+        detail,
+    }
+}
 
 /// Scheduler period for CPU quotas: long enough that the quota is not lost to rounding, short
 /// enough that a 50 % load looks like 50 % on any one-second graph.
@@ -35,41 +37,41 @@ const MIN_QUOTA_US: u64 = 1_000;
 const MEMORY_HEADROOM: u64 = 32 << 20;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CpuStressSpec {
+pub(crate) struct CpuStressSpec {
     /// Percent of the CPUs in scope, `0 < load <= 100`.
-    pub load: f64,
+    pub(crate) load: f64,
     /// Pin the workers to these CPUs; the load is a share of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub cpus: Vec<u32>,
+    pub(crate) cpus: Vec<u32>,
     /// A share of this many CPUs, unpinned; neither this nor `cpus`: all online CPUs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cores: Option<u32>,
+    pub(crate) cores: Option<u32>,
     /// Rise linearly from nothing to `load` over this long.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         with = "super::opt_secs"
     )]
-    pub ramp: Option<Duration>,
+    pub(crate) ramp: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum MemSize {
+pub(crate) enum MemSize {
     Bytes(u64),
     /// Percent of the host's total memory.
     Percent(f64),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MemoryStressSpec {
-    pub size: MemSize,
+pub(crate) struct MemoryStressSpec {
+    pub(crate) size: MemSize,
     /// Allocation rate in bytes per second; `None` allocates as fast as the kernel allows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate: Option<u64>,
+    pub(crate) rate: Option<u64>,
     /// Lock the pages in memory (mlock), so they cannot be swapped out.
     #[serde(default)]
-    pub lock: bool,
+    pub(crate) lock: bool,
 }
 
 /// The host's online CPUs, from /sys/devices/system/cpu/online (`0-3,6`).
@@ -180,7 +182,7 @@ impl Family for CpuStressSpec {
     }
 
     fn admit(&self, host: &Host<'_>) -> Result<(), EngineError> {
-        host.stress.check(&self.controllers())
+        host.workers.check(&self.controllers()).map_err(unsupported)
     }
 
     fn claims(&self) -> Vec<Claim> {
@@ -196,7 +198,7 @@ impl Family for CpuStressSpec {
     }
 
     fn plan(&self, id: &str, _deadline: Deadline, host: &Host<'_>) -> Vec<String> {
-        let mut plan = host.stress.describe(id, &self.limits());
+        let mut plan = host.workers.describe(id, &self.limits());
         plan.push(format!(
             "workers: start {} CPU worker(s) (faultline __worker cpu) in the cgroup",
             self.width()
@@ -214,25 +216,32 @@ impl Family for CpuStressSpec {
     }
 
     fn apply(&self, id: &str, _deadline: Deadline, host: &Host<'_>) -> Result<(), KernelError> {
-        let procs = host.stress.cgroups()?.create(id, &self.limits())?;
+        let procs = host.workers.cgroups()?.create(id, &self.limits())?;
         // A failure part-way is undone by the revert the engine runs after a failed apply.
         for _ in 0..self.width() {
-            host.stress.spawn(id, &["cpu"], &procs)?;
+            host.workers.spawn(id, &["cpu"], &procs)?;
         }
         if let Some(ramp) = self.ramp {
-            let cgroups = host.stress.cgroups()?.clone();
+            let cgroups = host.workers.cgroups()?.clone();
             let (id, spec) = (id.to_owned(), self.clone());
             // Ends by itself: at full load, or when the cgroup is gone (the fault reverted).
             thread::Builder::new()
                 .name(format!("ramp-{id}"))
                 .spawn(move || ramp_up(&cgroups, &id, &spec, ramp))
-                .map_err(|e| KernelError::Stress(StressError::Spawn(e)))?;
+                .map_err(|e| KernelError::Workers(WorkerError::Spawn(e)))?;
         }
         Ok(())
     }
 
     fn revert(&self, id: &str, host: &Host<'_>) -> Result<(), KernelError> {
-        host.stress.remove(id)
+        host.workers.remove(id)
+    }
+
+    fn demands(&self) -> Demands {
+        Demands {
+            percents: vec![("cpu load", self.load)],
+            memory: None,
+        }
     }
 
     fn summary(&self) -> String {
@@ -281,7 +290,7 @@ fn meminfo() -> (u64, u64) {
 
 impl MemoryStressSpec {
     /// The size in bytes on this host.
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         match self.size {
             MemSize::Bytes(b) => b,
             MemSize::Percent(p) => (meminfo().0 as f64 * p / 100.0) as u64,
@@ -349,9 +358,11 @@ impl Family for MemoryStressSpec {
     }
 
     fn admit(&self, host: &Host<'_>) -> Result<(), EngineError> {
-        host.stress.check(&[Controller::Memory])?;
+        host.workers
+            .check(&[Controller::Memory])
+            .map_err(unsupported)?;
         let (total, available) = meminfo();
-        let reserve = host.stress.reserve(total);
+        let reserve = host.workers.reserve(total);
         let bytes = self.bytes();
         if available < bytes.saturating_add(reserve) {
             return Err(EngineError::Reserve {
@@ -382,7 +393,7 @@ impl Family for MemoryStressSpec {
     }
 
     fn plan(&self, id: &str, _deadline: Deadline, host: &Host<'_>) -> Vec<String> {
-        let mut plan = host.stress.describe(id, &self.limits());
+        let mut plan = host.workers.describe(id, &self.limits());
         plan.push(format!(
             "workers: start 1 memory worker (faultline __worker {}) in the cgroup",
             self.worker_args().join(" ")
@@ -391,14 +402,21 @@ impl Family for MemoryStressSpec {
     }
 
     fn apply(&self, id: &str, _deadline: Deadline, host: &Host<'_>) -> Result<(), KernelError> {
-        let procs = host.stress.cgroups()?.create(id, &self.limits())?;
+        let procs = host.workers.cgroups()?.create(id, &self.limits())?;
         let args = self.worker_args();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        host.stress.spawn(id, &args, &procs)
+        host.workers.spawn(id, &args, &procs)
     }
 
     fn revert(&self, id: &str, host: &Host<'_>) -> Result<(), KernelError> {
-        host.stress.remove(id)
+        host.workers.remove(id)
+    }
+
+    fn demands(&self) -> Demands {
+        Demands {
+            percents: Vec::new(),
+            memory: Some(self.bytes()),
+        }
     }
 
     fn summary(&self) -> String {
@@ -418,7 +436,7 @@ impl Family for MemoryStressSpec {
 
 /// `512MiB`, `1.5GiB`, `100M` (SI), `4096` (bytes). Written here because the error must name
 /// the flag and say what is accepted, and the units are few.
-pub fn parse_bytes(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_bytes(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -450,7 +468,7 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
-pub fn format_bytes(bytes: u64) -> String {
+pub(crate) fn format_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
     let mut unit = 0;
@@ -463,235 +481,6 @@ pub fn format_bytes(bytes: u64) -> String {
     } else {
         format!("{value:.1}{}", UNITS[unit])
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StressError {
-    #[error(transparent)]
-    Cgroup(#[from] CgroupError),
-    #[error("cgroups are not usable here: {0}")]
-    NoCgroups(String),
-    #[error("cannot start a stress worker: {0}")]
-    Spawn(#[source] io::Error),
-    #[error("the worker spawner thread is gone")]
-    SpawnerGone,
-}
-
-/// A worker to start: its `__worker` arguments and the `cgroup.procs` files it joins.
-struct SpawnRequest {
-    id: String,
-    args: Vec<String>,
-    procs: Vec<PathBuf>,
-    reply: mpsc::Sender<io::Result<u32>>,
-}
-
-/// The agent's stress machinery: the cgroup hierarchy, the memory reserve, and the thread
-/// that starts (and reaps) workers.
-pub struct Stress {
-    cgroups: Result<Cgroups, String>,
-    /// Bytes of MemAvailable a memory stress must leave; `None`: the default.
-    reserve: Option<u64>,
-    spawner: Mutex<mpsc::Sender<Spawn>>,
-}
-
-enum Spawn {
-    Start(SpawnRequest),
-    /// Reap the workers of a fault whose cgroup was killed.
-    Reap(String, mpsc::Sender<()>),
-}
-
-impl Stress {
-    pub fn new(cgroups: Result<Cgroups, String>, reserve: Option<u64>) -> Self {
-        let (tx, rx) = mpsc::channel();
-        thread::Builder::new()
-            .name("stress-spawner".to_owned())
-            .spawn(move || spawner(rx))
-            .expect("cannot start the stress spawner thread");
-        Self {
-            cgroups,
-            reserve,
-            spawner: Mutex::new(tx),
-        }
-    }
-
-    pub fn cgroups(&self) -> Result<&Cgroups, StressError> {
-        self.cgroups
-            .as_ref()
-            .map_err(|e| StressError::NoCgroups(e.clone()))
-    }
-
-    /// The reserve for a host with `total` bytes: as configured, or 5 % of memory but at least
-    /// 256 MiB.
-    pub fn reserve(&self, total: u64) -> u64 {
-        self.reserve.unwrap_or_else(|| (total / 20).max(256 << 20))
-    }
-
-    fn check(&self, needs: &[Controller]) -> Result<(), EngineError> {
-        let unsupported = |detail: String| EngineError::Unsupported {
-            feature: "cgroup controllers for stress".to_owned(),
-            detail,
-        };
-        let cgroups = self.cgroups.as_ref().map_err(|e| unsupported(e.clone()))?;
-        cgroups.check(needs).map_err(|e| unsupported(e.to_string()))
-    }
-
-    fn describe(&self, id: &str, limits: &Limits) -> Vec<String> {
-        match &self.cgroups {
-            Ok(cgroups) => cgroups.describe(id, limits),
-            Err(e) => vec![format!("cgroups: not usable here ({e})")],
-        }
-    }
-
-    fn spawn(&self, id: &str, args: &[&str], procs: &[PathBuf]) -> Result<(), KernelError> {
-        let (reply, answer) = mpsc::channel();
-        let request = SpawnRequest {
-            id: id.to_owned(),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            procs: procs.to_vec(),
-            reply,
-        };
-        self.spawner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(Spawn::Start(request))
-            .map_err(|_| StressError::SpawnerGone)?;
-        answer
-            .recv()
-            .map_err(|_| StressError::SpawnerGone)?
-            .map_err(StressError::Spawn)?;
-        Ok(())
-    }
-
-    /// Kills the fault's workers with their cgroup, reaps them and removes the cgroup.
-    pub fn remove(&self, id: &str) -> Result<(), KernelError> {
-        let Ok(cgroups) = &self.cgroups else {
-            return Ok(());
-        };
-        cgroups.remove(id).map_err(StressError::from)?;
-        let (done, wait) = mpsc::channel();
-        let sent = self
-            .spawner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(Spawn::Reap(id.to_owned(), done));
-        if sent.is_ok() {
-            let _ = wait.recv_timeout(Duration::from_secs(5));
-        }
-        Ok(())
-    }
-
-    /// Removes the cgroups (and their processes) of faults not in `keep`; returns their ids.
-    pub fn sweep(&self, keep: &[&str]) -> Result<Vec<String>, KernelError> {
-        let Ok(cgroups) = &self.cgroups else {
-            return Ok(Vec::new());
-        };
-        let mut swept = Vec::new();
-        for id in cgroups.fault_ids() {
-            if !keep.contains(&id.as_str()) {
-                cgroups.remove(&id).map_err(StressError::from)?;
-                swept.push(id);
-            }
-        }
-        Ok(swept)
-    }
-}
-
-/// The spawner thread: lives as long as the agent, which is what `PR_SET_PDEATHSIG` needs.
-fn spawner(requests: mpsc::Receiver<Spawn>) {
-    let mut children: Vec<(String, Child)> = Vec::new();
-    loop {
-        match requests.recv_timeout(Duration::from_secs(1)) {
-            Ok(Spawn::Start(request)) => {
-                let started = start_worker(&request.args, &request.procs);
-                let reply = match started {
-                    Ok(child) => {
-                        let pid = child.id();
-                        children.push((request.id, child));
-                        Ok(pid)
-                    }
-                    Err(e) => Err(e),
-                };
-                let _ = request.reply.send(reply);
-            }
-            Ok(Spawn::Reap(id, done)) => {
-                for (_, child) in children.iter_mut().filter(|(owner, _)| *owner == id) {
-                    // The cgroup was killed: these waits return at once.
-                    let _ = child.kill();
-                    let _ = child.wait();
-                }
-                children.retain(|(owner, _)| *owner != id);
-                let _ = done.send(());
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
-        }
-        // A worker the kernel killed (its cgroup's OOM killer) must not linger as a zombie.
-        children.retain_mut(|(_, child)| matches!(child.try_wait(), Ok(None)));
-    }
-}
-
-fn start_worker(args: &[String], procs: &[PathBuf]) -> io::Result<Child> {
-    let paths: Vec<CString> = procs
-        .iter()
-        .map(|p| CString::new(p.as_os_str().as_encoded_bytes()))
-        .collect::<Result<_, _>>()
-        .map_err(io::Error::other)?;
-    let parent = std::process::id() as libc::pid_t;
-    let mut command = Command::new("/proc/self/exe");
-    command
-        .arg("__worker")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe calls (prctl, getppid, getpid, open, write, close) on memory prepared
-    // before the fork.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                // The agent died before the death signal was armed.
-                libc::_exit(1);
-            }
-            let mut digits = [0u8; 12];
-            let len = format_pid(libc::getpid(), &mut digits);
-            for path in &paths {
-                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                let written = libc::write(fd, digits.as_ptr().cast(), len);
-                libc::close(fd);
-                if written < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    command.spawn()
-}
-
-/// Decimal digits of `pid` into `out`, without allocating (the caller is between fork and exec).
-fn format_pid(pid: libc::pid_t, out: &mut [u8; 12]) -> usize {
-    let mut value = pid.max(0) as u32;
-    let mut tmp = [0u8; 12];
-    let mut n = 0;
-    loop {
-        tmp[n] = b'0' + (value % 10) as u8;
-        n += 1;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    for i in 0..n {
-        out[i] = tmp[n - 1 - i];
-    }
-    n
 }
 
 #[cfg(test)]
@@ -708,15 +497,6 @@ mod tests {
             .unwrap_err()
             .contains("unknown unit"));
         assert!(parse_bytes("MiB").unwrap_err().contains("not a size"));
-    }
-
-    #[test]
-    fn pids_format_without_allocation() {
-        let mut out = [0u8; 12];
-        let n = format_pid(4_194_304, &mut out);
-        assert_eq!(&out[..n], b"4194304");
-        let n = format_pid(7, &mut out);
-        assert_eq!(&out[..n], b"7");
     }
 
     #[test]
@@ -749,18 +529,14 @@ mod tests {
     #[test]
     fn bad_loads_and_cpus_name_their_field() {
         let host_free = |spec: CpuStressSpec| {
-            let caps = crate::kernel::caps::Capabilities::probe();
-            let pins = crate::kernel::tc::Classifiers::new(PathBuf::from("/nonexistent"));
-            let records = crate::kernel::qdisc::Records::new(std::path::Path::new("/nonexistent"));
-            let stress = Stress::new(Err("test".into()), None);
-            let host = Host {
-                caps: &caps,
-                classifiers: &pins,
-                qdisc_records: &records,
-                force: false,
-                stress: &stress,
+            let config = crate::config::AgentConfig {
+                state_dir: "/nonexistent".into(),
+                bpf_pin_dir: "/nonexistent".into(),
+                ..Default::default()
             };
-            spec.validate(&host).map_err(|e| e.field)
+            let adapters =
+                super::super::Adapters::new(&config, crate::kernel::caps::Capabilities::probe());
+            spec.validate(&adapters.host(false)).map_err(|e| e.field)
         };
         let spec = |load, cpus: Vec<u32>| CpuStressSpec {
             load,

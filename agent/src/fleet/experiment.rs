@@ -15,7 +15,7 @@ use thiserror::Error;
 use crate::faults::FaultSpec;
 
 #[derive(Debug, Error)]
-pub enum ExperimentError {
+pub(crate) enum ExperimentError {
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
@@ -36,35 +36,36 @@ pub enum ExperimentError {
 /// An experiment as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Experiment {
-    pub name: String,
-    #[serde(default)]
-    pub description: String,
+pub(crate) struct Experiment {
+    pub(crate) name: String,
+    /// A note for people who read the file: accepted, not used.
+    #[serde(default, rename = "description")]
+    _description: String,
     /// Agents: addresses, or files listing them.
-    pub targets: Vec<TargetSpec>,
+    pub(crate) targets: Vec<TargetSpec>,
     /// Client certificate for agents reached over mutual TLS.
     #[serde(default)]
-    pub tls: Option<TlsFiles>,
+    pub(crate) tls: Option<TlsFiles>,
     /// Observed before any fault, to show the steady state the guards compare with.
     #[serde(deserialize_with = "duration", default = "no_time")]
-    pub baseline: Duration,
+    pub(crate) baseline: Duration,
     /// How long the faults stay.
     #[serde(deserialize_with = "duration")]
-    pub duration: Duration,
+    pub(crate) duration: Duration,
     /// Each fault's lease: if this controller stops renewing (it died or was cut off), the
     /// agents revert on their own this long after the last renewal.
     #[serde(deserialize_with = "duration", default = "default_lease")]
-    pub lease: Duration,
+    pub(crate) lease: Duration,
     /// How often guards are evaluated.
     #[serde(deserialize_with = "duration", default = "default_interval")]
-    pub interval: Duration,
-    pub faults: Vec<FaultGroup>,
+    pub(crate) interval: Duration,
+    pub(crate) faults: Vec<FaultGroup>,
     #[serde(default)]
-    pub guards: Vec<Guard>,
+    pub(crate) guards: Vec<Guard>,
     #[serde(default)]
-    pub abort: AbortRules,
+    pub(crate) abort: AbortRules,
     #[serde(default)]
-    pub slos: Vec<Slo>,
+    pub(crate) slos: Vec<Slo>,
 }
 
 fn no_time() -> Duration {
@@ -91,39 +92,39 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TargetSpec {
+pub(crate) struct TargetSpec {
     /// `unix:/run/faultline/faultline.sock`, a socket path, or `https://host:port`.
     #[serde(default)]
-    pub address: Option<String>,
+    pub(crate) address: Option<String>,
     /// A file with one address per line (`#` comments), each optionally followed by labels
     /// `key=value`.
     #[serde(default)]
-    pub file: Option<PathBuf>,
+    pub(crate) file: Option<PathBuf>,
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    pub(crate) labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub ca: PathBuf,
+pub(crate) struct TlsFiles {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+    pub(crate) ca: PathBuf,
 }
 
 /// One fault, on the agents whose labels include `select` (all agents when empty).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FaultGroup {
+pub(crate) struct FaultGroup {
     #[serde(default)]
-    pub select: BTreeMap<String, String>,
-    pub fault: FaultSpec,
+    pub(crate) select: BTreeMap<String, String>,
+    pub(crate) fault: FaultSpec,
 }
 
 /// What a guard or an SLO measures on each agent, over the time the faults were active.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Measure {
+pub(crate) enum Measure {
     /// Failed TCP connects / connects that ended, 0-1.
     ConnectFailureRatio,
     /// Successful TCP connects / connects that ended, 0-1.
@@ -138,12 +139,12 @@ pub enum Measure {
 
 impl Measure {
     /// Whether higher values are better (an SLO's target is then a floor).
-    pub fn higher_is_better(self) -> bool {
+    pub(crate) fn higher_is_better(self) -> bool {
         matches!(self, Measure::ConnectSuccessRatio)
     }
 
     /// A value in the measure's own terms: `99.95 %`, `120.0 ms`, `42.0 %`.
-    pub fn show(self, value: f64) -> String {
+    pub(crate) fn show(self, value: f64) -> String {
         match self {
             Measure::ConnectFailureRatio
             | Measure::ConnectSuccessRatio
@@ -170,22 +171,22 @@ impl fmt::Display for Measure {
 /// `abort.on_guard_breach` is false).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Guard {
-    pub name: String,
-    pub metric: Measure,
+pub(crate) struct Guard {
+    pub(crate) name: String,
+    pub(crate) metric: Measure,
     /// Only connects to this destination (`addr:port`, or `addr` for any port).
     #[serde(default)]
-    pub destination: Option<String>,
-    pub max: f64,
+    pub(crate) destination: Option<String>,
+    pub(crate) max: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AbortRules {
+pub(crate) struct AbortRules {
     #[serde(default = "yes")]
-    pub on_guard_breach: bool,
+    pub(crate) on_guard_breach: bool,
     #[serde(default = "yes")]
-    pub on_agent_lost: bool,
+    pub(crate) on_agent_lost: bool,
 }
 
 fn yes() -> bool {
@@ -205,24 +206,24 @@ impl Default for AbortRules {
 /// ceiling for everything else.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Slo {
-    pub name: String,
-    pub metric: Measure,
+pub(crate) struct Slo {
+    pub(crate) name: String,
+    pub(crate) metric: Measure,
     #[serde(default)]
-    pub destination: Option<String>,
-    pub target: f64,
+    pub(crate) destination: Option<String>,
+    pub(crate) target: f64,
 }
 
 /// One agent of the experiment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub address: String,
-    pub labels: BTreeMap<String, String>,
+pub(crate) struct Target {
+    pub(crate) address: String,
+    pub(crate) labels: BTreeMap<String, String>,
 }
 
 impl Experiment {
     /// Reads, parses and checks an experiment file; target files are read too.
-    pub fn load(path: &Path) -> Result<(Self, Vec<Target>), ExperimentError> {
+    pub(crate) fn load(path: &Path) -> Result<(Self, Vec<Target>), ExperimentError> {
         let text = fs::read_to_string(path).map_err(|source| ExperimentError::Read {
             path: path.to_owned(),
             source,
@@ -357,7 +358,7 @@ impl Experiment {
 }
 
 /// Whether a target carries every label of `select`.
-pub fn selects(select: &BTreeMap<String, String>, target: &Target) -> bool {
+pub(crate) fn selects(select: &BTreeMap<String, String>, target: &Target) -> bool {
     select
         .iter()
         .all(|(k, v)| target.labels.get(k).is_some_and(|t| t == v))
@@ -372,13 +373,13 @@ fn check_destination(d: Option<&str>) -> Result<(), String> {
 
 /// A destination filter: an address, and optionally a port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Destination {
-    pub addr: std::net::IpAddr,
-    pub port: Option<u16>,
+pub(crate) struct Destination {
+    pub(crate) addr: std::net::IpAddr,
+    pub(crate) port: Option<u16>,
 }
 
 impl Destination {
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
         if let Ok(addr) = text.parse() {
             return Ok(Self { addr, port: None });
         }
@@ -394,7 +395,7 @@ impl Destination {
             })
     }
 
-    pub fn matches(&self, addr: std::net::IpAddr, port: u16) -> bool {
+    pub(crate) fn matches(&self, addr: std::net::IpAddr, port: u16) -> bool {
         self.addr == addr && self.port.is_none_or(|p| p == port)
     }
 }

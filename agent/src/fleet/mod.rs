@@ -3,6 +3,6 @@
 //! breach, report. There is no scheduler here: agents run under whatever already runs services
 //! (systemd, a Kubernetes DaemonSet), and this is one more client of them.
 
-pub mod experiment;
-pub mod report;
-pub mod run;
+pub(crate) mod experiment;
+pub(crate) mod report;
+pub(crate) mod run;

@@ -11,21 +11,21 @@ use crate::monitor::MetricsSnapshot;
 
 /// The counts behind every measure, over one window on one agent (or summed over agents).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Window {
+pub(crate) struct Window {
     /// TCP connects that ended (succeeded or failed).
-    pub ended: u64,
-    pub failed: u64,
+    pub(crate) ended: u64,
+    pub(crate) failed: u64,
     /// Connect latency histogram: (upper bound, count in bucket).
-    pub latency: Vec<(f64, u64)>,
-    pub cpu_busy_seconds: f64,
-    pub cpu_total_seconds: f64,
-    pub probe_checks: u64,
-    pub probe_failures: u64,
+    pub(crate) latency: Vec<(f64, u64)>,
+    pub(crate) cpu_busy_seconds: f64,
+    pub(crate) cpu_total_seconds: f64,
+    pub(crate) probe_checks: u64,
+    pub(crate) probe_failures: u64,
 }
 
 impl Window {
     /// The difference `after - before`, for connects to `dest` (all destinations when `None`).
-    pub fn between(
+    pub(crate) fn between(
         before: &MetricsSnapshot,
         after: &MetricsSnapshot,
         dest: Option<&Destination>,
@@ -71,7 +71,7 @@ impl Window {
         w
     }
 
-    pub fn add(&mut self, other: &Window) {
+    pub(crate) fn add(&mut self, other: &Window) {
         self.ended += other.ended;
         self.failed += other.failed;
         for (le, n) in &other.latency {
@@ -85,7 +85,7 @@ impl Window {
 
     /// The measure over this window; `None` when there was nothing to measure (no connect
     /// ended, no probe ran).
-    pub fn measure(&self, m: Measure) -> Option<f64> {
+    pub(crate) fn measure(&self, m: Measure) -> Option<f64> {
         match m {
             Measure::ConnectFailureRatio => {
                 (self.ended > 0).then(|| self.failed as f64 / self.ended as f64)
@@ -131,18 +131,18 @@ fn quantile(buckets: &[(f64, u64)], q: f64) -> Option<f64> {
 
 /// One graded SLO.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Score {
-    pub name: String,
-    pub metric: String,
-    pub target: f64,
+pub(crate) struct Score {
+    pub(crate) name: String,
+    pub(crate) metric: String,
+    pub(crate) target: f64,
     /// `None`: nothing to measure in the window (counts neither as pass nor fail).
-    pub measured: Option<f64>,
-    pub pass: Option<bool>,
+    pub(crate) measured: Option<f64>,
+    pub(crate) pass: Option<bool>,
     /// For people: `Availability 99.95 % (target 99.90 %) ✅`.
-    pub line: String,
+    pub(crate) line: String,
 }
 
-pub fn score(name: &str, metric: Measure, target: f64, measured: Option<f64>) -> Score {
+pub(crate) fn score(name: &str, metric: Measure, target: f64, measured: Option<f64>) -> Score {
     let pass = measured.map(|v| {
         if metric.higher_is_better() {
             v >= target
@@ -171,7 +171,7 @@ pub fn score(name: &str, metric: Measure, target: f64, measured: Option<f64>) ->
 }
 
 /// A letter for the share of graded SLOs that passed: A all, B 80 %, C 60 %, D 40 %, F less.
-pub fn grade(scores: &[Score]) -> String {
+pub(crate) fn grade(scores: &[Score]) -> String {
     let graded: Vec<bool> = scores.iter().filter_map(|s| s.pass).collect();
     if graded.is_empty() {
         return "-".to_owned();
@@ -189,31 +189,31 @@ pub fn grade(scores: &[Score]) -> String {
 
 /// The scorecard of one agent, or of all of them.
 #[derive(Debug, Clone, Serialize)]
-pub struct Scorecard {
-    pub scores: Vec<Score>,
-    pub grade: String,
+pub(crate) struct Scorecard {
+    pub(crate) scores: Vec<Score>,
+    pub(crate) grade: String,
 }
 
 /// The experiment's outcome, for the table and for `--output json`.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub experiment: String,
+pub(crate) struct Report {
+    pub(crate) experiment: String,
     /// `completed`, `aborted: <why>`.
-    pub outcome: String,
-    pub agents: usize,
-    pub faults_applied: usize,
+    pub(crate) outcome: String,
+    pub(crate) agents: usize,
+    pub(crate) faults_applied: usize,
     /// Seconds from the first apply request to the last fault active.
-    pub apply_seconds: f64,
+    pub(crate) apply_seconds: f64,
     /// Seconds from the first revert request to the last fault gone.
-    pub revert_seconds: f64,
-    pub breaches: Vec<String>,
-    pub hosts: BTreeMap<String, Scorecard>,
-    pub overall: Scorecard,
+    pub(crate) revert_seconds: f64,
+    pub(crate) breaches: Vec<String>,
+    pub(crate) hosts: BTreeMap<String, Scorecard>,
+    pub(crate) overall: Scorecard,
 }
 
 impl Report {
     /// The table people read.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let mut out = format!(
             "experiment {}: {}\n{} agents, {} faults applied in {:.3}s, reverted in {:.3}s\n",
             self.experiment,

@@ -27,7 +27,7 @@ use crate::{
 const LOST_AFTER: u32 = 3;
 
 #[derive(Debug, Error)]
-pub enum FleetError {
+pub(crate) enum FleetError {
     #[error("cannot reach agent {address}: {reason} (nothing was applied)")]
     Unreachable { address: String, reason: String },
 }
@@ -55,7 +55,7 @@ impl Agent {
 
 /// Connects to every target; a channel function is given so that TLS settings stay with the
 /// caller.
-pub async fn connect_all<F, Fut>(
+pub(crate) async fn connect_all<F, Fut>(
     targets: &[Target],
     connect: F,
 ) -> Result<Vec<(Target, Channel)>, FleetError>
@@ -86,7 +86,7 @@ fn proto_duration(d: Duration) -> Option<prost_types::Duration> {
 
 /// Runs `experiment` on the connected agents until it ends or `stop` resolves (Ctrl-C);
 /// `progress` receives a line for each step, for the operator.
-pub async fn run(
+pub(crate) async fn run(
     experiment: &Experiment,
     agents: Vec<(Target, Channel)>,
     force: bool,

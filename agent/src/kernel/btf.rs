@@ -18,7 +18,7 @@ use std::{
 use thiserror::Error;
 
 /// Where the kernel exposes its own BTF.
-pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+pub(crate) const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
 const MAGIC: u16 = 0xeb9f;
 const HEADER_LEN: usize = 24;
@@ -47,7 +47,7 @@ const KIND_ENUM64: u32 = 19;
 const MAX_CHAIN: usize = 32;
 
 #[derive(Debug, Error)]
-pub enum BtfError {
+pub(crate) enum BtfError {
     #[error("cannot read the kernel's BTF {path}: {source} (connect health needs a kernel built with CONFIG_DEBUG_INFO_BTF)")]
     Read {
         path: PathBuf,
@@ -105,15 +105,15 @@ impl TypeRecord {
 
 /// Where a member lies, from the start of the outermost struct, and what it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Member {
+pub(crate) struct Member {
     /// Bytes from the start of the struct the path started at.
-    pub offset: u32,
+    pub(crate) offset: u32,
     /// The member's size in bytes, typedefs and modifiers resolved.
-    pub size: u32,
+    pub(crate) size: u32,
 }
 
 /// A parsed BTF blob: types by id (id 0 is void and has no record).
-pub struct Btf {
+pub(crate) struct Btf {
     path: PathBuf,
     /// The whole blob, kept as read (vmlinux's is megabytes: no copies of its sections).
     data: Vec<u8>,
@@ -141,11 +141,11 @@ impl Btf {
     }
 
     /// The running kernel's BTF.
-    pub fn vmlinux() -> Result<Self, BtfError> {
+    pub(crate) fn vmlinux() -> Result<Self, BtfError> {
         Self::from_file(Path::new(VMLINUX))
     }
 
-    pub fn from_file(path: &Path) -> Result<Self, BtfError> {
+    pub(crate) fn from_file(path: &Path) -> Result<Self, BtfError> {
         let data = fs::read(path).map_err(|source| BtfError::Read {
             path: path.to_owned(),
             source,
@@ -155,7 +155,7 @@ impl Btf {
 
     /// Parses a raw BTF blob (header, type and string sections) in this machine's byte order;
     /// `path` only names it in errors.
-    pub fn parse(path: &Path, data: Vec<u8>) -> Result<Self, BtfError> {
+    pub(crate) fn parse(path: &Path, data: Vec<u8>) -> Result<Self, BtfError> {
         let malformed = |reason: String| BtfError::Malformed {
             path: path.to_owned(),
             reason,
@@ -240,7 +240,7 @@ impl Btf {
     /// further one a member of the previous one's struct or union. Members of anonymous structs
     /// and unions are found as if they were the enclosing struct's own (as C names them), their
     /// offsets added up. Refuses bitfields, which a plain read cannot extract.
-    pub fn member(&self, structure: &str, path: &[&str]) -> Result<Member, BtfError> {
+    pub(crate) fn member(&self, structure: &str, path: &[&str]) -> Result<Member, BtfError> {
         let mut id = self
             .named_struct(structure)
             .ok_or_else(|| BtfError::NoStruct {
@@ -273,7 +273,7 @@ impl Btf {
     }
 
     /// As [`Btf::member`], and the member must be `expected` bytes.
-    pub fn member_sized(
+    pub(crate) fn member_sized(
         &self,
         structure: &str,
         path: &[&str],
@@ -295,7 +295,7 @@ impl Btf {
     /// How many arguments the raw tracepoint `tracepoint` passes a program: its TP_PROTO's, from
     /// the kernel's `btf_trace_<tracepoint>` typedef (a pointer to a function whose first
     /// parameter is the tracepoint's private data, not passed).
-    pub fn tracepoint_args(&self, tracepoint: &str) -> Result<usize, BtfError> {
+    pub(crate) fn tracepoint_args(&self, tracepoint: &str) -> Result<usize, BtfError> {
         let name = format!("btf_trace_{tracepoint}");
         let missing = || BtfError::NoTracepoint {
             path: self.path.clone(),

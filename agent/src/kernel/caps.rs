@@ -10,13 +10,13 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{btf, cgroup::Cgroups, nft, tc};
+use super::{bpf::object::tcx_supported, btf, cgroup::Cgroups, nft};
 
 /// One facility: whether faultline can use it, and what was found or what is missing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Capability {
-    pub available: bool,
-    pub detail: String,
+pub(crate) struct Capability {
+    pub(crate) available: bool,
+    pub(crate) detail: String,
 }
 
 impl Capability {
@@ -36,35 +36,35 @@ impl Capability {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Capabilities {
-    pub kernel_release: String,
-    pub netem: Capability,
+pub(crate) struct Capabilities {
+    pub(crate) kernel_release: String,
+    pub(crate) netem: Capability,
     /// tbf: the qdisc of rate faults.
-    pub tbf: Capability,
+    pub(crate) tbf: Capability,
     /// htb: the root that lets a shaping fault touch only the traffic it targets (egress).
-    pub htb: Capability,
+    pub(crate) htb: Capability,
     /// IFB devices: where ingress shaping faults queue received packets.
-    pub ifb: Capability,
-    pub nftables: Capability,
-    pub btf: Capability,
-    pub tcx: Capability,
+    pub(crate) ifb: Capability,
+    pub(crate) nftables: Capability,
+    pub(crate) btf: Capability,
+    pub(crate) tcx: Capability,
     /// eBPF tc classifiers by any attach path (TCX, or clsact + cls_bpf).
-    pub cls_bpf: Capability,
-    pub cgroup: Capability,
+    pub(crate) cls_bpf: Capability,
+    pub(crate) cgroup: Capability,
     /// 1 or 2; 0 when no usable hierarchy was found.
-    pub cgroup_version: u32,
+    pub(crate) cgroup_version: u32,
     /// The hierarchy itself, for stress faults; why not, when there is none.
-    pub cgroups: Result<Cgroups, String>,
+    pub(crate) cgroups: Result<Cgroups, String>,
 }
 
 impl Capabilities {
-    pub fn probe() -> Self {
+    pub(crate) fn probe() -> Self {
         let kernel_release = nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default();
         let config = KernelConfig::read(&kernel_release);
         let modules = Modules::new(&kernel_release);
-        let tcx = if tc::tcx_supported() {
+        let tcx = if tcx_supported() {
             Capability::yes(format!(
                 "kernel {kernel_release} >= 6.6 attaches tc programs through TCX links"
             ))
@@ -162,7 +162,7 @@ impl Capabilities {
     }
 
     /// `(name, capability)` pairs in display order.
-    pub fn list(&self) -> Vec<(&'static str, &Capability)> {
+    pub(crate) fn list(&self) -> Vec<(&'static str, &Capability)> {
         vec![
             ("netem", &self.netem),
             ("tbf", &self.tbf),

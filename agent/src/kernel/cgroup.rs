@@ -24,11 +24,11 @@ use thiserror::Error;
 const OPTIONAL: [&str; 2] = ["memory.swap.max", "memory.swappiness"];
 
 /// The default name of the parent cgroup.
-pub const DEFAULT_PARENT: &str = "faultline";
+pub(crate) const DEFAULT_PARENT: &str = "faultline";
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 #[derive(Debug, Error)]
-pub enum CgroupError {
+pub(crate) enum CgroupError {
     #[error("no usable cgroup hierarchy: {0}")]
     NoHierarchy(String),
     #[error("the cgroup {controller} controller is not available here: {detail}")]
@@ -60,7 +60,7 @@ fn io_error<'a>(
 
 /// A controller a stress fault needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Controller {
+pub(crate) enum Controller {
     Cpu,
     Memory,
     Cpuset,
@@ -78,19 +78,19 @@ impl Controller {
 
 /// What the kernel enforces on a fault's cgroup.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// CPU bandwidth: `quota` microseconds of CPU time per `period`.
-    pub cpu: Option<CpuQuota>,
+    pub(crate) cpu: Option<CpuQuota>,
     /// The CPUs the workers may run on.
-    pub cpus: Option<Vec<u32>>,
+    pub(crate) cpus: Option<Vec<u32>>,
     /// The most memory the cgroup may hold, in bytes; no swap.
-    pub memory_max: Option<u64>,
+    pub(crate) memory_max: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CpuQuota {
-    pub quota_us: u64,
-    pub period_us: u64,
+pub(crate) struct CpuQuota {
+    pub(crate) quota_us: u64,
+    pub(crate) period_us: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,7 +111,7 @@ enum Hierarchy {
 
 /// The host's cgroup hierarchy, as faultline uses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cgroups {
+pub(crate) struct Cgroups {
     hierarchy: Hierarchy,
     /// The parent's name (`faultline`; tests use their own, since the hierarchy is host-wide).
     parent: String,
@@ -120,7 +120,7 @@ pub struct Cgroups {
 impl Cgroups {
     /// Finds the hierarchy mounted at `root` (normally /sys/fs/cgroup): cgroup v2 when it is
     /// mounted there, else the v1 controller mounts listed in /proc/self/mountinfo.
-    pub fn probe(root: &Path) -> Result<Self, CgroupError> {
+    pub(crate) fn probe(root: &Path) -> Result<Self, CgroupError> {
         let parent = DEFAULT_PARENT.to_owned();
         if is_cgroup2(root) {
             let controllers = fs::read_to_string(root.join("cgroup.controllers"))
@@ -168,7 +168,7 @@ impl Cgroups {
     }
 
     /// The same hierarchy with the faults' cgroups under `parent` instead of `faultline`.
-    pub fn with_parent(mut self, parent: &str) -> Self {
+    pub(crate) fn with_parent(mut self, parent: &str) -> Self {
         self.parent = parent.to_owned();
         self
     }
@@ -196,7 +196,7 @@ impl Cgroups {
     }
 
     /// Where the hierarchy is, for `faultline info`.
-    pub fn location(&self) -> String {
+    pub(crate) fn location(&self) -> String {
         match &self.hierarchy {
             Hierarchy::V2 { root, .. } => format!("cgroup v2 at {}", root.display()),
             Hierarchy::V1 { .. } => {
@@ -210,7 +210,7 @@ impl Cgroups {
         }
     }
 
-    pub fn version(&self) -> u32 {
+    pub(crate) fn version(&self) -> u32 {
         match self.hierarchy {
             Hierarchy::V2 { .. } => 2,
             Hierarchy::V1 { .. } => 1,
@@ -218,7 +218,7 @@ impl Cgroups {
     }
 
     /// The controllers faultline can use here, by name.
-    pub fn usable(&self) -> Vec<&'static str> {
+    pub(crate) fn usable(&self) -> Vec<&'static str> {
         [Controller::Cpu, Controller::Memory, Controller::Cpuset]
             .into_iter()
             .filter(|c| self.check(&[*c]).is_ok())
@@ -227,7 +227,7 @@ impl Cgroups {
     }
 
     /// Refuses when a controller a fault needs is missing.
-    pub fn check(&self, needs: &[Controller]) -> Result<(), CgroupError> {
+    pub(crate) fn check(&self, needs: &[Controller]) -> Result<(), CgroupError> {
         for controller in needs {
             let missing = match &self.hierarchy {
                 Hierarchy::V2 { root, controllers } => {
@@ -317,7 +317,7 @@ impl Cgroups {
     }
 
     /// The plan for `create`, as the writes it makes.
-    pub fn describe(&self, id: &str, limits: &Limits) -> Vec<String> {
+    pub(crate) fn describe(&self, id: &str, limits: &Limits) -> Vec<String> {
         let mut lines: Vec<String> = self
             .dirs(id, Some(limits))
             .iter()
@@ -372,7 +372,7 @@ impl Cgroups {
     /// Creates the fault's cgroup with its limits; returns the `cgroup.procs` files a worker
     /// must join. A failure part-way leaves what was made for `remove`, which the engine runs
     /// after every failed apply.
-    pub fn create(&self, id: &str, limits: &Limits) -> Result<Vec<PathBuf>, CgroupError> {
+    pub(crate) fn create(&self, id: &str, limits: &Limits) -> Result<Vec<PathBuf>, CgroupError> {
         let dirs = self.dirs(id, Some(limits));
         for dir in &dirs {
             let parent = dir.parent().expect("faultline/<id> has a parent");
@@ -431,7 +431,7 @@ impl Cgroups {
     }
 
     /// Changes the CPU quota of a live fault (the linear ramp-up).
-    pub fn set_cpu_quota(&self, id: &str, quota: CpuQuota) -> Result<(), CgroupError> {
+    pub(crate) fn set_cpu_quota(&self, id: &str, quota: CpuQuota) -> Result<(), CgroupError> {
         let limits = Limits {
             cpu: Some(quota),
             ..Limits::default()
@@ -449,7 +449,7 @@ impl Cgroups {
     }
 
     /// Kills every process in the fault's cgroup and removes it. Idempotent.
-    pub fn remove(&self, id: &str) -> Result<(), CgroupError> {
+    pub(crate) fn remove(&self, id: &str) -> Result<(), CgroupError> {
         let dirs: Vec<PathBuf> = self
             .dirs(id, None)
             .into_iter()
@@ -478,7 +478,7 @@ impl Cgroups {
     }
 
     /// The ids of faults that have a cgroup under `faultline`, in any hierarchy.
-    pub fn fault_ids(&self) -> Vec<String> {
+    pub(crate) fn fault_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = self
             .mounts()
             .iter()

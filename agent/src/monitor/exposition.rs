@@ -15,14 +15,14 @@ use std::{collections::HashMap, fmt::Write as _};
 use super::host::{CpuTimes, DiskIo, HostSnapshot, NetIo};
 
 /// The `Content-Type` of a page [`Exposition::finish`] renders.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Label pairs of one sample.
 type Labels<'a> = &'a [(&'a str, &'a str)];
 
 /// One histogram series: its labels, its (upper bound, cumulative count) buckets in ascending
 /// order of bound, the sum of the observations and their count.
-pub type HistogramSeries<'a> = (&'a [(&'a str, &'a str)], &'a [(f64, u64)], f64, u64);
+pub(crate) type HistogramSeries<'a> = (&'a [(&'a str, &'a str)], &'a [(f64, u64)], f64, u64);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -53,19 +53,19 @@ struct Family {
 /// One exposition page being written: families appear in the order they were first written,
 /// each with one HELP and one TYPE line however many times it is written to.
 #[derive(Debug, Default)]
-pub struct Exposition {
+pub(crate) struct Exposition {
     families: Vec<Family>,
     by_name: HashMap<String, usize>,
 }
 
 impl Exposition {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// A counter family; its name must end in `_total`, as Prometheus's naming conventions
     /// (and promtool's lint) require.
-    pub fn counter(&mut self, name: &str, help: &str, samples: &[(&[(&str, &str)], f64)]) {
+    pub(crate) fn counter(&mut self, name: &str, help: &str, samples: &[(&[(&str, &str)], f64)]) {
         debug_assert!(
             name.ends_with("_total"),
             "counter {name:?} must end in _total"
@@ -73,14 +73,14 @@ impl Exposition {
         self.simple(Kind::Counter, name, help, samples);
     }
 
-    pub fn gauge(&mut self, name: &str, help: &str, samples: &[(&[(&str, &str)], f64)]) {
+    pub(crate) fn gauge(&mut self, name: &str, help: &str, samples: &[(&[(&str, &str)], f64)]) {
         self.simple(Kind::Gauge, name, help, samples);
     }
 
     /// A histogram family. For each series, `buckets` holds (upper bound, cumulative count)
     /// in ascending order of bound; the `+Inf` bucket is written from `count` (a trailing
     /// `+Inf` bucket in `buckets` must equal it and is not written twice).
-    pub fn histogram(&mut self, name: &str, help: &str, series: &[HistogramSeries<'_>]) {
+    pub(crate) fn histogram(&mut self, name: &str, help: &str, series: &[HistogramSeries<'_>]) {
         let Some(out) = self.family(Kind::Histogram, name, help) else {
             return;
         };
@@ -121,7 +121,7 @@ impl Exposition {
     }
 
     /// The page. Families without samples are left out: a HELP and TYPE alone say nothing.
-    pub fn finish(self) -> String {
+    pub(crate) fn finish(self) -> String {
         let size: usize = self
             .families
             .iter()
@@ -409,7 +409,7 @@ const NET_COUNTERS: [NetCounter; 8] = [
 /// Writes a host snapshot. Counts become `f64`, exact up to 2^53 (9 PB of bytes).
 ///
 /// CPU time is per CPU only, as node_exporter exposes it; `sum by (mode)` gives the host.
-pub fn host_metrics(e: &mut Exposition, s: &HostSnapshot) {
+pub(crate) fn host_metrics(e: &mut Exposition, s: &HostSnapshot) {
     let numbered: Vec<(String, &CpuTimes)> = s
         .cpus
         .iter()

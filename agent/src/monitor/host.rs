@@ -24,7 +24,7 @@ use thiserror::Error;
 const DISKSTATS_SECTOR: u64 = 512;
 
 #[derive(Debug, Error)]
-pub enum HostError {
+pub(crate) enum HostError {
     #[error("cannot read {file}: {source}")]
     Proc {
         file: &'static str,
@@ -51,112 +51,112 @@ fn read_file(file: &'static str) -> Result<String, HostError> {
 
 /// Everything [`read`] gathers, at one instant (to within the few milliseconds the reads take).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HostSnapshot {
-    pub taken_at_unix_ms: u64,
+pub(crate) struct HostSnapshot {
+    pub(crate) taken_at_unix_ms: u64,
     /// All CPUs together (the `cpu` line of /proc/stat).
-    pub cpu_total: CpuTimes,
+    pub(crate) cpu_total: CpuTimes,
     /// One entry per online CPU in CPU number order. /proc/stat leaves offline CPUs out, so the
     /// position equals the CPU number only while every CPU is online: [`CpuTimes::cpu`] is the
     /// number.
-    pub cpus: Vec<CpuTimes>,
+    pub(crate) cpus: Vec<CpuTimes>,
     /// The 1, 5 and 15 minute load averages.
-    pub load: [f64; 3],
-    pub memory: Memory,
+    pub(crate) load: [f64; 3],
+    pub(crate) memory: Memory,
     /// Block devices, as node_exporter selects them by default (see [`is_reported_disk`]).
-    pub disks: Vec<DiskIo>,
+    pub(crate) disks: Vec<DiskIo>,
     /// Every interface of the agent's network namespace, sorted by name.
-    pub networks: Vec<NetIo>,
-    pub tcp: TcpCounters,
+    pub(crate) networks: Vec<NetIo>,
+    pub(crate) tcp: TcpCounters,
 }
 
 /// Time a CPU (or all of them) spent in each mode since boot, in seconds. As in /proc/stat,
 /// `user` and `nice` include the time spent running guests.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CpuTimes {
+pub(crate) struct CpuTimes {
     /// The CPU number; `None` for the all-CPU total.
-    pub cpu: Option<u32>,
-    pub user: f64,
-    pub nice: f64,
-    pub system: f64,
-    pub idle: f64,
-    pub iowait: f64,
-    pub irq: f64,
-    pub softirq: f64,
-    pub steal: f64,
+    pub(crate) cpu: Option<u32>,
+    pub(crate) user: f64,
+    pub(crate) nice: f64,
+    pub(crate) system: f64,
+    pub(crate) idle: f64,
+    pub(crate) iowait: f64,
+    pub(crate) irq: f64,
+    pub(crate) softirq: f64,
+    pub(crate) steal: f64,
 }
 
 /// From /proc/meminfo, in bytes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Memory {
-    pub total: u64,
-    pub free: u64,
+pub(crate) struct Memory {
+    pub(crate) total: u64,
+    pub(crate) free: u64,
     /// The kernel's estimate of what can be allocated without swapping.
-    pub available: u64,
-    pub buffers: u64,
-    pub cached: u64,
-    pub swap_total: u64,
-    pub swap_free: u64,
+    pub(crate) available: u64,
+    pub(crate) buffers: u64,
+    pub(crate) cached: u64,
+    pub(crate) swap_total: u64,
+    pub(crate) swap_free: u64,
 }
 
 /// One block device's counters from /proc/diskstats, since boot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DiskIo {
-    pub name: String,
+pub(crate) struct DiskIo {
+    pub(crate) name: String,
     /// Reads completed.
-    pub reads: u64,
+    pub(crate) reads: u64,
     /// Writes completed.
-    pub writes: u64,
-    pub read_bytes: u64,
-    pub written_bytes: u64,
+    pub(crate) writes: u64,
+    pub(crate) read_bytes: u64,
+    pub(crate) written_bytes: u64,
     /// Summed over requests, so it can grow faster than the wall clock.
-    pub read_time_seconds: f64,
-    pub write_time_seconds: f64,
+    pub(crate) read_time_seconds: f64,
+    pub(crate) write_time_seconds: f64,
     /// Time the device had at least one request in flight.
-    pub io_time_seconds: f64,
+    pub(crate) io_time_seconds: f64,
     /// Requests in flight now.
-    pub in_progress: u64,
+    pub(crate) in_progress: u64,
 }
 
 /// One interface's counters from /proc/net/dev, since it was created.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NetIo {
-    pub name: String,
-    pub rx_bytes: u64,
-    pub rx_packets: u64,
-    pub rx_errors: u64,
+pub(crate) struct NetIo {
+    pub(crate) name: String,
+    pub(crate) rx_bytes: u64,
+    pub(crate) rx_packets: u64,
+    pub(crate) rx_errors: u64,
     /// /proc/net/dev's `drop` column: packets dropped plus those missed for lack of buffers.
-    pub rx_drops: u64,
-    pub tx_bytes: u64,
-    pub tx_packets: u64,
-    pub tx_errors: u64,
-    pub tx_drops: u64,
+    pub(crate) rx_drops: u64,
+    pub(crate) tx_bytes: u64,
+    pub(crate) tx_packets: u64,
+    pub(crate) tx_errors: u64,
+    pub(crate) tx_drops: u64,
 }
 
 /// IPv4 and IPv6 TCP counters from /proc/net/snmp (`Tcp:`) and /proc/net/netstat (`TcpExt:`);
 /// the kernel counts both families together in these.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TcpCounters {
-    pub active_opens: u64,
-    pub passive_opens: u64,
-    pub attempt_fails: u64,
-    pub estab_resets: u64,
+pub(crate) struct TcpCounters {
+    pub(crate) active_opens: u64,
+    pub(crate) passive_opens: u64,
+    pub(crate) attempt_fails: u64,
+    pub(crate) estab_resets: u64,
     /// Connections in ESTABLISHED or CLOSE-WAIT now: a gauge, unlike the rest.
-    pub curr_estab: u64,
-    pub in_segs: u64,
-    pub out_segs: u64,
-    pub retrans_segs: u64,
-    pub in_errs: u64,
-    pub out_rsts: u64,
-    pub listen_overflows: u64,
-    pub listen_drops: u64,
+    pub(crate) curr_estab: u64,
+    pub(crate) in_segs: u64,
+    pub(crate) out_segs: u64,
+    pub(crate) retrans_segs: u64,
+    pub(crate) in_errs: u64,
+    pub(crate) out_rsts: u64,
+    pub(crate) listen_overflows: u64,
+    pub(crate) listen_drops: u64,
     /// SYN and SYN-ACK retransmissions (`TCPSynRetrans`).
-    pub syn_retrans: u64,
+    pub(crate) syn_retrans: u64,
     /// Retransmission timer expiries (`TCPTimeouts`).
-    pub timeouts: u64,
+    pub(crate) timeouts: u64,
 }
 
 /// Reads every counter of a [`HostSnapshot`] from procfs.
-pub fn read() -> Result<HostSnapshot, HostError> {
+pub(crate) fn read() -> Result<HostSnapshot, HostError> {
     // A clock set before 1970 reads as 0 rather than failing the snapshot.
     let taken_at_unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -312,7 +312,7 @@ fn disk_io(d: &DiskStat) -> DiskIo {
 ///
 /// Every alternative ends in a non-digit, so the `\d+` is the name's whole trailing run of
 /// digits, and matching reduces to checking what precedes it.
-pub fn is_reported_disk(name: &str) -> bool {
+pub(crate) fn is_reported_disk(name: &str) -> bool {
     let stem = name.trim_end_matches(|c: char| c.is_ascii_digit());
     if stem.len() == name.len() {
         return true;

@@ -16,15 +16,15 @@ use tracing::{info, warn};
 use super::{exposition::CONTENT_TYPE, prometheus_text, Monitor};
 
 /// The conventional address of a Prometheus exporter of this kind.
-pub const DEFAULT_ADDR: &str = "127.0.0.1:9464";
+pub(crate) const DEFAULT_ADDR: &str = "127.0.0.1:9464";
 
 /// Binds now, so that a taken address stops the agent at start-up with a clear error.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
 /// Serves until `shutdown` resolves.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     monitor: Arc<Monitor>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,

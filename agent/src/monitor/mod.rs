@@ -13,11 +13,11 @@ use tracing::warn;
 
 use crate::engine::{Engine, Fault, FaultState};
 
-pub mod exposition;
-pub mod host;
-pub mod http;
-pub mod probes;
-pub mod tcp;
+pub(crate) mod exposition;
+pub(crate) mod host;
+pub(crate) mod http;
+pub(crate) mod probes;
+pub(crate) mod tcp;
 
 use exposition::Exposition;
 use host::HostSnapshot;
@@ -26,23 +26,23 @@ use tcp::{DestHealth, TcpHealth};
 
 /// Everything the agent knows at one moment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MetricsSnapshot {
-    pub taken_at_unix_ms: u64,
-    pub host: HostSnapshot,
-    pub tcp: Vec<DestHealth>,
+pub(crate) struct MetricsSnapshot {
+    pub(crate) taken_at_unix_ms: u64,
+    pub(crate) host: HostSnapshot,
+    pub(crate) tcp: Vec<DestHealth>,
     /// Why TCP connect health is not available, when it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tcp_unavailable: Option<String>,
-    pub probes: Vec<ProbeStatus>,
+    pub(crate) tcp_unavailable: Option<String>,
+    pub(crate) probes: Vec<ProbeStatus>,
     /// Faults active now.
-    pub faults: Vec<Fault>,
+    pub(crate) faults: Vec<Fault>,
 }
 
 /// What snapshots say while the TCP programs are still being loaded.
-pub const TCP_LOADING: &str = "the TCP connect health programs are still loading";
+pub(crate) const TCP_LOADING: &str = "the TCP connect health programs are still loading";
 
 /// The watchers the agent runs, and the engine whose faults it reports.
-pub struct Monitor {
+pub(crate) struct Monitor {
     engine: Arc<Engine>,
     tcp: Arc<OnceLock<Result<TcpHealth, String>>>,
     probes: Probes,
@@ -53,7 +53,7 @@ impl Monitor {
     /// take a while on a small or emulated host, and the agent must not wait for it to serve;
     /// a host without it still gets host metrics and probes: the reason is logged and reported
     /// in every snapshot) and the probes.
-    pub fn start(engine: Arc<Engine>, probes: Probes) -> Self {
+    pub(crate) fn start(engine: Arc<Engine>, probes: Probes) -> Self {
         let tcp = Arc::new(OnceLock::new());
         let slot = Arc::clone(&tcp);
         std::thread::spawn(move || {
@@ -74,7 +74,7 @@ impl Monitor {
         }
     }
 
-    pub fn snapshot(&self) -> Result<MetricsSnapshot, host::HostError> {
+    pub(crate) fn snapshot(&self) -> Result<MetricsSnapshot, host::HostError> {
         let host = host::read()?;
         let (tcp, tcp_unavailable) = match self.tcp.get() {
             Some(Ok(health)) => match health.snapshot() {
@@ -105,7 +105,7 @@ impl Monitor {
 }
 
 /// The whole snapshot as Prometheus text.
-pub fn prometheus_text(s: &MetricsSnapshot) -> String {
+pub(crate) fn prometheus_text(s: &MetricsSnapshot) -> String {
     let mut e = Exposition::new();
     exposition::host_metrics(&mut e, &s.host);
     tcp_metrics(&mut e, &s.tcp);

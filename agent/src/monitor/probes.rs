@@ -15,20 +15,20 @@ use tokio::{net::TcpStream, task::JoinHandle};
 
 /// A probe target as configured: `HOST:PORT`, `[v6]:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub text: String,
+pub(crate) struct Target {
+    pub(crate) text: String,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("probe target {text:?}: {reason}")]
-pub struct TargetError {
-    pub text: String,
-    pub reason: String,
+pub(crate) struct TargetError {
+    pub(crate) text: String,
+    pub(crate) reason: String,
 }
 
 impl Target {
     /// Checks the form, not the name: names are resolved at every check, as a client would.
-    pub fn parse(text: &str) -> Result<Self, TargetError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, TargetError> {
         let error = |reason: &str| TargetError {
             text: text.to_owned(),
             reason: reason.to_owned(),
@@ -58,21 +58,21 @@ impl fmt::Display for Target {
 
 /// What is known of one target.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ProbeStatus {
-    pub target: String,
+pub(crate) struct ProbeStatus {
+    pub(crate) target: String,
     /// The last check connected.
-    pub up: bool,
+    pub(crate) up: bool,
     /// Connect time of the last check, when it succeeded.
-    pub last_latency_seconds: Option<f64>,
-    pub last_error: String,
-    pub successes: u64,
-    pub failures: u64,
+    pub(crate) last_latency_seconds: Option<f64>,
+    pub(crate) last_error: String,
+    pub(crate) successes: u64,
+    pub(crate) failures: u64,
     /// Unix milliseconds of the last check; 0 before the first.
-    pub last_checked_unix_ms: u64,
+    pub(crate) last_checked_unix_ms: u64,
 }
 
 /// The probe tasks and their results; dropping it stops them.
-pub struct Probes {
+pub(crate) struct Probes {
     states: Vec<Arc<Mutex<ProbeStatus>>>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -87,7 +87,7 @@ impl Drop for Probes {
 
 impl Probes {
     /// Starts one task per target on the current runtime.
-    pub fn start(targets: &[Target], interval: Duration, timeout: Duration) -> Self {
+    pub(crate) fn start(targets: &[Target], interval: Duration, timeout: Duration) -> Self {
         let mut states = Vec::new();
         let mut tasks = Vec::new();
         for target in targets {
@@ -134,7 +134,7 @@ impl Probes {
         Self { states, tasks }
     }
 
-    pub fn snapshot(&self) -> Vec<ProbeStatus> {
+    pub(crate) fn snapshot(&self) -> Vec<ProbeStatus> {
         self.states
             .iter()
             .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone())

@@ -35,15 +35,15 @@ use serde::{Deserialize, Deserializer, Serialize};
 use thiserror::Error;
 
 use crate::kernel::{
+    bpf::EBPF_OBJECT,
     btf::{Btf, BtfError},
-    tc::EBPF_OBJECT,
 };
 
 /// Destinations counted at once; the least recently active one makes room for a new one.
-pub const MAX_DESTINATIONS: u32 = 4096;
+pub(crate) const MAX_DESTINATIONS: u32 = 4096;
 /// Connects pending at once that can be followed to their outcome; beyond that the oldest is
 /// forgotten (its attempt stays counted, its outcome is not).
-pub const MAX_PENDING: u32 = 16384;
+pub(crate) const MAX_PENDING: u32 = 16384;
 /// Recent errors and failures kept for matching an error report with its close.
 const MAX_RECENT: u32 = 4096;
 
@@ -87,7 +87,7 @@ const RETRANSMIT_ERR: Attachment = Attachment {
 };
 
 #[derive(Debug, Error)]
-pub enum TcpHealthError {
+pub(crate) enum TcpHealthError {
     #[error("{0}; connect health reads sockets at offsets from the kernel's BTF, and needs Linux 5.6 or later")]
     Btf(#[from] BtfError),
     #[error("the kernel's {member} lies at byte {offset} of the socket, beyond the {max} the programs can address")]
@@ -140,22 +140,22 @@ pub enum TcpHealthError {
 
 /// One destination's totals, summed over CPUs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DestHealth {
-    pub addr: IpAddr,
-    pub port: u16,
-    pub attempts: u64,
-    pub successes: u64,
-    pub refused: u64,
-    pub timed_out: u64,
-    pub other_failures: u64,
-    pub retransmits: u64,
-    pub syn_retransmits: u64,
+pub(crate) struct DestHealth {
+    pub(crate) addr: IpAddr,
+    pub(crate) port: u16,
+    pub(crate) attempts: u64,
+    pub(crate) successes: u64,
+    pub(crate) refused: u64,
+    pub(crate) timed_out: u64,
+    pub(crate) other_failures: u64,
+    pub(crate) retransmits: u64,
+    pub(crate) syn_retransmits: u64,
     /// (upper bound in seconds, count in that bucket) for each log2 bucket, ascending, not
     /// cumulative. A bucket holds latencies below its bound and at or above the previous one;
     /// the last bound is infinite (JSON has no infinity: it is written as null and read back).
     #[serde(deserialize_with = "infinite_bounds")]
-    pub latency_buckets: Vec<(f64, u64)>,
-    pub latency_sum_seconds: f64,
+    pub(crate) latency_buckets: Vec<(f64, u64)>,
+    pub(crate) latency_sum_seconds: f64,
 }
 
 /// Reads the null that serde_json writes for the last, infinite bucket bound.
@@ -168,7 +168,7 @@ fn infinite_bounds<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(f64, u64)>, D
 }
 
 /// The connect-health programs, attached; dropping it detaches them and frees their maps.
-pub struct TcpHealth {
+pub(crate) struct TcpHealth {
     ebpf: Ebpf,
 }
 
@@ -181,7 +181,7 @@ impl std::fmt::Debug for TcpHealth {
 impl TcpHealth {
     /// Loads and attaches the programs; a clear error naming what is missing (the kernel's BTF,
     /// a socket member, a tracepoint, BPF permission) otherwise.
-    pub fn start() -> Result<Self, TcpHealthError> {
+    pub(crate) fn start() -> Result<Self, TcpHealthError> {
         let btf = Btf::vmlinux()?;
         let config = sock_offsets(&btf)?;
         let mut attachments = vec![&SET_STATE, &RECEIVE_RESET, &ERROR_REPORT];
@@ -233,7 +233,7 @@ impl TcpHealth {
     }
 
     /// Current per-destination totals, summed over CPUs, sorted by address then port.
-    pub fn snapshot(&self) -> Result<Vec<DestHealth>, TcpHealthError> {
+    pub(crate) fn snapshot(&self) -> Result<Vec<DestHealth>, TcpHealthError> {
         let map_error = |source| TcpHealthError::Map {
             map: DESTS_MAP,
             source,
@@ -263,15 +263,6 @@ impl TcpHealth {
             .into_iter()
             .map(|((addr, port), stats)| dest_health(addr, port, &stats))
             .collect())
-    }
-
-    /// The totals for one destination, if it has any.
-    pub fn dest(&self, addr: IpAddr, port: u16) -> Result<Option<DestHealth>, TcpHealthError> {
-        let addr = addr.to_canonical();
-        Ok(self
-            .snapshot()?
-            .into_iter()
-            .find(|d| d.addr == addr && d.port == port))
     }
 }
 
@@ -377,7 +368,7 @@ fn load_error(program: &'static str, e: ProgramError) -> TcpHealthError {
         } => TcpHealthError::Verifier {
             program,
             error: io_error,
-            tail: crate::kernel::tc::verifier_tail(program, &verifier_log.to_string()),
+            tail: crate::kernel::bpf::verifier_tail(program, &verifier_log.to_string()),
         },
         source => TcpHealthError::Program {
             program,
@@ -486,6 +477,22 @@ fn sock_offsets(btf: &Btf) -> Result<TcpHealthConfig, TcpHealthError> {
         *(w.slot)(&mut config) = offset;
     }
     Ok(config)
+}
+
+/// The totals for one destination, if it has any.
+#[cfg(test)]
+impl TcpHealth {
+    pub(crate) fn dest(
+        &self,
+        addr: IpAddr,
+        port: u16,
+    ) -> Result<Option<DestHealth>, TcpHealthError> {
+        let addr = addr.to_canonical();
+        Ok(self
+            .snapshot()?
+            .into_iter()
+            .find(|d| d.addr == addr && d.port == port))
+    }
 }
 
 #[cfg(test)]

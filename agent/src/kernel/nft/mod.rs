@@ -28,20 +28,23 @@ use nftnl::{
         Ipv6HeaderField, Meta, NetworkHeaderField, Payload, RejectionType, TcpHeaderField, ToSlice,
         TransportHeaderField,
     },
-    nftnl_sys as sys, Batch, Chain, ChainType, FinalizedBatch, MsgType, Policy, ProtoFamily, Rule,
-    Table,
+    nftnl_sys as sys, Batch, Chain, ChainType, MsgType, Policy, ProtoFamily, Rule, Table,
 };
 use thiserror::Error;
 
+mod socket;
+
+use socket::{dump, send};
+
 /// The one table faultline owns.
-pub const TABLE: &str = "faultline";
+pub(crate) const TABLE: &str = "faultline";
 const CHAIN_PREFIX: &str = "fl-";
 /// Ahead of the usual `filter` priority (0), so a host chain's `accept` cannot hide a fault
 /// from the packets it targets (a drop in any base chain is final).
 const PRIORITY: i32 = -10;
 
 #[derive(Debug, Error)]
-pub enum NftError {
+pub(crate) enum NftError {
     #[error("cannot open a netfilter netlink socket: {0} (faultline needs CAP_NET_ADMIN)")]
     Socket(#[source] io::Error),
     #[error("nf_tables refused {what}: {source}")]
@@ -61,7 +64,7 @@ pub enum NftError {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hook {
+pub(crate) enum Hook {
     Input,
     Output,
 }
@@ -76,14 +79,14 @@ impl Hook {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum L4 {
+pub(crate) enum L4 {
     Any,
     Tcp,
     Udp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Drop,
     /// TCP reset for TCP, ICMP(v6) port unreachable for anything else.
     Reject,
@@ -92,19 +95,19 @@ pub enum Verdict {
 /// One block fault, as the rules that carry it out. Ports are destination ports; addresses
 /// are the remote side (source on input, destination on output). Empty lists match anything.
 #[derive(Debug, Clone, PartialEq)]
-pub struct BlockRules {
-    pub fault_id: String,
-    pub hook: Hook,
-    pub l4: L4,
-    pub ports: Vec<RangeInclusive<u16>>,
-    pub v4: Vec<Ipv4Net>,
-    pub v6: Vec<Ipv6Net>,
-    pub device: Option<String>,
-    pub verdict: Verdict,
+pub(crate) struct BlockRules {
+    pub(crate) fault_id: String,
+    pub(crate) hook: Hook,
+    pub(crate) l4: L4,
+    pub(crate) ports: Vec<RangeInclusive<u16>>,
+    pub(crate) v4: Vec<Ipv4Net>,
+    pub(crate) v6: Vec<Ipv6Net>,
+    pub(crate) device: Option<String>,
+    pub(crate) verdict: Verdict,
     /// Share of matching packets blocked, `0 < p <= 100`; `None` blocks all.
-    pub percent: Option<f64>,
+    pub(crate) percent: Option<f64>,
     /// How long the rules act; the kernel stops them after that on its own.
-    pub lifetime: std::time::Duration,
+    pub(crate) lifetime: std::time::Duration,
 }
 
 impl BlockRules {
@@ -264,7 +267,7 @@ fn table() -> Table {
 static CHANGES: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Installs a block fault's chain and rules in one batch.
-pub fn apply(rules: &BlockRules) -> Result<(), NftError> {
+pub(crate) fn apply(rules: &BlockRules) -> Result<(), NftError> {
     let _changing = CHANGES.lock().unwrap_or_else(|e| e.into_inner());
     let table = table();
     let chain_name = cstring(&rules.chain_name())?;
@@ -410,7 +413,7 @@ fn add_network<A: ToSlice>(
 }
 
 /// The plan, in `nft` syntax, of what `apply` would install.
-pub fn describe(rules: &BlockRules) -> Vec<String> {
+pub(crate) fn describe(rules: &BlockRules) -> Vec<String> {
     let hook = match rules.hook {
         Hook::Input => "input",
         Hook::Output => "output",
@@ -486,7 +489,7 @@ pub fn describe(rules: &BlockRules) -> Vec<String> {
 
 /// Removes a fault's chains, rules and live set in one batch. Idempotent: a fault whose chains
 /// are already gone is fine. The table goes too when no fault has a chain left in it.
-pub fn remove(fault_id: &str) -> Result<(), NftError> {
+pub(crate) fn remove(fault_id: &str) -> Result<(), NftError> {
     let _changing = CHANGES.lock().unwrap_or_else(|e| e.into_inner());
     let chains = list_chains()?;
     let prefix = format!("{CHAIN_PREFIX}{fault_id}-");
@@ -519,7 +522,7 @@ pub fn remove(fault_id: &str) -> Result<(), NftError> {
 }
 
 /// The ids of the faults that have chains in faultline's table.
-pub fn fault_ids() -> Result<Vec<String>, NftError> {
+pub(crate) fn fault_ids() -> Result<Vec<String>, NftError> {
     let ids: BTreeSet<String> = list_chains()?
         .iter()
         .filter_map(|name| {
@@ -531,8 +534,36 @@ pub fn fault_ids() -> Result<Vec<String>, NftError> {
     Ok(ids.into_iter().collect())
 }
 
+/// The firewall adapter: the chains and sets of block faults in the `inet faultline` table.
+#[derive(Debug)]
+pub(crate) struct Firewall {
+    /// nf_tables is usable here; if not, there is nothing to sweep.
+    pub(crate) available: bool,
+}
+
+impl super::Adapter for Firewall {
+    fn sweep(&self, keep: &[&str]) -> super::Swept {
+        let mut swept = super::Swept::default();
+        if !self.available {
+            return swept;
+        }
+        match fault_ids() {
+            Ok(ids) => {
+                for id in ids.into_iter().filter(|id| !keep.contains(&id.as_str())) {
+                    match remove(&id) {
+                        Ok(()) => swept.removed.push(format!("nftables chains of {id}")),
+                        Err(e) => swept.failed.push(e.into()),
+                    }
+                }
+            }
+            Err(e) => swept.failed.push(e.into()),
+        }
+        swept
+    }
+}
+
 /// Whether nf_tables answers: a harmless list of tables.
-pub fn probe() -> Result<(), NftError> {
+pub(crate) fn probe() -> Result<(), NftError> {
     dump(libc::NFT_MSG_GETTABLE as u16, "tables", |_| 1).map(|_| ())
 }
 
@@ -564,140 +595,6 @@ fn list_chains() -> Result<Vec<String>, NftError> {
         }
     })
     .map(|names| names.into_iter().flatten().collect())
-}
-
-/// Runs one dump request and collects what `parse` makes of each message.
-fn dump<T>(
-    msg_type: u16,
-    what: &'static str,
-    parse: fn(&libc::nlmsghdr) -> T,
-) -> Result<Vec<T>, NftError> {
-    let socket = mnl::Socket::new(mnl::Bus::Netfilter).map_err(NftError::Socket)?;
-    let portid = socket.portid();
-    let seq = next_seq();
-    let mut request = vec![0u8; nftnl::nft_nlmsg_maxsize() as usize];
-    // SAFETY: the buffer holds nft_nlmsg_maxsize bytes, more than a bare header needs.
-    let header = unsafe {
-        sys::nftnl_nlmsg_build_hdr(
-            request.as_mut_ptr().cast(),
-            msg_type,
-            ProtoFamily::Unspec as u16,
-            (libc::NLM_F_DUMP | libc::NLM_F_ACK) as u16,
-            seq,
-        )
-    };
-    // SAFETY: nftnl_nlmsg_build_hdr returned the header it wrote at the start of the buffer.
-    let len = unsafe { (*header).nlmsg_len } as usize;
-    socket
-        .send(&request[..len])
-        .map_err(|source| NftError::Dump { what, source })?;
-
-    struct Collect<T> {
-        parse: fn(&libc::nlmsghdr) -> T,
-        out: Vec<T>,
-    }
-    fn callback<T>(header: &libc::nlmsghdr, data: &mut Collect<T>) -> libc::c_int {
-        let value = (data.parse)(header);
-        data.out.push(value);
-        mnl_sys_ok()
-    }
-    let mut collect = Collect {
-        parse,
-        out: Vec::new(),
-    };
-    let mut buffer = AlignedBuffer::new();
-    loop {
-        let n = socket
-            .recv_raw(buffer.bytes_mut())
-            .map_err(|source| NftError::Dump { what, source })?;
-        if n == 0 {
-            break;
-        }
-        match mnl::cb_run2(
-            &buffer.bytes()[..n],
-            seq,
-            portid,
-            callback::<T>,
-            &mut collect,
-        ) {
-            Ok(mnl::CbResult::Stop) => break,
-            Ok(mnl::CbResult::Ok) => {}
-            // nf_tables answers a dump of an unknown family/table with ENOENT: nothing there.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
-            Err(source) => return Err(NftError::Dump { what, source }),
-        }
-    }
-    Ok(collect.out)
-}
-
-/// MNL_CB_OK: keep going.
-fn mnl_sys_ok() -> libc::c_int {
-    1
-}
-
-/// Sends a batch and checks every acknowledgement, so a refused rule is reported, not lost.
-fn send(batch: FinalizedBatch, what: impl Fn() -> String) -> Result<(), NftError> {
-    let socket = mnl::Socket::new(mnl::Bus::Netfilter).map_err(NftError::Socket)?;
-    let portid = socket.portid();
-    socket
-        .send_all(&batch)
-        .map_err(|source| NftError::Refused {
-            what: what(),
-            source,
-        })?;
-    let mut buffer = AlignedBuffer::new();
-    let mut expected = batch.sequence_numbers();
-    while !expected.is_empty() {
-        let n = socket
-            .recv_raw(buffer.bytes_mut())
-            .map_err(|source| NftError::Refused {
-                what: what(),
-                source,
-            })?;
-        if n == 0 {
-            break;
-        }
-        for message in mnl::NlMessages::new(&buffer.bytes()[..n]) {
-            let message = message.map_err(|source| NftError::Refused {
-                what: what(),
-                source,
-            })?;
-            let Some(seq) = expected.next() else { break };
-            mnl::cb_run(message, seq, portid).map_err(|source| NftError::Refused {
-                what: what(),
-                source,
-            })?;
-        }
-    }
-    Ok(())
-}
-
-fn next_seq() -> u32 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static SEQ: AtomicU32 = AtomicU32::new(1);
-    SEQ.fetch_add(1, Ordering::Relaxed)
-}
-
-/// A receive buffer aligned for `nlmsghdr`, as libmnl requires; large enough for the 32 KiB
-/// datagrams the kernel sends for dumps.
-struct AlignedBuffer(Vec<u64>);
-
-impl AlignedBuffer {
-    const BYTES: usize = 64 * 1024;
-
-    fn new() -> Self {
-        Self(vec![0u64; Self::BYTES / 8])
-    }
-
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: a u64 slice viewed as bytes, same allocation and length in bytes.
-        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast(), Self::BYTES) }
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as above, with the unique borrow of the vector.
-        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast(), Self::BYTES) }
-    }
 }
 
 #[cfg(test)]
