@@ -188,6 +188,20 @@ impl Agent {
         serde_json::from_str(&stdout).with_context(|| format!("get {id} printed {stdout}"))
     }
 
+    /// `faultline get ID -o json`, once the fault no longer reads `reverting` (or `within` has
+    /// passed): the kernel's objects are gone before the agent records a fault as reverted, so
+    /// a test that saw the effect end may read the state a moment too early.
+    pub fn settled_fault(&self, id: &str, within: Duration) -> Result<Value> {
+        let started = Instant::now();
+        loop {
+            let fault = self.fault(id)?;
+            if fault["state"] != "reverting" || started.elapsed() > within {
+                return Ok(fault);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `faultline ls -o json`.
     pub fn faults(&self) -> Result<Vec<Value>> {
         let stdout = self.cli_ok(&["ls", "-o", "json"])?;

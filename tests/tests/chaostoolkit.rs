@@ -686,7 +686,7 @@ fn a_killed_chaos_run_leaves_a_fault_that_its_lease_reverts() -> Result<()> {
         took <= lease + Duration::from_secs(1) + CONNECT_TIMEOUT,
         "the block ended {took:?} after the kill, later than the lease and a second"
     );
-    let fault = agent.fault(&id)?;
+    let fault = agent.settled_fault(&id, Duration::from_millis(500))?;
     ensure!(
         fault["state"] == "reverted" && fault["reason"] == "lease expired",
         "the agent shows {fault:#}"

@@ -49,9 +49,10 @@ fn unblocked_after(lab: &Lab, to: SocketAddr, since: Instant, limit: Duration) -
     }
 }
 
-/// Fails unless the agent reports fault `id` reverted for `reason`.
+/// Fails unless the agent reports fault `id` reverted for `reason` (once it has settled: the
+/// effect ends a moment before the state says so).
 fn ended_for(agent: &Agent, id: &str, reason: &str) -> Result<()> {
-    let fault = agent.fault(id)?;
+    let fault = agent.settled_fault(id, Duration::from_millis(500))?;
     ensure!(
         fault["state"] == "reverted" && fault["reason"] == reason,
         "fault {id}: expected reverted ({reason}), got {fault:#}"
