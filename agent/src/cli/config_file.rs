@@ -315,7 +315,16 @@ mod tests {
         file
     }
 
+    /// Held while a test parses serve's command line, and while one sets a variable of serve's
+    /// environment: parsing reads the process environment, which tests share.
+    static ENVIRONMENT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     fn serve(args: &[&str]) -> Result<(crate::cli::serve::Options, FileSettings), String> {
+        let _environment = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
+        serve_unlocked(args)
+    }
+
+    fn serve_unlocked(args: &[&str]) -> Result<(crate::cli::serve::Options, FileSettings), String> {
         let argv = ["faultline", "serve"]
             .iter()
             .chain(args)
@@ -469,14 +478,16 @@ mod tests {
         assert_eq!(o.protected_ports, [80]);
         // Untouched by the file: the default.
         assert_eq!(o.probe_interval, std::time::Duration::from_secs(5));
-        // The environment beats the file too. FAULTLINE_LOG is read by serve alone, and no
-        // other test sets it.
+        // The environment beats the file too. FAULTLINE_LOG is read by serve alone; every
+        // parse of serve waits while it is set.
         let file = config("log-level = \"warn\"\n");
         let path = file.path().to_str().unwrap();
         assert_eq!(serve(&["--config", path]).unwrap().0.log_level, "warn");
+        let environment = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
         std::env::set_var("FAULTLINE_LOG", "debug");
-        let from_env = serve(&["--config", path]);
+        let from_env = serve_unlocked(&["--config", path]);
         std::env::remove_var("FAULTLINE_LOG");
+        drop(environment);
         assert_eq!(from_env.unwrap().0.log_level, "debug");
     }
 
