@@ -88,7 +88,7 @@ impl Default for Options {
     /// What `cargo xtask test` runs: the clap defaults, every test.
     fn default() -> Self {
         Self {
-            timeout: 600,
+            timeout: 1500,
             memory: 2048,
             test_args: Vec::new(),
         }
