@@ -25,7 +25,6 @@ use std::{
     cell::Cell,
     fs,
     path::{Path, PathBuf},
-    sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -69,36 +68,9 @@ pub enum Part {
     Fanout,
 }
 
-/// Set by SIGINT, SIGTERM or SIGHUP; the run stops at its next check and the guards clean up.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Catches Ctrl-C (and SIGTERM, SIGHUP) once: the first stops the run in order, a second one
-/// (SA_RESETHAND restored the default) kills xtask at once.
-fn catch_signals() -> Result<()> {
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: a zeroed sigaction is valid; the handler only stores to an atomic, which is
-        // async-signal-safe.
-        let rc = unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
-            action.sa_flags = libc::SA_RESTART | libc::SA_RESETHAND;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(signal, &action, std::ptr::null_mut())
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error()).context("installing a signal handler");
-        }
-    }
-    Ok(())
-}
-
 /// Fails once Ctrl-C was pressed; long loops call it so the run stops promptly.
 pub fn interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
+    if host::interrupted() {
         bail!("interrupted: everything the bench created is being removed; nothing was written");
     }
     Ok(())
@@ -428,7 +400,7 @@ fn section(
             println!("<== bench: {name} ({took:.0}s)");
             Ok(section)
         }
-        Err(e) if INTERRUPTED.load(Ordering::SeqCst) => Err(e),
+        Err(e) if host::interrupted() => Err(e),
         Err(e) => {
             println!("<== bench: {name} FAILED after {took:.0}s: {e:#}");
             failed.push(format!("{name}: {e:#}"));
@@ -453,7 +425,7 @@ pub fn run(o: Options) -> Result<()> {
         );
     }
     let started = Instant::now();
-    catch_signals()?;
+    host::catch_signals()?;
     for stale in lab::sweep_stale() {
         println!("bench: removed {stale}, left by an earlier run that was killed");
     }

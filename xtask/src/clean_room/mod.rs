@@ -27,7 +27,6 @@ use std::{
     os::unix::fs::symlink,
     path::{Path, PathBuf},
     process::{Child, Command},
-    sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -92,36 +91,11 @@ impl Steps {
     }
 }
 
-/// Set by SIGINT, SIGTERM or SIGHUP. Ctrl-C reaches the room's processes too (they are in our
-/// process group); a SIGTERM sent to xtask alone is passed on to the running child by
-/// [`wait_for`]. Either way the run stops and the room is removed.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-fn catch_signals() -> Result<()> {
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: a zeroed sigaction is valid; the handler only stores to an atomic, which is
-        // async-signal-safe. SA_RESETHAND: a second signal kills xtask at once (the mounts are
-        // in its own namespace and go with it; the next run removes the tree).
-        let rc = unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
-            action.sa_flags = libc::SA_RESTART | libc::SA_RESETHAND;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(signal, &action, std::ptr::null_mut())
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error()).context("installing a signal handler");
-        }
-    }
-    Ok(())
-}
-
+/// A signal caught by [`host::catch_signals`]: Ctrl-C reaches the room's processes too (they
+/// are in our process group); a SIGTERM sent to xtask alone is passed on to the running child
+/// by [`wait_for`]. Either way the run stops and the room is removed.
 fn interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
+    if host::interrupted() {
         bail!("interrupted: the room is being removed");
     }
     Ok(())
@@ -144,12 +118,12 @@ fn wait_for(mut child: Child, shown: &str) -> Result<std::process::ExitStatus> {
     loop {
         if let Some(status) = child.try_wait()? {
             // Ctrl-C reaches the child too, which may exit before we look at the flag.
-            if signalled.is_some() || INTERRUPTED.load(Ordering::SeqCst) {
+            if signalled.is_some() || host::interrupted() {
                 bail!("interrupted while `{shown}` ran");
             }
             return Ok(status);
         }
-        if INTERRUPTED.load(Ordering::SeqCst) {
+        if host::interrupted() {
             match signalled {
                 None => {
                     // SAFETY: kill(2) on our own child's pid.
@@ -175,7 +149,7 @@ pub fn run_task(o: Options) -> Result<()> {
         );
     }
     let started = Instant::now();
-    catch_signals()?;
+    host::catch_signals()?;
     let mut steps = Steps { done: Vec::new() };
     let result = clean_room(&o, &mut steps);
     print!("clean-room: step times\n{}", steps.summary());
