@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use super::{authz::Rpc, gate::Gate};
 use crate::engine::Engine;
 
-pub struct AgentService {
+pub(crate) struct AgentService {
     engine: Arc<Engine>,
     gate: Arc<Gate>,
 }

@@ -21,7 +21,7 @@ use crate::{
     errors::{EngineError, InvalidSpec},
 };
 
-pub struct FaultsService {
+pub(crate) struct FaultsService {
     engine: Arc<Engine>,
     gate: Arc<Gate>,
 }

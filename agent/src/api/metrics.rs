@@ -22,7 +22,7 @@ use crate::{
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
-pub struct MetricsService {
+pub(crate) struct MetricsService {
     monitor: Arc<Monitor>,
     engine: Arc<Engine>,
     gate: Arc<Gate>,

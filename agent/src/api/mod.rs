@@ -29,27 +29,27 @@ use tracing::{info, warn};
 use crate::{engine::Engine, monitor::Monitor};
 
 mod agent;
-pub mod audit;
+pub(crate) mod audit;
 mod authority;
-pub mod authz;
-pub mod convert;
+pub(crate) mod authz;
+pub(crate) mod convert;
 mod faults;
-pub mod gate;
-pub mod metrics;
-pub mod status;
-pub mod tls;
+pub(crate) mod gate;
+pub(crate) mod metrics;
+pub(crate) mod status;
+pub(crate) mod tls;
 
-pub use agent::AgentService;
-pub use faults::FaultsService;
-pub use metrics::MetricsService;
+pub(crate) use agent::AgentService;
+pub(crate) use faults::FaultsService;
+pub(crate) use metrics::MetricsService;
 
 /// How long open connections may take to finish after shutdown has reverted every fault.
 const DRAIN: Duration = Duration::from_secs(5);
 
 /// The remote listener, bound and with its certificates loaded.
 pub(crate) struct Remote {
-    pub listener: TcpListener,
-    pub tls: tls::ServerTls,
+    pub(crate) listener: TcpListener,
+    pub(crate) tls: tls::ServerTls,
 }
 
 type ServerTask = JoinHandle<Result<(), tonic::transport::Error>>;

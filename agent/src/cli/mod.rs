@@ -9,11 +9,11 @@ use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use thiserror::Error;
 
 mod apply;
-pub mod args;
+pub(crate) mod args;
 mod block;
 mod certs;
 mod completions;
-pub mod config_file;
+pub(crate) mod config_file;
 mod connect;
 mod fleet;
 mod get;
@@ -23,7 +23,7 @@ mod loss;
 mod ls;
 mod man_pages;
 mod metrics;
-pub mod output;
+pub(crate) mod output;
 mod renew;
 mod revert;
 mod serve;
@@ -32,16 +32,16 @@ mod stress;
 mod view;
 mod worker;
 
-pub use output::Failure;
+pub(crate) use output::Failure;
 
 /// faultline: inject network, CPU and memory faults into this host, and revert them, always.
 #[derive(Debug, Parser)]
 #[command(name = "faultline", version, about, propagate_version = true)]
 pub(crate) struct Cli {
     #[command(flatten)]
-    pub global: args::Global,
+    pub(crate) global: args::Global,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Subcommand)]

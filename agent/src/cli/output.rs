@@ -18,7 +18,7 @@ use tonic::Code;
 use super::{args::Output, view::FaultView};
 
 #[derive(Debug)]
-pub struct Failure {
+pub(crate) struct Failure {
     code: u8,
     message: String,
 }

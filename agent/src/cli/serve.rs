@@ -31,71 +31,71 @@ use crate::{
 };
 
 #[derive(Debug, Args)]
-pub struct Options {
+pub(crate) struct Options {
     /// The configuration file: serve's flags as TOML keys (socket = "/run/x.sock"); a flag on
     /// the command line or in its environment variable wins. The default file is read only if
     /// it exists
     #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
-    pub config: PathBuf,
+    pub(crate) config: PathBuf,
     /// The local gRPC socket (created with mode 0600)
     #[arg(long, value_name = "PATH", env = "FAULTLINE_SOCKET", default_value = DEFAULT_SOCKET)]
-    pub socket: PathBuf,
+    pub(crate) socket: PathBuf,
     /// A group whose members may also connect to the socket (mode 0660, a name or a gid);
     /// what each uid may do is still the policy's decision
     #[arg(long, value_name = "GROUP", value_parser = group_id)]
-    pub socket_group: Option<u32>,
+    pub(crate) socket_group: Option<u32>,
     /// Also serve the API on this TCP address, mutual TLS only (needs --tls-cert, --tls-key
     /// and --client-ca); its port joins the protected ports
     #[arg(long, value_name = "ADDR:PORT")]
-    pub listen: Option<SocketAddr>,
+    pub(crate) listen: Option<SocketAddr>,
     /// The CA that clients' certificates on the --listen address must chain to (PEM)
     #[arg(long, value_name = "FILE", requires = "listen")]
-    pub client_ca: Option<PathBuf>,
+    pub(crate) client_ca: Option<PathBuf>,
     /// Who may do what: a TOML file mapping certificate names and uids to the roles observer,
     /// operator and admin (without it only root may call, on the unix socket)
     #[arg(long, value_name = "FILE")]
-    pub policy: Option<PathBuf>,
+    pub(crate) policy: Option<PathBuf>,
     /// The audit log, one JSON line per change and per refusal (default: STATE_DIR/audit.log)
     #[arg(long, value_name = "PATH")]
-    pub audit_log: Option<PathBuf>,
+    pub(crate) audit_log: Option<PathBuf>,
     /// Where the journal of unfinished faults is kept
     #[arg(long, value_name = "DIR", env = "FAULTLINE_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
-    pub state_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
     /// Where eBPF attachments are pinned (on bpffs) so they outlive a crashed agent
     #[arg(long, value_name = "DIR", env = "FAULTLINE_BPF_PIN_DIR", default_value = DEFAULT_BPF_PIN_DIR)]
-    pub bpf_pin_dir: PathBuf,
+    pub(crate) bpf_pin_dir: PathBuf,
     /// The longest duration a fault may ask for
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "24h")]
-    pub max_duration: Duration,
+    pub(crate) max_duration: Duration,
     /// Local TCP port whose established connections no fault may cut without --force;
     /// repeatable (default: 22)
     #[arg(long = "protected-port", value_name = "PORT", default_values_t = [22u16])]
-    pub protected_ports: Vec<u16>,
+    pub(crate) protected_ports: Vec<u16>,
     /// Available memory a memory stress must leave (512MiB, 2GiB); default 5 % of memory,
     /// at least 256MiB
     #[arg(long, value_name = "SIZE", value_parser = crate::faults::stress::parse_bytes)]
-    pub memory_reserve: Option<u64>,
+    pub(crate) memory_reserve: Option<u64>,
 
     /// The cgroup (at each hierarchy's root) that holds stress faults' cgroups
     #[arg(long, value_name = "NAME", default_value = crate::kernel::cgroup::DEFAULT_PARENT, value_parser = cgroup_name)]
-    pub cgroup_parent: String,
+    pub(crate) cgroup_parent: String,
 
     /// Serve Prometheus metrics over HTTP at ADDR/metrics (off unless given; without ADDR:
     /// 127.0.0.1:9464)
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = crate::monitor::http::DEFAULT_ADDR)]
-    pub metrics_listen: Option<SocketAddr>,
+    pub(crate) metrics_listen: Option<SocketAddr>,
 
     /// A TCP connect target to check on an interval (HOST:PORT); repeatable
     #[arg(long = "probe", value_name = "HOST:PORT", value_parser = probe_target)]
-    pub probes: Vec<Target>,
+    pub(crate) probes: Vec<Target>,
 
     /// How often each probe target is checked
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
-    pub probe_interval: Duration,
+    pub(crate) probe_interval: Duration,
 
     /// How long a probe connect may take before it counts as failed
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2s")]
-    pub probe_timeout: Duration,
+    pub(crate) probe_timeout: Duration,
 
     /// Log filter (error, warn, info, debug, or a tracing directive)
     #[arg(
@@ -104,17 +104,17 @@ pub struct Options {
         env = "FAULTLINE_LOG",
         default_value = "info"
     )]
-    pub log_level: String,
+    pub(crate) log_level: String,
 
     /// Log lines as text (for people and the systemd journal) or as one JSON object per line
     /// (fields: timestamp, level, target, message, and the event's own: id, kind, reason,
     /// caller, ...)
     #[arg(long, value_enum, env = "FAULTLINE_LOG_FORMAT", default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Text,
     Json,
 }
@@ -154,7 +154,11 @@ struct RemoteOptions {
 }
 
 /// `config_file`: the configuration file whose settings were read, if one was.
-pub fn run(global: &Global, o: Options, config_file: Option<PathBuf>) -> Result<(), Failure> {
+pub(crate) fn run(
+    global: &Global,
+    o: Options,
+    config_file: Option<PathBuf>,
+) -> Result<(), Failure> {
     let filter = tracing_subscriber::EnvFilter::try_new(&o.log_level)
         .map_err(|e| Failure::internal(format!("--log-level {:?}: {e}", o.log_level)))?;
     use std::io::IsTerminal as _;
