@@ -16,7 +16,7 @@ use anyhow::{bail, ensure, Context as _, Result};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::{lab::Netns, process, unique};
+use crate::{process, unique, Netns};
 
 /// How long the agent may take to become ready, and to exit after SIGTERM.
 pub const AGENT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,20 +1,19 @@
 //! The harness of faultline's integration tests: test hosts are network namespaces joined by a
-//! veth pair ([`Lab`]), the agent runs in one of them ([`Agent`]), and effects are measured with
-//! real traffic ([`traffic`]). Everything a test makes is removed by a guard's `Drop`, also when
-//! the test fails; names are unique per test so tests run in parallel.
+//! veth pair ([`Lab`], from the lab crate the bench shares), the agent runs in one of them
+//! ([`Agent`]), and effects are measured with real traffic ([`traffic`]). Everything a test
+//! makes is removed by a guard's `Drop`, also when the test fails; names are unique per test so
+//! tests run in parallel.
 //!
 //! The tests drive the `faultline` binary as users do; they never link the agent's code.
 
 pub mod agent;
-pub mod lab;
 pub mod process;
 pub mod python;
-pub mod traffic;
 
 use std::io::Write as _;
 
 pub use agent::Agent;
-pub use lab::{Host, Lab, Netns};
+pub use faultline_lab::{traffic, unique, Host, Lab, Netns};
 
 /// Whether this process may create network namespaces, nftables tables and eBPF programs.
 /// When it may not, prints a visible skip line (past the test harness's output capture) and
@@ -41,12 +40,4 @@ pub fn skip(test: &str, reason: impl std::fmt::Display) {
 /// test harness's output capture so it shows for passing tests too.
 pub fn note(test: &str, line: impl std::fmt::Display) {
     let _ = writeln!(std::io::stderr(), "[{test}] {line}");
-}
-
-/// A number unique within this test process; names combine it with the process id, so that
-/// test binaries running at once pick different names too.
-pub fn unique() -> u32 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
 }

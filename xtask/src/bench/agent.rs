@@ -47,7 +47,7 @@ impl Agent {
         let dir = run_dir.join(name);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let pin_dir = Path::new("/sys/fs/bpf").join(name);
-        let mut command = ns.command(&bin.to_string_lossy(), ["serve"]);
+        let mut command = super::lab::command(ns, &bin.to_string_lossy(), ["serve"]);
         command
             .arg("--socket")
             .arg(dir.join("fl.sock"))

@@ -12,14 +12,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use faultline_lab::traffic::{tcp_rate_bps, udp_loss};
 use serde_json::json;
 
-use super::{
-    agent::Agent,
-    pause,
-    traffic::{tcp_goodput_bps, udp_loss},
-    Ctx, Row, Section,
-};
+use super::{agent::Agent, pause, Ctx, Row, Section};
 use crate::vm;
 
 const LOSS_PERCENT: f64 = 30.0;
@@ -30,6 +26,8 @@ const MEMORY: u64 = 256 << 20;
 const RATE_MBIT: f64 = 20.0;
 /// 8 MiB take 3.4 s at 20 Mbit/s: long enough that tbf's initial burst does not count.
 const TRANSFER: usize = 8 << 20;
+/// What one transfer may take before the run fails; 3.4 s expected.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(60);
 /// faultline's default burst at 20 Mbit/s (20 ms of the rate), for the plain tc baseline.
 const TC_BURST: &str = "50000";
 
@@ -154,18 +152,18 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
 
     // tbf rate: goodput of a TCP transfer through faultline's cap, and through a plain tbf.
     let to = SocketAddr::from((b.v4, 8081));
-    let free = tcp_goodput_bps(&a.ns, &b.ns, to, TRANSFER)? / 1e6;
+    let free = tcp_rate_bps(&a.ns, &b.ns, to, TRANSFER, TRANSFER_TIMEOUT)? / 1e6;
     let id = agent.apply_cli(&[
         "rate", "--dev", &a.dev, "--rate", "20mbit", "--proto", "tcp", "--port", "8081", "--for",
         "10m",
     ])?;
-    let capped = tcp_goodput_bps(&a.ns, &b.ns, to, TRANSFER)? / 1e6;
+    let capped = tcp_rate_bps(&a.ns, &b.ns, to, TRANSFER, TRANSFER_TIMEOUT)? / 1e6;
     agent.revert_cli(&id)?;
     a.ns.exec_ok(&[
         "tc", "qdisc", "replace", "dev", &a.dev, "root", "tbf", "rate", "20mbit", "burst",
         TC_BURST, "latency", "50ms",
     ])?;
-    let plain = tcp_goodput_bps(&a.ns, &b.ns, to, TRANSFER);
+    let plain = tcp_rate_bps(&a.ns, &b.ns, to, TRANSFER, TRANSFER_TIMEOUT);
     a.ns.exec_ok(&["tc", "qdisc", "del", "dev", &a.dev, "root"])?;
     let plain = plain? / 1e6;
     rows.push(

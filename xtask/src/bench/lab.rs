@@ -1,7 +1,7 @@
-//! Where the bench runs things: network namespaces ([`Netns`]), two of them joined by a veth
-//! pair ([`Lab`]), and long-running processes started inside one ([`Daemon`]). Every one is a
-//! guard whose `Drop` removes it — a namespace after killing what still runs in it — so an
-//! error or Ctrl-C leaves nothing behind.
+//! Where the bench runs things: network namespaces and the veth pair between two of them (from
+//! the lab crate the integration tests share: [`Netns`], [`Lab`]), and long-running processes
+//! started inside one ([`Daemon`]). Every one is a guard whose `Drop` removes it — a namespace
+//! after killing what still runs in it — so an error or Ctrl-C leaves nothing behind.
 //!
 //! Everything the bench creates is named `faultline-bench-<pid>-<n>` (namespaces, bpffs pin
 //! directories, cgroups) or lives under `/var/lib/faultline-bench-<pid>`; [`sweep_stale`]
@@ -9,10 +9,8 @@
 //! what this run still holds, which must be nothing at the end.
 
 use std::{
-    fs::{self, File},
-    io,
-    net::Ipv4Addr,
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    fs, io,
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -20,6 +18,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+pub use faultline_lab::{Lab, Netns};
 
 use crate::exec;
 
@@ -36,176 +35,20 @@ const CGROUP_ROOTS: &[&str] = &[
     "/sys/fs/cgroup",
 ];
 
-/// A named network namespace (`/run/netns/<name>`), deleted on drop.
-pub struct Netns {
-    name: String,
-    /// Held open for `setns`; also what child processes enter before they exec.
-    file: File,
-}
-
-impl Netns {
-    /// Creates the namespace and brings its loopback up.
-    pub fn create(name: &str) -> Result<Self> {
-        exec::capture(&mut exec::command("ip", ["netns", "add", name]))?;
-        let path = Path::new("/run/netns").join(name);
-        let file = match File::open(&path) {
-            Ok(file) => file,
-            Err(e) => {
-                let _ = exec::capture(&mut exec::command("ip", ["netns", "delete", name]));
-                return Err(e).with_context(|| format!("opening {}", path.display()));
-            }
-        };
-        let ns = Self {
-            name: name.to_owned(),
-            file,
-        };
-        ns.exec_ok(&["ip", "link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// `program args...` to be run inside the namespace: the child enters it between fork and
-    /// exec, so nothing (no `nsenter`) runs in between and the child's pid is the program's.
-    pub fn command<I, S>(&self, program: &str, args: I) -> Command
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<std::ffi::OsStr>,
-    {
-        let mut command = exec::command(program, args);
-        let fd = self.file.as_raw_fd();
-        // SAFETY: setns(2) is async-signal-safe and only changes the child's own namespace;
-        // `fd` stays open in the parent until the child has exec'd (the guard owns it).
-        unsafe {
-            command.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        command
-    }
-
-    /// Runs `argv` inside the namespace; fails with its stderr unless it exits 0.
-    pub fn exec_ok(&self, argv: &[&str]) -> Result<String> {
-        let (program, args) = argv.split_first().context("empty command")?;
-        exec::capture(&mut self.command(program, args))
-            .with_context(|| format!("in network namespace {}", self.name))
-    }
-
-    /// Runs `f` on a thread that has entered the namespace: sockets it creates belong to the
-    /// namespace for their whole life.
-    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
-        let fd = self.file.as_raw_fd();
-        thread::scope(|scope| {
-            let worker = scope.spawn(move || {
-                // SAFETY: a valid namespace fd; entering a network namespace affects only the
-                // calling thread, which ends when `f` returns.
-                if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
-                    return Err(io::Error::last_os_error())
-                        .with_context(|| format!("setns into {}", self.name));
-                }
-                Ok(f())
-            });
-            match worker.join() {
-                Ok(result) => result,
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if let Err(e) = delete_netns(&self.name) {
-            eprintln!("bench cleanup: {e:#}");
-        }
-    }
-}
-
-/// Kills what runs in namespace `name`, then deletes it.
-fn delete_netns(name: &str) -> Result<()> {
-    let pids = || -> Vec<i32> {
-        exec::probe(&mut exec::command("ip", ["netns", "pids", name]))
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .filter(|&p| p != std::process::id() as i32)
-            .collect()
-    };
-    for pid in pids() {
-        // SAFETY: kill(2) on a process that runs in the bench's own namespace.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !pids().is_empty() && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(20));
-    }
-    exec::capture(&mut exec::command("ip", ["netns", "delete", name]))
-        .map(drop)
-        .with_context(|| format!("deleting network namespace {name}"))
-}
-
-/// One end of a [`Lab`]'s link.
-pub struct Host {
-    pub ns: Netns,
-    /// The veth interface in `ns`.
-    pub dev: String,
-    pub v4: Ipv4Addr,
-}
-
-/// Two namespaces `a` (10.78.X.1) and `b` (10.78.X.2) joined by a veth pair.
-pub struct Lab {
-    pub a: Host,
-    pub b: Host,
-}
-
-impl Lab {
-    /// `n` is unique within the run: it names the interfaces and the subnet.
-    pub fn new(a: Netns, b: Netns, n: u32) -> Result<Self> {
-        let subnet = (n % 250 + 1) as u8;
-        let a = Host {
-            ns: a,
-            dev: format!("fbv{n}a"),
-            v4: Ipv4Addr::new(10, 78, subnet, 1),
-        };
-        let b = Host {
-            ns: b,
-            dev: format!("fbv{n}b"),
-            v4: Ipv4Addr::new(10, 78, subnet, 2),
-        };
-        // Both ends are created inside their namespaces, so their names cannot collide with
-        // the host's interfaces.
-        exec::capture(
-            exec::command("ip", ["link", "add", &a.dev, "netns", a.ns.name()]).args([
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &b.dev,
-                "netns",
-                b.ns.name(),
-            ]),
-        )?;
-        for host in [&a, &b] {
-            let v4 = format!("{}/24", host.v4);
-            host.ns
-                .exec_ok(&["ip", "addr", "add", &v4, "dev", &host.dev])?;
-            host.ns.exec_ok(&["ip", "link", "set", &host.dev, "up"])?;
-        }
-        let target = b.v4.to_string();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while exec::probe(&mut a.ns.command("ping", ["-c", "1", "-W", "1", &target])).is_none() {
-            if Instant::now() > deadline {
-                bail!("{target} does not answer ping from {}", a.ns.name());
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-        Ok(Self { a, b })
-    }
+/// `program args...` inside `ns`, found and run as [`exec::command`] does.
+pub fn command<I, S>(ns: &Netns, program: &str, args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let resolved =
+        crate::host::find_program(program).map_or_else(|| program.into(), |p| p.into_os_string());
+    let mut command = ns.command(resolved);
+    command
+        .args(args)
+        .current_dir(crate::host::workspace_root())
+        .env("PATH", crate::host::child_path());
+    command
 }
 
 /// A long-running process inside a namespace (an agent, the node exporter), stopped on drop:
@@ -387,7 +230,7 @@ fn remove(path: &Path) -> Result<()> {
         .context("a name")?
         .to_owned();
     if path.starts_with("/run/netns") {
-        delete_netns(&name)
+        faultline_lab::netns::delete(&name)
     } else if path.starts_with("/sys/fs/cgroup") {
         remove_cgroup(&name);
         Ok(())

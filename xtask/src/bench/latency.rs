@@ -93,16 +93,25 @@ pub fn run(ctx: &Ctx, runs: usize) -> Result<Section> {
         c.stdin(Stdio::null());
         c
     };
-    let mut nft_apply = quiet(ns.command("nft", [nft_apply_script.as_str()]));
-    let mut nft_revert = quiet(ns.command("nft", ["delete", "table", "inet", NFT_TABLE]));
-    let mut tc_apply = quiet(ns.command(
+    let mut nft_apply = quiet(super::lab::command(ns, "nft", [nft_apply_script.as_str()]));
+    let mut nft_revert = quiet(super::lab::command(
+        ns,
+        "nft",
+        ["delete", "table", "inet", NFT_TABLE],
+    ));
+    let mut tc_apply = quiet(super::lab::command(
+        ns,
         "tc",
         [
             "qdisc", "replace", "dev", dev, "root", "tbf", "rate", RATE, "burst", TC_BURST,
             "latency", TC_LATENCY,
         ],
     ));
-    let mut tc_revert = quiet(ns.command("tc", ["qdisc", "del", "dev", dev, "root"]));
+    let mut tc_revert = quiet(super::lab::command(
+        ns,
+        "tc",
+        ["qdisc", "del", "dev", dev, "root"],
+    ));
 
     check_effects(ctx, &mut client, ns, dev, &block, &rate)?;
     let check_tool =
@@ -160,7 +169,7 @@ pub fn run(ctx: &Ctx, runs: usize) -> Result<Section> {
         fs::File::open(&journal_like)?.sync_all()?;
         Ok(ms(started.elapsed()))
     };
-    let mut spawn_true = quiet(ns.command("true", [] as [&str; 0]));
+    let mut spawn_true = quiet(super::lab::command(ns, "true", [] as [&str; 0]));
     let (mut scans, mut writes, mut spawns) = (Vec::new(), Vec::new(), Vec::new());
     let mut details = serde_json::Map::new();
     let (mut fl_block, mut fl_rate, mut nft, mut tc) = (

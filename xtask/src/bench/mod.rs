@@ -114,7 +114,16 @@ impl Ctx {
         let a = self.netns()?;
         let b = self.netns()?;
         let (_, n) = self.name();
-        Lab::new(a, b, n)
+        // Net 78: never the integration tests' 77, should both run at once.
+        Lab::join(
+            a,
+            b,
+            faultline_lab::Addressing {
+                dev_prefix: "fbv",
+                net: 78,
+                subnet: (n % 250 + 1) as u8,
+            },
+        )
     }
 
     /// Starts an agent in `ns` with `extra` serve arguments and waits until it answers.

@@ -190,7 +190,8 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
     let log = ctx.dir.join("node-exporter.log");
     let mut exporter = Daemon::spawn(
         "prometheus-node-exporter",
-        ns.command(
+        super::lab::command(
+            &ns,
             "prometheus-node-exporter",
             [format!("--web.listen-address={exporter_addr}")],
         ),

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{ensure, Context as _, Result};
 
-use crate::lab::Netns;
+use crate::Netns;
 
 /// A TCP listener in `ns`. The kernel completes handshakes into its backlog, so connects
 /// succeed without anyone calling `accept`.
