@@ -11,3 +11,4 @@ pub(crate) mod faults;
 pub(crate) mod fleet;
 pub(crate) mod kernel;
 pub(crate) mod monitor;
+pub(crate) mod units;

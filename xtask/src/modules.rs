@@ -282,8 +282,8 @@ mod tests {
         assert_eq!(circles(&graph), [["a", "b", "c"]]);
     }
 
-    /// The engine knows families, not adapters: of `kernel`, it may use the capability probe
-    /// and the durable write.
+    /// The engine knows families, not adapters: of `kernel`, it may use the read-only probes
+    /// (capabilities, the doctor's preflight) and the durable write.
     #[test]
     fn the_engine_reaches_no_kernel_adapter() {
         let graph = agent();
@@ -292,7 +292,12 @@ mod tests {
             .filter(|(m, _)| *m == "engine" || m.starts_with("engine::"))
             .flat_map(|(m, uses)| uses.iter().map(move |u| (m, u)))
             .filter(|(_, u)| *u == "kernel" || u.starts_with("kernel::"))
-            .filter(|(_, u)| !matches!(u.as_str(), "kernel::caps" | "kernel::durable"))
+            .filter(|(_, u)| {
+                !matches!(
+                    u.as_str(),
+                    "kernel::caps" | "kernel::preflight" | "kernel::durable"
+                )
+            })
             .collect();
         assert!(reached.is_empty(), "the engine uses {reached:?}");
     }

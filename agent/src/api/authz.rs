@@ -29,10 +29,8 @@ use tonic::{transport::server::UdsConnectInfo, Request, Status};
 use super::tls::TlsPeer;
 use crate::{
     engine::ApplyRequest,
-    faults::{
-        stress::{format_bytes, parse_bytes},
-        FaultSpec,
-    },
+    faults::FaultSpec,
+    units::{format_bytes, parse_bytes},
 };
 
 /// A caller, as its connection identifies it.
@@ -130,6 +128,7 @@ pub(crate) enum Rpc {
     RevertAll,
     RenewLease,
     Info,
+    Doctor,
     MetricsSnapshot,
     MetricsStream,
 }
@@ -145,6 +144,7 @@ impl Rpc {
             Rpc::RevertAll => "Faults/RevertAll",
             Rpc::RenewLease => "Faults/RenewLease",
             Rpc::Info => "Agent/Info",
+            Rpc::Doctor => "Agent/Doctor",
             Rpc::MetricsSnapshot => "Metrics/Snapshot",
             Rpc::MetricsStream => "Metrics/Stream",
         }

@@ -39,7 +39,7 @@ pub(crate) mod metrics;
 pub(crate) mod status;
 pub(crate) mod tls;
 
-pub(crate) use agent::AgentService;
+pub(crate) use agent::{doctor_response, AgentService};
 pub(crate) use faults::FaultsService;
 pub(crate) use metrics::MetricsService;
 

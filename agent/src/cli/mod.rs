@@ -15,6 +15,7 @@ mod certs;
 mod completions;
 pub(crate) mod config_file;
 mod connect;
+mod doctor;
 mod fleet;
 mod get;
 mod health;
@@ -71,6 +72,10 @@ pub(crate) enum Command {
     Renew(renew::Options),
     /// Show the agent's version, host and what its kernel offers
     Info(info::Options),
+    /// Check this host before faults are applied: kernel features, the agent's privileges,
+    /// clock, journal space, protected ports, and whether each fault family works here (exit
+    /// status 4 when one does not)
+    Doctor(doctor::Options),
     /// The agent's gRPC health check: exits 0 when it is serving (for exec probes)
     Health(health::Options),
     /// One snapshot of what the agent sees: CPU, memory, disk, network, TCP connect health,
@@ -197,6 +202,7 @@ fn run(cli: Cli, settings: config_file::FileSettings) -> Result<(), Failure> {
                     Command::Revert(o) => revert::run(&cli.global, o).await,
                     Command::Renew(o) => renew::run(&cli.global, o).await,
                     Command::Info(o) => info::run(&cli.global, o).await,
+                    Command::Doctor(o) => doctor::run(&cli.global, o).await,
                     Command::Health(o) => health::run(&cli.global, o).await,
                     Command::Metrics(o) => metrics::metrics(&cli.global, o).await,
                     Command::Top(o) => metrics::top(&cli.global, o).await,

@@ -73,7 +73,7 @@ pub(crate) struct Options {
     pub(crate) protected_ports: Vec<u16>,
     /// Available memory a memory stress must leave (512MiB, 2GiB); default 5 % of memory,
     /// at least 256MiB
-    #[arg(long, value_name = "SIZE", value_parser = crate::faults::stress::parse_bytes)]
+    #[arg(long, value_name = "SIZE", value_parser = crate::units::parse_bytes)]
     pub(crate) memory_reserve: Option<u64>,
 
     /// The cgroup (at each hierarchy's root) that holds stress faults' cgroups

@@ -10,7 +10,7 @@ use super::{
     args::{parse_duration, ApplyArgs, Global},
     output::Failure,
 };
-use crate::faults::stress::parse_bytes;
+use crate::units::parse_bytes;
 
 #[derive(Debug, Args)]
 pub(crate) struct Options {

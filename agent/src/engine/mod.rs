@@ -35,6 +35,7 @@ use crate::{
     kernel::caps::Capabilities,
 };
 
+pub(crate) mod doctor;
 pub(crate) mod fault;
 pub(crate) mod guard;
 pub(crate) mod journal;
@@ -167,6 +168,11 @@ impl Engine {
 
     pub(crate) fn config(&self) -> &AgentConfig {
         &self.config
+    }
+
+    /// A preflight of the host as this agent sees it; applies nothing.
+    pub(crate) fn doctor(&self) -> doctor::Report {
+        doctor::examine(&self.config, &self.adapters)
     }
 
     pub(crate) fn capabilities(&self) -> &Capabilities {

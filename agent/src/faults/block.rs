@@ -154,6 +154,21 @@ impl Family for BlockSpec {
     }
 }
 
+impl super::readiness::Ready for BlockSpec {
+    fn readiness(preflight: &super::readiness::Preflight<'_>) -> super::readiness::Readiness {
+        use super::readiness::Readiness;
+        use crate::kernel::preflight::Cap;
+        Readiness::lacking(preflight.privileges, &[Cap::NetAdmin]).unwrap_or_else(|| {
+            Readiness::from_capability(
+                "nftables",
+                &preflight.caps.nftables,
+                "load nf_tables (CONFIG_NF_TABLES, nft_reject, nft_numgen); a share of packets \
+                 can be dropped with `faultline loss` (eBPF) instead",
+            )
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;

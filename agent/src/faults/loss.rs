@@ -142,3 +142,19 @@ impl Family for LossSpec {
         )
     }
 }
+
+impl super::readiness::Ready for LossSpec {
+    fn readiness(preflight: &super::readiness::Preflight<'_>) -> super::readiness::Readiness {
+        use super::readiness::Readiness;
+        use crate::kernel::preflight::Cap;
+        Readiness::lacking(preflight.privileges, &[Cap::NetAdmin])
+            .or_else(|| Readiness::lacking_bpf(preflight.privileges))
+            .unwrap_or_else(|| {
+                Readiness::from_capability(
+                    "eBPF tc classifiers",
+                    &preflight.caps.cls_bpf,
+                    "`faultline block --percent` drops a share of packets with nftables",
+                )
+            })
+    }
+}

@@ -19,6 +19,7 @@ use crate::{
 
 pub(crate) mod block;
 pub(crate) mod loss;
+pub(crate) mod readiness;
 pub(crate) mod shape;
 pub(crate) mod stress;
 
@@ -255,6 +256,13 @@ macro_rules! families {
                 match self {
                     $(FaultSpec::$variant(spec) => spec,)*
                 }
+            }
+
+            /// Whether each family would work on this host, in the order of this list.
+            pub(crate) fn readiness(
+                preflight: &readiness::Preflight<'_>,
+            ) -> Vec<(&'static str, readiness::Readiness)> {
+                vec![$(($kind, <$spec as readiness::Ready>::readiness(preflight)),)*]
             }
 
             /// The family's kind name (`block`, `netem`, ...).

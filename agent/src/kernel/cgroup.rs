@@ -67,7 +67,7 @@ pub(crate) enum Controller {
 }
 
 impl Controller {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Controller::Cpu => "cpu",
             Controller::Memory => "memory",

@@ -71,7 +71,9 @@ pub(crate) type RateSpec = ShapeSpec<RateParams>;
 pub(crate) trait Shaper: Send + Sync {
     fn validate(&self) -> Result<(), InvalidSpec>;
     /// The kernel facility the leaf needs.
-    fn needs<'a>(&self, caps: &'a Capabilities) -> (&'static str, &'a Capability);
+    fn needs(caps: &Capabilities) -> (&'static str, &Capability)
+    where
+        Self: Sized;
     fn leaf(&self) -> Leaf;
     /// `delay 100ms ± 10ms (normal), loss 1%`.
     fn describe(&self) -> String;
@@ -234,27 +236,7 @@ impl<P: Shaper + Serialize> Family for ShapeSpec<P> {
     }
 
     fn missing_capability(&self, caps: &Capabilities) -> Option<(String, String)> {
-        let (name, leaf) = self.params.needs(caps);
-        if !leaf.available {
-            // The capability's detail already says what works instead.
-            return Some((name.to_owned(), leaf.detail.clone()));
-        }
-        let around = match self.target.direction {
-            Direction::Egress => ("htb (sch_htb)", &caps.htb),
-            Direction::Ingress => ("IFB devices (ifb)", &caps.ifb),
-        };
-        if !around.1.available {
-            return Some((around.0.to_owned(), around.1.detail.clone()));
-        }
-        (!caps.cls_bpf.available).then(|| {
-            (
-                "eBPF tc classifiers".to_owned(),
-                format!(
-                    "{}; shaping faults steer their traffic with one",
-                    caps.cls_bpf.detail
-                ),
-            )
-        })
+        lacking::<P>(self.target.direction, caps)
     }
 
     fn admit(&self, host: &Host<'_>) -> Result<(), EngineError> {
@@ -436,5 +418,59 @@ impl<P: Shaper + Serialize> Family for ShapeSpec<P> {
             self.what(),
             self.target.device
         )
+    }
+}
+
+/// What a shaping fault in `direction` lacks on this host: `(feature, what to do instead)`.
+fn lacking<P: Shaper>(direction: Direction, caps: &Capabilities) -> Option<(String, String)> {
+    let (name, leaf) = P::needs(caps);
+    if !leaf.available {
+        // The capability's detail already says what works instead.
+        return Some((name.to_owned(), leaf.detail.clone()));
+    }
+    let around = match direction {
+        Direction::Egress => ("htb (sch_htb)", &caps.htb),
+        Direction::Ingress => ("IFB devices (ifb)", &caps.ifb),
+    };
+    if !around.1.available {
+        return Some((around.0.to_owned(), around.1.detail.clone()));
+    }
+    (!caps.cls_bpf.available).then(|| {
+        (
+            "eBPF tc classifiers".to_owned(),
+            format!(
+                "{}; shaping faults steer their traffic with one",
+                caps.cls_bpf.detail
+            ),
+        )
+    })
+}
+
+impl<P: Shaper + Serialize> super::readiness::Ready for ShapeSpec<P> {
+    fn readiness(preflight: &super::readiness::Preflight<'_>) -> super::readiness::Readiness {
+        use super::readiness::Readiness;
+        use crate::kernel::preflight::Cap;
+        if let Some(no) = Readiness::lacking(preflight.privileges, &[Cap::NetAdmin])
+            .or_else(|| Readiness::lacking_bpf(preflight.privileges))
+        {
+            return no;
+        }
+        let (leaf, _) = P::needs(preflight.caps);
+        match (
+            lacking::<P>(Direction::Egress, preflight.caps),
+            lacking::<P>(Direction::Ingress, preflight.caps),
+        ) {
+            (None, None) => Readiness::Works(format!("{leaf}, both directions")),
+            (None, Some((feature, _))) => {
+                Readiness::Works(format!("{leaf}, egress only: ingress needs {feature}"))
+            }
+            (Some((feature, _)), None) => {
+                Readiness::Works(format!("{leaf}, ingress only: egress needs {feature}"))
+            }
+            (Some((feature, detail)), Some(_)) => Readiness::DoesNot {
+                because: format!("{feature} is missing"),
+                instead: detail,
+            },
+        }
     }
 }

@@ -148,7 +148,7 @@ impl Shaper for NetemParams {
         Ok(())
     }
 
-    fn needs<'a>(&self, caps: &'a Capabilities) -> (&'static str, &'a Capability) {
+    fn needs(caps: &Capabilities) -> (&'static str, &Capability) {
         ("netem (sch_netem)", &caps.netem)
     }
 

@@ -73,7 +73,7 @@ impl Shaper for RateParams {
         Ok(())
     }
 
-    fn needs<'a>(&self, caps: &'a Capabilities) -> (&'static str, &'a Capability) {
+    fn needs(caps: &Capabilities) -> (&'static str, &Capability) {
         ("tbf (sch_tbf)", &caps.tbf)
     }
 
