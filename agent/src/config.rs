@@ -7,6 +7,9 @@ pub(crate) const DEFAULT_SOCKET: &str = "/run/faultline/faultline.sock";
 pub(crate) const DEFAULT_STATE_DIR: &str = "/var/lib/faultline";
 pub(crate) const DEFAULT_BPF_PIN_DIR: &str = "/sys/fs/bpf/faultline";
 pub(crate) const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// Long enough for the traffic a fault targets to show up, short enough that an experiment
+/// aimed at nothing is flagged early in its run.
+pub(crate) const DEFAULT_INEFFECTIVE_AFTER: Duration = Duration::from_secs(10);
 /// SSH: a fault that cuts the operator's session loses the host.
 pub(crate) const DEFAULT_PROTECTED_PORTS: &[u16] = &[22];
 
@@ -31,6 +34,9 @@ pub(crate) struct AgentConfig {
     pub(crate) memory_reserve: Option<u64>,
     /// The cgroup under which stress faults get their cgroups, at each hierarchy's root.
     pub(crate) cgroup_parent: String,
+    /// A fault that has acted on nothing for this long after it was applied is flagged
+    /// ineffective.
+    pub(crate) ineffective_after: Duration,
 }
 
 impl Default for AgentConfig {
@@ -44,6 +50,7 @@ impl Default for AgentConfig {
             protected_ports: DEFAULT_PROTECTED_PORTS.to_vec(),
             memory_reserve: None,
             cgroup_parent: crate::kernel::cgroup::DEFAULT_PARENT.to_owned(),
+            ineffective_after: DEFAULT_INEFFECTIVE_AFTER,
         }
     }
 }

@@ -295,7 +295,12 @@ fn prometheus_exposition_passes_promtool_and_serves_the_dashboard() -> Result<()
     let id = agent.apply(&[
         "stress", "cpu", "--load", "5", "--cores", "1", "--for", "60s",
     ])?;
-    thread::sleep(Duration::from_millis(500));
+    // A block too, so that the packet counters of faults' effects are exported.
+    let block = agent.apply(&[
+        "block", "--dir", "in", "--proto", "udp", "--port", "9", "--for", "60s",
+    ])?;
+    // The agent reads active faults' effects once a second.
+    thread::sleep(Duration::from_millis(1500));
     let text = scrape(&lab.a.ns, listen)?;
     note(
         T,
@@ -335,6 +340,14 @@ fn prometheus_exposition_passes_promtool_and_serves_the_dashboard() -> Result<()
         text.contains(&format!("faultline_fault_active{{id=\"{id}\"")),
         "the active fault is not exported"
     );
+    for series in [
+        format!("faultline_fault_cpu_seconds_total{{id=\"{id}\",kind=\"cpu\"}}"),
+        format!(
+            "faultline_fault_packets_total{{id=\"{block}\",kind=\"block\",action=\"matched\"}} 0"
+        ),
+    ] {
+        ensure!(text.contains(&series), "{series} is not exported");
+    }
     ensure!(
         text.contains(&format!("faultline_probe_up{{target=\"{open}\"}} 1")),
         "the probe is not up"
@@ -346,6 +359,7 @@ fn prometheus_exposition_passes_promtool_and_serves_the_dashboard() -> Result<()
     if promtool.is_err() {
         skip(T, "promtool is not installed here (the VM guest has no prometheus package); the exposition's names were checked");
         agent.revert(&id)?;
+        agent.revert(&block)?;
         return agent.assert_clean();
     }
     let mut check = std::process::Command::new("promtool");
@@ -357,6 +371,7 @@ fn prometheus_exposition_passes_promtool_and_serves_the_dashboard() -> Result<()
         process::describe("promtool check metrics", &output)
     );
     agent.revert(&id)?;
+    agent.revert(&block)?;
     agent.assert_clean()
 }
 

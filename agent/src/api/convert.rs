@@ -15,6 +15,7 @@ use crate::{
     engine::{ApplyRequest, Fault, FaultState, NotRenewed, Renewal},
     errors::InvalidSpec,
     faults::{
+        effect::{Counter, Effect},
         shape::{DelayDistribution, NetemParams, RateParams, ShapeSpec, ShapeTarget},
         stress::{CpuStressSpec, MemSize, MemoryStressSpec},
         BlockSpec, Direction, FaultSpec, LossSpec, PacketMatch, PortRange, Protocol,
@@ -400,6 +401,19 @@ pub(crate) fn proto_fault(f: &Fault) -> pb::Fault {
         lease_expires_at: f.lease_expires_at.map(Into::into),
         kind: f.spec.kind().to_owned(),
         summary: f.spec.family().summary(),
+        effect: f.effect.as_ref().map(|e| pb::Effect {
+            hits: e.hits,
+            hits_are: e.hits_are.clone(),
+            counters: e
+                .counters
+                .iter()
+                .map(|c| pb::Counter {
+                    name: c.name.clone(),
+                    value: c.value,
+                })
+                .collect(),
+        }),
+        ineffective: f.ineffective,
     }
 }
 
@@ -440,6 +454,19 @@ pub(crate) fn fault(f: pb::Fault) -> Result<Fault, InvalidSpec> {
                     .map_err(|_| InvalidSpec::new("lease_expires_at", "out of range"))
             })
             .transpose()?,
+        effect: f.effect.map(|e| Effect {
+            hits: e.hits,
+            hits_are: e.hits_are,
+            counters: e
+                .counters
+                .into_iter()
+                .map(|c| Counter {
+                    name: c.name,
+                    value: c.value,
+                })
+                .collect(),
+        }),
+        ineffective: f.ineffective,
         id: f.id,
     })
 }

@@ -100,6 +100,8 @@ impl Faults for FaultsService {
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::Fault>, Status> {
         let id = &request.get_ref().id;
         self.gate.admit(&request, Rpc::Get, Some(Target::id(id)))?;
+        // An active fault's effect as of now, not of the last periodic reading.
+        self.engine.refresh_effect(id);
         let fault = self.engine.get(id).map_err(from_engine)?;
         Ok(Response::new(convert::proto_fault(&fault)))
     }
@@ -225,9 +227,18 @@ impl Faults for FaultsService {
         let snapshot = self.engine.list();
         let (tx, rx) = mpsc::channel(64);
         let wanted = move |id: &str| only.as_deref().is_none_or(|o| o == id);
-        let event = |fault: &crate::engine::Fault| pb::FaultEvent {
+        let ineffective_after = self.engine.config().ineffective_after;
+        let event = move |fault: &crate::engine::Fault| pb::FaultEvent {
             fault: Some(convert::proto_fault(fault)),
             at: Some(std::time::SystemTime::now().into()),
+            warning: if fault.ineffective {
+                format!(
+                    "acted on nothing in {}: is it aimed at the right target?",
+                    humantime::format_duration(ineffective_after)
+                )
+            } else {
+                String::new()
+            },
         };
         tokio::spawn(async move {
             let closed = async move {

@@ -254,8 +254,8 @@ pub(crate) fn print_faults(faults: &[FaultView], output: Output) {
                 return;
             }
             println!(
-                "{:<12}  {:<6}  {:<9}  {:>9}  {:>9}  WHAT",
-                "ID", "KIND", "STATE", "REMAINING", "LEASE"
+                "{:<12}  {:<6}  {:<9}  {:>9}  {:>9}  {:>6}  WHAT",
+                "ID", "KIND", "STATE", "REMAINING", "LEASE", "HIT"
             );
             for f in faults {
                 let mut what = f.summary();
@@ -263,12 +263,13 @@ pub(crate) fn print_faults(faults: &[FaultView], output: Output) {
                     what.push_str(&format!(" [{}]", f.reason()));
                 }
                 println!(
-                    "{:<12}  {:<6}  {:<9}  {:>9}  {:>9}  {what}",
+                    "{:<12}  {:<6}  {:<9}  {:>9}  {:>9}  {:>6}  {what}",
                     f.id(),
                     f.kind(),
                     f.state(),
                     remaining_text(f),
-                    lease_text(f)
+                    lease_text(f),
+                    f.hits_text()
                 );
             }
         }
@@ -310,6 +311,21 @@ pub(crate) fn print_fault(f: &FaultView, output: Output) {
             }
             for (k, v) in f.labels() {
                 println!("label:     {k}={v}");
+            }
+            if let Some(effect) = f.effect() {
+                println!(
+                    "effect:    {} {}{}",
+                    effect.hits,
+                    effect.hits_are,
+                    if f.ineffective() {
+                        " -- INEFFECTIVE: it has acted on nothing; is it aimed at the right target?"
+                    } else {
+                        ""
+                    }
+                );
+                for c in &effect.counters {
+                    println!("counter:   {} {}", c.name, c.value);
+                }
             }
             for line in f.plan() {
                 println!("plan:      {line}");

@@ -80,6 +80,11 @@ pub(crate) struct Options {
     #[arg(long, value_name = "NAME", default_value = crate::kernel::cgroup::DEFAULT_PARENT, value_parser = cgroup_name)]
     pub(crate) cgroup_parent: String,
 
+    /// A fault that has acted on nothing (no packet matched, no CPU time charged) this long
+    /// after it was applied is flagged ineffective, in `get`, `ls`, Watch and Prometheus
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    pub(crate) ineffective_after: Duration,
+
     /// Serve Prometheus metrics over HTTP at ADDR/metrics (off unless given; without ADDR:
     /// 127.0.0.1:9464)
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = crate::monitor::http::DEFAULT_ADDR)]
@@ -239,6 +244,7 @@ pub(crate) fn run(
         protected_ports,
         memory_reserve: o.memory_reserve,
         cgroup_parent: o.cgroup_parent,
+        ineffective_after: o.ineffective_after,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -284,6 +290,7 @@ async fn serve(
         .recover()
         .await
         .context("reverting what an earlier run left behind")?;
+    tokio::spawn(Arc::clone(&engine).watch_effects());
     if !recovery.reverted.is_empty() || !recovery.swept.is_empty() {
         info!(
             reverted = recovery.reverted.len(),

@@ -99,6 +99,25 @@ impl FaultView {
         time(self.fault.lease_expires_at)
     }
 
+    /// The fault's effect, as the agent last read it from the kernel.
+    pub(crate) fn effect(&self) -> Option<&pb::Effect> {
+        self.fault.effect.as_ref()
+    }
+
+    pub(crate) fn ineffective(&self) -> bool {
+        self.fault.ineffective
+    }
+
+    /// `ls`'s HIT column: the count that says whether the fault acted (`1.2k`), `0!` when
+    /// it is flagged ineffective, `-` before the first reading.
+    pub(crate) fn hits_text(&self) -> String {
+        match self.effect() {
+            None => "-".to_owned(),
+            Some(_) if self.ineffective() => "0!".to_owned(),
+            Some(e) => short_count(e.hits),
+        }
+    }
+
     /// Time left before the deadline, zero once it has passed or when the agent sent none.
     pub(crate) fn remaining(&self, now: SystemTime) -> Duration {
         self.deadline()
@@ -152,7 +171,24 @@ impl FaultView {
             "kind": self.kind(),
             "remaining_secs": remaining,
             "lease_remaining_secs": lease_remaining,
+            "effect": self.effect().map(|e| json!({
+                "hits": e.hits,
+                "hits_are": e.hits_are,
+                "counters": e.counters.iter().map(|c| (c.name.clone(), json!(c.value)))
+                    .collect::<serde_json::Map<_, _>>(),
+            })),
+            "ineffective": self.ineffective(),
         })
+    }
+}
+
+/// `950`, `1.2k`, `3.4M`, `5.6G`: counts in a narrow column.
+fn short_count(n: u64) -> String {
+    match n {
+        0..=999 => n.to_string(),
+        1_000..=999_999 => format!("{:.1}k", n as f64 / 1e3),
+        1_000_000..=999_999_999 => format!("{:.1}M", n as f64 / 1e6),
+        _ => format!("{:.1}G", n as f64 / 1e9),
     }
 }
 
@@ -175,6 +211,14 @@ mod tests {
             summary: "dns answers NXDOMAIN for example.com".to_owned(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn counts_fit_a_narrow_column() {
+        assert_eq!(short_count(950), "950");
+        assert_eq!(short_count(1_250), "1.2k");
+        assert_eq!(short_count(3_400_000), "3.4M");
+        assert_eq!(short_count(5_600_000_000), "5.6G");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::faults::FaultSpec;
+use crate::faults::{effect::Effect, FaultSpec};
 
 /// `pending -> active -> reverting -> reverted | failed`
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +69,13 @@ pub(crate) struct Fault {
     /// When the lease runs out unless renewed (the last expiry, once the fault has ended).
     #[serde(default, with = "rfc3339::option")]
     pub(crate) lease_expires_at: Option<SystemTime>,
+    /// What the fault has done, read from the kernel about once a second while it is active;
+    /// once it has ended, the last reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) effect: Option<Effect>,
+    /// It acted on nothing within the agent's grace period (`--ineffective-after`).
+    #[serde(default)]
+    pub(crate) ineffective: bool,
 }
 
 impl Fault {

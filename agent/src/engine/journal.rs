@@ -165,6 +165,8 @@ mod tests {
             plan: vec!["add table inet faultline".to_owned()],
             lease: None,
             lease_expires_at: None,
+            effect: None,
+            ineffective: false,
         }
     }
 

@@ -36,6 +36,7 @@ use crate::{
 };
 
 pub(crate) mod doctor;
+mod effect;
 pub(crate) mod fault;
 pub(crate) mod guard;
 pub(crate) mod journal;
@@ -252,6 +253,8 @@ impl Engine {
             // Set again when the fault becomes active and the lease starts; journalled from
             // here on, so that a crash while applying is recovered with the right reason.
             lease_expires_at: request.lease.map(|lease| now + lease),
+            effect: None,
+            ineffective: false,
         };
         {
             // Checked and registered under one lock, so two racing requests cannot both win.

@@ -129,6 +129,17 @@ impl Family for BlockSpec {
         Ok(())
     }
 
+    fn effect(&self, id: &str, _host: &Host<'_>) -> Result<super::effect::Effect, KernelError> {
+        let counts = nft::counts(id)?;
+        let blocked = if self.reject { "rejected" } else { "dropped" };
+        Ok(super::effect::Effect::new("packets matched")
+            .hits(counts.matched.packets)
+            .counter("packets_matched", counts.matched.packets)
+            .counter("bytes_matched", counts.matched.bytes)
+            .counter(&format!("packets_{blocked}"), counts.blocked.packets)
+            .counter(&format!("bytes_{blocked}"), counts.blocked.bytes))
+    }
+
     fn demands(&self) -> Demands {
         Demands {
             // Without --percent a block takes every matching packet.

@@ -125,6 +125,14 @@ impl Family for LossSpec {
         host.classifiers.detach(id)
     }
 
+    fn effect(&self, id: &str, host: &Host<'_>) -> Result<super::effect::Effect, KernelError> {
+        let (matched, dropped) = host.classifiers.loss_counts(id)?.unwrap_or_default();
+        Ok(super::effect::Effect::new("packets matched")
+            .hits(matched)
+            .counter("packets_matched", matched)
+            .counter("packets_dropped", dropped))
+    }
+
     fn demands(&self) -> Demands {
         Demands {
             percents: vec![("loss percent", self.percent)],

@@ -18,6 +18,7 @@ use crate::{
 };
 
 pub(crate) mod block;
+pub(crate) mod effect;
 pub(crate) mod loss;
 pub(crate) mod readiness;
 pub(crate) mod shape;
@@ -458,6 +459,11 @@ pub(crate) trait Family: Send + Sync {
 
     /// Removes the fault's kernel objects. Idempotent: objects already gone are not an error.
     fn revert(&self, id: &str, host: &Host<'_>) -> Result<(), KernelError>;
+
+    /// What the fault has done so far, read from its kernel objects' own counters (an
+    /// applied fault's; a reverted one's objects and counters are gone). Required: a family
+    /// shows its effect, or an operator cannot tell a fault that acted from one that did not.
+    fn effect(&self, id: &str, host: &Host<'_>) -> Result<effect::Effect, KernelError>;
 
     /// What the fault takes of the host, for the operator policy's limits (`max_percent`,
     /// `max_memory`; `max_duration` bounds every request alike). Required: a new family says

@@ -238,6 +238,18 @@ impl Family for CpuStressSpec {
         host.workers.remove(id)
     }
 
+    fn effect(&self, id: &str, host: &Host<'_>) -> Result<super::effect::Effect, KernelError> {
+        let usage = host.workers.usage(id);
+        let cpu = usage.cpu_usec.unwrap_or_default();
+        Ok(super::effect::Effect::new("us of CPU")
+            .hits(cpu)
+            .counter("cpu_usec", cpu)
+            .counter(
+                "throttled_periods",
+                usage.throttled_periods.unwrap_or_default(),
+            ))
+    }
+
     fn demands(&self) -> Demands {
         Demands {
             percents: vec![("cpu load", self.load)],
@@ -411,6 +423,15 @@ impl Family for MemoryStressSpec {
 
     fn revert(&self, id: &str, host: &Host<'_>) -> Result<(), KernelError> {
         host.workers.remove(id)
+    }
+
+    fn effect(&self, id: &str, host: &Host<'_>) -> Result<super::effect::Effect, KernelError> {
+        let usage = host.workers.usage(id);
+        let memory = usage.memory_bytes.unwrap_or_default();
+        Ok(super::effect::Effect::new("bytes of memory")
+            .hits(memory)
+            .counter("memory_bytes", memory)
+            .counter("cpu_usec", usage.cpu_usec.unwrap_or_default()))
     }
 
     fn demands(&self) -> Demands {

@@ -109,6 +109,22 @@ enum Hierarchy {
     },
 }
 
+/// What the kernel has charged to a fault's cgroup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Usage {
+    pub(crate) cpu_usec: Option<u64>,
+    /// Scheduler periods in which the cgroup's CPU quota held it back.
+    pub(crate) throttled_periods: Option<u64>,
+    pub(crate) memory_bytes: Option<u64>,
+}
+
+fn read_u64(path: &Path) -> io::Result<u64> {
+    fs::read_to_string(path)?
+        .trim()
+        .parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 /// The host's cgroup hierarchy, as faultline uses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Cgroups {
@@ -446,6 +462,35 @@ impl Cgroups {
             }
         }
         Ok(())
+    }
+
+    /// What the kernel has charged to the fault's cgroup so far; `None` where this hierarchy
+    /// does not account it (a controller not mounted).
+    pub(crate) fn usage(&self, id: &str) -> Usage {
+        let mut usage = Usage::default();
+        for dir in self.dirs(id, None).into_iter().filter(|d| d.exists()) {
+            let stat = fs::read_to_string(dir.join("cpu.stat")).unwrap_or_default();
+            let field = |name: &str| {
+                stat.lines()
+                    .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+            };
+            // v2: cpu.stat has the usage; v1: cpuacct.usage, in nanoseconds.
+            if let Some(us) = field("usage_usec ") {
+                usage.cpu_usec = Some(us);
+            }
+            if let Some(periods) = field("nr_throttled ") {
+                usage.throttled_periods = Some(periods);
+            }
+            if let Ok(ns) = read_u64(&dir.join("cpuacct.usage")) {
+                usage.cpu_usec = Some(ns / 1000);
+            }
+            for file in ["memory.current", "memory.usage_in_bytes"] {
+                if let Ok(bytes) = read_u64(&dir.join(file)) {
+                    usage.memory_bytes = Some(bytes);
+                }
+            }
+        }
+        usage
     }
 
     /// Kills every process in the fault's cgroup and removes it. Idempotent.

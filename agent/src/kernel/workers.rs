@@ -19,7 +19,7 @@ use std::{
 };
 
 use super::{
-    cgroup::{CgroupError, Cgroups, Controller, Limits},
+    cgroup::{CgroupError, Cgroups, Controller, Limits, Usage},
     Adapter, KernelError, Swept,
 };
 
@@ -82,6 +82,14 @@ impl Workers {
     /// 256 MiB.
     pub(crate) fn reserve(&self, total: u64) -> u64 {
         self.reserve.unwrap_or_else(|| (total / 20).max(256 << 20))
+    }
+
+    /// What the kernel has charged to fault `id`'s cgroup; nothing where there is none.
+    pub(crate) fn usage(&self, id: &str) -> Usage {
+        self.cgroups
+            .as_ref()
+            .map(|c| c.usage(id))
+            .unwrap_or_default()
     }
 
     /// Whether the cgroup controllers in `needs` can hold workers here; if not, why.

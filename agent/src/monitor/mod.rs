@@ -13,6 +13,7 @@ use tracing::warn;
 
 use crate::engine::{Engine, Fault, FaultState};
 
+mod effects;
 pub(crate) mod exposition;
 pub(crate) mod host;
 pub(crate) mod http;
@@ -111,6 +112,7 @@ pub(crate) fn prometheus_text(s: &MetricsSnapshot) -> String {
     tcp_metrics(&mut e, &s.tcp);
     probe_metrics(&mut e, &s.probes);
     fault_metrics(&mut e, &s.faults);
+    effects::effect_metrics(&mut e, &s.faults);
     agent_metrics(&mut e);
     e.finish()
 }

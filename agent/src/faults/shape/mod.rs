@@ -403,6 +403,20 @@ impl<P: Shaper + Serialize> Family for ShapeSpec<P> {
         }
     }
 
+    fn effect(&self, id: &str, host: &Host<'_>) -> Result<super::effect::Effect, KernelError> {
+        let steered = host.classifiers.steered(id)?.unwrap_or_default();
+        let egress = (self.target.direction == Direction::Egress).then_some(&*self.target.device);
+        let leaf = host.shaping.leaf_stats(id, egress)?.unwrap_or_default();
+        Ok(super::effect::Effect::new("packets steered")
+            .hits(steered)
+            .counter("packets_steered", steered)
+            .counter("qdisc_packets_sent", leaf.packets)
+            .counter("qdisc_bytes_sent", leaf.bytes)
+            .counter("qdisc_packets_dropped", leaf.drops)
+            .counter("qdisc_overlimits", leaf.overlimits)
+            .counter("qdisc_backlog_bytes", leaf.backlog_bytes))
+    }
+
     fn demands(&self) -> Demands {
         Demands {
             percents: self.params.percents(),

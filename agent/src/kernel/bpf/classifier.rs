@@ -62,7 +62,7 @@ impl Classifiers {
         }
     }
 
-    fn dir(&self, id: &str) -> PathBuf {
+    pub(super) fn dir(&self, id: &str) -> PathBuf {
         self.root.join(id)
     }
 

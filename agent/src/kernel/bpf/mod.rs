@@ -35,6 +35,7 @@ pub(crate) mod classifier;
 pub(crate) mod config;
 pub(crate) mod object;
 mod pins;
+mod stats;
 
 pub(crate) use classifier::{Classifiers, SteerHook};
 pub(crate) use object::{verifier_tail, EBPF_OBJECT};
@@ -60,6 +61,12 @@ pub(crate) enum BpfError {
     },
     #[error("cannot write the classifier's configuration map: {0}")]
     Map(#[source] MapError),
+    #[error("cannot read the classifier's counters at {path}: {source}")]
+    Stats {
+        path: PathBuf,
+        #[source]
+        source: MapError,
+    },
     #[error("cannot pin {path}: {source}")]
     Pin {
         path: PathBuf,

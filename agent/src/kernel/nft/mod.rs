@@ -32,8 +32,10 @@ use nftnl::{
 };
 use thiserror::Error;
 
+mod counters;
 mod socket;
 
+pub(crate) use counters::counts;
 use socket::{dump, send};
 
 /// The one table faultline owns.
@@ -310,6 +312,8 @@ pub(crate) fn apply(rules: &BlockRules) -> Result<(), NftError> {
                 rule.add_expr(&Cmp::new(CmpOp::Eq, device));
             }
             if let Some(threshold) = threshold {
+                // What the rule matched, before the draw: the blocked share is the last counter.
+                rule.add_expr(&Counter);
                 rule.add_expr(&Meta::PRandom);
                 rule.add_expr(&Cmp::new(CmpOp::Lt, &threshold.to_be_bytes()[..]));
             }
@@ -471,7 +475,7 @@ pub(crate) fn describe(rules: &BlockRules) -> Vec<String> {
         if let Some(threshold) = rules.threshold() {
             write!(
                 line,
-                " meta random < {threshold:#010x} ({}%)",
+                " counter meta random < {threshold:#010x} ({}%)",
                 rules.percent.unwrap_or(100.0)
             )
             .unwrap();

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::kernel::{
     durable,
-    rtnl::{Rtnl, RtnlError},
+    rtnl::{QdiscStats, Rtnl, RtnlError},
     Adapter, Swept,
 };
 
@@ -134,6 +134,25 @@ impl Shaping {
         let index = rtnl.create_ifb(&ifb)?;
         rtnl.replace_root(&ifb, index, leaf.kind, handle(LEAF_MAJOR, 0), &leaf.options)?;
         Ok(index)
+    }
+
+    /// The counters of fault `id`'s leaf qdisc (its netem or tbf): in the root tree of
+    /// `egress_device`, or at the root of the fault's IFB (ingress, `None`). `None` when the
+    /// leaf is not there (any more).
+    pub(crate) fn leaf_stats(
+        &self,
+        id: &str,
+        egress_device: Option<&str>,
+    ) -> Result<Option<QdiscStats>, ShapingError> {
+        let device = egress_device.map_or_else(|| ifb_name(id), str::to_owned);
+        let Ok(ifindex) = nix::net::if_::if_nametoindex(device.as_str()) else {
+            return Ok(None);
+        };
+        Ok(Rtnl::open()?
+            .qdisc_stats(ifindex)?
+            .into_iter()
+            .find(|(h, _, _)| *h == handle(LEAF_MAJOR, 0))
+            .map(|(_, _, stats)| stats))
     }
 
     /// Deletes fault `id`'s IFB device; gone already is fine.

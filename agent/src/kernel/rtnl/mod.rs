@@ -24,7 +24,8 @@ use thiserror::Error;
 mod tc;
 
 pub(crate) use tc::{
-    handle, show_handle, BpfFilter, FilterAction, QdiscRecord, CLSACT_EGRESS, CLSACT_INGRESS,
+    handle, show_handle, BpfFilter, FilterAction, QdiscRecord, QdiscStats, CLSACT_EGRESS,
+    CLSACT_INGRESS,
 };
 
 #[derive(Debug, Error)]

@@ -41,6 +41,16 @@ impl QdiscRecord {
     }
 }
 
+/// A qdisc's own counters (`tc -s qdisc`): what it sent, dropped, held back and holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct QdiscStats {
+    pub(crate) bytes: u64,
+    pub(crate) packets: u64,
+    pub(crate) drops: u64,
+    pub(crate) overlimits: u64,
+    pub(crate) backlog_bytes: u64,
+}
+
 /// `fa00:` or `fa00:2`, as tc prints handles.
 pub(crate) fn show_handle(handle: u32) -> String {
     let (major, minor) = (handle >> 16, handle & 0xffff);
@@ -95,6 +105,51 @@ impl Rtnl {
                 })?;
                 if message.header.index as u32 == ifindex {
                     all.push(record(&message));
+                }
+            }
+            Ok(all)
+        })
+    }
+
+    /// The counters of every qdisc of `ifindex`: `(handle, parent, stats)`.
+    pub(crate) fn qdisc_stats(
+        &self,
+        ifindex: u32,
+    ) -> Result<Vec<(u32, u32, QdiscStats)>, RtnlError> {
+        self.run(async {
+            let mut dump = self
+                .handle
+                .clone()
+                .qdisc()
+                .get()
+                .index(ifindex as i32)
+                .execute();
+            let mut all = Vec::new();
+            while let Some(message) = dump.next().await {
+                let message = message.map_err(|source| RtnlError::Netlink {
+                    what: "cannot list the qdiscs".to_owned(),
+                    device: format!("interface #{ifindex}"),
+                    source,
+                })?;
+                if message.header.index as u32 != ifindex {
+                    continue;
+                }
+                let stats = message.attributes.iter().find_map(|a| match a {
+                    TcAttribute::Stats(s) => Some(QdiscStats {
+                        bytes: s.bytes,
+                        packets: u64::from(s.packets),
+                        drops: u64::from(s.drops),
+                        overlimits: u64::from(s.overlimits),
+                        backlog_bytes: u64::from(s.backlog),
+                    }),
+                    _ => None,
+                });
+                if let Some(stats) = stats {
+                    all.push((
+                        message.header.handle.into(),
+                        message.header.parent.into(),
+                        stats,
+                    ));
                 }
             }
             Ok(all)
