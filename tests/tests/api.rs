@@ -21,7 +21,8 @@ fn health_reflection_and_watch_answer_like_any_grpc_server() -> Result<()> {
         return Ok(());
     }
     let ns = Netns::create(&format!("fl-{}-{}-g", std::process::id(), unique()))?;
-    let agent = Agent::start(&ns)?;
+    // A short grace period: the block below acts on nothing, and Watch must warn of it.
+    let agent = Agent::start_with(&ns, &["--ineffective-after", "1s"])?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -103,9 +104,25 @@ fn health_reflection_and_watch_answer_like_any_grpc_server() -> Result<()> {
             .await?
             .into_inner();
         let id = applied.fault.context("Apply returned no fault")?.id;
-        faults.revert(pb::RevertRequest { id: id.clone() }).await?;
 
         let mut seen = Vec::new();
+        // Nothing reaches port 8080 here: within the grace period and a reading, a warning.
+        let warning = loop {
+            let event = tokio::time::timeout(Duration::from_secs(5), events.message())
+                .await
+                .with_context(|| format!("no ineffective warning within 5 s; saw {seen:?}"))??
+                .context("the Watch stream ended")?;
+            let fault = event.fault.context("an event without a fault")?;
+            if fault.id == id {
+                seen.push(pb::FaultState::try_from(fault.state)?);
+                if fault.ineffective && !event.warning.is_empty() {
+                    break event.warning;
+                }
+            }
+        };
+        ensure!(warning.contains("acted on nothing"), "{warning}");
+        faults.revert(pb::RevertRequest { id: id.clone() }).await?;
+
         while !seen.contains(&pb::FaultState::Reverted) {
             let event = tokio::time::timeout(Duration::from_secs(5), events.message())
                 .await

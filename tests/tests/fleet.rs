@@ -163,6 +163,59 @@ fn a_breached_guard_aborts_the_experiment_and_reverts() -> Result<()> {
 }
 
 #[test]
+fn an_experiment_aimed_at_nothing_aborts_when_asked_to() -> Result<()> {
+    const T: &str = "an_experiment_aimed_at_nothing_aborts_when_asked_to";
+    if !require_root(T) {
+        return Ok(());
+    }
+    let ns = Netns::create(&format!("fl-{}-{}-n", std::process::id(), unique()))?;
+    let agent = Agent::start_with(&ns, &["--ineffective-after", "1s"])?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("nothing.yaml");
+    // Port 7300 has no traffic here: the block acts on nothing.
+    fs::write(
+        &file,
+        format!(
+            "name: aimed at nothing\ntargets:\n{}duration: 60s\nlease: 5s\ninterval: 500ms\nabort: {{on_ineffective: true}}\nfaults:\n  - fault:\n      kind: block\n      direction: ingress\n      match: {{protocol: tcp, ports: [{{first: 7300, last: 7300}}]}}\n",
+            targets(&[&agent])
+        ),
+    )?;
+    let started = Instant::now();
+    let output = fleet(
+        &["run", &file.display().to_string(), "-o", "json"],
+        Duration::from_secs(60),
+    )?;
+    let took = started.elapsed();
+    ensure!(
+        output.status.code() == Some(7),
+        "{}",
+        process::describe("fleet run", &output)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout)?;
+    note(
+        T,
+        format!("aborted after {took:.2?}: {}", report["outcome"]),
+    );
+    ensure!(
+        took < Duration::from_secs(15),
+        "flagged only after {took:?} (grace 1 s)"
+    );
+    let outcome = report["outcome"].as_str().unwrap_or_default();
+    ensure!(
+        outcome.starts_with("aborted: fault") && outcome.ends_with("acts on nothing"),
+        "{outcome}"
+    );
+    let lines = report["ineffective"]
+        .as_array()
+        .context("no ineffective lines")?;
+    ensure!(
+        lines.len() == 1 && lines[0].as_str().is_some_and(|l| l.contains("block")),
+        "{lines:?}"
+    );
+    agent.assert_clean()
+}
+
+#[test]
 fn a_killed_controller_leaves_the_agents_to_revert_on_lease_expiry() -> Result<()> {
     const T: &str = "a_killed_controller_leaves_the_agents_to_revert_on_lease_expiry";
     if !require_root(T) {

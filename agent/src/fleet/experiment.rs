@@ -187,6 +187,10 @@ pub(crate) struct AbortRules {
     pub(crate) on_guard_breach: bool,
     #[serde(default = "yes")]
     pub(crate) on_agent_lost: bool,
+    /// Abort when an agent flags one of the experiment's faults ineffective (it has acted on
+    /// nothing for the agent's grace period): the experiment would test nothing.
+    #[serde(default)]
+    pub(crate) on_ineffective: bool,
 }
 
 fn yes() -> bool {
@@ -198,6 +202,7 @@ impl Default for AbortRules {
         Self {
             on_guard_breach: true,
             on_agent_lost: true,
+            on_ineffective: false,
         }
     }
 }

@@ -207,6 +207,9 @@ pub(crate) struct Report {
     /// Seconds from the first revert request to the last fault gone.
     pub(crate) revert_seconds: f64,
     pub(crate) breaches: Vec<String>,
+    /// Faults that acted on nothing, one line each (`host: fault id (kind) ...`): flagged by
+    /// their agent while they ran, or with no hits when they ended.
+    pub(crate) ineffective: Vec<String>,
     pub(crate) hosts: BTreeMap<String, Scorecard>,
     pub(crate) overall: Scorecard,
 }
@@ -225,6 +228,9 @@ impl Report {
         );
         for b in &self.breaches {
             out.push_str(&format!("breach: {b}\n"));
+        }
+        for line in &self.ineffective {
+            out.push_str(&format!("ineffective: {line}\n"));
         }
         for (host, card) in &self.hosts {
             out.push_str(&format!("\n{host}  grade {}\n", card.grade));

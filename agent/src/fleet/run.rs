@@ -53,6 +53,29 @@ impl Agent {
     }
 }
 
+/// The experiment's faults that acted on nothing, each said once.
+#[derive(Default)]
+struct Ineffective {
+    seen: std::collections::BTreeSet<String>,
+    lines: Vec<String>,
+}
+
+impl Ineffective {
+    /// Records `fault` on `host`; true the first time.
+    fn note(&mut self, host: &str, fault: &crate::engine::Fault) -> bool {
+        if !self.seen.insert(fault.id.clone()) {
+            return false;
+        }
+        self.lines.push(format!(
+            "{host}: fault {} ({}) acted on nothing: {}",
+            fault.id,
+            fault.spec.kind(),
+            fault.spec.family().summary()
+        ));
+        true
+    }
+}
+
 /// Connects to every target; a channel function is given so that TLS settings stay with the
 /// caller.
 pub(crate) async fn connect_all<F, Fut>(
@@ -106,6 +129,7 @@ pub(crate) async fn run(
     tokio::pin!(stop);
     let mut outcome = "completed".to_owned();
     let mut breaches = Vec::new();
+    let mut ineffective = Ineffective::default();
 
     // Baseline: the steady state before anything is injected.
     let mut start: Vec<Option<MetricsSnapshot>> = join_all(agents.iter_mut().map(|a| a.snapshot()))
@@ -238,6 +262,16 @@ pub(crate) async fn run(
                             outcome = format!("aborted: agent {} lost", a.target.address);
                         }
                     }
+                    if let Some(s) = &last[i] {
+                        for f in s.faults.iter().filter(|f| f.ineffective && a.ids.contains(&f.id)) {
+                            if ineffective.note(&a.target.address, f) && experiment.abort.on_ineffective {
+                                outcome = format!(
+                                    "aborted: fault {} ({}) on {} acts on nothing",
+                                    f.id, f.spec.kind(), a.target.address
+                                );
+                            }
+                        }
+                    }
                     let (Some(b), Some(s)) = (&start[i], &last[i]) else { continue };
                     for g in &experiment.guards {
                         let dest = g.destination.as_deref().and_then(|d| Destination::parse(d).ok());
@@ -264,22 +298,37 @@ pub(crate) async fn run(
 
     // Revert everything, everywhere, at once.
     let reverting = Instant::now();
-    join_all(agents.iter_mut().map(|a| async move {
+    let ended: Vec<Vec<pb::Fault>> = join_all(agents.iter_mut().map(|a| async move {
+        let mut ended = Vec::new();
         for id in std::mem::take(&mut a.ids) {
             // A fault that already ended (deadline, lease) answers with its final state.
-            let _ = a.faults.revert(pb::RevertRequest { id }).await;
+            if let Ok(reply) = a.faults.revert(pb::RevertRequest { id }).await {
+                ended.push(reply.into_inner());
+            }
         }
+        ended
     }))
     .await;
     let revert_seconds = reverting.elapsed().as_secs_f64();
     progress(format!("reverted in {revert_seconds:.3}s"));
+    // A fault shorter than the agents' grace period is never flagged while it runs; its last
+    // reading says whether it acted at all.
+    for (a, faults) in agents.iter().zip(&ended) {
+        for f in faults {
+            if f.effect.as_ref().is_some_and(|e| e.hits == 0) {
+                if let Ok(fault) = convert::fault(f.clone()) {
+                    ineffective.note(&a.target.address, &fault);
+                }
+            }
+        }
+    }
     let end: Vec<Option<MetricsSnapshot>> = join_all(agents.iter_mut().map(|a| a.snapshot()))
         .await
         .into_iter()
         .zip(last)
         .map(|(now, last)| now.ok().or(last))
         .collect();
-    report(
+    let mut report = report(
         experiment,
         &agents,
         outcome,
@@ -289,7 +338,9 @@ pub(crate) async fn run(
         &start,
         &end,
     )
-    .with_applied(applied)
+    .with_applied(applied);
+    report.ineffective = ineffective.lines;
+    report
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -349,6 +400,7 @@ fn report(
         apply_seconds,
         revert_seconds,
         breaches,
+        ineffective: Vec::new(),
         hosts,
         overall: Scorecard {
             grade: grade(&overall_scores),
