@@ -381,6 +381,7 @@ fn proto_state(state: FaultState) -> i32 {
         FaultState::Active => pb::FaultState::Active,
         FaultState::Reverting => pb::FaultState::Reverting,
         FaultState::Reverted => pb::FaultState::Reverted,
+        FaultState::RevertedWithResidue => pb::FaultState::RevertedWithResidue,
         FaultState::Failed => pb::FaultState::Failed,
     }
     .into()
@@ -414,6 +415,9 @@ pub(crate) fn proto_fault(f: &Fault) -> pb::Fault {
                 .collect(),
         }),
         ineffective: f.ineffective,
+        objects: f.objects.clone(),
+        changes: f.changes.clone(),
+        residue: f.residue.clone(),
     }
 }
 
@@ -429,6 +433,7 @@ pub(crate) fn fault(f: pb::Fault) -> Result<Fault, InvalidSpec> {
         Ok(pb::FaultState::Active) => FaultState::Active,
         Ok(pb::FaultState::Reverting) => FaultState::Reverting,
         Ok(pb::FaultState::Reverted) => FaultState::Reverted,
+        Ok(pb::FaultState::RevertedWithResidue) => FaultState::RevertedWithResidue,
         Ok(pb::FaultState::Failed) => FaultState::Failed,
         _ => {
             return Err(InvalidSpec::new(
@@ -467,6 +472,9 @@ pub(crate) fn fault(f: pb::Fault) -> Result<Fault, InvalidSpec> {
                 .collect(),
         }),
         ineffective: f.ineffective,
+        objects: f.objects,
+        changes: f.changes,
+        residue: f.residue,
         id: f.id,
     })
 }

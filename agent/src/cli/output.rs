@@ -330,6 +330,15 @@ pub(crate) fn print_fault(f: &FaultView, output: Output) {
             for line in f.plan() {
                 println!("plan:      {line}");
             }
+            for line in f.objects() {
+                println!("object:    {line}");
+            }
+            for line in f.changes() {
+                println!("changed:   {line} (not by faultline)");
+            }
+            for line in f.residue() {
+                println!("residue:   {line}");
+            }
         }
     }
 }

@@ -54,21 +54,26 @@ impl FaultView {
         }
     }
 
-    /// `pending`, `active`, `reverting`, `reverted`, `failed`, or [`UNKNOWN`].
+    /// `pending`, `active`, `reverting`, `reverted`, `reverted-with-residue`, `failed`, or
+    /// [`UNKNOWN`].
     pub(crate) fn state(&self) -> &'static str {
         match pb::FaultState::try_from(self.fault.state) {
             Ok(pb::FaultState::Pending) => "pending",
             Ok(pb::FaultState::Active) => "active",
             Ok(pb::FaultState::Reverting) => "reverting",
             Ok(pb::FaultState::Reverted) => "reverted",
+            Ok(pb::FaultState::RevertedWithResidue) => "reverted-with-residue",
             Ok(pb::FaultState::Failed) => "failed",
             _ => UNKNOWN,
         }
     }
 
-    /// Reverted or failed: nothing of it is left to wait for.
+    /// Reverted (with residue or not) or failed: nothing of it is left to wait for.
     pub(crate) fn is_finished(&self) -> bool {
-        matches!(self.state(), "reverted" | "failed")
+        matches!(
+            self.state(),
+            "reverted" | "reverted-with-residue" | "failed"
+        )
     }
 
     pub(crate) fn reason(&self) -> &str {
@@ -102,6 +107,21 @@ impl FaultView {
     /// The fault's effect, as the agent last read it from the kernel.
     pub(crate) fn effect(&self) -> Option<&pb::Effect> {
         self.fault.effect.as_ref()
+    }
+
+    /// The fault's kernel objects as the agent last read them.
+    pub(crate) fn objects(&self) -> &[String] {
+        &self.fault.objects
+    }
+
+    /// Changes to its objects made behind faultline's back while it ran.
+    pub(crate) fn changes(&self) -> &[String] {
+        &self.fault.changes
+    }
+
+    /// What its revert left in the kernel.
+    pub(crate) fn residue(&self) -> &[String] {
+        &self.fault.residue
     }
 
     pub(crate) fn ineffective(&self) -> bool {
@@ -178,6 +198,9 @@ impl FaultView {
                     .collect::<serde_json::Map<_, _>>(),
             })),
             "ineffective": self.ineffective(),
+            "objects": self.fault.objects,
+            "changes": self.fault.changes,
+            "residue": self.fault.residue,
         })
     }
 }

@@ -28,7 +28,9 @@ impl Engine {
             }
             for id in self.active_ids() {
                 self.refresh_effect(&id);
+                self.check_objects(&id);
             }
+            self.retry_residue();
         }
     }
 
@@ -91,7 +93,7 @@ impl Engine {
             .collect()
     }
 
-    fn active(&self, id: &str) -> Option<Fault> {
+    pub(super) fn active(&self, id: &str) -> Option<Fault> {
         self.registry()
             .faults
             .get(id)

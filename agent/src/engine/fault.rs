@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::faults::{effect::Effect, FaultSpec};
 
-/// `pending -> active -> reverting -> reverted | failed`
+/// `pending -> active -> reverting -> reverted | reverted-with-residue | failed`
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum FaultState {
@@ -22,13 +22,19 @@ pub(crate) enum FaultState {
     Active,
     Reverting,
     Reverted,
+    /// Reverted, but the kernel still holds some of the fault's objects (`residue` lists
+    /// them); the agent retries, and the next start-up sweeps them.
+    RevertedWithResidue,
     /// Apply or revert failed; `reason` says why.
     Failed,
 }
 
 impl FaultState {
     pub(crate) fn is_finished(self) -> bool {
-        matches!(self, FaultState::Reverted | FaultState::Failed)
+        matches!(
+            self,
+            FaultState::Reverted | FaultState::RevertedWithResidue | FaultState::Failed
+        )
     }
 }
 
@@ -39,6 +45,7 @@ impl fmt::Display for FaultState {
             FaultState::Active => "active",
             FaultState::Reverting => "reverting",
             FaultState::Reverted => "reverted",
+            FaultState::RevertedWithResidue => "reverted-with-residue",
             FaultState::Failed => "failed",
         })
     }
@@ -76,6 +83,16 @@ pub(crate) struct Fault {
     /// It acted on nothing within the agent's grace period (`--ineffective-after`).
     #[serde(default)]
     pub(crate) ineffective: bool,
+    /// The fault's kernel objects as last read from the kernel (about once a second while it
+    /// is active).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) objects: Vec<String>,
+    /// Changes to its objects made while it ran by something other than faultline.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) changes: Vec<String>,
+    /// What the kernel still held of the fault after its revert.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) residue: Vec<String>,
 }
 
 impl Fault {

@@ -167,6 +167,9 @@ mod tests {
             lease_expires_at: None,
             effect: None,
             ineffective: false,
+            objects: Vec::new(),
+            changes: Vec::new(),
+            residue: Vec::new(),
         }
     }
 

@@ -180,7 +180,10 @@ impl Engine {
                         outcomes.push(not_renewed(NotRenewed::Pending));
                         continue;
                     }
-                    state @ (FaultState::Reverting | FaultState::Reverted | FaultState::Failed) => {
+                    state @ (FaultState::Reverting
+                    | FaultState::Reverted
+                    | FaultState::RevertedWithResidue
+                    | FaultState::Failed) => {
                         outcomes.push(not_renewed(NotRenewed::Ended {
                             state,
                             reason: entry.fault.reason.clone(),

@@ -42,6 +42,7 @@ pub(crate) mod guard;
 pub(crate) mod journal;
 mod lease;
 mod recover;
+mod verify;
 
 pub(crate) use fault::{Fault, FaultState};
 use guard::Guard;
@@ -114,6 +115,10 @@ struct Entry {
     /// When the lease runs out, on the monotonic clock the timers use (the fault's
     /// `lease_expires_at` is the same instant on the wall clock, for people and the journal).
     lease_due: Option<Instant>,
+    /// The fault's objects have been read once: later readings are compared with the last.
+    objects_read: bool,
+    /// Reverts retried because the last one left residue.
+    residue_retries: u32,
 }
 
 impl Entry {
@@ -123,6 +128,8 @@ impl Entry {
             timer: None,
             lease_timer: None,
             lease_due: None,
+            objects_read: false,
+            residue_retries: 0,
         }
     }
 }
@@ -255,6 +262,9 @@ impl Engine {
             lease_expires_at: request.lease.map(|lease| now + lease),
             effect: None,
             ineffective: false,
+            objects: Vec::new(),
+            changes: Vec::new(),
+            residue: Vec::new(),
         };
         {
             // Checked and registered under one lock, so two racing requests cannot both win.
@@ -499,6 +509,20 @@ impl Engine {
             .kernel(&fault, false, |family, id, host| family.revert(id, host))
             .await
         {
+            Ok(()) if !self.verify_revert(&mut fault) => {
+                fault.state = FaultState::RevertedWithResidue;
+                fault.reason = format!(
+                    "{}, but the kernel still holds: {}",
+                    reason.as_str(),
+                    fault.residue.join("; ")
+                );
+                // Journalled still: the agent retries, and the next start-up sweeps it.
+                let _ = self.journal.record(&fault);
+                error!(id = %fault.id, kind = fault.spec.kind(), residue = ?fault.residue, "revert left residue");
+                self.finish(&fault);
+                self.audit_automatic(&fault, reason);
+                Ok(fault)
+            }
             Ok(()) => {
                 fault.state = FaultState::Reverted;
                 fault.reason = reason.as_str().to_owned();
@@ -516,6 +540,8 @@ impl Engine {
             Err(source) => {
                 fault.state = FaultState::Failed;
                 fault.reason = format!("revert ({}) failed: {source}", reason.as_str());
+                // What is left, for `get` and for the retries.
+                self.verify_revert(&mut fault);
                 let _ = self.journal.record(&fault);
                 error!(id = %fault.id, kind = fault.spec.kind(), error = %source, "revert failed");
                 self.finish(&fault);

@@ -132,6 +132,9 @@ mod tests {
             lease_expires_at: lease.map(|l| start + Duration::from_secs(l)),
             effect: None,
             ineffective: false,
+            objects: Vec::new(),
+            changes: Vec::new(),
+            residue: Vec::new(),
         };
         let at = |s: u64| start + Duration::from_secs(s);
         use RevertReason::*;

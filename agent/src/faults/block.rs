@@ -140,6 +140,10 @@ impl Family for BlockSpec {
             .counter(&format!("bytes_{blocked}"), counts.blocked.bytes))
     }
 
+    fn objects(&self, id: &str, _host: &Host<'_>) -> Result<Vec<String>, KernelError> {
+        Ok(nft::objects(id)?)
+    }
+
     fn demands(&self) -> Demands {
         Demands {
             // Without --percent a block takes every matching packet.

@@ -133,6 +133,10 @@ impl Family for LossSpec {
             .counter("packets_dropped", dropped))
     }
 
+    fn objects(&self, id: &str, host: &Host<'_>) -> Result<Vec<String>, KernelError> {
+        Ok(host.classifiers.pins(id))
+    }
+
     fn demands(&self) -> Demands {
         Demands {
             percents: vec![("loss percent", self.percent)],

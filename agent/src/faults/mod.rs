@@ -465,6 +465,13 @@ pub(crate) trait Family: Send + Sync {
     /// shows its effect, or an operator cannot tell a fault that acted from one that did not.
     fn effect(&self, id: &str, host: &Host<'_>) -> Result<effect::Effect, KernelError>;
 
+    /// The fault's kernel objects as they are now, one line each (`nftables chain inet
+    /// faultline fl-<id>-in: 2 rule(s)`, `bpf pin ...`, `cgroup ...`), read from the kernel.
+    /// The engine compares readings while the fault runs (a change behind faultline's back is
+    /// reported) and after its revert (whatever is left is residue). Required: a family whose
+    /// revert cannot be verified could leave things behind unseen.
+    fn objects(&self, id: &str, host: &Host<'_>) -> Result<Vec<String>, KernelError>;
+
     /// What the fault takes of the host, for the operator policy's limits (`max_percent`,
     /// `max_memory`; `max_duration` bounds every request alike). Required: a new family says
     /// what it takes, even when that is nothing a limit bounds.

@@ -250,6 +250,10 @@ impl Family for CpuStressSpec {
             ))
     }
 
+    fn objects(&self, id: &str, host: &Host<'_>) -> Result<Vec<String>, KernelError> {
+        Ok(host.workers.objects(id))
+    }
+
     fn demands(&self) -> Demands {
         Demands {
             percents: vec![("cpu load", self.load)],
@@ -432,6 +436,10 @@ impl Family for MemoryStressSpec {
             .hits(memory)
             .counter("memory_bytes", memory)
             .counter("cpu_usec", usage.cpu_usec.unwrap_or_default()))
+    }
+
+    fn objects(&self, id: &str, host: &Host<'_>) -> Result<Vec<String>, KernelError> {
+        Ok(host.workers.objects(id))
     }
 
     fn demands(&self) -> Demands {

@@ -493,6 +493,14 @@ impl Cgroups {
         usage
     }
 
+    /// The fault's cgroups that exist, in every hierarchy.
+    pub(crate) fn existing(&self, id: &str) -> Vec<PathBuf> {
+        self.dirs(id, None)
+            .into_iter()
+            .filter(|d| d.exists())
+            .collect()
+    }
+
     /// Kills every process in the fault's cgroup and removes it. Idempotent.
     pub(crate) fn remove(&self, id: &str) -> Result<(), CgroupError> {
         let dirs: Vec<PathBuf> = self

@@ -92,6 +92,19 @@ impl Workers {
             .unwrap_or_default()
     }
 
+    /// Fault `id`'s cgroups that exist, one line each.
+    pub(crate) fn objects(&self, id: &str) -> Vec<String> {
+        self.cgroups
+            .as_ref()
+            .map(|c| {
+                c.existing(id)
+                    .iter()
+                    .map(|d| format!("cgroup {}", d.display()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Whether the cgroup controllers in `needs` can hold workers here; if not, why.
     pub(crate) fn check(&self, needs: &[Controller]) -> Result<(), String> {
         let cgroups = self.cgroups.as_ref().map_err(Clone::clone)?;

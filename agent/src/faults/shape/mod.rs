@@ -417,6 +417,13 @@ impl<P: Shaper + Serialize> Family for ShapeSpec<P> {
             .counter("qdisc_backlog_bytes", leaf.backlog_bytes))
     }
 
+    fn objects(&self, id: &str, host: &Host<'_>) -> Result<Vec<String>, KernelError> {
+        let egress = (self.target.direction == Direction::Egress).then_some(&*self.target.device);
+        let mut lines = host.shaping.objects(id, egress)?;
+        lines.extend(host.classifiers.pins(id));
+        Ok(lines)
+    }
+
     fn demands(&self) -> Demands {
         Demands {
             percents: self.params.percents(),

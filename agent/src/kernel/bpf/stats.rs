@@ -1,6 +1,7 @@
 //! A classifier's own counters, read back from its pinned per-CPU `stats` map: what the loss
 //! classifier matched and dropped, what the steering classifier handed to a shaping fault's
-//! qdisc. Pinned, so they can be read as long as the fault's pins exist, by any agent.
+//! qdisc. Pinned, so they can be read as long as the fault's pins exist, by any agent. And the
+//! pins themselves, for verifying that a revert left none.
 
 use std::path::Path;
 
@@ -25,6 +26,22 @@ impl Classifiers {
                 .iter()
                 .fold((0, 0), |(m, d), s| (m + s.matched, d + s.dropped)),
         ))
+    }
+
+    /// Fault `id`'s pins on bpffs (its attachments and maps), one line each.
+    pub(crate) fn pins(&self, id: &str) -> Vec<String> {
+        let dir = self.dir(id);
+        let mut pins: Vec<String> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| format!("bpf pin {}", e.path().display()))
+            .collect();
+        pins.sort();
+        if pins.is_empty() && dir.exists() {
+            pins.push(format!("bpf pin directory {}", dir.display()));
+        }
+        pins
     }
 
     /// Packets fault `id`'s steering classifier sent to its qdisc, summed over the CPUs.

@@ -35,7 +35,7 @@ use thiserror::Error;
 mod counters;
 mod socket;
 
-pub(crate) use counters::counts;
+pub(crate) use counters::{counts, objects};
 use socket::{dump, send};
 
 /// The one table faultline owns.

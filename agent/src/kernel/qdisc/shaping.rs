@@ -155,6 +155,34 @@ impl Shaping {
             .map(|(_, _, stats)| stats))
     }
 
+    /// Fault `id`'s objects, one line each: the record of the root it replaced, and its
+    /// qdiscs (faultline's handles) at the root of `egress_device`, or its IFB device and the
+    /// qdiscs on it (ingress, `None`).
+    pub(crate) fn objects(
+        &self,
+        id: &str,
+        egress_device: Option<&str>,
+    ) -> Result<Vec<String>, ShapingError> {
+        let mut lines = Vec::new();
+        let record = self.record_path(id);
+        if record.exists() {
+            lines.push(format!("record {}", record.display()));
+        }
+        let device = egress_device.map_or_else(|| ifb_name(id), str::to_owned);
+        if let Ok(ifindex) = nix::net::if_::if_nametoindex(device.as_str()) {
+            if egress_device.is_none() {
+                lines.push(format!("IFB device {device}"));
+            }
+            let rtnl = Rtnl::open()?;
+            for q in rtnl.qdiscs(ifindex)? {
+                if is_ours(q.handle) {
+                    lines.push(format!("qdisc {} on {device}", q.describe()));
+                }
+            }
+        }
+        Ok(lines)
+    }
+
     /// Deletes fault `id`'s IFB device; gone already is fine.
     pub(crate) fn remove_ingress(&self, id: &str) -> Result<(), ShapingError> {
         Ok(Rtnl::open()?.delete_link(&ifb_name(id))?)
