@@ -29,6 +29,38 @@ fn missing(loss: f64, count: usize) -> u64 {
     (loss * count as f64).round() as u64
 }
 
+/// Sends `DATAGRAMS` from `a` to `b` through fault `id` and checks its counters against the
+/// receiver's count: every datagram matched, and dropped exactly as many as went missing.
+fn drops_are_the_datagrams_missed(agent: &Agent, lab: &Lab, id: &str, what: &str) -> Result<Value> {
+    let loss = udp_loss(
+        &lab.a.ns,
+        &lab.b.ns,
+        SocketAddr::from((lab.b.v4, P)),
+        DATAGRAMS,
+    )?;
+    let fault = agent.fault(id)?;
+    let (matched, dropped) = (
+        counter(&fault, "packets_matched")?,
+        counter(&fault, "packets_dropped")?,
+    );
+    let missed = missing(loss, DATAGRAMS);
+    note(
+        "effect",
+        format!("{what}: {DATAGRAMS} sent, {missed} missed, agent says matched {matched} dropped {dropped}"),
+    );
+    ensure!(
+        matched == DATAGRAMS as u64,
+        "matched {matched} of {DATAGRAMS}"
+    );
+    ensure!(
+        dropped == missed,
+        "the agent says {dropped} dropped, the receiver missed {missed}"
+    );
+    ensure!(fault["effect"]["hits"] == matched);
+    ensure!(fault["ineffective"] == false);
+    Ok(fault)
+}
+
 #[test]
 fn a_blocks_counters_are_the_datagrams_it_took() -> Result<()> {
     if !require_root("a_blocks_counters_are_the_datagrams_it_took") {
@@ -49,35 +81,7 @@ fn a_blocks_counters_are_the_datagrams_it_took() -> Result<()> {
         "--for",
         "60s",
     ])?;
-    let loss = udp_loss(
-        &lab.a.ns,
-        &lab.b.ns,
-        SocketAddr::from((lab.b.v4, P)),
-        DATAGRAMS,
-    )?;
-    let fault = agent.fault(&id)?;
-    let (matched, dropped) = (
-        counter(&fault, "packets_matched")?,
-        counter(&fault, "packets_dropped")?,
-    );
-    note(
-        "effect",
-        format!(
-            "block 40%: {DATAGRAMS} sent, {} missed, agent says matched {matched} dropped {dropped}",
-            missing(loss, DATAGRAMS)
-        ),
-    );
-    ensure!(
-        matched == DATAGRAMS as u64,
-        "matched {matched} of {DATAGRAMS}"
-    );
-    ensure!(
-        dropped == missing(loss, DATAGRAMS),
-        "the agent says {dropped} dropped, the receiver missed {}",
-        missing(loss, DATAGRAMS)
-    );
-    ensure!(fault["effect"]["hits"] == matched);
-    ensure!(fault["ineffective"] == false);
+    drops_are_the_datagrams_missed(&agent, &lab, &id, "block 40%")?;
     agent.revert(&id)?;
     // The last reading stays with the ended fault.
     let ended = agent.settled_fault(&id, Duration::from_millis(500))?;
@@ -110,33 +114,7 @@ fn a_loss_faults_drops_are_the_datagrams_missed() -> Result<()> {
         "--for",
         "60s",
     ])?;
-    let loss = udp_loss(
-        &lab.a.ns,
-        &lab.b.ns,
-        SocketAddr::from((lab.b.v4, P)),
-        DATAGRAMS,
-    )?;
-    let fault = agent.fault(&id)?;
-    let (matched, dropped) = (
-        counter(&fault, "packets_matched")?,
-        counter(&fault, "packets_dropped")?,
-    );
-    note(
-        "effect",
-        format!(
-            "loss 30%: {DATAGRAMS} sent, {} missed, agent says matched {matched} dropped {dropped}",
-            missing(loss, DATAGRAMS)
-        ),
-    );
-    ensure!(
-        matched == DATAGRAMS as u64,
-        "matched {matched} of {DATAGRAMS}"
-    );
-    ensure!(
-        dropped == missing(loss, DATAGRAMS),
-        "the agent says {dropped} dropped, the receiver missed {}",
-        missing(loss, DATAGRAMS)
-    );
+    drops_are_the_datagrams_missed(&agent, &lab, &id, "loss 30%")?;
     agent.revert(&id)?;
     agent.assert_clean()
 }

@@ -9,7 +9,7 @@ use std::{sync::Arc, time::Duration};
 
 use tracing::warn;
 
-use super::{Engine, Fault, FaultState};
+use super::{Engine, Entry, Fault, FaultState};
 
 /// How often active faults' effects are read: often enough for a live view, rarely enough to
 /// cost nothing measurable (a netlink dump or a few cgroup files per fault).
@@ -53,14 +53,7 @@ impl Engine {
             .created_at
             .elapsed()
             .is_ok_and(|age| age >= self.config.ineffective_after);
-        let changed = {
-            let mut registry = self.registry();
-            let Some(entry) = registry.faults.get_mut(id) else {
-                return;
-            };
-            if entry.fault.state != FaultState::Active {
-                return;
-            }
+        let changed = self.update_active(id, |entry| {
             let ineffective = if effect.hits > 0 {
                 false
             } else {
@@ -70,8 +63,8 @@ impl Engine {
             entry.fault.ineffective = ineffective;
             entry.fault.effect = Some(effect);
             changed.then(|| entry.fault.clone())
-        };
-        if let Some(fault) = changed {
+        });
+        if let Some(fault) = changed.flatten() {
             if fault.ineffective {
                 warn!(
                     id,
@@ -91,6 +84,16 @@ impl Engine {
             .filter(|e| e.fault.state == FaultState::Active)
             .map(|e| e.fault.id.clone())
             .collect()
+    }
+
+    /// Runs `f` on fault `id`'s entry under the registry lock, if the fault is still active.
+    pub(super) fn update_active<T>(&self, id: &str, f: impl FnOnce(&mut Entry) -> T) -> Option<T> {
+        let mut registry = self.registry();
+        registry
+            .faults
+            .get_mut(id)
+            .filter(|e| e.fault.state == FaultState::Active)
+            .map(f)
     }
 
     pub(super) fn active(&self, id: &str) -> Option<Fault> {

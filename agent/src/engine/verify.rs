@@ -38,14 +38,7 @@ impl Engine {
         let Some(now) = self.read_objects(&fault) else {
             return;
         };
-        let changed = {
-            let mut registry = self.registry();
-            let Some(entry) = registry.faults.get_mut(id) else {
-                return;
-            };
-            if entry.fault.state != FaultState::Active {
-                return;
-            }
+        let changed = self.update_active(id, |entry| {
             let first = !entry.objects_read;
             entry.objects_read = true;
             let before = std::mem::replace(&mut entry.fault.objects, now);
@@ -68,8 +61,8 @@ impl Engine {
                 entry.fault.changes.extend(lines.iter().cloned());
                 Some((entry.fault.clone(), lines))
             }
-        };
-        if let Some((fault, lines)) = changed {
+        });
+        if let Some((fault, lines)) = changed.flatten() {
             for line in &lines {
                 warn!(id, kind = fault.spec.kind(), change = %line, "the fault's kernel objects were changed behind faultline's back");
             }

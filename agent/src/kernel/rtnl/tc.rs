@@ -88,6 +88,38 @@ pub(crate) enum FilterAction {
 impl Rtnl {
     /// The qdiscs of `ifindex` (egress and ingress), as the kernel lists them.
     pub(crate) fn qdiscs(&self, ifindex: u32) -> Result<Vec<QdiscRecord>, RtnlError> {
+        Ok(self.qdisc_messages(ifindex)?.iter().map(record).collect())
+    }
+
+    /// The counters of every qdisc of `ifindex`: `(handle, parent, stats)`.
+    pub(crate) fn qdisc_stats(
+        &self,
+        ifindex: u32,
+    ) -> Result<Vec<(u32, u32, QdiscStats)>, RtnlError> {
+        Ok(self
+            .qdisc_messages(ifindex)?
+            .iter()
+            .filter_map(|message| {
+                message.attributes.iter().find_map(|a| match a {
+                    TcAttribute::Stats(s) => Some((
+                        message.header.handle.into(),
+                        message.header.parent.into(),
+                        QdiscStats {
+                            bytes: s.bytes,
+                            packets: u64::from(s.packets),
+                            drops: u64::from(s.drops),
+                            overlimits: u64::from(s.overlimits),
+                            backlog_bytes: u64::from(s.backlog),
+                        },
+                    )),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    /// The kernel's dump of `ifindex`'s qdiscs, message by message.
+    fn qdisc_messages(&self, ifindex: u32) -> Result<Vec<TcMessage>, RtnlError> {
         self.run(async {
             let mut dump = self
                 .handle
@@ -104,52 +136,7 @@ impl Rtnl {
                     source,
                 })?;
                 if message.header.index as u32 == ifindex {
-                    all.push(record(&message));
-                }
-            }
-            Ok(all)
-        })
-    }
-
-    /// The counters of every qdisc of `ifindex`: `(handle, parent, stats)`.
-    pub(crate) fn qdisc_stats(
-        &self,
-        ifindex: u32,
-    ) -> Result<Vec<(u32, u32, QdiscStats)>, RtnlError> {
-        self.run(async {
-            let mut dump = self
-                .handle
-                .clone()
-                .qdisc()
-                .get()
-                .index(ifindex as i32)
-                .execute();
-            let mut all = Vec::new();
-            while let Some(message) = dump.next().await {
-                let message = message.map_err(|source| RtnlError::Netlink {
-                    what: "cannot list the qdiscs".to_owned(),
-                    device: format!("interface #{ifindex}"),
-                    source,
-                })?;
-                if message.header.index as u32 != ifindex {
-                    continue;
-                }
-                let stats = message.attributes.iter().find_map(|a| match a {
-                    TcAttribute::Stats(s) => Some(QdiscStats {
-                        bytes: s.bytes,
-                        packets: u64::from(s.packets),
-                        drops: u64::from(s.drops),
-                        overlimits: u64::from(s.overlimits),
-                        backlog_bytes: u64::from(s.backlog),
-                    }),
-                    _ => None,
-                });
-                if let Some(stats) = stats {
-                    all.push((
-                        message.header.handle.into(),
-                        message.header.parent.into(),
-                        stats,
-                    ));
+                    all.push(message);
                 }
             }
             Ok(all)
