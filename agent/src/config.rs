@@ -31,6 +31,9 @@ pub(crate) struct AgentConfig {
     pub(crate) memory_reserve: Option<u64>,
     /// The cgroup under which stress faults get their cgroups, at each hierarchy's root.
     pub(crate) cgroup_parent: String,
+    /// Free space a disk fault must leave on the state directory's filesystem, so that the
+    /// journal can always be written; `None`: 256 MiB.
+    pub(crate) disk_reserve: Option<u64>,
 }
 
 impl Default for AgentConfig {
@@ -44,6 +47,7 @@ impl Default for AgentConfig {
             protected_ports: DEFAULT_PROTECTED_PORTS.to_vec(),
             memory_reserve: None,
             cgroup_parent: crate::kernel::cgroup::DEFAULT_PARENT.to_owned(),
+            disk_reserve: None,
         }
     }
 }

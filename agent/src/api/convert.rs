@@ -15,10 +15,16 @@ use crate::{
     engine::{ApplyRequest, Fault, FaultState, NotRenewed, Renewal},
     errors::InvalidSpec,
     faults::{
+        disk::{
+            fill::FillAmount,
+            io::{IoMode, DEFAULT_BLOCK, DEFAULT_SIZE},
+            DiskFillSpec, DiskIoSpec, DiskSlowSpec,
+        },
         shape::{DelayDistribution, NetemParams, RateParams, ShapeSpec, ShapeTarget},
         stress::{CpuStressSpec, MemSize, MemoryStressSpec},
         BlockSpec, Direction, FaultSpec, LossSpec, PacketMatch, PortRange, Protocol,
     },
+    kernel::disk::throttle::IoLimits,
 };
 
 pub(crate) fn apply_request(req: pb::ApplyRequest) -> Result<ApplyRequest, InvalidSpec> {
@@ -139,6 +145,91 @@ pub(crate) fn fault_spec(spec: pb::FaultSpec) -> Result<FaultSpec, InvalidSpec> 
                 latency: opt_duration(r.latency, "latency")?,
             },
         })),
+        pb::fault_spec::Kind::DiskFill(f) => Ok(FaultSpec::DiskFill(DiskFillSpec {
+            path: disk_path(f.path)?,
+            amount: match f.amount {
+                Some(pb::disk_fill_spec::Amount::Bytes(b)) => FillAmount::Bytes(b),
+                Some(pb::disk_fill_spec::Amount::Percent(p)) => FillAmount::Percent(p),
+                None => {
+                    return Err(InvalidSpec::new(
+                        "size",
+                        "missing: expected --size (10GiB) or --percent (target usage, 95)",
+                    ))
+                }
+            },
+            floor: f.floor,
+        })),
+        pb::fault_spec::Kind::DiskIo(d) => Ok(FaultSpec::DiskIo(DiskIoSpec {
+            path: disk_path(d.path)?,
+            mode: match pb::DiskIoMode::try_from(d.mode) {
+                Ok(pb::DiskIoMode::Unspecified | pb::DiskIoMode::Write) => IoMode::Write,
+                Ok(pb::DiskIoMode::Read) => IoMode::Read,
+                Ok(pb::DiskIoMode::Mixed) => IoMode::Mixed,
+                Err(_) => {
+                    return Err(InvalidSpec::new(
+                        "mode",
+                        format!("unknown mode {}, expected read, write or mixed", d.mode),
+                    ))
+                }
+            },
+            block_size: if d.block_size == 0 {
+                DEFAULT_BLOCK
+            } else {
+                d.block_size
+            },
+            workers: d.workers.max(1),
+            size: if d.size == 0 { DEFAULT_SIZE } else { d.size },
+            limits: io_limits(d.limits),
+            floor: d.floor,
+        })),
+        pb::fault_spec::Kind::DiskSlow(d) => Ok(FaultSpec::DiskSlow(DiskSlowSpec {
+            cgroup: if d.cgroup.is_empty() {
+                return Err(InvalidSpec::new(
+                    "cgroup",
+                    "missing: name the cgroup whose I/O to slow (/system.slice/NAME.service)",
+                ));
+            } else {
+                d.cgroup
+            },
+            device: if d.device.is_empty() {
+                return Err(InvalidSpec::new(
+                    "device",
+                    "missing: name the disk (/dev/sdb, sdb or 8:16)",
+                ));
+            } else {
+                d.device
+            },
+            limits: io_limits(d.limits),
+        })),
+    }
+}
+
+fn disk_path(path: String) -> Result<std::path::PathBuf, InvalidSpec> {
+    if path.is_empty() {
+        return Err(InvalidSpec::new(
+            "path",
+            "missing: name a directory on the filesystem (an absolute path)",
+        ));
+    }
+    Ok(path.into())
+}
+
+fn io_limits(l: Option<pb::IoLimits>) -> IoLimits {
+    let l = l.unwrap_or_default();
+    IoLimits {
+        read_bps: l.read_bps,
+        write_bps: l.write_bps,
+        read_iops: l.read_iops,
+        write_iops: l.write_iops,
+    }
+}
+
+fn proto_io_limits(l: &IoLimits) -> pb::IoLimits {
+    pb::IoLimits {
+        read_bps: l.read_bps,
+        write_bps: l.write_bps,
+        read_iops: l.read_iops,
+        write_iops: l.write_iops,
     }
 }
 
@@ -360,6 +451,33 @@ pub(crate) fn proto_spec(spec: &FaultSpec) -> pb::FaultSpec {
                 .params
                 .latency
                 .and_then(|d| prost_types::Duration::try_from(d).ok()),
+        }),
+        FaultSpec::DiskFill(f) => pb::fault_spec::Kind::DiskFill(pb::DiskFillSpec {
+            path: f.path.display().to_string(),
+            amount: Some(match f.amount {
+                FillAmount::Bytes(b) => pb::disk_fill_spec::Amount::Bytes(b),
+                FillAmount::Percent(p) => pb::disk_fill_spec::Amount::Percent(p),
+            }),
+            floor: f.floor,
+        }),
+        FaultSpec::DiskIo(d) => pb::fault_spec::Kind::DiskIo(pb::DiskIoSpec {
+            path: d.path.display().to_string(),
+            mode: match d.mode {
+                IoMode::Read => pb::DiskIoMode::Read,
+                IoMode::Write => pb::DiskIoMode::Write,
+                IoMode::Mixed => pb::DiskIoMode::Mixed,
+            }
+            .into(),
+            block_size: d.block_size,
+            workers: d.workers,
+            size: d.size,
+            limits: Some(proto_io_limits(&d.limits)),
+            floor: d.floor,
+        }),
+        FaultSpec::DiskSlow(d) => pb::fault_spec::Kind::DiskSlow(pb::DiskSlowSpec {
+            cgroup: d.cgroup.clone(),
+            device: d.device.clone(),
+            limits: Some(proto_io_limits(&d.limits)),
         }),
     };
     pb::FaultSpec { kind: Some(kind) }

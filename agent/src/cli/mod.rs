@@ -15,6 +15,7 @@ mod certs;
 mod completions;
 pub mod config_file;
 mod connect;
+mod disk;
 mod fleet;
 mod get;
 mod health;
@@ -34,7 +35,7 @@ mod worker;
 
 pub use output::Failure;
 
-/// faultline: inject network, CPU and memory faults into this host, and revert them, always.
+/// faultline: inject network, CPU, memory and disk faults into this host, and revert them, always.
 #[derive(Debug, Parser)]
 #[command(name = "faultline", version, about, propagate_version = true)]
 pub(crate) struct Cli {
@@ -60,6 +61,9 @@ pub(crate) enum Command {
     Rate(shape::RateOptions),
     /// Load CPUs or hold memory inside a cgroup whose limits the kernel enforces
     Stress(stress::Options),
+    /// Fill a filesystem, stress a disk with I/O, or throttle a cgroup's I/O on a disk
+    #[command(subcommand_required = true)]
+    Disk(disk::Options),
     /// List the agent's faults
     #[command(alias = "list")]
     Ls(ls::Options),
@@ -192,6 +196,7 @@ fn run(cli: Cli, settings: config_file::FileSettings) -> Result<(), Failure> {
                     Command::Netem(o) => shape::netem(&cli.global, o).await,
                     Command::Rate(o) => shape::rate(&cli.global, o).await,
                     Command::Stress(o) => stress::run(&cli.global, o).await,
+                    Command::Disk(o) => disk::run(&cli.global, o).await,
                     Command::Ls(o) => ls::run(&cli.global, o).await,
                     Command::Get(o) => get::run(&cli.global, o).await,
                     Command::Revert(o) => revert::run(&cli.global, o).await,

@@ -75,6 +75,10 @@ pub struct Options {
     /// at least 256MiB
     #[arg(long, value_name = "SIZE", value_parser = crate::faults::stress::parse_bytes)]
     pub memory_reserve: Option<u64>,
+    /// Free space a disk fault must leave on the filesystem of --state-dir, so the journal can
+    /// always be written and every fault reverted (default 256MiB)
+    #[arg(long, value_name = "SIZE", value_parser = crate::faults::stress::parse_bytes)]
+    pub disk_reserve: Option<u64>,
 
     /// The cgroup (at each hierarchy's root) that holds stress faults' cgroups
     #[arg(long, value_name = "NAME", default_value = crate::kernel::cgroup::DEFAULT_PARENT, value_parser = cgroup_name)]
@@ -235,6 +239,7 @@ pub fn run(global: &Global, o: Options, config_file: Option<PathBuf>) -> Result<
         protected_ports,
         memory_reserve: o.memory_reserve,
         cgroup_parent: o.cgroup_parent,
+        disk_reserve: o.disk_reserve,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

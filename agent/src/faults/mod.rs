@@ -12,12 +12,13 @@ use crate::{
     config::AgentConfig,
     errors::{InvalidSpec, KernelError},
     kernel::{
-        bpf::Classifiers, caps::Capabilities, nft::Firewall, qdisc::shaping::Shaping,
+        bpf::Classifiers, caps::Capabilities, disk::Disks, nft::Firewall, qdisc::shaping::Shaping,
         workers::Workers, Adapter, Swept,
     },
 };
 
 pub(crate) mod block;
+pub(crate) mod disk;
 pub(crate) mod loss;
 pub(crate) mod shape;
 pub(crate) mod stress;
@@ -274,6 +275,9 @@ families! {
     MemoryStress(stress::MemoryStressSpec) = "memory",
     Netem(NetemSpec) = "netem",
     Rate(RateSpec) = "rate",
+    DiskFill(disk::DiskFillSpec) = "disk_fill",
+    DiskIo(disk::DiskIoSpec) = "disk_io",
+    DiskSlow(disk::DiskSlowSpec) = "disk_slow",
 }
 
 /// What a fault takes of the host, in the terms an operator's policy bounds.
@@ -284,6 +288,8 @@ pub(crate) struct Demands {
     pub(crate) percents: Vec<(&'static str, f64)>,
     /// Bytes of memory, bounded by `max_memory`.
     pub(crate) memory: Option<u64>,
+    /// Bytes of disk space, bounded by `max_disk`.
+    pub(crate) disk: Option<u64>,
 }
 
 /// A kernel object that only one fault at a time may own; two faults claiming the same object
@@ -299,6 +305,8 @@ pub(crate) enum Claim {
     RootQdisc { device: String },
     /// The ingress steering classifier of an interface (ingress shaping).
     IngressShaper { device: String },
+    /// A cgroup's I/O limits on one disk (`MAJ:MIN`).
+    IoLimits { cgroup: String, device: String },
 }
 
 impl fmt::Display for Claim {
@@ -314,6 +322,9 @@ impl fmt::Display for Claim {
             Claim::RootQdisc { device } => write!(f, "the root qdisc of {device}"),
             Claim::IngressShaper { device } => {
                 write!(f, "the ingress shaping classifier on {device}")
+            }
+            Claim::IoLimits { cgroup, device } => {
+                write!(f, "the I/O limits of cgroup {cgroup} on {device}")
             }
         }
     }
@@ -344,6 +355,7 @@ pub(crate) struct Adapters {
     classifiers: Classifiers,
     shaping: Shaping,
     workers: Workers,
+    disks: Disks,
 }
 
 impl Adapters {
@@ -360,6 +372,7 @@ impl Adapters {
                     .map(|c| c.with_parent(&config.cgroup_parent)),
                 config.memory_reserve,
             ),
+            disks: Disks::new(&config.state_dir, config.disk_reserve, caps.cgroups.clone()),
             caps,
         }
     }
@@ -374,16 +387,19 @@ impl Adapters {
             classifiers: &self.classifiers,
             shaping: &self.shaping,
             workers: &self.workers,
+            disks: &self.disks,
             force,
         }
     }
 
     /// Sweeps every adapter in turn: each removes what belongs to no fault in `keep`. A
-    /// classifier goes before the qdisc tree it steers into.
+    /// classifier goes before the qdisc tree it steers into; I/O workers before the files
+    /// they hold open.
     pub(crate) fn sweep(&self, keep: &[&str]) -> Swept {
-        let adapters: [&dyn Adapter; 4] = [
+        let adapters: [&dyn Adapter; 5] = [
             &self.firewall,
             &self.workers,
+            &self.disks,
             &self.classifiers,
             &self.shaping,
         ];
@@ -400,6 +416,7 @@ pub(crate) struct Host<'a> {
     pub(crate) classifiers: &'a Classifiers,
     pub(crate) shaping: &'a Shaping,
     pub(crate) workers: &'a Workers,
+    pub(crate) disks: &'a Disks,
     /// The request said to replace what another tool installed (a root qdisc).
     pub(crate) force: bool,
 }
@@ -452,7 +469,7 @@ pub(crate) trait Family: Send + Sync {
     fn revert(&self, id: &str, host: &Host<'_>) -> Result<(), KernelError>;
 
     /// What the fault takes of the host, for the operator policy's limits (`max_percent`,
-    /// `max_memory`; `max_duration` bounds every request alike). Required: a new family says
+    /// `max_memory`, `max_disk`; `max_duration` bounds every request alike). Required: a new family says
     /// what it takes, even when that is nothing a limit bounds.
     fn demands(&self) -> Demands;
 

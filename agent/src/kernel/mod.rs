@@ -10,6 +10,7 @@
 //! | [`bpf::Classifiers`] | eBPF tc classifiers (loss, steering) and their pins |
 //! | [`qdisc::shaping::Shaping`] | faultline's root qdisc trees, IFB devices, records of replaced roots |
 //! | [`workers::Workers`] | stress worker processes and their cgroups |
+//! | [`disk::Disks`] | disk faults' directories (fill files, I/O files), I/O limits they set on cgroups, records of both |
 //!
 //! Below them: [`rtnl`] (the one route-netlink path), [`durable`] (the one fsynced write),
 //! [`netdev`], [`cgroup`], [`btf`], and [`caps`], the probe of what the running kernel offers.
@@ -20,6 +21,7 @@ pub(crate) mod bpf;
 pub(crate) mod btf;
 pub(crate) mod caps;
 pub(crate) mod cgroup;
+pub(crate) mod disk;
 pub(crate) mod durable;
 pub(crate) mod netdev;
 pub(crate) mod nft;
@@ -41,6 +43,8 @@ pub(crate) enum KernelError {
     /// Boxed for the same reason as `Bpf`.
     #[error(transparent)]
     Shaping(Box<qdisc::shaping::ShapingError>),
+    #[error(transparent)]
+    Disk(#[from] disk::DiskError),
     /// Several objects of one operation failed; every one was tried.
     #[error("{} objects failed: {}", .0.len(), join(.0))]
     Several(Vec<KernelError>),

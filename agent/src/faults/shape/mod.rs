@@ -425,6 +425,7 @@ impl<P: Shaper + Serialize> Family for ShapeSpec<P> {
         Demands {
             percents: self.params.percents(),
             memory: None,
+            disk: None,
         }
     }
 
