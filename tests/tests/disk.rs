@@ -249,3 +249,127 @@ fn a_fill_is_removed_after_the_agent_is_killed() -> Result<()> {
     );
     agent.assert_clean().context("after the restart")
 }
+
+/// The fault's own cgroup directory in the hierarchy that holds I/O statistics.
+fn fault_io_cgroup(agent: &Agent, id: &str) -> std::path::PathBuf {
+    faultline_tests::disk::io_cgroup_root()
+        .join(agent.cgroup_parent())
+        .join(id)
+}
+
+/// Bytes per second the cgroup in `dir` read and wrote on `dev` over `window`.
+fn io_rates(dir: &std::path::Path, dev: &str, window: Duration) -> Result<(f64, f64)> {
+    use faultline_tests::disk::cgroup_io_bytes;
+    let (r0, w0) = cgroup_io_bytes(dir, dev)?;
+    let started = Instant::now();
+    thread::sleep(window);
+    let (r1, w1) = cgroup_io_bytes(dir, dev)?;
+    let secs = started.elapsed().as_secs_f64();
+    Ok(((r1 - r0) as f64 / secs, (w1 - w0) as f64 / secs))
+}
+
+#[test]
+fn disk_io_runs_at_the_rate_the_kernel_holds() -> Result<()> {
+    const TEST: &str = "disk_io_runs_at_the_rate_the_kernel_holds";
+    if !require_root(TEST) {
+        return Ok(());
+    }
+    let fs = LoopFs::new(256)?;
+    let dev = fs.major_minor()?;
+    let (_ns, agent) = agent(&[])?;
+    agent.watch_dir(&fs.path());
+    let path = fs.path().display().to_string();
+    // Unthrottled, the workers go much faster than the rates asked for below: the kernel, not
+    // the workers, holds those.
+    let id = agent.apply(&[
+        "disk",
+        "io",
+        "--path",
+        &path,
+        "--mode",
+        "mixed",
+        "--workers",
+        "2",
+        "--size",
+        "32MiB",
+        "--floor",
+        "16MiB",
+        "--for",
+        "20s",
+    ])?;
+    thread::sleep(Duration::from_millis(500));
+    let (read, written) = io_rates(&fault_io_cgroup(&agent, &id), &dev, Duration::from_secs(3))?;
+    note(
+        TEST,
+        format!(
+            "mixed, no limit: read {:.1} MiB/s, written {:.1} MiB/s",
+            read / MIB as f64,
+            written / MIB as f64
+        ),
+    );
+    ensure!(
+        read > 16.0 * MIB as f64 && written > 16.0 * MIB as f64,
+        "unthrottled workers read {read:.0} B/s and wrote {written:.0} B/s, too slow for the \
+         limits below to show"
+    );
+    agent.revert(&id)?;
+
+    // (mode, limit flag, its value, block size, expected bytes per second)
+    let cases: [(&str, &str, &str, &str, u64); 3] = [
+        ("write", "--write-bps", "4MiB/s", "64KiB", 4 * MIB),
+        ("read", "--read-bps", "8MiB/s", "64KiB", 8 * MIB),
+        ("write", "--write-iops", "200", "4KiB", 200 * 4096),
+    ];
+    for (mode, flag, rate, block, expected) in cases {
+        let id = agent.apply(&[
+            "disk",
+            "io",
+            "--path",
+            &path,
+            "--mode",
+            mode,
+            "--workers",
+            "2",
+            "--block-size",
+            block,
+            "--size",
+            "32MiB",
+            flag,
+            rate,
+            "--floor",
+            "16MiB",
+            "--for",
+            "40s",
+        ])?;
+        let cgroup = fault_io_cgroup(&agent, &id);
+        thread::sleep(Duration::from_secs(1));
+        let (read, written) = io_rates(&cgroup, &dev, Duration::from_secs(10))?;
+        let measured = if mode == "write" { written } else { read };
+        let requested = expected as f64;
+        let error = (measured - requested) / requested * 100.0;
+        note(
+            TEST,
+            format!(
+                "{mode} {flag} {rate}: the cgroup's own statistics say {:.3} MiB/s for {:.3} \
+                 ({error:+.1}%), read {:.3} MiB/s, written {:.3} MiB/s",
+                measured / MIB as f64,
+                requested / MIB as f64,
+                read / MIB as f64,
+                written / MIB as f64
+            ),
+        );
+        ensure!(
+            error.abs() <= 10.0,
+            "{mode}: measured {measured:.0} B/s for {requested} B/s ({error:+.1}%)"
+        );
+        let dirs = fs.faultline_dirs()?;
+        ensure!(dirs.len() == 1, "expected the fault's directory: {dirs:?}");
+        agent.revert(&id)?;
+        ensure!(!cgroup.exists(), "the fault's cgroup outlived the revert");
+        ensure!(
+            fs.faultline_dirs()?.is_empty(),
+            "the I/O file outlived the revert"
+        );
+    }
+    agent.assert_clean()
+}
