@@ -11,7 +11,11 @@ use std::{
 };
 
 use anyhow::{ensure, Context as _, Result};
-use faultline_tests::{disk::LoopFs, note, require_root, unique, Agent, Netns};
+use faultline_tests::{
+    agent::io_limits,
+    disk::{LoopFs, TestCgroup},
+    note, require_root, unique, Agent, Netns,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -371,5 +375,111 @@ fn disk_io_runs_at_the_rate_the_kernel_holds() -> Result<()> {
             "the I/O file outlived the revert"
         );
     }
+    agent.assert_clean()
+}
+
+/// Bytes per second the test cgroup wrote on `dev`, measured over `secs` seconds.
+fn write_rate(cgroup: &TestCgroup, dev: &str, secs: u64) -> Result<f64> {
+    Ok(io_rates(cgroup.dir(), dev, Duration::from_secs(secs))?.1)
+}
+
+/// Distinctive limits the cgroup had before any fault, as faultline must put them back: a
+/// write rate far above what the fault asks for, and a read IOPS limit the fault does not
+/// touch.
+fn set_old_limits(cgroup: &TestCgroup, dev: &str) -> Result<()> {
+    let write = |file: &str, value: String| {
+        std::fs::write(cgroup.dir().join(file), &value)
+            .with_context(|| format!("writing {value:?} to {file}"))
+    };
+    if cgroup.dir().join("io.max").exists() {
+        write("io.max", format!("{dev} wbps=52428923 riops=4321"))
+    } else {
+        write("blkio.throttle.write_bps_device", format!("{dev} 52428923"))?;
+        write("blkio.throttle.read_iops_device", format!("{dev} 4321"))
+    }
+}
+
+#[test]
+fn disk_slow_caps_a_workload_and_its_own_limits_come_back() -> Result<()> {
+    const TEST: &str = "disk_slow_caps_a_workload_and_its_own_limits_come_back";
+    if !require_root(TEST) {
+        return Ok(());
+    }
+    let fs = LoopFs::new(256)?;
+    let dev = fs.major_minor()?;
+    let mut cgroup = TestCgroup::new(&format!("fld-{}-{}", std::process::id(), unique()))?;
+    set_old_limits(&cgroup, &dev)?;
+    let old = io_limits(cgroup.dir())?;
+    let (_ns, mut agent) = agent(&[])?;
+    agent.watch_io_limits(cgroup.dir())?;
+    // The workload: direct-I/O writes, over and over, to a file on the loop device.
+    let file = fs.path().join("workload");
+    cgroup.spawn(&format!(
+        "while true; do dd if=/dev/zero of='{}' bs=64k count=256 oflag=direct conv=notrunc \
+         2>/dev/null; done",
+        file.display()
+    ))?;
+    thread::sleep(Duration::from_millis(500));
+    let before = write_rate(&cgroup, &dev, 2)?;
+
+    let args = [
+        "disk",
+        "slow",
+        "--cgroup",
+        &cgroup.path(),
+        "--device",
+        fs.device(),
+        "--write-bps",
+        "2MiB/s",
+        "--for",
+        "60s",
+    ];
+    let id = agent.apply(&args)?;
+    thread::sleep(Duration::from_millis(500));
+    let during = write_rate(&cgroup, &dev, 6)?;
+    let error = (during - 2.0 * MIB as f64) / (2.0 * MIB as f64) * 100.0;
+    let second = agent.cli(&args)?;
+    ensure!(
+        !second.status.success() && String::from_utf8_lossy(&second.stderr).contains("conflicts"),
+        "a second throttle of the same cgroup and disk was not refused as a conflict"
+    );
+    agent.revert(&id)?;
+    let restored = io_limits(cgroup.dir())?;
+    thread::sleep(Duration::from_millis(500));
+    let after = write_rate(&cgroup, &dev, 2)?;
+    note(
+        TEST,
+        format!(
+            "workload writes {:.1} MiB/s, {:.3} MiB/s under --write-bps 2MiB/s ({error:+.1}%), \
+             {:.1} MiB/s after revert; limits restored: {}",
+            before / MIB as f64,
+            during / MIB as f64,
+            after / MIB as f64,
+            restored.trim().replace('\n', "; ")
+        ),
+    );
+    ensure!(
+        error.abs() <= 10.0,
+        "the workload wrote {during:.0} B/s under a 2 MiB/s cap"
+    );
+    ensure!(
+        before > 8.0 * MIB as f64 && after > 8.0 * MIB as f64,
+        "the workload was slow without the fault: {before:.0} B/s before, {after:.0} after"
+    );
+    ensure!(
+        restored == old,
+        "limits after revert:\n{restored}\nbefore the fault:\n{old}"
+    );
+
+    // After a crash, the restart puts them back from the record.
+    agent.apply(&args)?;
+    ensure!(io_limits(cgroup.dir())? != old, "the fault changed nothing");
+    agent.kill()?;
+    agent.restart()?;
+    let recovered = io_limits(cgroup.dir())?;
+    ensure!(
+        recovered == old,
+        "limits after the restart's recovery:\n{recovered}\nbefore the fault:\n{old}"
+    );
     agent.assert_clean()
 }
