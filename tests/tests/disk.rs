@@ -169,6 +169,24 @@ fn a_fill_that_would_cross_the_floor_is_refused_with_the_numbers() -> Result<()>
             "{full:?}: stderr does not name {field}: {stderr}"
         );
     }
+    // A dry run shows the plan and touches nothing.
+    let plan = agent.cli_ok(&[
+        "disk",
+        "fill",
+        "--path",
+        &path,
+        "--size",
+        "10MiB",
+        "--floor",
+        "16MiB",
+        "--for",
+        "10s",
+        "--dry-run",
+    ])?;
+    ensure!(
+        plan.contains("fallocate") && plan.contains(".faultline-fill-"),
+        "the dry run's plan does not say what it would do: {plan}"
+    );
     ensure!(agent.faults()?.is_empty(), "a refused request left a fault");
     ensure!(fs.free()? == before, "a refused request took space");
     agent.assert_clean()

@@ -270,7 +270,7 @@ async fn serve(
     gate: Arc<Gate>,
     remote: Option<RemoteOptions>,
 ) -> anyhow::Result<()> {
-    let caps = Capabilities::probe();
+    let caps = Capabilities::probe().with_state_dir(&config.state_dir);
     info!(version = env!("CARGO_PKG_VERSION"), kernel = %caps.kernel_release, "faultline agent starting");
     for (name, cap) in caps.list() {
         if cap.available {

@@ -191,7 +191,7 @@ impl Family for DiskIoSpec {
                 plan.push(format!(
                     "disk: the rate is held on {} ({device}): {}",
                     device.name(),
-                    self.limits.describe()
+                    super::describe_limits(&self.limits)
                 ));
             }
             Err(e) => plan.push(format!("disk: {e}")),
@@ -248,7 +248,7 @@ impl Family for DiskIoSpec {
             self.path.display(),
             self.workers,
             format_bytes(self.block_size),
-            self.limits.describe()
+            super::describe_limits(&self.limits)
         )
     }
 }

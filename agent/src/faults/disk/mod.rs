@@ -12,7 +12,10 @@ use std::path::Path;
 use crate::{
     errors::{EngineError, InvalidSpec},
     faults::{stress::format_bytes, Host},
-    kernel::disk::space::{self, Space},
+    kernel::disk::{
+        space::{self, Space},
+        throttle::IoLimits,
+    },
 };
 
 pub(crate) mod fill;
@@ -22,6 +25,30 @@ pub(crate) mod slow;
 pub(crate) use fill::DiskFillSpec;
 pub(crate) use io::DiskIoSpec;
 pub(crate) use slow::DiskSlowSpec;
+
+/// `read 10.0MiB/s, write 100 IOPS`, or `no limit`.
+pub(crate) fn describe_limits(limits: &IoLimits) -> String {
+    let names = ["read", "write", "read", "write"];
+    let parts: Vec<String> = limits
+        .values()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| {
+            v.map(|v| {
+                if i < 2 {
+                    format!("{} {}/s", names[i], format_bytes(v))
+                } else {
+                    format!("{} {v} IOPS", names[i])
+                }
+            })
+        })
+        .collect();
+    if parts.is_empty() {
+        "no limit".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
 
 /// A directory a disk fault works in: absolute, existing, a directory.
 fn check_dir(path: &Path, field: &str) -> Result<(), InvalidSpec> {

@@ -141,7 +141,7 @@ impl Family for DiskSlowSpec {
             .map(|c| c.version() == 2)
             .unwrap_or(false);
         let prior = throttle::read(&dir, v2, device)
-            .map(|p| p.describe())
+            .map(|p| super::describe_limits(&p))
             .unwrap_or_else(|e| format!("unreadable ({e})"));
         let mut plan = vec![format!(
             "disk: record the limits of {} on {} ({device}) now ({prior}) for fault {id}",
@@ -182,7 +182,7 @@ impl Family for DiskSlowSpec {
             "disk slow {} for cgroup /{}: {}",
             self.device,
             self.cgroup.trim_matches('/'),
-            self.limits.describe()
+            super::describe_limits(&self.limits)
         )
     }
 }

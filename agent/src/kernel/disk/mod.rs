@@ -67,8 +67,10 @@ pub(crate) enum DiskError {
     NoCgroups(String),
 }
 
+/// MiB with one decimal, for the one message here that needs sizes (the faults layer formats
+/// everything else).
 fn fmt_bytes(bytes: u64) -> String {
-    crate::faults::stress::format_bytes(bytes)
+    format!("{:.1}MiB", bytes as f64 / (1u64 << 20) as f64)
 }
 
 /// A limit a fault set on a cgroup it does not own, and what was there before.

@@ -157,7 +157,7 @@ const KEYS: [(&str, &str); 4] = [
 ];
 
 impl IoLimits {
-    fn values(&self) -> [Option<u64>; 4] {
+    pub(crate) fn values(&self) -> [Option<u64>; 4] {
         [
             self.read_bps,
             self.write_bps,
@@ -177,30 +177,6 @@ impl IoLimits {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.values().iter().all(Option::is_none)
-    }
-
-    /// `read 10.0MiB/s, write 100 IOPS`.
-    pub(crate) fn describe(&self) -> String {
-        let names = ["read", "write", "read", "write"];
-        let parts: Vec<String> = self
-            .values()
-            .iter()
-            .enumerate()
-            .filter_map(|(i, v)| {
-                v.map(|v| {
-                    if i < 2 {
-                        format!("{} {}/s", names[i], crate::faults::stress::format_bytes(v))
-                    } else {
-                        format!("{} {v} IOPS", names[i])
-                    }
-                })
-            })
-            .collect();
-        if parts.is_empty() {
-            "no limit".to_owned()
-        } else {
-            parts.join(", ")
-        }
     }
 }
 
