@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, ensure, Context as _, Result};
 use tempfile::TempDir;
 
 use crate::process;
@@ -80,6 +80,27 @@ impl LoopFs {
         Ok(statvfs(&self.path())?.0)
     }
 
+    /// Bytes `(read, written)` by the loop device since it was attached, from
+    /// `/sys/block/loopN/stat` (512-byte sectors): what reached the device, from anyone.
+    pub fn device_io_bytes(&self) -> Result<(u64, u64)> {
+        let name = Path::new(&self.device)
+            .file_name()
+            .context("a loop device without a name")?;
+        let path = Path::new("/sys/block").join(name).join("stat");
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let fields: Vec<u64> = text
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        ensure!(
+            fields.len() >= 7,
+            "{} has too few fields: {text}",
+            path.display()
+        );
+        Ok((fields[2] * 512, fields[6] * 512))
+    }
+
     /// `(size, available, block)` in bytes, as `df` counts them.
     pub fn figures(&self) -> Result<(u64, u64, u64)> {
         let (avail, used, block) = statvfs(&self.path())?;
@@ -114,14 +135,14 @@ impl Drop for LoopFs {
             }
             if !unmounted {
                 let mut umount = Command::new("umount");
-                umount.arg("--lazy").arg(self.path());
+                umount.arg("-l").arg(self.path());
                 if let Err(e) = process::run_ok(umount) {
                     eprintln!("cleanup: cannot unmount {}: {e:#}", self.path().display());
                 }
             }
         }
         let mut losetup = Command::new("losetup");
-        losetup.arg("--detach").arg(&self.device);
+        losetup.arg("-d").arg(&self.device);
         if let Err(e) = process::run_ok(losetup) {
             eprintln!("cleanup: cannot detach {}: {e:#}", self.device);
         }
