@@ -25,6 +25,17 @@ fn agent(extra: &[&str]) -> Result<(Netns, Agent)> {
     Ok((ns, agent))
 }
 
+/// A 256 MiB filesystem of the test's own, an agent that watches it for leftovers, and the
+/// filesystem's path as the CLI takes it. Bound in this order, the agent goes before the
+/// filesystem is unmounted.
+fn on_loop_fs() -> Result<(LoopFs, Netns, Agent, String)> {
+    let fs = LoopFs::new(256)?;
+    let (ns, agent) = agent(&[])?;
+    agent.watch_dir(&fs.path());
+    let path = fs.path().display().to_string();
+    Ok((fs, ns, agent, path))
+}
+
 /// Waits until the filesystem's free space is `expected` within `slack` bytes (ext4 frees the
 /// blocks of removed files when its journal commits, a moment after the unlink).
 fn wait_free(fs: &LoopFs, expected: u64, slack: u64) -> Result<u64> {
@@ -44,10 +55,7 @@ fn a_fill_leaves_exactly_the_requested_free_space() -> Result<()> {
     if !require_root(TEST) {
         return Ok(());
     }
-    let fs = LoopFs::new(256)?;
-    let (_ns, agent) = agent(&[])?;
-    agent.watch_dir(&fs.path());
-    let path = fs.path().display().to_string();
+    let (fs, _ns, agent, path) = on_loop_fs()?;
     let (_, before, block) = fs.figures()?;
 
     let id = agent.apply(&[
@@ -117,10 +125,7 @@ fn a_fill_that_would_cross_the_floor_is_refused_with_the_numbers() -> Result<()>
     if !require_root(TEST) {
         return Ok(());
     }
-    let fs = LoopFs::new(256)?;
-    let (_ns, agent) = agent(&[])?;
-    agent.watch_dir(&fs.path());
-    let path = fs.path().display().to_string();
+    let (fs, _ns, agent, path) = on_loop_fs()?;
     let before = fs.free()?;
 
     // The default floor (1 GiB) is more than this filesystem holds.
@@ -245,10 +250,7 @@ fn a_fill_is_removed_after_the_agent_is_killed() -> Result<()> {
     if !require_root(TEST) {
         return Ok(());
     }
-    let fs = LoopFs::new(256)?;
-    let (_ns, mut agent) = agent(&[])?;
-    agent.watch_dir(&fs.path());
-    let path = fs.path().display().to_string();
+    let (fs, _ns, mut agent, path) = on_loop_fs()?;
     let (_, before, block) = fs.figures()?;
     agent.apply(&[
         "disk", "fill", "--path", &path, "--size", "50MiB", "--floor", "16MiB", "--for", "60s",
@@ -296,11 +298,8 @@ fn disk_io_runs_at_the_rate_the_kernel_holds() -> Result<()> {
     if !require_root(TEST) {
         return Ok(());
     }
-    let fs = LoopFs::new(256)?;
+    let (fs, _ns, agent, path) = on_loop_fs()?;
     let dev = fs.major_minor()?;
-    let (_ns, agent) = agent(&[])?;
-    agent.watch_dir(&fs.path());
-    let path = fs.path().display().to_string();
     // Unthrottled, the workers go much faster than the rates asked for below: the kernel, not
     // the workers, holds those.
     let id = agent.apply(&[

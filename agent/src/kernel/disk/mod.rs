@@ -20,7 +20,11 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::{cgroup::Cgroups, durable, Adapter, Attempts, KernelError, Swept};
+use super::{
+    cgroup::Cgroups,
+    durable::{RecordError, Records},
+    Adapter, Attempts, KernelError, Swept,
+};
 
 pub(crate) mod space;
 pub(crate) mod throttle;
@@ -57,14 +61,19 @@ pub(crate) enum DiskError {
     /// The host changed since admission, and the fault would now break its bounds.
     #[error("refused: {0}")]
     Refused(String),
-    #[error("the disk record {path} is unreadable: {source}")]
-    Record {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error(transparent)]
+    Record(#[from] RecordError),
     #[error("cgroups are not usable here: {0}")]
     NoCgroups(String),
+}
+
+/// `fs::metadata`, with the path in the error.
+fn stat(path: &Path) -> Result<fs::Metadata, DiskError> {
+    fs::metadata(path).map_err(|source| DiskError::Io {
+        action: "stat",
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// MiB with one decimal, for the one message here that needs sizes (the faults layer formats
@@ -95,7 +104,7 @@ struct Record {
 /// Disk faults' directories and limits, and the records of them.
 pub(crate) struct Disks {
     /// `<state dir>/disk/`, one `<fault id>.json` per fault that made something.
-    records: PathBuf,
+    records: Records,
     state_dir: PathBuf,
     reserve: u64,
     cgroups: Result<Cgroups, String>,
@@ -110,7 +119,7 @@ impl Disks {
         cgroups: Result<Cgroups, String>,
     ) -> Self {
         Self {
-            records: state_dir.join("disk"),
+            records: Records::new(state_dir.join("disk")),
             state_dir: state_dir.to_owned(),
             reserve: reserve.unwrap_or(DEFAULT_RESERVE),
             cgroups,
@@ -234,71 +243,19 @@ impl Disks {
             .unwrap_or_default())
     }
 
-    fn path(&self, id: &str) -> PathBuf {
-        self.records.join(format!("{id}.json"))
-    }
-
     fn update(&self, id: &str, change: impl FnOnce(&mut Record)) -> Result<(), DiskError> {
         let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut record = self.load(id)?.unwrap_or_default();
         change(&mut record);
-        fs::create_dir_all(&self.records).map_err(|source| DiskError::Io {
-            action: "create",
-            path: self.records.clone(),
-            source,
-        })?;
-        let path = self.path(id);
-        let text = serde_json::to_vec_pretty(&record).expect("records serialise");
-        durable::write(&self.records, &path, &text).map_err(|source| DiskError::Io {
-            action: "write",
-            path,
-            source,
-        })
+        Ok(self.records.save(id, &record)?)
     }
 
     fn load(&self, id: &str) -> Result<Option<Record>, DiskError> {
-        let path = self.path(id);
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|source| DiskError::Record { path, source }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(DiskError::Io {
-                action: "read",
-                path,
-                source,
-            }),
-        }
+        Ok(self.records.load(id)?)
     }
 
     fn forget(&self, id: &str) -> Result<(), DiskError> {
-        let path = self.path(id);
-        durable::remove(&self.records, &path)
-            .map(drop)
-            .map_err(|source| DiskError::Io {
-                action: "remove",
-                path,
-                source,
-            })
-    }
-
-    /// Fault ids that have a record.
-    fn ids(&self) -> Vec<String> {
-        let Ok(entries) = fs::read_dir(&self.records) else {
-            return Vec::new();
-        };
-        let mut ids: Vec<String> = entries
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(|n| n.strip_suffix(".json"))
-                    .filter(|n| !n.starts_with('.'))
-                    .map(str::to_owned)
-            })
-            .collect();
-        ids.sort();
-        ids
+        Ok(self.records.forget(id)?)
     }
 }
 
@@ -306,7 +263,7 @@ impl Adapter for Disks {
     /// Removes the directories and restores the limits of faults not in `keep`.
     fn sweep(&self, keep: &[&str]) -> Swept {
         let mut swept = Swept::default();
-        for id in self.ids() {
+        for id in self.records.ids() {
             if keep.contains(&id.as_str()) {
                 continue;
             }
@@ -346,14 +303,14 @@ mod tests {
         let dir = disks.create_dir("abc", target.path(), "fill").unwrap();
         assert_eq!(dir, target.path().join(".faultline-fill-abc"));
         fs::write(dir.join("fill-0000"), b"x").unwrap();
-        assert_eq!(disks.ids(), ["abc"]);
+        assert_eq!(disks.records.ids(), ["abc"]);
         // A crash: a new adapter finds it from the record alone.
         let after = Disks::new(state.path(), None, Err("none".into()));
         let swept = after.sweep(&[]);
         assert!(swept.failed.is_empty(), "{:?}", swept.failed);
         assert_eq!(swept.removed.len(), 1);
         assert!(!dir.exists());
-        assert!(after.ids().is_empty());
+        assert!(after.records.ids().is_empty());
         after.release("abc").unwrap();
     }
 

@@ -62,14 +62,7 @@ impl Space {
 /// for telling whether two paths share a filesystem.
 pub(crate) fn filesystem(path: &Path) -> Result<(u64, String), DiskError> {
     use std::os::unix::fs::MetadataExt as _;
-    let dev = fs::metadata(path)
-        .map_err(|source| DiskError::Io {
-            action: "stat",
-            path: path.to_owned(),
-            source,
-        })?
-        .dev();
-    Ok((dev, fs_type(path)))
+    Ok((super::stat(path)?.dev(), fs_type(path)))
 }
 
 /// The type of the filesystem mounted under `path`, from /proc/self/mountinfo (the longest
@@ -177,21 +170,28 @@ pub(crate) const FILL_FILE: u64 = 1 << 30;
 
 /// Allocates files `fill-0000`, `fill-0001`, ... in `dir` until the free space of its filesystem
 /// is `target` bytes (within a block or two: the filesystem's own bookkeeping for the files,
-/// extent blocks and inodes, is measured and made up for). Never leaves less than `floor` free:
-/// a step that would is not taken. Returns the bytes allocated.
+/// extent blocks and inodes, is measured and made up for). `target` is at least `floor`; a
+/// filesystem already below `floor` is refused, and a step that ends below the target (the
+/// bookkeeping, or another writer) is given back from the fill's own files. Returns the bytes
+/// allocated.
 pub(crate) fn fill_to(dir: &Path, target: u64, floor: u64) -> Result<u64, DiskError> {
     let mut files: Vec<(PathBuf, File, u64)> = Vec::new();
     let mut allocated = 0u64;
+    let start = Space::of(dir)?;
+    if start.free < floor {
+        return Err(DiskError::BelowFloor {
+            free: start.free,
+            floor,
+        });
+    }
     // Each round measures, then allocates (or gives back) the difference; the filesystem's
-    // bookkeeping makes the first rounds land a few blocks off, the later ones correct it.
-    for _ in 0..16 {
+    // bookkeeping makes the first rounds land a few blocks off, the later ones correct it. A
+    // round allocates at most one file's worth, so a large fill needs one round per file.
+    let rounds = 16 + start.free.saturating_sub(target) / FILL_FILE;
+    for _ in 0..rounds {
+        // Below the floor (the last step's bookkeeping, or another writer) falls below the
+        // target too, and the step gives back.
         let space = Space::of(dir)?;
-        if space.free < floor {
-            return Err(DiskError::BelowFloor {
-                free: space.free,
-                floor,
-            });
-        }
         if space.free > target {
             let missing = (space.free - target) / space.block * space.block;
             if missing == 0 {

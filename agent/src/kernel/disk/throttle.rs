@@ -68,13 +68,7 @@ fn parse_dev(text: &str) -> Option<BlockDevice> {
 /// The disk under the filesystem that holds `path` (for a partition, the disk it is on: the
 /// kernel throttles whole disks).
 pub(crate) fn backing_device(path: &Path) -> Result<BlockDevice, DiskError> {
-    let dev = fs::metadata(path)
-        .map_err(|source| DiskError::Io {
-            action: "stat",
-            path: path.to_owned(),
-            source,
-        })?
-        .dev();
+    let dev = super::stat(path)?.dev();
     let device = BlockDevice::from_dev(dev);
     if !device.sys().exists() {
         return Err(DiskError::NotBlock(format!(
