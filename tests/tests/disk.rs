@@ -245,8 +245,8 @@ fn the_state_directory_keeps_its_reserve() -> Result<()> {
 }
 
 #[test]
-fn a_fill_is_removed_after_the_agent_is_killed() -> Result<()> {
-    const TEST: &str = "a_fill_is_removed_after_the_agent_is_killed";
+fn disk_faults_are_removed_after_the_agent_is_killed() -> Result<()> {
+    const TEST: &str = "disk_faults_are_removed_after_the_agent_is_killed";
     if !require_root(TEST) {
         return Ok(());
     }
@@ -255,11 +255,29 @@ fn a_fill_is_removed_after_the_agent_is_killed() -> Result<()> {
     agent.apply(&[
         "disk", "fill", "--path", &path, "--size", "50MiB", "--floor", "16MiB", "--for", "60s",
     ])?;
-    ensure!(!fs.faultline_dirs()?.is_empty(), "no fill directory");
+    let io = agent.apply(&[
+        "disk",
+        "io",
+        "--path",
+        &path,
+        "--size",
+        "16MiB",
+        "--write-bps",
+        "1MiB/s",
+        "--floor",
+        "16MiB",
+        "--for",
+        "60s",
+    ])?;
+    ensure!(
+        fs.faultline_dirs()?.len() == 2,
+        "expected a fill and an I/O directory: {:?}",
+        fs.faultline_dirs()?
+    );
     agent.kill()?;
     ensure!(
-        !fs.faultline_dirs()?.is_empty(),
-        "the fill went with the agent"
+        fs.faultline_dirs()?.len() == 2,
+        "the directories went with the agent"
     );
     agent.restart()?;
     let after = wait_free(&fs, before, block)?;
@@ -270,6 +288,11 @@ fn a_fill_is_removed_after_the_agent_is_killed() -> Result<()> {
     ensure!(
         after.abs_diff(before) <= block,
         "free space {after} after recovery, {before} before"
+    );
+    ensure!(
+        agent.fault(&io)?["reason"] == "recovered",
+        "the I/O fault was not recovered: {}",
+        agent.fault(&io)?
     );
     agent.assert_clean().context("after the restart")
 }
