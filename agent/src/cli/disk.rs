@@ -101,6 +101,7 @@ pub(crate) struct IoOptions {
     /// DIR/.faultline-io-<id>)
     #[arg(long, value_name = "DIR")]
     pub(crate) path: PathBuf,
+    /// What the workers do, at random offsets of their file
     #[arg(long, value_enum, default_value_t = Mode::Write)]
     pub(crate) mode: Mode,
     /// Bytes per read or write, a multiple of 4KiB
