@@ -17,7 +17,7 @@ use crate::{
     faults::{
         shape::{DelayDistribution, NetemParams, RateParams, ShapeSpec, ShapeTarget},
         stress::{CpuStressSpec, MemSize, MemoryStressSpec},
-        BlockSpec, Direction, FaultSpec, LossSpec, PacketMatch, PortRange, Protocol,
+        BlockSpec, Direction, FaultSpec, LossSpec, PacketMatch, PortRange, Protocol, Target,
     },
 };
 
@@ -155,8 +155,45 @@ fn shape_target(target: Option<pb::ShapeTarget>) -> Result<ShapeTarget, InvalidS
         device: t.device,
         direction: direction(t.direction, Some(Direction::Egress))?,
         matcher: packet_match(t.r#match.unwrap_or_default())?,
-        cgroup: Some(t.cgroup).filter(|c| !c.is_empty()),
+        workload: match t.workload {
+            Some(w) => workload(w)?,
+            // What a client older than `workload` sends.
+            None => Some(t.cgroup).filter(|c| !c.is_empty()).map(Target::Cgroup),
+        },
     })
+}
+
+/// A workload target; an empty one (no kind set) is none.
+pub(crate) fn workload(t: pb::Target) -> Result<Option<Target>, InvalidSpec> {
+    use pb::target::Kind;
+    let nonempty = |field: &str, value: String| {
+        if value.trim().is_empty() {
+            Err(InvalidSpec::new(field, "empty: name the workload"))
+        } else {
+            Ok(value)
+        }
+    };
+    Ok(match t.kind {
+        None => None,
+        Some(Kind::Unit(u)) => Some(Target::Unit(nonempty("unit", u)?)),
+        Some(Kind::Container(c)) => Some(Target::Container(nonempty("container", c)?)),
+        Some(Kind::Pod(p)) => Some(Target::Pod(nonempty("pod", p)?)),
+        Some(Kind::Cgroup(c)) => Some(Target::Cgroup(nonempty("cgroup", c)?)),
+        Some(Kind::Pids(p)) => Some(Target::Pids(p.pids)),
+    })
+}
+
+pub(crate) fn proto_workload(t: &Target) -> pb::Target {
+    use pb::target::Kind;
+    pb::Target {
+        kind: Some(match t {
+            Target::Unit(u) => Kind::Unit(u.clone()),
+            Target::Container(c) => Kind::Container(c.clone()),
+            Target::Pod(p) => Kind::Pod(p.clone()),
+            Target::Cgroup(c) => Kind::Cgroup(c.clone()),
+            Target::Pids(p) => Kind::Pids(pb::PidSet { pids: p.clone() }),
+        }),
+    }
 }
 
 fn opt_duration(
@@ -370,7 +407,12 @@ fn proto_target(t: &ShapeTarget) -> pb::ShapeTarget {
         device: t.device.clone(),
         direction: proto_direction(t.direction),
         r#match: Some(proto_match(&t.matcher)),
-        cgroup: t.cgroup.clone().unwrap_or_default(),
+        // For clients older than `workload`.
+        cgroup: match &t.workload {
+            Some(Target::Cgroup(path)) => path.clone(),
+            _ => String::new(),
+        },
+        workload: t.workload.as_ref().map(proto_workload),
     }
 }
 
@@ -400,6 +442,7 @@ pub(crate) fn proto_fault(f: &Fault) -> pb::Fault {
         lease_expires_at: f.lease_expires_at.map(Into::into),
         kind: f.spec.kind().to_owned(),
         summary: f.spec.family().summary(),
+        status: f.status.clone(),
     }
 }
 
@@ -440,6 +483,7 @@ pub(crate) fn fault(f: pb::Fault) -> Result<Fault, InvalidSpec> {
                     .map_err(|_| InvalidSpec::new("lease_expires_at", "out of range"))
             })
             .transpose()?,
+        status: f.status,
         id: f.id,
     })
 }

@@ -3,7 +3,7 @@
 //! and how it is applied and reverted through the kernel adapters. It owns no policy: deadlines,
 //! conflicts, guards and the journal belong to the engine, which treats every family alike.
 
-use std::{fmt, net::IpAddr, time::Duration};
+use std::{fmt, net::IpAddr, sync::Arc, time::Duration};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -13,7 +13,7 @@ use crate::{
     errors::{InvalidSpec, KernelError},
     kernel::{
         bpf::Classifiers, caps::Capabilities, nft::Firewall, qdisc::shaping::Shaping,
-        workers::Workers, Adapter, Swept,
+        workers::Workers, workload::Workloads, Adapter, Swept,
     },
 };
 
@@ -21,10 +21,12 @@ pub(crate) mod block;
 pub(crate) mod loss;
 pub(crate) mod shape;
 pub(crate) mod stress;
+pub(crate) mod target;
 
 pub(crate) use block::BlockSpec;
 pub(crate) use loss::LossSpec;
 pub(crate) use shape::{NetemSpec, RateSpec};
+pub(crate) use target::Target;
 
 /// The most port ranges and CIDRs one fault may name: enough to describe a service, small
 /// enough that the kernel objects stay a handful of rules and the eBPF filter a bounded loop.
@@ -344,6 +346,8 @@ pub(crate) struct Adapters {
     classifiers: Classifiers,
     shaping: Shaping,
     workers: Workers,
+    workloads: Workloads,
+    report: Arc<dyn Report>,
 }
 
 impl Adapters {
@@ -360,8 +364,16 @@ impl Adapters {
                     .map(|c| c.with_parent(&config.cgroup_parent)),
                 config.memory_reserve,
             ),
+            workloads: Workloads::new(&config.cgroup_parent),
+            report: Arc::new(Unreported),
             caps,
         }
+    }
+
+    /// Where families' status lines go (the engine, which keeps them with the fault).
+    pub(crate) fn with_report(mut self, report: Arc<dyn Report>) -> Self {
+        self.report = report;
+        self
     }
 
     pub(crate) fn caps(&self) -> &Capabilities {
@@ -374,6 +386,8 @@ impl Adapters {
             classifiers: &self.classifiers,
             shaping: &self.shaping,
             workers: &self.workers,
+            workloads: &self.workloads,
+            report: Arc::clone(&self.report),
             force,
         }
     }
@@ -400,8 +414,28 @@ pub(crate) struct Host<'a> {
     pub(crate) classifiers: &'a Classifiers,
     pub(crate) shaping: &'a Shaping,
     pub(crate) workers: &'a Workers,
-    /// The request said to replace what another tool installed (a root qdisc).
+    /// Finds the workloads faults are aimed at (see [`Target`]).
+    pub(crate) workloads: &'a Workloads,
+    /// Where a family says what its fault found and did (an owned handle, for a family's own
+    /// threads).
+    pub(crate) report: Arc<dyn Report>,
+    /// The request said to replace what another tool installed (a root qdisc), or to act on
+    /// what the safety guard protects.
     pub(crate) force: bool,
+}
+
+/// Where a family reports what its fault found and did while it is applied and active (the
+/// workload it resolved, the processes it signalled): the engine keeps the lines with the
+/// fault (`faultline get` shows them), sends them to watchers and writes each to the audit log.
+pub(crate) trait Report: Send + Sync {
+    fn note(&self, id: &str, line: String);
+}
+
+/// Reports nowhere: adapters built without an engine (tests, `faultline info`).
+struct Unreported;
+
+impl Report for Unreported {
+    fn note(&self, _id: &str, _line: String) {}
 }
 
 /// When a fault stops by itself.
@@ -450,6 +484,19 @@ pub(crate) trait Family: Send + Sync {
 
     /// Removes the fault's kernel objects. Idempotent: objects already gone are not an error.
     fn revert(&self, id: &str, host: &Host<'_>) -> Result<(), KernelError>;
+
+    /// Whether the fault acts on something that may disappear while it is active (a workload):
+    /// the engine then asks [`Family::target_gone`] every second.
+    fn watched(&self) -> bool {
+        false
+    }
+
+    /// Why what the fault acts on is gone, if it is; the engine then reverts the fault with
+    /// reason `target gone: <this>`. Asked only of [`Family::watched`] families, off the async
+    /// runtime; it must be cheap (a few reads of /proc and /sys).
+    fn target_gone(&self, _id: &str, _host: &Host<'_>) -> Option<String> {
+        None
+    }
 
     /// What the fault takes of the host, for the operator policy's limits (`max_percent`,
     /// `max_memory`; `max_duration` bounds every request alike). Required: a new family says

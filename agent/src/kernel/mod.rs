@@ -10,6 +10,7 @@
 //! | [`bpf::Classifiers`] | eBPF tc classifiers (loss, steering) and their pins |
 //! | [`qdisc::shaping::Shaping`] | faultline's root qdisc trees, IFB devices, records of replaced roots |
 //! | [`workers::Workers`] | stress worker processes and their cgroups |
+//! | [`workload::Workloads`] | nothing in the kernel: it finds workloads (units, containers, pods, cgroups, processes) and remembers each active fault's |
 //!
 //! Below them: [`rtnl`] (the one route-netlink path), [`durable`] (the one fsynced write),
 //! [`netdev`], [`cgroup`], [`btf`], and [`caps`], the probe of what the running kernel offers.
@@ -26,6 +27,7 @@ pub(crate) mod nft;
 pub(crate) mod qdisc;
 pub(crate) mod rtnl;
 pub(crate) mod workers;
+pub(crate) mod workload;
 
 /// A kernel adapter failed.
 #[derive(Debug, Error)]
@@ -38,6 +40,9 @@ pub(crate) enum KernelError {
     Bpf(Box<bpf::BpfError>),
     #[error(transparent)]
     Workers(#[from] workers::WorkerError),
+    /// A fault's workload could not be found when it was applied.
+    #[error(transparent)]
+    Workload(#[from] workload::WorkloadError),
     /// Boxed for the same reason as `Bpf`.
     #[error(transparent)]
     Shaping(Box<qdisc::shaping::ShapingError>),
