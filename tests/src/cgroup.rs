@@ -129,10 +129,7 @@ impl TestCgroup {
             .map(|d| format!("echo $$ > {}/cgroup.procs", d.display()))
             .collect();
         let child = Command::new("sh")
-            .args([
-                "-c",
-                &format!("{} && {script}", joins.join(" && ")),
-            ])
+            .args(["-c", &format!("{} && {script}", joins.join(" && "))])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

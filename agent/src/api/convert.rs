@@ -15,6 +15,7 @@ use crate::{
     engine::{ApplyRequest, Fault, FaultState, NotRenewed, Renewal},
     errors::InvalidSpec,
     faults::{
+        kill::{KillSpec, Pick},
         shape::{DelayDistribution, NetemParams, RateParams, ShapeSpec, ShapeTarget},
         stress::{CpuStressSpec, MemSize, MemoryStressSpec},
         BlockSpec, Direction, FaultSpec, LossSpec, PacketMatch, PortRange, Protocol, Target,
@@ -129,6 +130,22 @@ pub(crate) fn fault_spec(spec: pb::FaultSpec) -> Result<FaultSpec, InvalidSpec> 
                 gap: n.gap,
                 rate_bps: n.rate_bps,
                 limit: n.limit,
+            },
+        })),
+        pb::fault_spec::Kind::Kill(k) => Ok(FaultSpec::Kill(KillSpec {
+            target: k.target.map(workload).transpose()?.flatten(),
+            name: Some(k.name).filter(|n| !n.is_empty()),
+            cmdline: k.cmdline,
+            signal: if k.signal == 0 {
+                libc::SIGKILL
+            } else {
+                k.signal
+            },
+            every: opt_duration(k.every, "every")?,
+            pick: match k.pick {
+                None => Pick::All,
+                Some(pb::kill_spec::Pick::Count(n)) => Pick::Count(n),
+                Some(pb::kill_spec::Pick::Percent(p)) => Pick::Percent(p),
             },
         })),
         pb::fault_spec::Kind::Rate(r) => Ok(FaultSpec::Rate(ShapeSpec {
@@ -389,6 +406,20 @@ pub(crate) fn proto_spec(spec: &FaultSpec) -> pb::FaultSpec {
                 limit: p.limit,
             })
         }
+        FaultSpec::Kill(k) => pb::fault_spec::Kind::Kill(pb::KillSpec {
+            target: k.target.as_ref().map(proto_workload),
+            name: k.name.clone().unwrap_or_default(),
+            cmdline: k.cmdline,
+            signal: k.signal,
+            every: k
+                .every
+                .and_then(|d| prost_types::Duration::try_from(d).ok()),
+            pick: match k.pick {
+                Pick::All => None,
+                Pick::Count(n) => Some(pb::kill_spec::Pick::Count(n)),
+                Pick::Percent(p) => Some(pb::kill_spec::Pick::Percent(p)),
+            },
+        }),
         FaultSpec::Rate(r) => pb::fault_spec::Kind::Rate(pb::RateSpec {
             target: Some(proto_target(&r.target)),
             rate_bps: r.params.rate_bps,

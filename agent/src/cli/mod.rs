@@ -19,6 +19,7 @@ mod fleet;
 mod get;
 mod health;
 mod info;
+mod kill;
 mod loss;
 mod ls;
 mod man_pages;
@@ -60,6 +61,9 @@ pub(crate) enum Command {
     Rate(shape::RateOptions),
     /// Load CPUs or hold memory inside a cgroup whose limits the kernel enforces
     Stress(stress::Options),
+    /// Signal (SIGKILL by default) a workload's processes, or those whose name matches, once or
+    /// --every period; a kill cannot be undone
+    Kill(kill::Options),
     /// List the agent's faults
     #[command(alias = "list")]
     Ls(ls::Options),
@@ -192,6 +196,7 @@ fn run(cli: Cli, settings: config_file::FileSettings) -> Result<(), Failure> {
                     Command::Netem(o) => shape::netem(&cli.global, o).await,
                     Command::Rate(o) => shape::rate(&cli.global, o).await,
                     Command::Stress(o) => stress::run(&cli.global, o).await,
+                    Command::Kill(o) => kill::run(&cli.global, o).await,
                     Command::Ls(o) => ls::run(&cli.global, o).await,
                     Command::Get(o) => get::run(&cli.global, o).await,
                     Command::Revert(o) => revert::run(&cli.global, o).await,

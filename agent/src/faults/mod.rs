@@ -12,12 +12,13 @@ use crate::{
     config::AgentConfig,
     errors::{InvalidSpec, KernelError},
     kernel::{
-        bpf::Classifiers, caps::Capabilities, nft::Firewall, qdisc::shaping::Shaping,
-        workers::Workers, workload::Workloads, Adapter, Swept,
+        bpf::Classifiers, caps::Capabilities, nft::Firewall, process::Repeats,
+        qdisc::shaping::Shaping, workers::Workers, workload::Workloads, Adapter, Swept,
     },
 };
 
 pub(crate) mod block;
+pub(crate) mod kill;
 pub(crate) mod loss;
 pub(crate) mod shape;
 pub(crate) mod stress;
@@ -276,6 +277,7 @@ families! {
     MemoryStress(stress::MemoryStressSpec) = "memory",
     Netem(NetemSpec) = "netem",
     Rate(RateSpec) = "rate",
+    Kill(kill::KillSpec) = "kill",
 }
 
 /// What a fault takes of the host, in the terms an operator's policy bounds.
@@ -346,7 +348,9 @@ pub(crate) struct Adapters {
     classifiers: Classifiers,
     shaping: Shaping,
     workers: Workers,
-    workloads: Workloads,
+    workloads: Arc<Workloads>,
+    repeats: Repeats,
+    protected_ports: Vec<u16>,
     report: Arc<dyn Report>,
 }
 
@@ -364,7 +368,9 @@ impl Adapters {
                     .map(|c| c.with_parent(&config.cgroup_parent)),
                 config.memory_reserve,
             ),
-            workloads: Workloads::new(&config.cgroup_parent),
+            workloads: Arc::new(Workloads::new(&config.cgroup_parent)),
+            repeats: Repeats::default(),
+            protected_ports: config.protected_ports.clone(),
             report: Arc::new(Unreported),
             caps,
         }
@@ -387,6 +393,8 @@ impl Adapters {
             shaping: &self.shaping,
             workers: &self.workers,
             workloads: &self.workloads,
+            repeats: &self.repeats,
+            protected_ports: &self.protected_ports,
             report: Arc::clone(&self.report),
             force,
         }
@@ -415,7 +423,11 @@ pub(crate) struct Host<'a> {
     pub(crate) shaping: &'a Shaping,
     pub(crate) workers: &'a Workers,
     /// Finds the workloads faults are aimed at (see [`Target`]).
-    pub(crate) workloads: &'a Workloads,
+    pub(crate) workloads: &'a Arc<Workloads>,
+    /// Actions a fault repeats every period (a kill `--every`).
+    pub(crate) repeats: &'a Repeats,
+    /// The local ports whose sessions the safety guard protects (unless `force`).
+    pub(crate) protected_ports: &'a [u16],
     /// Where a family says what its fault found and did (an owned handle, for a family's own
     /// threads).
     pub(crate) report: Arc<dyn Report>,

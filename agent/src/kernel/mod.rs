@@ -24,6 +24,7 @@ pub(crate) mod cgroup;
 pub(crate) mod durable;
 pub(crate) mod netdev;
 pub(crate) mod nft;
+pub(crate) mod process;
 pub(crate) mod qdisc;
 pub(crate) mod rtnl;
 pub(crate) mod workers;
