@@ -6,6 +6,7 @@
 //! The tests drive the `faultline` binary as users do; they never link the agent's code.
 
 pub mod agent;
+pub mod cgroup;
 pub mod disk;
 pub mod lab;
 pub mod process;

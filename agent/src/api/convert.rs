@@ -20,9 +20,10 @@ use crate::{
             io::{IoMode, DEFAULT_BLOCK, DEFAULT_SIZE},
             DiskFillSpec, DiskIoSpec, DiskSlowSpec,
         },
+        kill::{KillSpec, Pick},
         shape::{DelayDistribution, NetemParams, RateParams, ShapeSpec, ShapeTarget},
         stress::{CpuStressSpec, MemSize, MemoryStressSpec},
-        BlockSpec, Direction, FaultSpec, LossSpec, PacketMatch, PortRange, Protocol,
+        BlockSpec, Direction, FaultSpec, LossSpec, PacketMatch, PortRange, Protocol, Target,
     },
     kernel::disk::throttle::IoLimits,
 };
@@ -137,6 +138,22 @@ pub(crate) fn fault_spec(spec: pb::FaultSpec) -> Result<FaultSpec, InvalidSpec> 
                 limit: n.limit,
             },
         })),
+        pb::fault_spec::Kind::Kill(k) => Ok(FaultSpec::Kill(KillSpec {
+            target: k.target.map(workload).transpose()?.flatten(),
+            name: Some(k.name).filter(|n| !n.is_empty()),
+            cmdline: k.cmdline,
+            signal: if k.signal == 0 {
+                libc::SIGKILL
+            } else {
+                k.signal
+            },
+            every: opt_duration(k.every, "every")?,
+            pick: match k.pick {
+                None => Pick::All,
+                Some(pb::kill_spec::Pick::Count(n)) => Pick::Count(n),
+                Some(pb::kill_spec::Pick::Percent(p)) => Pick::Percent(p),
+            },
+        })),
         pb::fault_spec::Kind::Rate(r) => Ok(FaultSpec::Rate(ShapeSpec {
             target: shape_target(r.target)?,
             params: RateParams {
@@ -246,8 +263,45 @@ fn shape_target(target: Option<pb::ShapeTarget>) -> Result<ShapeTarget, InvalidS
         device: t.device,
         direction: direction(t.direction, Some(Direction::Egress))?,
         matcher: packet_match(t.r#match.unwrap_or_default())?,
-        cgroup: Some(t.cgroup).filter(|c| !c.is_empty()),
+        workload: match t.workload {
+            Some(w) => workload(w)?,
+            // What a client older than `workload` sends.
+            None => Some(t.cgroup).filter(|c| !c.is_empty()).map(Target::Cgroup),
+        },
     })
+}
+
+/// A workload target; an empty one (no kind set) is none.
+pub(crate) fn workload(t: pb::Target) -> Result<Option<Target>, InvalidSpec> {
+    use pb::target::Kind;
+    let nonempty = |field: &str, value: String| {
+        if value.trim().is_empty() {
+            Err(InvalidSpec::new(field, "empty: name the workload"))
+        } else {
+            Ok(value)
+        }
+    };
+    Ok(match t.kind {
+        None => None,
+        Some(Kind::Unit(u)) => Some(Target::Unit(nonempty("unit", u)?)),
+        Some(Kind::Container(c)) => Some(Target::Container(nonempty("container", c)?)),
+        Some(Kind::Pod(p)) => Some(Target::Pod(nonempty("pod", p)?)),
+        Some(Kind::Cgroup(c)) => Some(Target::Cgroup(nonempty("cgroup", c)?)),
+        Some(Kind::Pids(p)) => Some(Target::Pids(p.pids)),
+    })
+}
+
+pub(crate) fn proto_workload(t: &Target) -> pb::Target {
+    use pb::target::Kind;
+    pb::Target {
+        kind: Some(match t {
+            Target::Unit(u) => Kind::Unit(u.clone()),
+            Target::Container(c) => Kind::Container(c.clone()),
+            Target::Pod(p) => Kind::Pod(p.clone()),
+            Target::Cgroup(c) => Kind::Cgroup(c.clone()),
+            Target::Pids(p) => Kind::Pids(pb::PidSet { pids: p.clone() }),
+        }),
+    }
 }
 
 fn opt_duration(
@@ -443,6 +497,20 @@ pub(crate) fn proto_spec(spec: &FaultSpec) -> pb::FaultSpec {
                 limit: p.limit,
             })
         }
+        FaultSpec::Kill(k) => pb::fault_spec::Kind::Kill(pb::KillSpec {
+            target: k.target.as_ref().map(proto_workload),
+            name: k.name.clone().unwrap_or_default(),
+            cmdline: k.cmdline,
+            signal: k.signal,
+            every: k
+                .every
+                .and_then(|d| prost_types::Duration::try_from(d).ok()),
+            pick: match k.pick {
+                Pick::All => None,
+                Pick::Count(n) => Some(pb::kill_spec::Pick::Count(n)),
+                Pick::Percent(p) => Some(pb::kill_spec::Pick::Percent(p)),
+            },
+        }),
         FaultSpec::Rate(r) => pb::fault_spec::Kind::Rate(pb::RateSpec {
             target: Some(proto_target(&r.target)),
             rate_bps: r.params.rate_bps,
@@ -488,7 +556,12 @@ fn proto_target(t: &ShapeTarget) -> pb::ShapeTarget {
         device: t.device.clone(),
         direction: proto_direction(t.direction),
         r#match: Some(proto_match(&t.matcher)),
-        cgroup: t.cgroup.clone().unwrap_or_default(),
+        // For clients older than `workload`.
+        cgroup: match &t.workload {
+            Some(Target::Cgroup(path)) => path.clone(),
+            _ => String::new(),
+        },
+        workload: t.workload.as_ref().map(proto_workload),
     }
 }
 
@@ -518,6 +591,7 @@ pub(crate) fn proto_fault(f: &Fault) -> pb::Fault {
         lease_expires_at: f.lease_expires_at.map(Into::into),
         kind: f.spec.kind().to_owned(),
         summary: f.spec.family().summary(),
+        status: f.status.clone(),
     }
 }
 
@@ -558,6 +632,7 @@ pub(crate) fn fault(f: pb::Fault) -> Result<Fault, InvalidSpec> {
                     .map_err(|_| InvalidSpec::new("lease_expires_at", "out of range"))
             })
             .transpose()?,
+        status: f.status,
         id: f.id,
     })
 }

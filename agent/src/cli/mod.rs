@@ -20,6 +20,7 @@ mod fleet;
 mod get;
 mod health;
 mod info;
+mod kill;
 mod loss;
 mod ls;
 mod man_pages;
@@ -64,6 +65,9 @@ pub(crate) enum Command {
     /// Fill a filesystem, stress a disk with I/O, or throttle a cgroup's I/O on a disk
     #[command(subcommand_required = true)]
     Disk(disk::Options),
+    /// Signal (SIGKILL by default) a workload's processes, or those whose name matches, once or
+    /// --every period; a kill cannot be undone
+    Kill(kill::Options),
     /// List the agent's faults
     #[command(alias = "list")]
     Ls(ls::Options),
@@ -197,6 +201,7 @@ fn run(cli: Cli, settings: config_file::FileSettings) -> Result<(), Failure> {
                     Command::Rate(o) => shape::rate(&cli.global, o).await,
                     Command::Stress(o) => stress::run(&cli.global, o).await,
                     Command::Disk(o) => disk::run(&cli.global, o).await,
+                    Command::Kill(o) => kill::run(&cli.global, o).await,
                     Command::Ls(o) => ls::run(&cli.global, o).await,
                     Command::Get(o) => get::run(&cli.global, o).await,
                     Command::Revert(o) => revert::run(&cli.global, o).await,

@@ -314,6 +314,9 @@ pub(crate) fn print_fault(f: &FaultView, output: Output) {
             for line in f.plan() {
                 println!("plan:      {line}");
             }
+            for line in f.status() {
+                println!("status:    {line}");
+            }
         }
     }
 }

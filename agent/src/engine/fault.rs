@@ -69,6 +69,11 @@ pub(crate) struct Fault {
     /// When the lease runs out unless renewed (the last expiry, once the fault has ended).
     #[serde(default, with = "rfc3339::option")]
     pub(crate) lease_expires_at: Option<SystemTime>,
+    /// What the fault found and did while applied and active, one line each, oldest first: the
+    /// workload it resolved, the processes it signalled. Kept in the running agent (and the
+    /// audit log), not journalled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) status: Vec<String>,
 }
 
 impl Fault {

@@ -165,6 +165,7 @@ mod tests {
             plan: vec!["add table inet faultline".to_owned()],
             lease: None,
             lease_expires_at: None,
+            status: Vec::new(),
         }
     }
 

@@ -130,6 +130,7 @@ mod tests {
             plan: Vec::new(),
             lease: lease.map(Duration::from_secs),
             lease_expires_at: lease.map(|l| start + Duration::from_secs(l)),
+            status: Vec::new(),
         };
         let at = |s: u64| start + Duration::from_secs(s);
         use RevertReason::*;

@@ -3,7 +3,7 @@
 //! and how it is applied and reverted through the kernel adapters. It owns no policy: deadlines,
 //! conflicts, guards and the journal belong to the engine, which treats every family alike.
 
-use std::{fmt, net::IpAddr, time::Duration};
+use std::{fmt, net::IpAddr, sync::Arc, time::Duration};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -12,20 +12,23 @@ use crate::{
     config::AgentConfig,
     errors::{InvalidSpec, KernelError},
     kernel::{
-        bpf::Classifiers, caps::Capabilities, disk::Disks, nft::Firewall, qdisc::shaping::Shaping,
-        workers::Workers, Adapter, Swept,
+        bpf::Classifiers, caps::Capabilities, disk::Disks, nft::Firewall, process::Repeats,
+        qdisc::shaping::Shaping, workers::Workers, workload::Workloads, Adapter, Swept,
     },
 };
 
 pub(crate) mod block;
 pub(crate) mod disk;
+pub(crate) mod kill;
 pub(crate) mod loss;
 pub(crate) mod shape;
 pub(crate) mod stress;
+pub(crate) mod target;
 
 pub(crate) use block::BlockSpec;
 pub(crate) use loss::LossSpec;
 pub(crate) use shape::{NetemSpec, RateSpec};
+pub(crate) use target::Target;
 
 /// The most port ranges and CIDRs one fault may name: enough to describe a service, small
 /// enough that the kernel objects stay a handful of rules and the eBPF filter a bounded loop.
@@ -278,6 +281,7 @@ families! {
     DiskFill(disk::DiskFillSpec) = "disk_fill",
     DiskIo(disk::DiskIoSpec) = "disk_io",
     DiskSlow(disk::DiskSlowSpec) = "disk_slow",
+    Kill(kill::KillSpec) = "kill",
 }
 
 /// What a fault takes of the host, in the terms an operator's policy bounds.
@@ -356,6 +360,10 @@ pub(crate) struct Adapters {
     shaping: Shaping,
     workers: Workers,
     disks: Disks,
+    workloads: Arc<Workloads>,
+    repeats: Repeats,
+    protected_ports: Vec<u16>,
+    report: Arc<dyn Report>,
 }
 
 impl Adapters {
@@ -373,8 +381,18 @@ impl Adapters {
                 config.memory_reserve,
             ),
             disks: Disks::new(&config.state_dir, config.disk_reserve, caps.cgroups.clone()),
+            workloads: Arc::new(Workloads::new(&config.cgroup_parent)),
+            repeats: Repeats::default(),
+            protected_ports: config.protected_ports.clone(),
+            report: Arc::new(Unreported),
             caps,
         }
+    }
+
+    /// Where families' status lines go (the engine, which keeps them with the fault).
+    pub(crate) fn with_report(mut self, report: Arc<dyn Report>) -> Self {
+        self.report = report;
+        self
     }
 
     pub(crate) fn caps(&self) -> &Capabilities {
@@ -388,6 +406,10 @@ impl Adapters {
             shaping: &self.shaping,
             workers: &self.workers,
             disks: &self.disks,
+            workloads: &self.workloads,
+            repeats: &self.repeats,
+            protected_ports: &self.protected_ports,
+            report: Arc::clone(&self.report),
             force,
         }
     }
@@ -417,8 +439,32 @@ pub(crate) struct Host<'a> {
     pub(crate) shaping: &'a Shaping,
     pub(crate) workers: &'a Workers,
     pub(crate) disks: &'a Disks,
-    /// The request said to replace what another tool installed (a root qdisc).
+    /// Finds the workloads faults are aimed at (see [`Target`]).
+    pub(crate) workloads: &'a Arc<Workloads>,
+    /// Actions a fault repeats every period (a kill `--every`).
+    pub(crate) repeats: &'a Repeats,
+    /// The local ports whose sessions the safety guard protects (unless `force`).
+    pub(crate) protected_ports: &'a [u16],
+    /// Where a family says what its fault found and did (an owned handle, for a family's own
+    /// threads).
+    pub(crate) report: Arc<dyn Report>,
+    /// The request said to replace what another tool installed (a root qdisc), or to act on
+    /// what the safety guard protects.
     pub(crate) force: bool,
+}
+
+/// Where a family reports what its fault found and did while it is applied and active (the
+/// workload it resolved, the processes it signalled): the engine keeps the lines with the
+/// fault (`faultline get` shows them), sends them to watchers and writes each to the audit log.
+pub(crate) trait Report: Send + Sync {
+    fn note(&self, id: &str, line: String);
+}
+
+/// Reports nowhere: adapters built without an engine (tests, `faultline info`).
+struct Unreported;
+
+impl Report for Unreported {
+    fn note(&self, _id: &str, _line: String) {}
 }
 
 /// When a fault stops by itself.
@@ -467,6 +513,19 @@ pub(crate) trait Family: Send + Sync {
 
     /// Removes the fault's kernel objects. Idempotent: objects already gone are not an error.
     fn revert(&self, id: &str, host: &Host<'_>) -> Result<(), KernelError>;
+
+    /// Whether the fault acts on something that may disappear while it is active (a workload):
+    /// the engine then asks [`Family::target_gone`] every second.
+    fn watched(&self) -> bool {
+        false
+    }
+
+    /// Why what the fault acts on is gone, if it is; the engine then reverts the fault with
+    /// reason `target gone: <this>`. Asked only of [`Family::watched`] families, off the async
+    /// runtime; it must be cheap (a few reads of /proc and /sys).
+    fn target_gone(&self, _id: &str, _host: &Host<'_>) -> Option<String> {
+        None
+    }
 
     /// What the fault takes of the host, for the operator policy's limits (`max_percent`,
     /// `max_memory`, `max_disk`; `max_duration` bounds every request alike). Required: a new family says
