@@ -9,7 +9,7 @@ use std::{
     fs,
     os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     thread,
     time::Duration,
 };
@@ -212,89 +212,5 @@ pub fn io_cgroup_root() -> PathBuf {
         v1.to_owned()
     } else {
         PathBuf::from("/sys/fs/cgroup")
-    }
-}
-
-/// A cgroup of the test's own in the hierarchy that holds I/O limits (blkio on v1), with the
-/// processes the test starts in it. The guard's `Drop` kills them and removes the cgroup.
-#[derive(Debug)]
-pub struct TestCgroup {
-    name: String,
-    dir: PathBuf,
-    children: Vec<Child>,
-}
-
-impl TestCgroup {
-    /// Creates `<root>/<name>`; on cgroup v2 the root's children get the io controller first.
-    pub fn new(name: &str) -> Result<Self> {
-        let root = io_cgroup_root();
-        if root.join("cgroup.subtree_control").exists() {
-            let control = root.join("cgroup.subtree_control");
-            fs::write(&control, "+io")
-                .with_context(|| format!("enabling io in {}", control.display()))?;
-        }
-        let dir = root.join(name);
-        fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Self {
-            name: name.to_owned(),
-            dir,
-            children: Vec::new(),
-        })
-    }
-
-    /// The cgroup's directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// The cgroup as faultline's `--cgroup` takes it: `/<name>`.
-    pub fn path(&self) -> String {
-        format!("/{}", self.name)
-    }
-
-    /// Runs a shell command inside the cgroup (it joins before the command starts).
-    pub fn spawn(&mut self, script: &str) -> Result<()> {
-        let procs = self.dir.join("cgroup.procs");
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(format!("echo $$ > '{}' && {script}", procs.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting a workload")?;
-        self.children.push(child);
-        Ok(())
-    }
-
-    fn procs(&self) -> Vec<i32> {
-        fs::read_to_string(self.dir.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        for _ in 0..100 {
-            let pids = self.procs();
-            if pids.is_empty() {
-                break;
-            }
-            for pid in pids {
-                // SAFETY: kill(2) with a pid read from the test's own cgroup.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if let Err(e) = fs::remove_dir(&self.dir) {
-            eprintln!("cleanup: cannot remove {}: {e}", self.dir.display());
-        }
     }
 }

@@ -200,14 +200,18 @@ pub(crate) fn fault_spec(spec: pb::FaultSpec) -> Result<FaultSpec, InvalidSpec> 
             floor: d.floor,
         })),
         pb::fault_spec::Kind::DiskSlow(d) => Ok(FaultSpec::DiskSlow(DiskSlowSpec {
-            cgroup: if d.cgroup.is_empty() {
-                return Err(InvalidSpec::new(
-                    "cgroup",
-                    "missing: name the cgroup whose I/O to slow (/system.slice/NAME.service)",
-                ));
-            } else {
-                d.cgroup
-            },
+            target: d
+                .target
+                .map(workload)
+                .transpose()?
+                .flatten()
+                .ok_or_else(|| {
+                    InvalidSpec::new(
+                        "target",
+                        "missing: name the workload whose I/O to slow (--unit, --container, --pod \
+                     or --cgroup)",
+                    )
+                })?,
             device: if d.device.is_empty() {
                 return Err(InvalidSpec::new(
                     "device",
@@ -543,7 +547,7 @@ pub(crate) fn proto_spec(spec: &FaultSpec) -> pb::FaultSpec {
             floor: d.floor,
         }),
         FaultSpec::DiskSlow(d) => pb::fault_spec::Kind::DiskSlow(pb::DiskSlowSpec {
-            cgroup: d.cgroup.clone(),
+            target: Some(proto_workload(&d.target)),
             device: d.device.clone(),
             limits: Some(proto_io_limits(&d.limits)),
         }),

@@ -8,7 +8,7 @@ use faultline_proto::v1 as pb;
 
 use super::{
     apply,
-    args::{ApplyArgs, Global},
+    args::{ApplyArgs, Global, WorkloadArgs},
     output::Failure,
 };
 use crate::faults::stress::parse_bytes;
@@ -27,8 +27,8 @@ pub(crate) enum Kind {
     /// I/O stress: workers read and write a file with direct I/O, in a cgroup whose I/O
     /// limits on the disk hold the rate
     Io(IoOptions),
-    /// Throttle a cgroup's I/O on a disk (io.max / blkio.throttle); its own limits come back
-    /// exactly on revert
+    /// Throttle a workload's I/O on a disk (io.max / blkio.throttle on its cgroup); its own
+    /// limits come back exactly on revert
     Slow(SlowOptions),
 }
 
@@ -122,11 +122,11 @@ pub(crate) struct IoOptions {
 }
 
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("target").required(true).args(["unit", "container", "pod", "cgroup", "pids"]))]
 pub(crate) struct SlowOptions {
-    /// The cgroup whose I/O to slow, below the hierarchy's root, as /proc/PID/cgroup shows it
-    /// (/system.slice/db.service)
-    #[arg(long, value_name = "PATH")]
-    pub(crate) cgroup: String,
+    /// The workload whose I/O to slow (its cgroup's limits on the disk)
+    #[command(flatten)]
+    pub(crate) workload: WorkloadArgs,
     /// The disk: /dev/sdb, sdb or 8:16 (a whole disk; the kernel throttles disks, not
     /// partitions)
     #[arg(long, value_name = "DEVICE")]
@@ -171,7 +171,7 @@ pub(crate) async fn run(global: &Global, o: Options) -> Result<(), Failure> {
         }
         Kind::Slow(s) => {
             let spec = pb::DiskSlowSpec {
-                cgroup: s.cgroup,
+                target: s.workload.to_proto(),
                 device: s.device,
                 limits: Some(s.limits.to_proto()),
             };

@@ -465,7 +465,7 @@ slos:
         assert_eq!(e.faults[0].fault.kind(), "disk_fill");
         let slow = GOOD.replace(
             "      kind: block\n      direction: ingress\n      match: {protocol: tcp, ports: [{first: 80, last: 80}]}\n",
-            "      kind: disk_slow\n      cgroup: /system.slice/db.service\n      device: sdb\n      limits: {write_bps: 1048576}\n",
+            "      kind: disk_slow\n      target: {cgroup: /system.slice/db.service}\n      device: sdb\n      limits: {write_bps: 1048576}\n",
         );
         let (e, _) = load(&slow).unwrap();
         assert_eq!(

@@ -222,17 +222,6 @@ impl Cgroups {
         }
     }
 
-    /// The directory of cgroup `path` (below the hierarchy's root, as `/proc/<pid>/cgroup`
-    /// shows it) that holds its I/O limits: in the blkio hierarchy on v1. `None` when there is
-    /// no such hierarchy.
-    pub(crate) fn io_dir(&self, path: &str) -> Option<PathBuf> {
-        let below = path.trim_start_matches('/');
-        match &self.hierarchy {
-            Hierarchy::V2 { root, .. } => Some(root.join(below)),
-            Hierarchy::V1 { blkio, .. } => blkio.as_ref().map(|m| m.join(below)),
-        }
-    }
-
     pub(crate) fn version(&self) -> u32 {
         match self.hierarchy {
             Hierarchy::V2 { .. } => 2,

@@ -1,26 +1,28 @@
-//! `disk_slow`: throttle the I/O of a cgroup someone else owns on one disk, through the
-//! cgroup's own limits (`io.max` on cgroup v2, `blkio.throttle.*_device` on v1). Whatever
+//! `disk_slow`: throttle the I/O of a workload (a unit, a container, a pod, a cgroup) on one
+//! disk, through its cgroup's own limits (`io.max` on cgroup v2, `blkio.throttle.*_device` on v1). Whatever
 //! limits the cgroup had on that disk are recorded durably first and put back exactly on
 //! revert, also by the start-up sweep after a crash.
-
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use super::io::check_limits;
 use crate::{
     errors::{EngineError, InvalidSpec, KernelError},
-    faults::{Claim, Connection, Deadline, Demands, Family, Host},
+    faults::{Claim, Connection, Deadline, Demands, Family, Host, Target},
     kernel::{
         cgroup::Controller,
-        disk::throttle::{self, BlockDevice, IoLimits},
+        disk::{
+            throttle::{self, BlockDevice, IoLimits},
+            DiskError,
+        },
+        workload::{Placement, Workload},
     },
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct DiskSlowSpec {
-    /// The target cgroup, below the hierarchy's root (`/system.slice/db.service`).
-    pub(crate) cgroup: String,
+    /// The workload whose cgroup is throttled: a unit, a container, a pod or a cgroup path.
+    pub(crate) target: Target,
     /// The disk, as the request named it: `/dev/sdb`, `sdb` or `8:16`.
     pub(crate) device: String,
     pub(crate) limits: IoLimits,
@@ -31,34 +33,54 @@ impl DiskSlowSpec {
         throttle::named_device(&self.device).map_err(|e| InvalidSpec::new("device", e))
     }
 
-    /// The target's directory that holds its I/O limits.
-    fn dir(&self, host: &Host<'_>) -> Result<PathBuf, InvalidSpec> {
-        let cgroups = host
-            .disks
-            .cgroups()
-            .map_err(|e| InvalidSpec::new("cgroup", e.to_string()))?;
-        cgroups.io_dir(&self.cgroup).ok_or_else(|| {
-            InvalidSpec::new(
-                "cgroup",
-                "no I/O controller hierarchy is mounted (cgroup v1 blkio or v2 io)",
-            )
-        })
+    /// The workload's cgroup that holds its I/O limits (in the blkio hierarchy on v1).
+    fn placement(&self, workload: &Workload) -> Result<Placement, InvalidSpec> {
+        let field = self.target.field();
+        let placement = workload
+            .placement(if workload.placements.iter().any(|p| p.v2) {
+                "io"
+            } else {
+                "blkio"
+            })
+            .cloned()
+            .ok_or_else(|| {
+                let found = workload.where_();
+                InvalidSpec::new(
+                    field,
+                    if workload.placements.iter().any(|p| p.v2) {
+                        format!(
+                            "the io controller is not enabled for {} ({found}): add +io to \
+                             cgroup.subtree_control of its parent",
+                            workload.what
+                        )
+                    } else {
+                        format!(
+                            "{} has no cgroup in a blkio hierarchy ({found})",
+                            workload.what
+                        )
+                    },
+                )
+            })?;
+        if placement.path.trim_matches('/').is_empty() {
+            return Err(InvalidSpec::new(
+                field,
+                format!(
+                    "{} is the root cgroup, which holds the whole host: name a workload below it",
+                    workload.what
+                ),
+            ));
+        }
+        Ok(placement)
     }
 }
 
 impl Family for DiskSlowSpec {
     fn validate(&self, host: &Host<'_>) -> Result<(), InvalidSpec> {
-        if self.cgroup.trim_matches('/').is_empty() {
+        if let Target::Pids(_) = self.target {
             return Err(InvalidSpec::new(
-                "cgroup",
-                "the root cgroup holds the whole host: name a cgroup below it \
-                 (/system.slice/NAME.service, as /proc/PID/cgroup shows it)",
-            ));
-        }
-        if self.cgroup.split('/').any(|part| part == "..") {
-            return Err(InvalidSpec::new(
-                "cgroup",
-                format!("{:?} climbs out of the hierarchy with ..", self.cgroup),
+                "pid",
+                "disk slow throttles a cgroup, which may hold other processes than these: name \
+                 the --unit, --container, --pod or --cgroup",
             ));
         }
         if self.limits.is_empty() {
@@ -70,32 +92,8 @@ impl Family for DiskSlowSpec {
         }
         check_limits(&self.limits)?;
         self.block_device()?;
-        let dir = self.dir(host)?;
-        if !dir.is_dir() {
-            return Err(InvalidSpec::new(
-                "cgroup",
-                format!(
-                    "no cgroup {} ({} does not exist)",
-                    self.cgroup,
-                    dir.display()
-                ),
-            ));
-        }
-        let v2 = host
-            .disks
-            .cgroups()
-            .map(|c| c.version() == 2)
-            .unwrap_or(false);
-        if v2 && !dir.join("io.max").exists() {
-            return Err(InvalidSpec::new(
-                "cgroup",
-                format!(
-                    "the io controller is not enabled for {} (no io.max): add +io to \
-                     cgroup.subtree_control of its parent",
-                    self.cgroup
-                ),
-            ));
-        }
+        let workload = self.target.check(host)?;
+        self.placement(&workload)?;
         Ok(())
     }
 
@@ -118,7 +116,7 @@ impl Family for DiskSlowSpec {
             .map(|d| d.to_string())
             .unwrap_or_else(|_| self.device.clone());
         vec![Claim::IoLimits {
-            cgroup: format!("/{}", self.cgroup.trim_matches('/')),
+            cgroup: self.target.to_string(),
             device,
         }]
     }
@@ -132,15 +130,16 @@ impl Family for DiskSlowSpec {
     }
 
     fn plan(&self, id: &str, _deadline: Deadline, host: &Host<'_>) -> Vec<String> {
-        let (Ok(device), Ok(dir)) = (self.block_device(), self.dir(host)) else {
-            return vec!["disk: the target cannot be resolved".to_owned()];
+        let found = self
+            .target
+            .check(host)
+            .and_then(|w| Ok((self.placement(&w)?, self.block_device()?)));
+        let (placement, device) = match found {
+            Ok(found) => found,
+            Err(e) => return vec![format!("disk: the target cannot be resolved: {e}")],
         };
-        let v2 = host
-            .disks
-            .cgroups()
-            .map(|c| c.version() == 2)
-            .unwrap_or(false);
-        let prior = throttle::read(&dir, v2, device)
+        let dir = &placement.dir;
+        let prior = throttle::read(dir, placement.v2, device)
             .map(|p| super::describe_limits(&p))
             .unwrap_or_else(|e| format!("unreadable ({e})"));
         let mut plan = vec![format!(
@@ -148,10 +147,10 @@ impl Family for DiskSlowSpec {
             dir.display(),
             device.name()
         )];
-        for (file, value) in throttle::writes(v2, device, &self.limits, false) {
+        for (file, value) in throttle::writes(placement.v2, device, &self.limits, false) {
             plan.push(format!(
                 "cgroup v{}: write {value:?} to {}",
-                if v2 { 2 } else { 1 },
+                if placement.v2 { 2 } else { 1 },
                 dir.join(file).display()
             ));
         }
@@ -160,17 +159,28 @@ impl Family for DiskSlowSpec {
     }
 
     fn apply(&self, id: &str, _deadline: Deadline, host: &Host<'_>) -> Result<(), KernelError> {
-        let device = throttle::named_device(&self.device)
-            .map_err(crate::kernel::disk::DiskError::NotBlock)?;
-        let dir = self
-            .dir(host)
-            .map_err(|e| crate::kernel::disk::DiskError::Refused(e.to_string()))?;
-        host.disks.throttle(id, &dir, device, &self.limits)?;
+        let device = throttle::named_device(&self.device).map_err(DiskError::NotBlock)?;
+        let workload = self.target.resolve(id, host)?;
+        let placement = self
+            .placement(&workload)
+            .map_err(|e| DiskError::Refused(e.to_string()))?;
+        host.disks
+            .throttle(id, &placement.dir, placement.v2, device, &self.limits)?;
         Ok(())
     }
 
     fn revert(&self, id: &str, host: &Host<'_>) -> Result<(), KernelError> {
+        Target::release(id, host);
         host.disks.release(id)
+    }
+
+    fn watched(&self) -> bool {
+        true
+    }
+
+    /// A workload that is gone took its cgroup and its limits with it: the fault ends.
+    fn target_gone(&self, id: &str, host: &Host<'_>) -> Option<String> {
+        Target::gone(id, host)
     }
 
     fn demands(&self) -> Demands {
@@ -179,9 +189,9 @@ impl Family for DiskSlowSpec {
 
     fn summary(&self) -> String {
         format!(
-            "disk slow {} for cgroup /{}: {}",
+            "disk slow {} for {}: {}",
             self.device,
-            self.cgroup.trim_matches('/'),
+            self.target,
             super::describe_limits(&self.limits)
         )
     }

@@ -173,16 +173,16 @@ impl Disks {
         Ok(dir)
     }
 
-    /// Records the limits on `device` in cgroup `dir` now, then sets `limits` there (only the
-    /// ones given; the others stay as they are).
+    /// Records the limits on `device` in cgroup directory `cgroup` (of cgroup v2, or v1's
+    /// blkio) now, then sets `limits` there (only the ones given; the others stay as they are).
     pub(crate) fn throttle(
         &self,
         id: &str,
         cgroup: &Path,
+        v2: bool,
         device: BlockDevice,
         limits: &IoLimits,
     ) -> Result<(), DiskError> {
-        let v2 = self.cgroups()?.version() == 2;
         let prior = throttle::read(cgroup, v2, device)?;
         let entry = Throttled {
             cgroup: cgroup.to_owned(),
