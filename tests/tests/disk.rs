@@ -118,6 +118,14 @@ fn a_fill_leaves_exactly_the_requested_free_space() -> Result<()> {
     );
     agent.revert(&id)?;
     wait_free(&fs, before, block)?;
+    // The audit log names the kind and what it did.
+    let audit = std::fs::read_to_string(agent.state_dir().join("audit.log"))?;
+    ensure!(
+        audit.lines().any(|l| l.contains("\"kind\":\"disk_fill\"")
+            && l.contains("disk fill")
+            && l.contains("\"result\":\"ok\"")),
+        "no audit line for the fill: {audit}"
+    );
     agent.assert_clean()
 }
 
