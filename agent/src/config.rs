@@ -37,6 +37,9 @@ pub(crate) struct AgentConfig {
     /// A fault that has acted on nothing for this long after it was applied is flagged
     /// ineffective.
     pub(crate) ineffective_after: Duration,
+    /// Free space a disk fault must leave on the state directory's filesystem, so that the
+    /// journal can always be written; `None`: 256 MiB.
+    pub(crate) disk_reserve: Option<u64>,
 }
 
 impl Default for AgentConfig {
@@ -51,6 +54,7 @@ impl Default for AgentConfig {
             memory_reserve: None,
             cgroup_parent: crate::kernel::cgroup::DEFAULT_PARENT.to_owned(),
             ineffective_after: DEFAULT_INEFFECTIVE_AFTER,
+            disk_reserve: None,
         }
     }
 }

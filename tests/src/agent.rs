@@ -8,6 +8,7 @@ use std::{
     fs::{self, OpenOptions},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::Mutex,
     thread,
     time::{Duration, Instant},
 };
@@ -34,6 +35,16 @@ pub struct Agent {
     /// A program (and its arguments) that runs the agent, e.g. `setpriv` with fewer capabilities.
     wrapper: Vec<String>,
     child: Option<Child>,
+    /// Where disk faults may leave objects, for [`Agent::leftovers`].
+    watched: Mutex<Watched>,
+}
+
+/// Directories whose `.faultline-*` entries, and cgroups whose I/O limits (as they were when
+/// watched), [`Agent::leftovers`] checks.
+#[derive(Debug, Default)]
+struct Watched {
+    dirs: Vec<PathBuf>,
+    io_limits: Vec<(PathBuf, String)>,
 }
 
 impl Agent {
@@ -53,6 +64,19 @@ impl Agent {
         let dir = tempfile::Builder::new()
             .prefix("faultline-test-")
             .tempdir()?;
+        Self::start_in(ns, dir, wrapper, extra_args)
+    }
+
+    /// Starts an agent whose socket and state directory are in a new directory under `parent`
+    /// (a filesystem the test made, say).
+    pub fn start_with_state_under(ns: &Netns, parent: &Path, extra_args: &[&str]) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("faultline-test-")
+            .tempdir_in(parent)?;
+        Self::start_in(ns, dir, &[], extra_args)
+    }
+
+    fn start_in(ns: &Netns, dir: TempDir, wrapper: &[&str], extra_args: &[&str]) -> Result<Self> {
         let pin_dir = PathBuf::from(format!(
             "/sys/fs/bpf/faultline-test-{}-{}",
             std::process::id(),
@@ -68,6 +92,7 @@ impl Agent {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
             child: None,
+            watched: Mutex::default(),
         };
         agent.restart()?;
         Ok(agent)
@@ -290,8 +315,9 @@ impl Agent {
     }
 
     /// What the agent's faults left in the kernel and on disk: the nftables table, faultline
-    /// qdiscs and IFB devices in its namespace, pins, journal entries and qdisc records. Empty
-    /// when everything was reverted.
+    /// qdiscs and IFB devices in its namespace, pins, journal entries, qdisc and disk records,
+    /// its cgroups, disk faults' directories in watched directories and changed I/O limits of
+    /// watched cgroups. Empty when everything was reverted.
     pub fn leftovers(&self) -> Result<Vec<String>> {
         let mut found = Vec::new();
         let mut nft = Command::new("nsenter");
@@ -312,6 +338,7 @@ impl Agent {
             self.pin_dir.clone(),
             self.journal_dir(),
             self.state_dir().join("qdisc"),
+            self.state_dir().join("disk"),
         ] {
             found.extend(entries(&dir)?.into_iter().map(|p| p.display().to_string()));
         }
@@ -343,13 +370,50 @@ impl Agent {
                     .map(|p| format!("cgroup {}", p.display())),
             );
         }
+        let watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        for dir in &watched.dirs {
+            found.extend(
+                entries(dir)?
+                    .into_iter()
+                    .filter(|p| {
+                        p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with(".faultline-"))
+                    })
+                    .map(|p| format!("disk fault directory {}", p.display())),
+            );
+        }
+        for (cgroup, before) in &watched.io_limits {
+            let now = io_limits(cgroup)?;
+            if &now != before {
+                found.push(format!(
+                    "I/O limits of {} changed: {before:?} then, {now:?} now",
+                    cgroup.display()
+                ));
+            }
+        }
         Ok(found)
+    }
+
+    /// Makes [`Agent::leftovers`] look for disk faults' directories (`.faultline-*`) in `dir`.
+    pub fn watch_dir(&self, dir: &Path) {
+        let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        watched.dirs.push(dir.to_owned());
+    }
+
+    /// Makes [`Agent::leftovers`] report the I/O limits of cgroup directory `cgroup` if they
+    /// differ from what they are now.
+    pub fn watch_io_limits(&self, cgroup: &Path) -> Result<()> {
+        let now = io_limits(cgroup)?;
+        let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        watched.io_limits.push((cgroup.to_owned(), now));
+        Ok(())
     }
 
     /// This agent's cgroup parent in every hierarchy it may use (v1 controllers, or v2), where
     /// it exists.
     pub fn cgroup_parents(&self) -> Vec<PathBuf> {
-        ["cpu", "cpuacct", "cpuset", "memory", ""]
+        ["cpu", "cpuacct", "cpuset", "memory", "blkio", ""]
             .iter()
             .map(|c| {
                 Path::new("/sys/fs/cgroup")
@@ -423,6 +487,26 @@ impl Drop for Agent {
             self.log()
         );
     }
+}
+
+/// A cgroup's I/O limits, as its files say them: `io.max` on v2, the four throttle files on v1.
+pub fn io_limits(cgroup: &Path) -> Result<String> {
+    let mut out = String::new();
+    for file in [
+        "io.max",
+        "blkio.throttle.read_bps_device",
+        "blkio.throttle.write_bps_device",
+        "blkio.throttle.read_iops_device",
+        "blkio.throttle.write_iops_device",
+    ] {
+        let path = cgroup.join(file);
+        if path.exists() {
+            let text =
+                fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            out.push_str(&format!("{file}: {}\n", text.trim()));
+        }
+    }
+    Ok(out)
 }
 
 /// The entries of `dir` (none if it does not exist).

@@ -7,6 +7,8 @@
 //! The tests drive the `faultline` binary as users do; they never link the agent's code.
 
 pub mod agent;
+pub mod cgroup;
+pub mod disk;
 pub mod process;
 pub mod python;
 

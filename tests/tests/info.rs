@@ -96,13 +96,37 @@ fn info_matches_what_the_kernel_offers() -> Result<()> {
             capability(&info, name)?["detail"]
         );
     }
+    // Per-device I/O limits: blkio's throttle files on v1, the io controller on v2.
+    let has_io_limits = if version == 2 {
+        fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")?
+            .split_whitespace()
+            .any(|c| c == "io")
+    } else {
+        std::path::Path::new("/sys/fs/cgroup/blkio/blkio.throttle.read_bps_device").exists()
+    };
+    let io_limits = capability(&info, "io_limits")?;
+    ensure!(
+        io_limits["available"] == has_io_limits,
+        "info says io_limits available={}, the cgroup files say {has_io_limits}: {}",
+        io_limits["available"],
+        io_limits["detail"]
+    );
+    let fallocate = capability(&info, "fallocate")?;
+    ensure!(
+        fallocate["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("state directory")),
+        "fallocate does not say where it was probed: {fallocate}"
+    );
     note(
         "info_matches_what_the_kernel_offers",
         format!(
-            "kernel {}: netem {}, cgroup v{version}, tcx {}",
+            "kernel {}: netem {}, cgroup v{version}, tcx {}, io_limits {has_io_limits}, \
+             fallocate {}",
             release.trim(),
             has_netem,
-            capability(&info, "tcx")?["available"]
+            capability(&info, "tcx")?["available"],
+            fallocate["available"]
         ),
     );
     Ok(())

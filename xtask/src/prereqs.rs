@@ -13,7 +13,7 @@ use crate::{exec, host};
 
 /// apt packages: nftnl/mnl headers and pkg-config to build the nftables adapter (the gRPC code
 /// needs no protoc: proto/build.rs compiles with protox), and the tools the integration tests use to set up hosts and check effects
-/// independently (`ip`, `ping`, `nft`, `unshare`/`nsenter` from util-linux, `sysctl` from procps; `promtool` from
+/// independently (`ip`, `ping`, `nft`, `unshare`/`nsenter`/`losetup` from util-linux, `sysctl` from procps, `mkfs.ext4` from e2fsprogs for the disk tests' loop filesystems; `promtool` from
 /// prometheus and the node exporter, the independent readers the monitoring tests compare with).
 const APT_PACKAGES: &[&str] = &[
     "libnftnl-dev",
@@ -24,6 +24,7 @@ const APT_PACKAGES: &[&str] = &[
     "nftables",
     "util-linux",
     "procps",
+    "e2fsprogs",
     "prometheus",
     "prometheus-node-exporter",
     // Debian's own Python with venv: the test environment of the Python clients (tests/python,

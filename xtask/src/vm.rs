@@ -53,14 +53,27 @@ const MODULES: &[&str] = &[
     "nft_numgen",
     "nft_ct",
     "nft_limit",
+    // The disk tests' filesystems are on loop devices (ext4 is built in).
+    "loop",
 ];
 
 /// Host tools the tests and the lab call by name (`ip netns`, `nsenter --net=`, `nft list`,
-/// `ping`, `setpriv --bounding-set`, `bash` for its /dev/tcp, `sysctl`); the guest gets the
-/// host's own binaries, so it behaves like
-/// the host run does. busybox provides everything else.
+/// `ping`, `setpriv --bounding-set`, `bash` for its /dev/tcp, `sysctl`; the disk tests'
+/// `mkfs.ext4`, `losetup --find --show` and `dd oflag=direct`); the guest gets the host's own
+/// binaries, so it behaves like the host run does. busybox provides everything else.
 const TOOLS: &[&str] = &[
-    "ip", "tc", "nft", "nsenter", "unshare", "ping", "setpriv", "bash", "sysctl",
+    "ip",
+    "tc",
+    "nft",
+    "nsenter",
+    "unshare",
+    "ping",
+    "setpriv",
+    "bash",
+    "sysctl",
+    "mkfs.ext4",
+    "losetup",
+    "dd",
 ];
 
 /// Workspace directories the tests read at run time through compile-time paths

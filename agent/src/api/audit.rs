@@ -1,8 +1,9 @@
 //! The audit log: one JSON line for every call that changes faults (Apply, Revert, RevertAll),
 //! whatever its outcome, for every call the policy refused, for every TLS client refused at
-//! the handshake for its certificate, and for every revert the agent decides on by itself
+//! the handshake for its certificate, for every revert the agent decides on by itself
 //! (`rpc` `automatic-revert`, `who` the agent, with the `reason`: deadline, lease expired,
-//! shutdown, recovered). Each line says when, who (identity, how it was
+//! shutdown, recovered, target gone), and for what a fault reports while active (`rpc`
+//! `fault-report`: the workload it resolved, the processes a kill signalled). Each line says when, who (identity, how it was
 //! established, role), which call, which fault (id, kind, summary) and the result: `ok`,
 //! `denied` or `failed`, with the gRPC code and the message the caller got.
 //!
@@ -138,6 +139,10 @@ pub(crate) struct Record {
     /// Why the agent reverted a fault by itself.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) reason: Option<&'static str>,
+    /// What a fault reported while active (`rpc` `fault-report`: the workload it resolved, the
+    /// processes it signalled), or what happened beyond the reason (`target gone: ...`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) detail: Option<String>,
     /// RevertAll: every fault it reverted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) faults: Option<Vec<Target>>,
@@ -161,6 +166,7 @@ impl Record {
             rpc,
             fault: None,
             reason: None,
+            detail: None,
             faults: None,
             result: Outcome::Ok,
             code: None,
@@ -271,22 +277,38 @@ impl RefusalLog for AuditLog {
     }
 }
 
-impl RevertLog for AuditLog {
-    fn reverted(&self, fault: &Fault, reason: RevertReason) {
-        let who = Who {
+impl Who {
+    /// The agent itself, for what it does without a call.
+    fn agent() -> Self {
+        Who {
             identity: Some("faultline agent".to_owned()),
             auth: "agent",
             uid: None,
             pid: Some(std::process::id() as i32),
             peer: None,
             role: None,
-        };
-        let mut record = Record::named(who, "automatic-revert").with_fault(Target::fault(fault));
+        }
+    }
+}
+
+impl RevertLog for AuditLog {
+    fn reverted(&self, fault: &Fault, reason: RevertReason) {
+        let mut record =
+            Record::named(Who::agent(), "automatic-revert").with_fault(Target::fault(fault));
         record.reason = Some(reason.as_str());
         if fault.state == FaultState::Failed {
             record.result = Outcome::Failed;
             record.error = Some(fault.reason.clone());
+        } else if fault.reason != reason.as_str() {
+            record.detail = Some(fault.reason.clone());
         }
+        self.write(&record);
+    }
+
+    fn reported(&self, fault: &Fault, line: &str) {
+        let mut record =
+            Record::named(Who::agent(), "fault-report").with_fault(Target::fault(fault));
+        record.detail = Some(line.to_owned());
         self.write(&record);
     }
 }

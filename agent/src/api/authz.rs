@@ -6,8 +6,8 @@
 //! client certificate, which the handshake has already verified against the configured CA.
 //!
 //! Roles: `observer` reads (Get, List, Watch, Info, Metrics); `operator` also applies and
-//! reverts faults, within the limits the policy gives it (fault kinds, duration, percent, memory)
-//! and never with `force`; `admin` may do everything. uid 0 on the unix socket is always admin:
+//! reverts faults, within the limits the policy gives it (fault kinds, duration, percent, memory,
+//! disk) and never with `force`; `admin` may do everything. uid 0 on the unix socket is always admin:
 //! root owns the agent, its state and this policy, so refusing it would protect nothing.
 //! Without a policy file only root may call; every TLS client is refused.
 //!
@@ -233,6 +233,8 @@ struct OperatorSection {
     max_percent: Option<f64>,
     #[serde(default, deserialize_with = "size_text")]
     max_memory: Option<u64>,
+    #[serde(default, deserialize_with = "size_text")]
+    max_disk: Option<u64>,
 }
 
 /// Fault kinds as the policy names them: the `kind` of `faultline ls` (`delay` is `netem`).
@@ -284,6 +286,8 @@ pub(crate) struct OperatorLimits {
     /// Of block and loss percent, netem loss, duplication and corruption, and CPU load.
     pub(crate) max_percent: Option<f64>,
     pub(crate) max_memory: Option<u64>,
+    /// Of the disk space a fill or an I/O stress's file takes.
+    pub(crate) max_disk: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -339,6 +343,7 @@ impl Policy {
                     max_duration: section.max_duration,
                     max_percent: section.max_percent,
                     max_memory: section.max_memory,
+                    max_disk: section.max_disk,
                 },
             ),
             None => (
@@ -348,6 +353,7 @@ impl Policy {
                     max_duration: None,
                     max_percent: None,
                     max_memory: None,
+                    max_disk: None,
                 },
             ),
         };
@@ -525,6 +531,15 @@ impl Authorizer {
                 )));
             }
         }
+        if let (Some(max), Some(bytes)) = (limits.max_disk, demands.disk) {
+            if bytes > max {
+                return Err(refuse(format!(
+                    "disk space {} is more than the operator maximum of {}",
+                    format_bytes(bytes),
+                    format_bytes(max)
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -546,10 +561,11 @@ mod tests {
         [operator]
         certificates = ["alice"]
         uids = [1000]
-        kinds = ["block", "loss", "memory", "cpu"]
+        kinds = ["block", "loss", "memory", "cpu", "disk_fill"]
         max_duration = "1m"
         max_percent = 50
         max_memory = "1GiB"
+        max_disk = "5GiB"
 
         [observer]
         certificates = ["bob"]
@@ -686,6 +702,15 @@ mod tests {
         assert_eq!(
             denial(check(&request(memory, 30))),
             "alice (operator): memory 2.0GiB is more than the operator maximum of 1.0GiB"
+        );
+        let fill = FaultSpec::DiskFill(crate::faults::disk::DiskFillSpec {
+            path: "/data".into(),
+            amount: crate::faults::disk::fill::FillAmount::Bytes(10 << 30),
+            floor: None,
+        });
+        assert_eq!(
+            denial(check(&request(fill, 30))),
+            "alice (operator): disk space 10.0GiB is more than the operator maximum of 5.0GiB"
         );
         let mut forced = request(block(Some(10.0)), 30);
         forced.force = true;

@@ -15,11 +15,18 @@ use crate::{
     engine::{ApplyRequest, Fault, FaultState, NotRenewed, Renewal},
     errors::InvalidSpec,
     faults::{
+        disk::{
+            fill::FillAmount,
+            io::{IoMode, DEFAULT_BLOCK, DEFAULT_SIZE},
+            DiskFillSpec, DiskIoSpec, DiskSlowSpec,
+        },
         effect::{Counter, Effect},
+        kill::{KillSpec, Pick},
         shape::{DelayDistribution, NetemParams, RateParams, ShapeSpec, ShapeTarget},
         stress::{CpuStressSpec, MemSize, MemoryStressSpec},
-        BlockSpec, Direction, FaultSpec, LossSpec, PacketMatch, PortRange, Protocol,
+        BlockSpec, Direction, FaultSpec, LossSpec, PacketMatch, PortRange, Protocol, Target,
     },
+    kernel::disk::throttle::IoLimits,
 };
 
 pub(crate) fn apply_request(req: pb::ApplyRequest) -> Result<ApplyRequest, InvalidSpec> {
@@ -132,6 +139,22 @@ pub(crate) fn fault_spec(spec: pb::FaultSpec) -> Result<FaultSpec, InvalidSpec> 
                 limit: n.limit,
             },
         })),
+        pb::fault_spec::Kind::Kill(k) => Ok(FaultSpec::Kill(KillSpec {
+            target: k.target.map(workload).transpose()?.flatten(),
+            name: Some(k.name).filter(|n| !n.is_empty()),
+            cmdline: k.cmdline,
+            signal: if k.signal == 0 {
+                libc::SIGKILL
+            } else {
+                k.signal
+            },
+            every: opt_duration(k.every, "every")?,
+            pick: match k.pick {
+                None => Pick::All,
+                Some(pb::kill_spec::Pick::Count(n)) => Pick::Count(n),
+                Some(pb::kill_spec::Pick::Percent(p)) => Pick::Percent(p),
+            },
+        })),
         pb::fault_spec::Kind::Rate(r) => Ok(FaultSpec::Rate(ShapeSpec {
             target: shape_target(r.target)?,
             params: RateParams {
@@ -140,6 +163,95 @@ pub(crate) fn fault_spec(spec: pb::FaultSpec) -> Result<FaultSpec, InvalidSpec> 
                 latency: opt_duration(r.latency, "latency")?,
             },
         })),
+        pb::fault_spec::Kind::DiskFill(f) => Ok(FaultSpec::DiskFill(DiskFillSpec {
+            path: disk_path(f.path)?,
+            amount: match f.amount {
+                Some(pb::disk_fill_spec::Amount::Bytes(b)) => FillAmount::Bytes(b),
+                Some(pb::disk_fill_spec::Amount::Percent(p)) => FillAmount::Percent(p),
+                None => {
+                    return Err(InvalidSpec::new(
+                        "size",
+                        "missing: expected --size (10GiB) or --percent (target usage, 95)",
+                    ))
+                }
+            },
+            floor: f.floor,
+        })),
+        pb::fault_spec::Kind::DiskIo(d) => Ok(FaultSpec::DiskIo(DiskIoSpec {
+            path: disk_path(d.path)?,
+            mode: match pb::DiskIoMode::try_from(d.mode) {
+                Ok(pb::DiskIoMode::Unspecified | pb::DiskIoMode::Write) => IoMode::Write,
+                Ok(pb::DiskIoMode::Read) => IoMode::Read,
+                Ok(pb::DiskIoMode::Mixed) => IoMode::Mixed,
+                Err(_) => {
+                    return Err(InvalidSpec::new(
+                        "mode",
+                        format!("unknown mode {}, expected read, write or mixed", d.mode),
+                    ))
+                }
+            },
+            block_size: if d.block_size == 0 {
+                DEFAULT_BLOCK
+            } else {
+                d.block_size
+            },
+            workers: d.workers.max(1),
+            size: if d.size == 0 { DEFAULT_SIZE } else { d.size },
+            limits: io_limits(d.limits),
+            floor: d.floor,
+        })),
+        pb::fault_spec::Kind::DiskSlow(d) => Ok(FaultSpec::DiskSlow(DiskSlowSpec {
+            target: d
+                .target
+                .map(workload)
+                .transpose()?
+                .flatten()
+                .ok_or_else(|| {
+                    InvalidSpec::new(
+                        "target",
+                        "missing: name the workload whose I/O to slow (--unit, --container, --pod \
+                     or --cgroup)",
+                    )
+                })?,
+            device: if d.device.is_empty() {
+                return Err(InvalidSpec::new(
+                    "device",
+                    "missing: name the disk (/dev/sdb, sdb or 8:16)",
+                ));
+            } else {
+                d.device
+            },
+            limits: io_limits(d.limits),
+        })),
+    }
+}
+
+fn disk_path(path: String) -> Result<std::path::PathBuf, InvalidSpec> {
+    if path.is_empty() {
+        return Err(InvalidSpec::new(
+            "path",
+            "missing: name a directory on the filesystem (an absolute path)",
+        ));
+    }
+    Ok(path.into())
+}
+
+fn io_limits(l: Option<pb::IoLimits>) -> IoLimits {
+    let l = l.unwrap_or_default();
+    IoLimits {
+        read_bps: l.read_bps,
+        write_bps: l.write_bps,
+        read_iops: l.read_iops,
+        write_iops: l.write_iops,
+    }
+}
+
+fn proto_io_limits(l: &IoLimits) -> pb::IoLimits {
+    pb::IoLimits {
+        read_bps: l.read_bps,
+        write_bps: l.write_bps,
+        read_iops: l.read_iops,
+        write_iops: l.write_iops,
     }
 }
 
@@ -156,8 +268,45 @@ fn shape_target(target: Option<pb::ShapeTarget>) -> Result<ShapeTarget, InvalidS
         device: t.device,
         direction: direction(t.direction, Some(Direction::Egress))?,
         matcher: packet_match(t.r#match.unwrap_or_default())?,
-        cgroup: Some(t.cgroup).filter(|c| !c.is_empty()),
+        workload: match t.workload {
+            Some(w) => workload(w)?,
+            // What a client older than `workload` sends.
+            None => Some(t.cgroup).filter(|c| !c.is_empty()).map(Target::Cgroup),
+        },
     })
+}
+
+/// A workload target; an empty one (no kind set) is none.
+pub(crate) fn workload(t: pb::Target) -> Result<Option<Target>, InvalidSpec> {
+    use pb::target::Kind;
+    let nonempty = |field: &str, value: String| {
+        if value.trim().is_empty() {
+            Err(InvalidSpec::new(field, "empty: name the workload"))
+        } else {
+            Ok(value)
+        }
+    };
+    Ok(match t.kind {
+        None => None,
+        Some(Kind::Unit(u)) => Some(Target::Unit(nonempty("unit", u)?)),
+        Some(Kind::Container(c)) => Some(Target::Container(nonempty("container", c)?)),
+        Some(Kind::Pod(p)) => Some(Target::Pod(nonempty("pod", p)?)),
+        Some(Kind::Cgroup(c)) => Some(Target::Cgroup(nonempty("cgroup", c)?)),
+        Some(Kind::Pids(p)) => Some(Target::Pids(p.pids)),
+    })
+}
+
+pub(crate) fn proto_workload(t: &Target) -> pb::Target {
+    use pb::target::Kind;
+    pb::Target {
+        kind: Some(match t {
+            Target::Unit(u) => Kind::Unit(u.clone()),
+            Target::Container(c) => Kind::Container(c.clone()),
+            Target::Pod(p) => Kind::Pod(p.clone()),
+            Target::Cgroup(c) => Kind::Cgroup(c.clone()),
+            Target::Pids(p) => Kind::Pids(pb::PidSet { pids: p.clone() }),
+        }),
+    }
 }
 
 fn opt_duration(
@@ -353,6 +502,20 @@ pub(crate) fn proto_spec(spec: &FaultSpec) -> pb::FaultSpec {
                 limit: p.limit,
             })
         }
+        FaultSpec::Kill(k) => pb::fault_spec::Kind::Kill(pb::KillSpec {
+            target: k.target.as_ref().map(proto_workload),
+            name: k.name.clone().unwrap_or_default(),
+            cmdline: k.cmdline,
+            signal: k.signal,
+            every: k
+                .every
+                .and_then(|d| prost_types::Duration::try_from(d).ok()),
+            pick: match k.pick {
+                Pick::All => None,
+                Pick::Count(n) => Some(pb::kill_spec::Pick::Count(n)),
+                Pick::Percent(p) => Some(pb::kill_spec::Pick::Percent(p)),
+            },
+        }),
         FaultSpec::Rate(r) => pb::fault_spec::Kind::Rate(pb::RateSpec {
             target: Some(proto_target(&r.target)),
             rate_bps: r.params.rate_bps,
@@ -361,6 +524,33 @@ pub(crate) fn proto_spec(spec: &FaultSpec) -> pb::FaultSpec {
                 .params
                 .latency
                 .and_then(|d| prost_types::Duration::try_from(d).ok()),
+        }),
+        FaultSpec::DiskFill(f) => pb::fault_spec::Kind::DiskFill(pb::DiskFillSpec {
+            path: f.path.display().to_string(),
+            amount: Some(match f.amount {
+                FillAmount::Bytes(b) => pb::disk_fill_spec::Amount::Bytes(b),
+                FillAmount::Percent(p) => pb::disk_fill_spec::Amount::Percent(p),
+            }),
+            floor: f.floor,
+        }),
+        FaultSpec::DiskIo(d) => pb::fault_spec::Kind::DiskIo(pb::DiskIoSpec {
+            path: d.path.display().to_string(),
+            mode: match d.mode {
+                IoMode::Read => pb::DiskIoMode::Read,
+                IoMode::Write => pb::DiskIoMode::Write,
+                IoMode::Mixed => pb::DiskIoMode::Mixed,
+            }
+            .into(),
+            block_size: d.block_size,
+            workers: d.workers,
+            size: d.size,
+            limits: Some(proto_io_limits(&d.limits)),
+            floor: d.floor,
+        }),
+        FaultSpec::DiskSlow(d) => pb::fault_spec::Kind::DiskSlow(pb::DiskSlowSpec {
+            target: Some(proto_workload(&d.target)),
+            device: d.device.clone(),
+            limits: Some(proto_io_limits(&d.limits)),
         }),
     };
     pb::FaultSpec { kind: Some(kind) }
@@ -371,7 +561,12 @@ fn proto_target(t: &ShapeTarget) -> pb::ShapeTarget {
         device: t.device.clone(),
         direction: proto_direction(t.direction),
         r#match: Some(proto_match(&t.matcher)),
-        cgroup: t.cgroup.clone().unwrap_or_default(),
+        // For clients older than `workload`.
+        cgroup: match &t.workload {
+            Some(Target::Cgroup(path)) => path.clone(),
+            _ => String::new(),
+        },
+        workload: t.workload.as_ref().map(proto_workload),
     }
 }
 
@@ -418,6 +613,7 @@ pub(crate) fn proto_fault(f: &Fault) -> pb::Fault {
         objects: f.objects.clone(),
         changes: f.changes.clone(),
         residue: f.residue.clone(),
+        status: f.status.clone(),
     }
 }
 
@@ -475,6 +671,7 @@ pub(crate) fn fault(f: pb::Fault) -> Result<Fault, InvalidSpec> {
         objects: f.objects,
         changes: f.changes,
         residue: f.residue,
+        status: f.status,
         id: f.id,
     })
 }

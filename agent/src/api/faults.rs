@@ -100,8 +100,8 @@ impl Faults for FaultsService {
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::Fault>, Status> {
         let id = &request.get_ref().id;
         self.gate.admit(&request, Rpc::Get, Some(Target::id(id)))?;
-        // An active fault's effect as of now, not of the last periodic reading.
-        self.engine.refresh_effect(id);
+        // An active fault's effect and objects as of now, not of the last periodic reading.
+        self.engine.observe(id);
         let fault = self.engine.get(id).map_err(from_engine)?;
         Ok(Response::new(convert::proto_fault(&fault)))
     }

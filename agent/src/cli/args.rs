@@ -89,6 +89,52 @@ impl MatchArgs {
     }
 }
 
+/// The workload a fault is aimed at: at most one of these. The agent finds it in its host's
+/// cgroup tree when the fault is applied (`faultline get` shows where), and ends the fault if it
+/// disappears.
+#[derive(Debug, Clone, Default, Args)]
+#[group(id = "workload", multiple = false)]
+pub(crate) struct WorkloadArgs {
+    /// A systemd unit, by its cgroup (nginx means nginx.service; session-3.scope, user.slice)
+    #[arg(long, value_name = "NAME")]
+    pub(crate) unit: Option<String>,
+    /// A container (docker, containerd, CRI-O, podman): its id or a unique prefix of it
+    #[arg(long, value_name = "ID")]
+    pub(crate) container: Option<String>,
+    /// A Kubernetes pod on this node: its UID or a unique prefix of it
+    #[arg(long, value_name = "UID")]
+    pub(crate) pod: Option<String>,
+    /// A cgroup path below the cgroup root, as in /proc/PID/cgroup (system.slice/nginx.service)
+    #[arg(long, value_name = "PATH")]
+    pub(crate) cgroup: Option<String>,
+    /// Processes, by pid; repeat or separate with commas
+    #[arg(long = "pid", value_name = "PID", value_delimiter = ',')]
+    pub(crate) pids: Vec<u32>,
+}
+
+impl WorkloadArgs {
+    /// The proto target; `None` when no workload is named.
+    pub(crate) fn to_proto(&self) -> Option<pb::Target> {
+        use pb::target::Kind;
+        let kind = if let Some(unit) = &self.unit {
+            Kind::Unit(unit.clone())
+        } else if let Some(id) = &self.container {
+            Kind::Container(id.clone())
+        } else if let Some(uid) = &self.pod {
+            Kind::Pod(uid.clone())
+        } else if let Some(path) = &self.cgroup {
+            Kind::Cgroup(path.clone())
+        } else if !self.pids.is_empty() {
+            Kind::Pids(pb::PidSet {
+                pids: self.pids.clone(),
+            })
+        } else {
+            return None;
+        };
+        Some(pb::Target { kind: Some(kind) })
+    }
+}
+
 /// How long, how labelled, and how to run a fault.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ApplyArgs {

@@ -27,7 +27,8 @@ pub(crate) async fn run(global: &Global, o: Options) -> Result<(), Failure> {
     let report = if o.local {
         tokio::task::spawn_blocking(|| {
             let config = AgentConfig::default();
-            let adapters = Adapters::new(&config, caps::Capabilities::probe());
+            let caps = caps::Capabilities::probe().with_state_dir(&config.state_dir);
+            let adapters = Adapters::new(&config, caps);
             api::doctor_response(
                 &doctor::examine(&config, &adapters),
                 format!(

@@ -15,11 +15,13 @@ mod certs;
 mod completions;
 pub(crate) mod config_file;
 mod connect;
+mod disk;
 mod doctor;
 mod fleet;
 mod get;
 mod health;
 mod info;
+mod kill;
 mod loss;
 mod ls;
 mod man_pages;
@@ -35,7 +37,7 @@ mod worker;
 
 pub(crate) use output::Failure;
 
-/// faultline: inject network, CPU and memory faults into this host, and revert them, always.
+/// faultline: inject network, CPU, memory and disk faults into this host, and revert them, always.
 #[derive(Debug, Parser)]
 #[command(name = "faultline", version, about, propagate_version = true)]
 pub(crate) struct Cli {
@@ -61,6 +63,12 @@ pub(crate) enum Command {
     Rate(shape::RateOptions),
     /// Load CPUs or hold memory inside a cgroup whose limits the kernel enforces
     Stress(stress::Options),
+    /// Fill a filesystem, stress a disk with I/O, or throttle a cgroup's I/O on a disk
+    #[command(subcommand_required = true)]
+    Disk(disk::Options),
+    /// Signal (SIGKILL by default) a workload's processes, or those whose name matches, once or
+    /// --every period; a kill cannot be undone
+    Kill(kill::Options),
     /// List the agent's faults
     #[command(alias = "list")]
     Ls(ls::Options),
@@ -197,6 +205,8 @@ fn run(cli: Cli, settings: config_file::FileSettings) -> Result<(), Failure> {
                     Command::Netem(o) => shape::netem(&cli.global, o).await,
                     Command::Rate(o) => shape::rate(&cli.global, o).await,
                     Command::Stress(o) => stress::run(&cli.global, o).await,
+                    Command::Disk(o) => disk::run(&cli.global, o).await,
+                    Command::Kill(o) => kill::run(&cli.global, o).await,
                     Command::Ls(o) => ls::run(&cli.global, o).await,
                     Command::Get(o) => get::run(&cli.global, o).await,
                     Command::Revert(o) => revert::run(&cli.global, o).await,

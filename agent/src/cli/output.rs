@@ -339,6 +339,9 @@ pub(crate) fn print_fault(f: &FaultView, output: Output) {
             for line in f.residue() {
                 println!("residue:   {line}");
             }
+            for line in f.status() {
+                println!("status:    {line}");
+            }
         }
     }
 }

@@ -75,6 +75,10 @@ pub(crate) struct Options {
     /// at least 256MiB
     #[arg(long, value_name = "SIZE", value_parser = crate::units::parse_bytes)]
     pub(crate) memory_reserve: Option<u64>,
+    /// Free space a disk fault must leave on the filesystem of --state-dir, so the journal can
+    /// always be written and every fault reverted (default 256MiB)
+    #[arg(long, value_name = "SIZE", value_parser = crate::units::parse_bytes)]
+    pub(crate) disk_reserve: Option<u64>,
 
     /// The cgroup (at each hierarchy's root) that holds stress faults' cgroups
     #[arg(long, value_name = "NAME", default_value = crate::kernel::cgroup::DEFAULT_PARENT, value_parser = cgroup_name)]
@@ -245,6 +249,7 @@ pub(crate) fn run(
         memory_reserve: o.memory_reserve,
         cgroup_parent: o.cgroup_parent,
         ineffective_after: o.ineffective_after,
+        disk_reserve: o.disk_reserve,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -275,7 +280,7 @@ async fn serve(
     gate: Arc<Gate>,
     remote: Option<RemoteOptions>,
 ) -> anyhow::Result<()> {
-    let caps = Capabilities::probe();
+    let caps = Capabilities::probe().with_state_dir(&config.state_dir);
     info!(version = env!("CARGO_PKG_VERSION"), kernel = %caps.kernel_release, "faultline agent starting");
     for (name, cap) in caps.list() {
         if cap.available {

@@ -8,7 +8,7 @@ use faultline_proto::v1 as pb;
 
 use super::{
     apply,
-    args::{parse_duration, ApplyArgs, Dir, Global, MatchArgs},
+    args::{parse_duration, ApplyArgs, Dir, Global, MatchArgs, WorkloadArgs},
     output::Failure,
 };
 
@@ -23,44 +23,22 @@ pub(crate) struct TargetArgs {
     pub(crate) dir: Dir,
     #[command(flatten)]
     pub(crate) matcher: MatchArgs,
-    /// Only packets sent by sockets in this cgroup v2 (path below the cgroup2 mount, e.g.
-    /// system.slice/nginx.service); egress only
-    #[arg(long, conflicts_with = "pid")]
-    pub(crate) cgroup: Option<String>,
-    /// Only packets sent by sockets in this process's cgroup v2; egress only
-    #[arg(long)]
-    pub(crate) pid: Option<u32>,
+    /// Egress only: only packets sent by sockets of this workload (its cgroup v2, on a host
+    /// that mounts one)
+    #[command(flatten)]
+    pub(crate) workload: WorkloadArgs,
 }
 
 impl TargetArgs {
-    fn to_proto(&self) -> Result<pb::ShapeTarget, Failure> {
-        let cgroup = match (&self.cgroup, self.pid) {
-            (Some(path), _) => path.clone(),
-            (None, Some(pid)) => cgroup_of(pid)?,
-            (None, None) => String::new(),
-        };
-        Ok(pb::ShapeTarget {
+    fn to_proto(&self) -> pb::ShapeTarget {
+        pb::ShapeTarget {
             device: self.dev.clone(),
             direction: pb::Direction::from(self.dir).into(),
             r#match: Some(self.matcher.to_proto()),
-            cgroup,
-        })
+            cgroup: String::new(),
+            workload: self.workload.to_proto(),
+        }
     }
-}
-
-/// The cgroup v2 path of a process, from the `0::` line of /proc/PID/cgroup.
-fn cgroup_of(pid: u32) -> Result<String, Failure> {
-    let path = format!("/proc/{pid}/cgroup");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| Failure::usage(format!("--pid {pid}: cannot read {path}: {e}")))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .map(str::to_owned)
-        .ok_or_else(|| {
-            Failure::usage(format!(
-                "--pid {pid}: the process is in no cgroup v2 ({path} has no 0:: line)"
-            ))
-        })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -184,7 +162,7 @@ fn netem_spec(target: pb::ShapeTarget, delay: Option<Duration>, d: &DelayArgs) -
 }
 
 pub(crate) async fn delay(global: &Global, o: DelayOptions) -> Result<(), Failure> {
-    let spec = netem_spec(o.target.to_proto()?, Some(o.delay), &o.delay_args);
+    let spec = netem_spec(o.target.to_proto(), Some(o.delay), &o.delay_args);
     apply::run(global, &o.apply, pb::fault_spec::Kind::Netem(spec)).await
 }
 
@@ -201,14 +179,14 @@ pub(crate) async fn netem(global: &Global, o: NetemOptions) -> Result<(), Failur
         gap: o.gap,
         rate_bps: o.rate,
         limit: o.limit,
-        ..netem_spec(o.target.to_proto()?, o.delay, &o.delay_args)
+        ..netem_spec(o.target.to_proto(), o.delay, &o.delay_args)
     };
     apply::run(global, &o.apply, pb::fault_spec::Kind::Netem(spec)).await
 }
 
 pub(crate) async fn rate(global: &Global, o: RateOptions) -> Result<(), Failure> {
     let spec = pb::RateSpec {
-        target: Some(o.target.to_proto()?),
+        target: Some(o.target.to_proto()),
         rate_bps: o.rate,
         burst: o.burst,
         latency: o

@@ -88,6 +88,11 @@ impl FaultView {
         &self.fault.plan
     }
 
+    /// What the fault found and did while active (the workload it resolved, what it killed).
+    pub(crate) fn status(&self) -> &[String] {
+        &self.fault.status
+    }
+
     pub(crate) fn created_at(&self) -> Option<SystemTime> {
         time(self.fault.created_at)
     }
@@ -186,6 +191,7 @@ impl FaultView {
                 .map(|d| d.as_secs_f64()),
             "reason": self.reason(),
             "plan": self.plan(),
+            "status": self.status(),
             "lease_secs": self.lease().map(|d| d.as_secs_f64()),
             "lease_expires_at": rfc3339(self.lease_expires_at()),
             "kind": self.kind(),

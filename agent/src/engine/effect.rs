@@ -27,16 +27,21 @@ impl Engine {
                 _ = closing.wait_for(|c| *c) => return,
             }
             for id in self.active_ids() {
-                self.refresh_effect(&id);
-                self.check_objects(&id);
+                self.observe(&id);
             }
             self.retry_residue();
         }
     }
 
+    /// Reads active fault `id`'s effect and objects from the kernel now (see the module).
+    pub(crate) fn observe(&self, id: &str) {
+        self.refresh_effect(id);
+        self.check_objects(id);
+    }
+
     /// Reads fault `id`'s effect now, if it is active, and keeps it; flags or clears
     /// `ineffective`, publishing the change.
-    pub(crate) fn refresh_effect(&self, id: &str) {
+    fn refresh_effect(&self, id: &str) {
         let Some(fault) = self.active(id) else {
             return;
         };

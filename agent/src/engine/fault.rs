@@ -93,6 +93,11 @@ pub(crate) struct Fault {
     /// What the kernel still held of the fault after its revert.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) residue: Vec<String>,
+    /// What the fault found and did while applied and active, one line each, oldest first: the
+    /// workload it resolved, the processes it signalled. Kept in the running agent (and the
+    /// audit log), not journalled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) status: Vec<String>,
 }
 
 impl Fault {

@@ -170,6 +170,7 @@ mod tests {
             objects: Vec::new(),
             changes: Vec::new(),
             residue: Vec::new(),
+            status: Vec::new(),
         }
     }
 

@@ -52,6 +52,11 @@ pub(crate) use lease::{check_lease, NotRenewed, Renewal};
 /// Finished faults kept for `get`/`ls` after they ended.
 const KEEP_FINISHED: usize = 64;
 const MAX_LABELS: usize = 32;
+/// Status lines a fault keeps (its first, the target it resolved, and the latest); the audit
+/// log has every one.
+const MAX_STATUS: usize = 100;
+/// How often the engine asks a watched family whether its target is still there.
+const LIVENESS_PERIOD: Duration = Duration::from_secs(1);
 
 /// Why a fault was reverted, as recorded in its `reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +68,8 @@ pub(crate) enum RevertReason {
     Shutdown,
     /// Reverted at start-up, left by an earlier run, before its deadline or lease ran out.
     Recovered,
+    /// What the fault acted on disappeared (a workload's processes exited, its cgroup went).
+    TargetGone,
 }
 
 impl RevertReason {
@@ -73,16 +80,20 @@ impl RevertReason {
             RevertReason::LeaseExpired => "lease expired",
             RevertReason::Shutdown => "shutdown",
             RevertReason::Recovered => "recovered",
+            RevertReason::TargetGone => "target gone",
         }
     }
 }
 
 /// Where the engine reports the reverts it decides on by itself (deadline, lease expiry,
-/// shutdown, start-up): the agent's audit log. A revert a caller asked for is recorded where
-/// the call is, with who asked.
+/// shutdown, start-up, target gone) and what faults report while active: the agent's audit
+/// log. A revert a caller asked for is recorded where the call is, with who asked.
 pub(crate) trait RevertLog: Send + Sync {
     /// `fault` has ended (reverted, or failed with every cause in its `reason`) for `reason`.
     fn reverted(&self, fault: &Fault, reason: RevertReason);
+
+    /// `fault` reported `line` (the workload it resolved, processes it signalled).
+    fn reported(&self, fault: &Fault, line: &str);
 }
 
 /// A request to apply a fault, already parsed into domain types.
@@ -132,12 +143,34 @@ impl Entry {
             residue_retries: 0,
         }
     }
+
+    /// Replaces the fault with `fault`, a copy taken earlier: the status lines reported since
+    /// are the registry's, and stay.
+    fn update(&mut self, fault: &Fault) {
+        let status = std::mem::take(&mut self.fault.status);
+        self.fault = fault.clone();
+        if status.len() >= self.fault.status.len() {
+            self.fault.status = status;
+        }
+    }
 }
 
 #[derive(Default)]
 struct Registry {
     faults: BTreeMap<String, Entry>,
     finished: VecDeque<String>,
+}
+
+/// The engine as families see it: where their status lines go. Weak, since the engine owns
+/// the adapters that hold it.
+struct Reports(std::sync::Weak<Engine>);
+
+impl crate::faults::Report for Reports {
+    fn note(&self, id: &str, line: String) {
+        if let Some(engine) = self.0.upgrade() {
+            engine.note(id, line);
+        }
+    }
 }
 
 pub(crate) struct Engine {
@@ -161,8 +194,8 @@ impl Engine {
     ) -> Result<Arc<Self>, EngineError> {
         let journal = Journal::open(&config.state_dir)?;
         let (events, _) = broadcast::channel(256);
-        Ok(Arc::new(Self {
-            adapters: Adapters::new(&config, caps),
+        Ok(Arc::new_cyclic(|engine| Self {
+            adapters: Adapters::new(&config, caps).with_report(Arc::new(Reports(engine.clone()))),
             revert_log,
             guard: Guard::new(config.protected_ports.clone()),
             journal,
@@ -265,6 +298,7 @@ impl Engine {
             objects: Vec::new(),
             changes: Vec::new(),
             residue: Vec::new(),
+            status: Vec::new(),
         };
         {
             // Checked and registered under one lock, so two racing requests cannot both win.
@@ -341,13 +375,14 @@ impl Engine {
         let timer = {
             let engine = Arc::clone(self);
             let id = id.clone();
+            let watched = family.watched();
             tokio::spawn(async move {
-                tokio::time::sleep(request.duration).await;
+                let (reason, detail) = engine.until_due(&id, request.duration, watched).await;
                 // Reverting in a task of its own: a revert request aborts this timer, and must
                 // never abort a revert half-way.
                 tokio::spawn(async move {
-                    if let Err(e) = engine.revert(&id, RevertReason::Deadline).await {
-                        error!(id, error = %e, "revert at the deadline failed");
+                    if let Err(e) = engine.revert_for(&id, reason, detail, |_| true).await {
+                        error!(id, reason = reason.as_str(), error = %e, "automatic revert failed");
                     }
                 });
             })
@@ -356,7 +391,8 @@ impl Engine {
         {
             let mut registry = self.registry();
             if let Some(entry) = registry.faults.get_mut(&id) {
-                entry.fault = fault.clone();
+                entry.update(&fault);
+                fault.status = entry.fault.status.clone();
                 entry.timer = Some(timer);
                 // Armed under the lock: the timer reads `lease_due` back when it fires.
                 if let Some(due) = lease_due {
@@ -372,6 +408,59 @@ impl Engine {
         info!(id = %fault.id, kind = fault.spec.kind(), spec = %fault.spec.family().summary(), duration = %humantime::format_duration(fault.duration), lease, kernel_us = kernel_time.as_micros() as u64, "fault active");
         self.publish(&fault);
         Ok(ApplyOutcome::Applied(Box::new(fault)))
+    }
+
+    /// Waits for the fault's deadline; a watched family is asked every [`LIVENESS_PERIOD`]
+    /// whether its target is still there. Returns why the fault is due.
+    async fn until_due(
+        &self,
+        id: &str,
+        duration: Duration,
+        watched: bool,
+    ) -> (RevertReason, Option<String>) {
+        let due = Instant::now() + duration;
+        if !watched {
+            tokio::time::sleep_until(due).await;
+            return (RevertReason::Deadline, None);
+        }
+        let mut ticks = tokio::time::interval_at(Instant::now() + LIVENESS_PERIOD, LIVENESS_PERIOD);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(due) => return (RevertReason::Deadline, None),
+                _ = ticks.tick() => {
+                    let Ok(fault) = self.get(id) else {
+                        return (RevertReason::Deadline, None);
+                    };
+                    let gone = tokio::task::block_in_place(|| {
+                        fault.spec.family().target_gone(id, &self.host())
+                    });
+                    if let Some(why) = gone {
+                        return (RevertReason::TargetGone, Some(why));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds a status line to fault `id` (see [`crate::faults::Report`]).
+    fn note(&self, id: &str, line: String) {
+        let fault = {
+            let mut registry = self.registry();
+            let Some(entry) = registry.faults.get_mut(id) else {
+                return;
+            };
+            let status = &mut entry.fault.status;
+            status.push(line.clone());
+            if status.len() > MAX_STATUS {
+                // The first line (the target it resolved) stays; the audit log has the rest.
+                status.remove(1);
+            }
+            entry.fault.clone()
+        };
+        info!(id, kind = fault.spec.kind(), status = %line, "fault status");
+        self.revert_log.reported(&fault, &line);
+        self.publish(&fault);
     }
 
     fn check_request(&self, request: &ApplyRequest) -> Result<(), InvalidSpec> {
@@ -473,7 +562,7 @@ impl Engine {
         id: &str,
         reason: RevertReason,
     ) -> Result<Fault, EngineError> {
-        self.revert_when(id, reason, |_| true).await
+        self.revert_for(id, reason, None, |_| true).await
     }
 
     /// Reverts one fault if `still_due` says so, asked under the registry lock: a timer that
@@ -482,6 +571,18 @@ impl Engine {
         &self,
         id: &str,
         reason: RevertReason,
+        still_due: impl FnOnce(&Entry) -> bool,
+    ) -> Result<Fault, EngineError> {
+        self.revert_for(id, reason, None, still_due).await
+    }
+
+    /// [`Engine::revert_when`], with what happened in the fault's reason after the reason
+    /// itself (`target gone: container 3f2a1b2c3d4e: ...`).
+    async fn revert_for(
+        &self,
+        id: &str,
+        reason: RevertReason,
+        detail: Option<String>,
         still_due: impl FnOnce(&Entry) -> bool,
     ) -> Result<Fault, EngineError> {
         let mut fault = {
@@ -525,10 +626,13 @@ impl Engine {
             }
             Ok(()) => {
                 fault.state = FaultState::Reverted;
-                fault.reason = reason.as_str().to_owned();
+                fault.reason = match &detail {
+                    Some(detail) => format!("{}: {detail}", reason.as_str()),
+                    None => reason.as_str().to_owned(),
+                };
                 // Finished before the fsyncs of the journal and the audit log: whoever sees the
                 // objects gone sees the fault reverted too.
-                self.finish(&fault);
+                let fault = self.finish(&fault);
                 if let Err(e) = self.journal.remove(&fault.id) {
                     // The objects are gone; a stale entry only costs an idempotent revert later.
                     warn!(id = %fault.id, error = %e, "cannot remove the journal entry of a reverted fault");
@@ -590,14 +694,15 @@ impl Engine {
 
     /// Records a fault's final state in the registry (adding it, for a fault recovered at
     /// start-up) and trims old finished faults.
-    fn finish(&self, fault: &Fault) {
-        {
+    fn finish(&self, fault: &Fault) -> Fault {
+        let finished = {
             let mut registry = self.registry();
             let entry = registry
                 .faults
                 .entry(fault.id.clone())
                 .or_insert_with(|| Entry::new(fault.clone()));
-            entry.fault = fault.clone();
+            entry.update(fault);
+            let finished = entry.fault.clone();
             for timer in [entry.timer.take(), entry.lease_timer.take()]
                 .into_iter()
                 .flatten()
@@ -611,7 +716,9 @@ impl Engine {
                     registry.faults.remove(&old);
                 }
             }
-        }
-        self.publish(fault);
+            finished
+        };
+        self.publish(&finished);
+        finished
     }
 }

@@ -135,6 +135,7 @@ mod tests {
             objects: Vec::new(),
             changes: Vec::new(),
             residue: Vec::new(),
+            status: Vec::new(),
         };
         let at = |s: u64| start + Duration::from_secs(s);
         use RevertReason::*;

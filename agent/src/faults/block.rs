@@ -149,6 +149,7 @@ impl Family for BlockSpec {
             // Without --percent a block takes every matching packet.
             percents: vec![("block percent", self.percent.unwrap_or(100.0))],
             memory: None,
+            disk: None,
         }
     }
 

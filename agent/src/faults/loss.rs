@@ -141,6 +141,7 @@ impl Family for LossSpec {
         Demands {
             percents: vec![("loss percent", self.percent)],
             memory: None,
+            disk: None,
         }
     }
 

@@ -3,7 +3,7 @@
 //! and how it is applied and reverted through the kernel adapters. It owns no policy: deadlines,
 //! conflicts, guards and the journal belong to the engine, which treats every family alike.
 
-use std::{fmt, net::IpAddr, time::Duration};
+use std::{fmt, net::IpAddr, sync::Arc, time::Duration};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -12,21 +12,32 @@ use crate::{
     config::AgentConfig,
     errors::{InvalidSpec, KernelError},
     kernel::{
-        bpf::Classifiers, caps::Capabilities, nft::Firewall, qdisc::shaping::Shaping,
-        workers::Workers, Adapter, Swept,
+        bpf::Classifiers,
+        caps::Capabilities,
+        disk::Disks,
+        nft::Firewall,
+        process::{Repeats, Signalled},
+        qdisc::shaping::Shaping,
+        workers::Workers,
+        workload::Workloads,
+        Adapter, Swept,
     },
 };
 
 pub(crate) mod block;
+pub(crate) mod disk;
 pub(crate) mod effect;
+pub(crate) mod kill;
 pub(crate) mod loss;
 pub(crate) mod readiness;
 pub(crate) mod shape;
 pub(crate) mod stress;
+pub(crate) mod target;
 
 pub(crate) use block::BlockSpec;
 pub(crate) use loss::LossSpec;
 pub(crate) use shape::{NetemSpec, RateSpec};
+pub(crate) use target::Target;
 
 /// The most port ranges and CIDRs one fault may name: enough to describe a service, small
 /// enough that the kernel objects stay a handful of rules and the eBPF filter a bounded loop.
@@ -283,6 +294,10 @@ families! {
     MemoryStress(stress::MemoryStressSpec) = "memory",
     Netem(NetemSpec) = "netem",
     Rate(RateSpec) = "rate",
+    DiskFill(disk::DiskFillSpec) = "disk_fill",
+    DiskIo(disk::DiskIoSpec) = "disk_io",
+    DiskSlow(disk::DiskSlowSpec) = "disk_slow",
+    Kill(kill::KillSpec) = "kill",
 }
 
 /// What a fault takes of the host, in the terms an operator's policy bounds.
@@ -293,6 +308,8 @@ pub(crate) struct Demands {
     pub(crate) percents: Vec<(&'static str, f64)>,
     /// Bytes of memory, bounded by `max_memory`.
     pub(crate) memory: Option<u64>,
+    /// Bytes of disk space, bounded by `max_disk`.
+    pub(crate) disk: Option<u64>,
 }
 
 /// A kernel object that only one fault at a time may own; two faults claiming the same object
@@ -308,6 +325,8 @@ pub(crate) enum Claim {
     RootQdisc { device: String },
     /// The ingress steering classifier of an interface (ingress shaping).
     IngressShaper { device: String },
+    /// A cgroup's I/O limits on one disk (`MAJ:MIN`).
+    IoLimits { cgroup: String, device: String },
 }
 
 impl fmt::Display for Claim {
@@ -323,6 +342,9 @@ impl fmt::Display for Claim {
             Claim::RootQdisc { device } => write!(f, "the root qdisc of {device}"),
             Claim::IngressShaper { device } => {
                 write!(f, "the ingress shaping classifier on {device}")
+            }
+            Claim::IoLimits { cgroup, device } => {
+                write!(f, "the I/O limits of cgroup {cgroup} on {device}")
             }
         }
     }
@@ -353,6 +375,12 @@ pub(crate) struct Adapters {
     classifiers: Classifiers,
     shaping: Shaping,
     workers: Workers,
+    disks: Disks,
+    workloads: Arc<Workloads>,
+    repeats: Repeats,
+    signalled: Arc<Signalled>,
+    protected_ports: Vec<u16>,
+    report: Arc<dyn Report>,
 }
 
 impl Adapters {
@@ -369,8 +397,20 @@ impl Adapters {
                     .map(|c| c.with_parent(&config.cgroup_parent)),
                 config.memory_reserve,
             ),
+            disks: Disks::new(&config.state_dir, config.disk_reserve, caps.cgroups.clone()),
+            workloads: Arc::new(Workloads::new(&config.cgroup_parent)),
+            repeats: Repeats::default(),
+            signalled: Arc::default(),
+            protected_ports: config.protected_ports.clone(),
+            report: Arc::new(Unreported),
             caps,
         }
+    }
+
+    /// Where families' status lines go (the engine, which keeps them with the fault).
+    pub(crate) fn with_report(mut self, report: Arc<dyn Report>) -> Self {
+        self.report = report;
+        self
     }
 
     pub(crate) fn caps(&self) -> &Capabilities {
@@ -383,16 +423,24 @@ impl Adapters {
             classifiers: &self.classifiers,
             shaping: &self.shaping,
             workers: &self.workers,
+            disks: &self.disks,
+            workloads: &self.workloads,
+            repeats: &self.repeats,
+            signalled: &self.signalled,
+            protected_ports: &self.protected_ports,
+            report: Arc::clone(&self.report),
             force,
         }
     }
 
     /// Sweeps every adapter in turn: each removes what belongs to no fault in `keep`. A
-    /// classifier goes before the qdisc tree it steers into.
+    /// classifier goes before the qdisc tree it steers into; I/O workers before the files
+    /// they hold open.
     pub(crate) fn sweep(&self, keep: &[&str]) -> Swept {
-        let adapters: [&dyn Adapter; 4] = [
+        let adapters: [&dyn Adapter; 5] = [
             &self.firewall,
             &self.workers,
+            &self.disks,
             &self.classifiers,
             &self.shaping,
         ];
@@ -409,8 +457,35 @@ pub(crate) struct Host<'a> {
     pub(crate) classifiers: &'a Classifiers,
     pub(crate) shaping: &'a Shaping,
     pub(crate) workers: &'a Workers,
-    /// The request said to replace what another tool installed (a root qdisc).
+    pub(crate) disks: &'a Disks,
+    /// Finds the workloads faults are aimed at (see [`Target`]).
+    pub(crate) workloads: &'a Arc<Workloads>,
+    /// Actions a fault repeats every period (a kill `--every`).
+    pub(crate) repeats: &'a Repeats,
+    /// The processes each kill fault has signalled.
+    pub(crate) signalled: &'a Arc<Signalled>,
+    /// The local ports whose sessions the safety guard protects (unless `force`).
+    pub(crate) protected_ports: &'a [u16],
+    /// Where a family says what its fault found and did (an owned handle, for a family's own
+    /// threads).
+    pub(crate) report: Arc<dyn Report>,
+    /// The request said to replace what another tool installed (a root qdisc), or to act on
+    /// what the safety guard protects.
     pub(crate) force: bool,
+}
+
+/// Where a family reports what its fault found and did while it is applied and active (the
+/// workload it resolved, the processes it signalled): the engine keeps the lines with the
+/// fault (`faultline get` shows them), sends them to watchers and writes each to the audit log.
+pub(crate) trait Report: Send + Sync {
+    fn note(&self, id: &str, line: String);
+}
+
+/// Reports nowhere: adapters built without an engine (tests, `faultline info`).
+struct Unreported;
+
+impl Report for Unreported {
+    fn note(&self, _id: &str, _line: String) {}
 }
 
 /// When a fault stops by itself.
@@ -471,9 +546,21 @@ pub(crate) trait Family: Send + Sync {
     /// reported) and after its revert (whatever is left is residue). Required: a family whose
     /// revert cannot be verified could leave things behind unseen.
     fn objects(&self, id: &str, host: &Host<'_>) -> Result<Vec<String>, KernelError>;
+    /// Whether the fault acts on something that may disappear while it is active (a workload):
+    /// the engine then asks [`Family::target_gone`] every second.
+    fn watched(&self) -> bool {
+        false
+    }
+
+    /// Why what the fault acts on is gone, if it is; the engine then reverts the fault with
+    /// reason `target gone: <this>`. Asked only of [`Family::watched`] families, off the async
+    /// runtime; it must be cheap (a few reads of /proc and /sys).
+    fn target_gone(&self, _id: &str, _host: &Host<'_>) -> Option<String> {
+        None
+    }
 
     /// What the fault takes of the host, for the operator policy's limits (`max_percent`,
-    /// `max_memory`; `max_duration` bounds every request alike). Required: a new family says
+    /// `max_memory`, `max_disk`; `max_duration` bounds every request alike). Required: a new family says
     /// what it takes, even when that is nothing a limit bounds.
     fn demands(&self) -> Demands;
 

@@ -115,6 +115,7 @@ impl CpuStressSpec {
             cpu: Some(self.quota(if self.ramp.is_some() { 0.0 } else { 1.0 })),
             cpus: (!self.cpus.is_empty()).then(|| self.cpus.clone()),
             memory_max: None,
+            io: None,
         }
     }
 
@@ -258,6 +259,7 @@ impl Family for CpuStressSpec {
         Demands {
             percents: vec![("cpu load", self.load)],
             memory: None,
+            disk: None,
         }
     }
 
@@ -446,6 +448,7 @@ impl Family for MemoryStressSpec {
         Demands {
             percents: Vec::new(),
             memory: Some(self.bytes()),
+            disk: None,
         }
     }
 

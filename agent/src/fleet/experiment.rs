@@ -461,6 +461,25 @@ slos:
     }
 
     #[test]
+    fn disk_faults_are_written_as_the_journal_writes_them() {
+        let disk = GOOD.replace(
+            "      kind: block\n      direction: ingress\n      match: {protocol: tcp, ports: [{first: 80, last: 80}]}\n",
+            "      kind: disk_fill\n      path: /var/lib/mysql\n      amount: {percent: 95}\n",
+        );
+        let (e, _) = load(&disk).unwrap();
+        assert_eq!(e.faults[0].fault.kind(), "disk_fill");
+        let slow = GOOD.replace(
+            "      kind: block\n      direction: ingress\n      match: {protocol: tcp, ports: [{first: 80, last: 80}]}\n",
+            "      kind: disk_slow\n      target: {cgroup: /system.slice/db.service}\n      device: sdb\n      limits: {write_bps: 1048576}\n",
+        );
+        let (e, _) = load(&slow).unwrap();
+        assert_eq!(
+            e.faults[0].fault.family().summary(),
+            "disk slow sdb for cgroup /system.slice/db.service: write 1.0MiB/s"
+        );
+    }
+
+    #[test]
     fn mistakes_name_the_line_and_the_field() {
         let unknown = GOOD.replace("lease: 5s", "leese: 5s");
         let e = load(&unknown).unwrap_err().to_string();

@@ -10,7 +10,13 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{bpf::object::tcx_supported, btf, cgroup::Cgroups, nft};
+use super::{
+    bpf::object::tcx_supported,
+    btf,
+    cgroup::{Cgroups, Controller},
+    disk::space,
+    nft,
+};
 
 /// One facility: whether faultline can use it, and what was found or what is missing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +57,11 @@ pub(crate) struct Capabilities {
     /// eBPF tc classifiers by any attach path (TCX, or clsact + cls_bpf).
     pub(crate) cls_bpf: Capability,
     pub(crate) cgroup: Capability,
+    /// Per-device I/O limits in cgroups (v1 blkio throttle, v2 io): disk io and disk slow.
+    pub(crate) io_limits: Capability,
+    /// Allocating without writing, on the state directory's filesystem (a fill checks its
+    /// own); see [`Capabilities::with_state_dir`].
+    pub(crate) fallocate: Capability,
     /// 1 or 2; 0 when no usable hierarchy was found.
     pub(crate) cgroup_version: u32,
     /// The hierarchy itself, for stress faults; why not, when there is none.
@@ -145,6 +156,16 @@ impl Capabilities {
             }
             Err(e) => (0, Capability::no(e.to_string())),
         };
+        let io_limits = match &cgroups {
+            Ok(found) => match found.check(&[Controller::Io]) {
+                Ok(()) => Capability::yes(match found.version() {
+                    2 => "the cgroup v2 io controller (io.max, io.stat)",
+                    _ => "the cgroup v1 blkio controller's throttle (blkio.throttle.*)",
+                }),
+                Err(e) => Capability::no(format!("{e}; disk io and disk slow need it")),
+            },
+            Err(e) => Capability::no(e.to_string()),
+        };
         Self {
             kernel_release,
             netem,
@@ -156,6 +177,8 @@ impl Capabilities {
             tcx,
             cls_bpf,
             cgroup,
+            io_limits,
+            fallocate: Capability::no("not probed: the state directory is not known yet"),
             cgroup_version,
             cgroups: cgroups.map_err(|e| e.to_string()),
         }
@@ -173,7 +196,34 @@ impl Capabilities {
             ("tcx", &self.tcx),
             ("cls_bpf", &self.cls_bpf),
             ("cgroup", &self.cgroup),
+            ("io_limits", &self.io_limits),
+            ("fallocate", &self.fallocate),
         ]
+    }
+
+    /// Probes fallocate on the filesystem of `state_dir` (or of its nearest existing
+    /// ancestor), with an unnamed file that vanishes when closed.
+    pub(crate) fn with_state_dir(mut self, state_dir: &Path) -> Self {
+        let dir = state_dir
+            .ancestors()
+            .find(|d| d.is_dir())
+            .unwrap_or(Path::new("/"));
+        let fs_type = space::fs_type(dir);
+        self.fallocate = match space::supports_fallocate(dir, 4096) {
+            Some(true) => Capability::yes(format!(
+                "the state directory's filesystem ({fs_type}) allocates without writing; a \
+                 fill checks its own filesystem before anything is touched"
+            )),
+            Some(false) => Capability::no(format!(
+                "the state directory's filesystem ({fs_type}) has no fallocate; a fill on it \
+                 is refused (other filesystems are checked when a fill names them)"
+            )),
+            None => Capability::no(format!(
+                "cannot tell on the state directory's filesystem ({fs_type}, no O_TMPFILE); a \
+                 fill finds out on its first file"
+            )),
+        };
+        self
     }
 }
 

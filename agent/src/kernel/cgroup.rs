@@ -19,6 +19,8 @@ use std::{
 
 use thiserror::Error;
 
+use super::disk::throttle::{self, BlockDevice, IoLimits};
+
 /// Limits that only tighten what the others already ensure: a kernel without swap accounting
 /// has no `memory.swap.max`, and that is fine.
 const OPTIONAL: [&str; 2] = ["memory.swap.max", "memory.swappiness"];
@@ -64,6 +66,8 @@ pub(crate) enum Controller {
     Cpu,
     Memory,
     Cpuset,
+    /// I/O limits per device: `io` on v2, blkio's throttle on v1.
+    Io,
 }
 
 impl Controller {
@@ -72,6 +76,7 @@ impl Controller {
             Controller::Cpu => "cpu",
             Controller::Memory => "memory",
             Controller::Cpuset => "cpuset",
+            Controller::Io => "io",
         }
     }
 }
@@ -85,6 +90,8 @@ pub(crate) struct Limits {
     pub(crate) cpus: Option<Vec<u32>>,
     /// The most memory the cgroup may hold, in bytes; no swap.
     pub(crate) memory_max: Option<u64>,
+    /// I/O limits on one device (blkio on v1, which also holds the cgroup's I/O statistics).
+    pub(crate) io: Option<(BlockDevice, IoLimits)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +113,7 @@ enum Hierarchy {
         cpuacct: Option<PathBuf>,
         cpuset: Option<PathBuf>,
         memory: Option<PathBuf>,
+        blkio: Option<PathBuf>,
     },
 }
 
@@ -166,6 +174,7 @@ impl Cgroups {
             cpuacct: find("cpuacct"),
             cpuset: find("cpuset"),
             memory: find("memory"),
+            blkio: find("blkio"),
         };
         if hierarchy
             == (Hierarchy::V1 {
@@ -173,6 +182,7 @@ impl Cgroups {
                 cpuacct: None,
                 cpuset: None,
                 memory: None,
+                blkio: None,
             })
         {
             return Err(CgroupError::NoHierarchy(format!(
@@ -199,11 +209,13 @@ impl Cgroups {
                 cpuacct,
                 cpuset,
                 memory,
+                blkio,
             } => [
                 ("cpu", cpu),
                 ("cpuacct", cpuacct),
                 ("cpuset", cpuset),
                 ("memory", memory),
+                ("blkio", blkio),
             ]
             .into_iter()
             .filter_map(|(name, mount)| mount.as_deref().map(|m| (name, m)))
@@ -235,11 +247,16 @@ impl Cgroups {
 
     /// The controllers faultline can use here, by name.
     pub(crate) fn usable(&self) -> Vec<&'static str> {
-        [Controller::Cpu, Controller::Memory, Controller::Cpuset]
-            .into_iter()
-            .filter(|c| self.check(&[*c]).is_ok())
-            .map(Controller::name)
-            .collect()
+        [
+            Controller::Cpu,
+            Controller::Memory,
+            Controller::Cpuset,
+            Controller::Io,
+        ]
+        .into_iter()
+        .filter(|c| self.check(&[*c]).is_ok())
+        .map(Controller::name)
+        .collect()
     }
 
     /// Refuses when a controller a fault needs is missing.
@@ -260,6 +277,7 @@ impl Cgroups {
                     cpuacct,
                     cpuset,
                     memory,
+                    blkio,
                 } => match controller {
                     Controller::Cpu if cpu.is_none() || cpuacct.is_none() => {
                         Some("cgroup v1 needs both the cpu and cpuacct controllers mounted".into())
@@ -270,6 +288,16 @@ impl Cgroups {
                     Controller::Cpuset if cpuset.is_none() => {
                         Some("the cgroup v1 cpuset controller is not mounted".into())
                     }
+                    Controller::Io => match blkio {
+                        None => Some("the cgroup v1 blkio controller is not mounted".into()),
+                        Some(mount) if !mount.join("blkio.throttle.read_bps_device").exists() => {
+                            Some(format!(
+                                "{} has no blkio.throttle files (CONFIG_BLK_DEV_THROTTLING)",
+                                mount.display()
+                            ))
+                        }
+                        Some(_) => None,
+                    },
                     _ => None,
                 },
             };
@@ -293,6 +321,7 @@ impl Cgroups {
                 cpuacct,
                 cpuset,
                 memory,
+                blkio,
             } => {
                 let mut dirs = Vec::new();
                 let mut push = |mount: &Option<PathBuf>| {
@@ -315,6 +344,9 @@ impl Cgroups {
                         }
                         if limits.memory_max.is_some() {
                             push(memory);
+                        }
+                        if limits.io.is_some() {
+                            push(blkio);
                         }
                     }
                     // Removing: wherever the fault may have a cgroup.
@@ -382,6 +414,9 @@ impl Cgroups {
                 writes.push(("memory.swappiness", "0".to_owned()));
             }
         }
+        if let Some((device, io)) = &limits.io {
+            writes.extend(throttle::writes(v2, *device, io, false));
+        }
         writes
     }
 
@@ -424,7 +459,7 @@ impl Cgroups {
         };
         match &self.hierarchy {
             Hierarchy::V2 { root, controllers } => {
-                let wanted: Vec<String> = ["cpu", "memory", "cpuset"]
+                let wanted: Vec<String> = ["cpu", "memory", "cpuset", "io"]
                     .iter()
                     .filter(|c| controllers.iter().any(|have| have == *c))
                     .map(|c| format!("+{c}"))
@@ -567,7 +602,7 @@ fn v1_mounts(mountinfo: &str) -> Vec<(PathBuf, Vec<String>)> {
             let options = right.next()?;
             let controllers = options
                 .split(',')
-                .filter(|o| ["cpu", "cpuacct", "cpuset", "memory"].contains(o))
+                .filter(|o| ["cpu", "cpuacct", "cpuset", "memory", "blkio"].contains(o))
                 .map(str::to_owned)
                 .collect::<Vec<_>>();
             (!controllers.is_empty()).then(|| (PathBuf::from(mount_point), controllers))
@@ -659,6 +694,7 @@ mod tests {
                 cpuacct: both,
                 cpuset: Some(PathBuf::from("/cg/cpuset")),
                 memory: Some(PathBuf::from("/cg/memory")),
+                blkio: None,
             },
             parent: DEFAULT_PARENT.to_owned(),
         }
@@ -699,6 +735,7 @@ mod tests {
             }),
             cpus: None,
             memory_max: Some(1 << 20),
+            io: None,
         };
         assert_eq!(
             cg.limit_writes(&limits),

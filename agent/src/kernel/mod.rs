@@ -10,6 +10,8 @@
 //! | [`bpf::Classifiers`] | eBPF tc classifiers (loss, steering) and their pins |
 //! | [`qdisc::shaping::Shaping`] | faultline's root qdisc trees, IFB devices, records of replaced roots |
 //! | [`workers::Workers`] | stress worker processes and their cgroups |
+//! | [`disk::Disks`] | disk faults' directories (fill files, I/O files), I/O limits they set on cgroups, records of both |
+//! | [`workload::Workloads`] | nothing in the kernel: it finds workloads (units, containers, pods, cgroups, processes) and remembers each active fault's |
 //!
 //! Below them: [`rtnl`] (the one route-netlink path), [`durable`] (the one fsynced write),
 //! [`netdev`], [`cgroup`], [`btf`], and [`caps`], the probe of what the running kernel offers.
@@ -20,13 +22,16 @@ pub(crate) mod bpf;
 pub(crate) mod btf;
 pub(crate) mod caps;
 pub(crate) mod cgroup;
+pub(crate) mod disk;
 pub(crate) mod durable;
 pub(crate) mod netdev;
 pub(crate) mod nft;
 pub(crate) mod preflight;
+pub(crate) mod process;
 pub(crate) mod qdisc;
 pub(crate) mod rtnl;
 pub(crate) mod workers;
+pub(crate) mod workload;
 
 /// A kernel adapter failed.
 #[derive(Debug, Error)]
@@ -39,9 +44,14 @@ pub(crate) enum KernelError {
     Bpf(Box<bpf::BpfError>),
     #[error(transparent)]
     Workers(#[from] workers::WorkerError),
+    /// A fault's workload could not be found when it was applied.
+    #[error(transparent)]
+    Workload(#[from] workload::WorkloadError),
     /// Boxed for the same reason as `Bpf`.
     #[error(transparent)]
     Shaping(Box<qdisc::shaping::ShapingError>),
+    #[error(transparent)]
+    Disk(#[from] disk::DiskError),
     /// Several objects of one operation failed; every one was tried.
     #[error("{} objects failed: {}", .0.len(), join(.0))]
     Several(Vec<KernelError>),

@@ -72,6 +72,7 @@ impl Check {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Cap {
     DacOverride = 1,
+    Kill = 5,
     NetAdmin = 12,
     IpcLock = 14,
     SysAdmin = 21,
@@ -83,6 +84,7 @@ impl Cap {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Cap::DacOverride => "CAP_DAC_OVERRIDE",
+            Cap::Kill => "CAP_KILL",
             Cap::NetAdmin => "CAP_NET_ADMIN",
             Cap::IpcLock => "CAP_IPC_LOCK",
             Cap::SysAdmin => "CAP_SYS_ADMIN",
@@ -138,6 +140,7 @@ impl Privileges {
             Cap::DacOverride,
             Cap::SysAdmin,
             Cap::IpcLock,
+            Cap::Kill,
         ];
         let (held, missing): (Vec<Cap>, Vec<Cap>) = WANTED.iter().partition(|c| self.has(**c));
         let names = |caps: &[Cap]| caps.iter().map(|c| c.name()).collect::<Vec<_>>().join(" ");

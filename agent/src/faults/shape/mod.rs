@@ -22,7 +22,9 @@ pub(crate) use self::{
     netem::{DelayDistribution, NetemParams},
     rate::RateParams,
 };
-use super::{Claim, Connection, Deadline, Demands, Direction, Family, Host, PacketMatch, Protocol};
+use super::{
+    Claim, Connection, Deadline, Demands, Direction, Family, Host, PacketMatch, Protocol, Target,
+};
 use crate::{
     errors::{EngineError, InvalidSpec, KernelError},
     kernel::{
@@ -38,6 +40,7 @@ use crate::{
             show_handle, Leaf, Prior, DEFAULT_MINOR, LEAF_MAJOR, ROOT_MAJOR, TARGET_MINOR,
         },
         rtnl::Rtnl,
+        workload::{Workload, WorkloadError},
         Attempts,
     },
 };
@@ -49,10 +52,10 @@ pub(crate) struct ShapeTarget {
     pub(crate) direction: Direction,
     #[serde(rename = "match", default)]
     pub(crate) matcher: PacketMatch,
-    /// Only packets sent by sockets in this cgroup (a cgroup v2 path, relative to the cgroup2
-    /// mount, such as `system.slice/nginx.service`); egress only.
+    /// Only packets sent by sockets of this workload (its cgroup v2, found when the fault is
+    /// applied); egress only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) cgroup: Option<String>,
+    pub(crate) workload: Option<Target>,
 }
 
 /// A shaping fault: where, and which qdisc does the shaping.
@@ -103,49 +106,20 @@ pub(crate) fn show_rate(bps: u64) -> String {
     format!("{bps}bit")
 }
 
-/// The cgroup v2 hierarchy's mount point, from /proc/self/mountinfo.
-fn cgroup2_mount() -> Option<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    text.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        (right.split_whitespace().next()? == "cgroup2")
-            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
-            .flatten()
-    })
-}
-
-/// The id the kernel gives a cgroup v2 directory (its inode number), as `bpf_skb_cgroup_id`
-/// reports it for a socket in that cgroup.
-fn cgroup_id(path: &str) -> Result<u64, InvalidSpec> {
-    let mount = cgroup2_mount().ok_or_else(|| {
-        InvalidSpec::new(
-            "cgroup",
-            "this host has no cgroup v2 hierarchy mounted; targeting a cgroup needs it",
+/// The id the kernel gives the workload's cgroup v2 directory (its inode number), as
+/// `bpf_skb_cgroup_id` reports it for a socket in that cgroup.
+fn cgroup_id(workload: &Workload) -> Result<u64, String> {
+    let placement = workload.placements.iter().find(|p| p.v2).ok_or_else(|| {
+        format!(
+            "{} has no cgroup in a cgroup v2 hierarchy ({}); targeting a workload's traffic \
+             needs its cgroup v2, where the kernel tells which cgroup a socket belongs to",
+            workload.what,
+            workload.where_()
         )
     })?;
-    let relative = path.trim_start_matches('/');
-    let dir = mount.join(relative);
-    let meta = std::fs::metadata(&dir).map_err(|e| {
-        InvalidSpec::new(
-            "cgroup",
-            format!(
-                "{path:?}: no such cgroup v2 directory {} ({e}); expected a path below {}, as \
-                 in the 0:: line of /proc/<pid>/cgroup",
-                dir.display(),
-                mount.display()
-            ),
-        )
-    })?;
-    if !meta.is_dir() || relative.split('/').any(|p| p == "..") {
-        return Err(InvalidSpec::new(
-            "cgroup",
-            format!(
-                "{path:?} is not a cgroup directory below {}",
-                mount.display()
-            ),
-        ));
-    }
-    Ok(meta.ino())
+    std::fs::metadata(&placement.dir)
+        .map(|meta| meta.ino())
+        .map_err(|e| format!("{}: {e}", placement.dir.display()))
 }
 
 impl<P: Shaper> ShapeSpec<P> {
@@ -156,7 +130,12 @@ impl<P: Shaper> ShapeSpec<P> {
         }
     }
 
-    fn steer_config(&self, deadline: Deadline) -> Result<SteerConfig, KernelError> {
+    fn steer_config(
+        &self,
+        id: &str,
+        deadline: Deadline,
+        host: &Host<'_>,
+    ) -> Result<SteerConfig, KernelError> {
         let m = &self.target.matcher;
         let mut config = SteerConfig::EMPTY;
         config.deadline_ns = bpf_config::monotonic_deadline_ns(deadline.remaining)?;
@@ -173,23 +152,18 @@ impl<P: Shaper> ShapeSpec<P> {
                 .collect::<Vec<_>>(),
             &m.cidrs,
         );
-        if let Some(cgroup) = &self.target.cgroup {
-            // Validated before; a cgroup removed since is an error of the apply.
-            config.cgroup_id = cgroup_id(cgroup).map_err(|e| {
-                KernelError::from(ShapingError::Io {
-                    what: "the target cgroup is gone:",
-                    path: PathBuf::from(cgroup),
-                    source: std::io::Error::new(std::io::ErrorKind::NotFound, e.reason),
-                })
-            })?;
+        if let Some(target) = &self.target.workload {
+            // Validated before; a workload gone since is an error of the apply.
+            let workload = target.resolve(id, host)?;
+            config.cgroup_id = cgroup_id(&workload).map_err(WorkloadError::NotFound)?;
         }
         Ok(config)
     }
 
     fn what(&self) -> String {
         let mut what = self.target.matcher.describe(self.target.direction);
-        if let Some(cgroup) = &self.target.cgroup {
-            what.push_str(&format!(" from cgroup {cgroup}"));
+        if let Some(target) = &self.target.workload {
+            what.push_str(&format!(" from {target}"));
         }
         what
     }
@@ -217,20 +191,21 @@ fn describe_prior(prior: &Prior) -> String {
 }
 
 impl<P: Shaper + Serialize> Family for ShapeSpec<P> {
-    fn validate(&self, _host: &Host<'_>) -> Result<(), InvalidSpec> {
+    fn validate(&self, host: &Host<'_>) -> Result<(), InvalidSpec> {
         self.params.validate()?;
         self.target.matcher.validate()?;
         netdev::check_exists(&self.target.device)?;
         netdev::l2_len(&self.target.device)?;
-        if let Some(cgroup) = &self.target.cgroup {
+        if let Some(target) = &self.target.workload {
             if self.target.direction == Direction::Ingress {
                 return Err(InvalidSpec::new(
-                    "cgroup",
-                    "only egress traffic (--dir out) can be targeted by cgroup: a received \
+                    target.field(),
+                    "only egress traffic (--dir out) can be targeted by workload: a received \
                      packet is classified before any socket owns it",
                 ));
             }
-            cgroup_id(cgroup)?;
+            let workload = target.check(host)?;
+            cgroup_id(&workload).map_err(|e| InvalidSpec::new(target.field(), e))?;
         }
         Ok(())
     }
@@ -354,7 +329,7 @@ impl<P: Shaper + Serialize> Family for ShapeSpec<P> {
     fn apply(&self, id: &str, deadline: Deadline, host: &Host<'_>) -> Result<(), KernelError> {
         let device = &self.target.device;
         let leaf = self.params.leaf();
-        let mut config = self.steer_config(deadline)?;
+        let mut config = self.steer_config(id, deadline, host)?;
         match self.target.direction {
             Direction::Egress => {
                 let ifindex = nix::net::if_::if_nametoindex(device.as_str()).map_err(|e| {
@@ -384,7 +359,16 @@ impl<P: Shaper + Serialize> Family for ShapeSpec<P> {
         Ok(())
     }
 
+    fn watched(&self) -> bool {
+        self.target.workload.is_some()
+    }
+
+    fn target_gone(&self, id: &str, host: &Host<'_>) -> Option<String> {
+        Target::gone(id, host)
+    }
+
     fn revert(&self, id: &str, host: &Host<'_>) -> Result<(), KernelError> {
+        Target::release(id, host);
         match self.target.direction {
             Direction::Egress => {
                 // Independent objects: each is tried whatever became of the other.
@@ -428,6 +412,7 @@ impl<P: Shaper + Serialize> Family for ShapeSpec<P> {
         Demands {
             percents: self.params.percents(),
             memory: None,
+            disk: None,
         }
     }
 

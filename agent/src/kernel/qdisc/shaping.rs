@@ -9,7 +9,7 @@
 //! netlink request, so traffic never goes without a qdisc.
 
 use std::{
-    fs, io,
+    io,
     path::{Path, PathBuf},
 };
 
@@ -20,7 +20,7 @@ use super::{
     handle, htb, is_ours, Leaf, Prior, Tree, DEFAULT_MINOR, LEAF_MAJOR, ROOT_MAJOR, TARGET_MINOR,
 };
 use crate::kernel::{
-    durable,
+    durable::{RecordError, Records},
     rtnl::{QdiscStats, Rtnl, RtnlError},
     Adapter, Swept,
 };
@@ -41,12 +41,8 @@ pub(crate) enum ShapingError {
         #[source]
         source: io::Error,
     },
-    #[error("the qdisc record {path} is unreadable: {source}")]
-    Record {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error(transparent)]
+    Record(#[from] RecordError),
     #[error("the root qdisc changed since admission: {0}")]
     Changed(String),
 }
@@ -67,19 +63,19 @@ pub(crate) fn ifb_name(id: &str) -> String {
 #[derive(Debug)]
 pub(crate) struct Shaping {
     /// `<state dir>/qdisc/`, one `<fault id>.json` per replaced root.
-    records: PathBuf,
+    records: Records,
 }
 
 impl Shaping {
     pub(crate) fn new(state_dir: &Path) -> Self {
         Self {
-            records: state_dir.join("qdisc"),
+            records: Records::new(state_dir.join("qdisc")),
         }
     }
 
     /// Where fault `id`'s record of the root it replaced is kept.
     pub(crate) fn record_path(&self, id: &str) -> PathBuf {
-        self.records.join(format!("{id}.json"))
+        self.records.path(id)
     }
 
     /// The egress tree of `ifindex` now.
@@ -220,66 +216,22 @@ impl Shaping {
 
     /// Writes and fsyncs fault `id`'s record before the root is touched.
     fn save(&self, id: &str, record: &Record) -> Result<(), ShapingError> {
-        let io = |what, path: &Path| {
-            let path = path.to_owned();
-            move |source| ShapingError::Io { what, path, source }
-        };
-        fs::create_dir_all(&self.records).map_err(io("cannot create", &self.records))?;
-        let path = self.record_path(id);
-        let text = serde_json::to_vec_pretty(record).expect("records serialise");
-        durable::write(&self.records, &path, &text).map_err(io("cannot write", &path))
+        Ok(self.records.save(id, record)?)
     }
 
     fn load(&self, id: &str) -> Result<Option<Record>, ShapingError> {
-        let path = self.record_path(id);
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|source| ShapingError::Record { path, source }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(ShapingError::Io {
-                what: "cannot read",
-                path,
-                source,
-            }),
-        }
+        Ok(self.records.load(id)?)
     }
 
     fn forget(&self, id: &str) -> Result<(), ShapingError> {
-        let path = self.record_path(id);
-        durable::remove(&self.records, &path)
-            .map(|_| ())
-            .map_err(|source| ShapingError::Io {
-                what: "cannot remove",
-                path,
-                source,
-            })
-    }
-
-    /// Fault ids that have a record.
-    fn ids(&self) -> Vec<String> {
-        let Ok(entries) = fs::read_dir(&self.records) else {
-            return Vec::new();
-        };
-        let mut ids: Vec<String> = entries
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(|n| n.strip_suffix(".json"))
-                    .filter(|n| !n.starts_with('.'))
-                    .map(str::to_owned)
-            })
-            .collect();
-        ids.sort();
-        ids
+        Ok(self.records.forget(id)?)
     }
 
     /// Puts back every root recorded by a fault not in `keep`, then removes faultline roots and
     /// IFB devices that no kept fault accounts for.
     fn sweep_all(&self, keep: &[&str], swept: &mut Swept) -> Result<(), ShapingError> {
         let mut kept_devices = Vec::new();
-        for id in self.ids() {
+        for id in self.records.ids() {
             if keep.contains(&id.as_str()) {
                 kept_devices.extend(self.load(&id)?.map(|r| r.device));
                 continue;
@@ -369,11 +321,11 @@ mod tests {
             }),
         };
         shaping.save("abc", &record).unwrap();
-        assert_eq!(shaping.ids(), vec!["abc".to_owned()]);
+        assert_eq!(shaping.records.ids(), vec!["abc".to_owned()]);
         assert_eq!(shaping.load("abc").unwrap(), Some(record));
         shaping.forget("abc").unwrap();
         assert_eq!(shaping.load("abc").unwrap(), None);
-        assert!(shaping.ids().is_empty());
+        assert!(shaping.records.ids().is_empty());
     }
 
     #[test]
