@@ -182,11 +182,16 @@ impl Lab {
     /// Creates both namespaces and the link, and checks that `a` reaches `b` over IPv4 and
     /// IPv6 (which also fills the neighbour caches before any fault).
     pub fn new() -> Result<Self> {
+        Self::named("fl")
+    }
+
+    /// [`Lab::new`] with namespaces named `<prefix>-<pid>-<n>-a` and `-b`.
+    pub fn named(prefix: &str) -> Result<Self> {
         let n = unique();
         let pid = std::process::id();
         let subnet = ((pid.wrapping_mul(31).wrapping_add(n)) % 250 + 1) as u8;
-        let a = Self::host(&format!("fl-{pid}-{n}-a"), subnet, 'a', 1)?;
-        let b = Self::host(&format!("fl-{pid}-{n}-b"), subnet, 'b', 2)?;
+        let a = Self::host(&format!("{prefix}-{pid}-{n}-a"), subnet, 'a', 1)?;
+        let b = Self::host(&format!("{prefix}-{pid}-{n}-b"), subnet, 'b', 2)?;
         // Both ends are created inside their namespaces, so the names cannot collide with
         // interfaces of the host or of other tests.
         let mut ip = Command::new("ip");

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod lab;
+pub mod pki;
 pub mod process;
 pub mod python;
 pub mod traffic;

@@ -4,7 +4,9 @@
 //! (`rpc` `automatic-revert`, `who` the agent, with the `reason`: deadline, lease expired,
 //! shutdown, recovered). Each line says when, who (identity, how it was
 //! established, role), which call, which fault (id, kind, summary) and the result: `ok`,
-//! `denied` or `failed`, with the gRPC code and the message the caller got.
+//! `denied` or `failed`, with the gRPC code and the message the caller got. Refusals beyond a
+//! source's rate are counted into one `refusal-summary` line per source and interval instead
+//! (see `api::refusals`).
 //!
 //! The file is opened with O_APPEND, so lines are only ever added, and each line is fsynced
 //! before the call returns: a line the caller's answer depended on is on disk. A line that
@@ -25,10 +27,7 @@ use thiserror::Error;
 use tonic::Status;
 use tracing::error;
 
-use super::{
-    authz::{Caller, Role, Rpc},
-    tls::RefusalLog,
-};
+use super::authz::{Caller, Role, Rpc};
 use crate::engine::{Fault, FaultState, RevertLog, RevertReason};
 
 #[derive(Debug, Error)]
@@ -141,6 +140,9 @@ pub(crate) struct Record {
     /// RevertAll: every fault it reverted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) faults: Option<Vec<Target>>,
+    /// `refusal-summary`: the refusals of one source beyond its rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) refusals: Option<RefusalSummary>,
     pub(crate) result: Outcome,
     /// The gRPC status code the caller got, unless `ok`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -149,12 +151,28 @@ pub(crate) struct Record {
     pub(crate) error: Option<String>,
 }
 
+/// The refusals of one source in one interval beyond its rate, which had no line of their own
+/// (`rpc` `refusal-summary`, `who.peer` the source: an address, an IPv6 /64, or `who.uid`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct RefusalSummary {
+    /// Refusals without a line of their own.
+    pub(crate) refused: u64,
+    /// Those refusals by reason (`Faults/List: ...` for a call, the TLS error for a handshake).
+    pub(crate) reasons: std::collections::BTreeMap<String, u64>,
+    /// Connections closed unanswered while the source was under a penalty.
+    pub(crate) dropped_while_penalized: u64,
+    pub(crate) interval_secs: f64,
+    /// The penalty left when the line was written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) penalty_secs: Option<f64>,
+}
+
 impl Record {
     pub(crate) fn new(who: Who, rpc: Rpc) -> Self {
         Self::named(who, rpc.name())
     }
 
-    fn named(who: Who, rpc: &'static str) -> Self {
+    pub(crate) fn named(who: Who, rpc: &'static str) -> Self {
         Self {
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             who,
@@ -162,6 +180,7 @@ impl Record {
             fault: None,
             reason: None,
             faults: None,
+            refusals: None,
             result: Outcome::Ok,
             code: None,
             error: None,
@@ -254,8 +273,9 @@ impl AuditLog {
     }
 }
 
-impl RefusalLog for AuditLog {
-    fn handshake_refused(&self, peer: SocketAddr, reason: String) {
+impl AuditLog {
+    /// A TLS client refused for its certificate before it could make any call.
+    pub(crate) fn handshake_refused(&self, peer: SocketAddr, reason: String) {
         let who = Who {
             identity: None,
             auth: "tls-client-certificate",

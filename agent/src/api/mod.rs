@@ -36,6 +36,7 @@ pub mod convert;
 mod faults;
 pub mod gate;
 pub mod metrics;
+pub(crate) mod refusals;
 pub mod status;
 pub mod tls;
 
@@ -122,7 +123,7 @@ pub(crate) async fn serve(
                 .listener
                 .local_addr()
                 .context("reading the remote listener's address")?;
-            let incoming = tls::incoming(remote.listener, remote.tls, Arc::clone(gate.audit()));
+            let incoming = tls::incoming(remote.listener, remote.tls, Arc::clone(gate.refusals()));
             info!(listen = %address, "faultline agent listening for mutual-TLS clients");
             Some(tokio::spawn(router().serve_with_incoming_shutdown(
                 incoming,
@@ -138,6 +139,8 @@ pub(crate) async fn serve(
             let _ = closing.wait_for(|closed| *closed).await;
         }))
     });
+
+    let summaries = tokio::spawn(Arc::clone(gate.refusals()).run(engine.closing()));
 
     info!(socket = %socket.display(), audit_log = %gate.audit().path().display(), "faultline agent listening");
     // systemd Type=notify: ready only once the socket accepts. Outside systemd this is a no-op.
@@ -179,6 +182,10 @@ pub(crate) async fn serve(
         (None, None) => Ok(()),
     };
     let _ = fs::remove_file(&socket);
+    // The last summary lines, of the refusals counted since the previous ones.
+    if tokio::time::timeout(DRAIN, summaries).await.is_err() {
+        warn!("the last refusal summaries were not written within {DRAIN:?}");
+    }
     if let Some(http) = http {
         match tokio::time::timeout(DRAIN, http).await {
             Ok(Ok(Ok(()))) => {}

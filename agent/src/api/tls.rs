@@ -5,16 +5,18 @@
 //!
 //! The agent runs the handshake itself rather than through tonic's `ServerTlsConfig`, which
 //! only logs a failed handshake at debug level: here every client refused for its certificate
-//! (none, another CA, expired) is logged and written to the audit log with its address.
+//! (none, another CA, expired) is logged and written to the audit log with its address, within
+//! its source's rate (`api::refusals`), and a source beyond it is closed before any TLS work.
 //! A connection whose certificate carries no common name is closed at once: it has no
 //! identity the policy could name.
 
 use std::{
+    collections::HashMap,
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex},
     task::{Context, Poll},
     time::Duration,
 };
@@ -40,6 +42,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{server::Connected, Certificate, ClientTlsConfig, Identity};
 use tracing::{debug, warn};
 
+use super::refusals::{Refusals, Source};
+use crate::monitor::counters::Limit;
+
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a refused client has to read its alert and close before the agent closes.
@@ -47,6 +52,8 @@ const LINGER: Duration = Duration::from_secs(2);
 /// Handshakes under way at once; connections beyond are closed, so that a flood of half-open
 /// clients cannot hold the agent's memory.
 const MAX_HANDSHAKES: usize = 64;
+/// One source's share of them: a flood from one address leaves room for the others.
+const MAX_HANDSHAKES_PER_SOURCE: usize = MAX_HANDSHAKES / 4;
 
 #[derive(Debug, Error)]
 pub(crate) enum TlsError {
@@ -208,18 +215,19 @@ impl AsyncWrite for TlsConnection {
 }
 
 /// Accepts TCP connections on `listener` and yields those whose handshake verified a client
-/// certificate with a common name. Refusals are logged and audited. Stops accepting when the
-/// stream is dropped (the server stopped).
+/// certificate with a common name. Refusals go to `refusals`, which logs and audits them
+/// within each source's rate; a source under a penalty has its connections closed at once.
+/// Stops accepting when the stream is dropped (the server stopped).
 pub(crate) fn incoming(
     listener: TcpListener,
     tls: ServerTls,
-    audit: Arc<impl RefusalLog + 'static>,
+    refusals: Arc<Refusals>,
 ) -> ReceiverStream<io::Result<TlsConnection>> {
-    let audit: Arc<dyn RefusalLog> = audit;
     let (tx, rx) = mpsc::channel(16);
     let acceptor = TlsAcceptor::from(tls.config);
     tokio::spawn(async move {
         let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let per_source = Arc::new(SourceShares::default());
         loop {
             let (tcp, remote) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -233,27 +241,46 @@ pub(crate) fn incoming(
                 },
                 _ = tx.closed() => return,
             };
+            // Closed before any TLS work: a source that keeps failing costs an accept and a
+            // close, and gets neither a handshake nor a line.
+            if refusals.penalized(remote) {
+                continue;
+            }
+            let Some(share) = per_source.claim(remote.ip(), MAX_HANDSHAKES_PER_SOURCE) else {
+                refusals.counters().limited(Limit::SourceHandshakes);
+                debug!(peer = %remote, "{MAX_HANDSHAKES_PER_SOURCE} TLS handshakes from this source are under way; closing this connection");
+                continue;
+            };
             let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
+                refusals.counters().limited(Limit::Handshakes);
                 warn!(peer = %remote, "{MAX_HANDSHAKES} TLS handshakes are under way; closing this connection");
                 continue;
             };
             // gRPC exchanges small frames; Nagle's delay would only add latency.
             let _ = tcp.set_nodelay(true);
-            let (acceptor, tx, audit) = (acceptor.clone(), tx.clone(), Arc::clone(&audit));
+            let (acceptor, tx, refusals) = (acceptor.clone(), tx.clone(), Arc::clone(&refusals));
             tokio::spawn(async move {
                 let _permit = permit;
                 let handshake = acceptor.accept(tcp).into_fallible();
                 let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                     Ok(Ok(stream)) => stream,
                     Ok(Err((e, tcp))) => {
-                        refused(audit.as_ref(), remote, &e);
+                        drop(share);
+                        refused(&refusals, remote, &e);
                         return linger(tcp).await;
                     }
                     Err(_) => {
-                        debug!(peer = %remote, "TLS handshake not finished within {HANDSHAKE_TIMEOUT:?}; closed");
+                        refusals.counters().limited(Limit::HandshakeTimeout);
+                        refusals.handshake_failed(
+                            remote,
+                            &format!(
+                                "TLS handshake not finished within {HANDSHAKE_TIMEOUT:?}; closed"
+                            ),
+                        );
                         return;
                     }
                 };
+                drop(share);
                 let name = stream
                     .get_ref()
                     .1
@@ -261,10 +288,9 @@ pub(crate) fn incoming(
                     .and_then(|certs| certs.first())
                     .and_then(common_name);
                 let Some(name) = name else {
-                    let reason = "its certificate has no subject common name, which is the \
-                                  identity the policy names";
-                    warn!(peer = %remote, "refused a TLS client: {reason}");
-                    audit.handshake_refused(remote, reason.to_owned());
+                    let reason = "refused a TLS client: its certificate has no subject common \
+                                  name, which is the identity the policy names";
+                    refusals.handshake_refused(remote, reason.to_owned());
                     return;
                 };
                 let peer = TlsPeer { remote, name };
@@ -276,28 +302,56 @@ pub(crate) fn incoming(
     ReceiverStream::new(rx)
 }
 
-/// Where refused handshakes are recorded: the audit log, which knows this module's callers'
-/// identities, so this module does not know it.
-pub(crate) trait RefusalLog: Send + Sync {
-    /// A client refused for its certificate before it could make any call.
-    fn handshake_refused(&self, peer: SocketAddr, reason: String);
+/// Handshakes under way per source, so that one source cannot take every handshake slot.
+#[derive(Default)]
+struct SourceShares(Mutex<HashMap<Source, usize>>);
+
+/// One handshake's claim on its source's share; given back when dropped.
+struct Share {
+    shares: Arc<SourceShares>,
+    source: Source,
+}
+
+impl SourceShares {
+    fn claim(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<Share> {
+        let source = Source::ip(ip);
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = map.entry(source).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(Share {
+            shares: Arc::clone(self),
+            source,
+        })
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut map = self.shares.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = map.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.source);
+            }
+        }
+    }
 }
 
 /// A failed handshake. Certificate refusals are what the audit log is for; anything else
-/// (a port scan, a client speaking plain HTTP) only goes to the debug log.
-fn refused(audit: &dyn RefusalLog, remote: SocketAddr, error: &io::Error) {
+/// (a port scan, a client speaking plain HTTP) only goes to the debug log, but counts towards
+/// the source's rate all the same.
+fn refused(refusals: &Refusals, remote: SocketAddr, error: &io::Error) {
     let tls_error = error
         .get_ref()
         .and_then(|e| e.downcast_ref::<rustls::Error>());
     match tls_error {
         Some(
             e @ (rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented),
-        ) => {
-            let reason = format!("refused at the TLS handshake: {e}");
-            warn!(peer = %remote, "{reason}");
-            audit.handshake_refused(remote, reason);
-        }
-        _ => debug!(peer = %remote, error = %error, "TLS handshake failed"),
+        ) => refusals.handshake_refused(remote, format!("refused at the TLS handshake: {e}")),
+        _ => refusals.handshake_failed(remote, &format!("TLS handshake failed: {error}")),
     }
 }
 

@@ -19,12 +19,14 @@ use crate::{
         audit::AuditLog,
         authz::{Authorizer, Policy},
         gate::Gate,
+        refusals::{RefusalPolicy, Refusals},
         tls::ServerTls,
     },
     config::{AgentConfig, DEFAULT_BPF_PIN_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR},
     engine::Engine,
     kernel::caps::Capabilities,
     monitor::{
+        counters::AgentCounters,
         probes::{Probes, Target},
         Monitor,
     },
@@ -79,6 +81,21 @@ pub struct Options {
     /// The cgroup (at each hierarchy's root) that holds stress faults' cgroups
     #[arg(long, value_name = "NAME", default_value = crate::kernel::cgroup::DEFAULT_PARENT, value_parser = cgroup_name)]
     pub cgroup_parent: String,
+
+    /// Refusals per source and minute (failed TLS handshakes, calls the policy refused) that
+    /// get a line of their own in the audit log and the log; beyond, they are counted into one
+    /// summary line per source and interval, and a network source is put under a penalty
+    #[arg(long, value_name = "N", default_value_t = RefusalPolicy::default().per_minute)]
+    pub refusal_log_rate: u32,
+
+    /// How often a source beyond its refusal rate gets its summary line
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration, default_value = "1m")]
+    pub refusal_summary_interval: Duration,
+
+    /// The longest penalty of a network source beyond its refusal rate (its new connections
+    /// are closed unanswered; the penalty doubles from 1s each time); 0 turns penalties off
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1m")]
+    pub refusal_penalty_max: Duration,
 
     /// Serve Prometheus metrics over HTTP at ADDR/metrics (off unless given; without ADDR:
     /// 127.0.0.1:9464)
@@ -135,6 +152,13 @@ fn group_id(text: &str) -> Result<u32, String> {
 
 fn probe_target(text: &str) -> Result<Target, String> {
     Target::parse(text).map_err(|e| e.reason)
+}
+
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err(format!("{text:?}: a duration greater than zero is needed")),
+        d => Ok(d),
+    }
 }
 
 /// One directory name: the parent sits directly at each hierarchy's root.
@@ -217,8 +241,23 @@ pub fn run(global: &Global, o: Options, config_file: Option<PathBuf>) -> Result<
         (None, None) => {}
     }
     let audit_path = o.audit_log.unwrap_or_else(|| o.state_dir.join("audit.log"));
-    let audit = AuditLog::open(&audit_path).map_err(|e| Failure::internal(e.to_string()))?;
-    let gate = Arc::new(Gate::new(Authorizer::new(policy), Arc::new(audit)));
+    let audit =
+        Arc::new(AuditLog::open(&audit_path).map_err(|e| Failure::internal(e.to_string()))?);
+    let counters = Arc::new(AgentCounters::default());
+    let refusals = Refusals::new(
+        RefusalPolicy {
+            per_minute: o.refusal_log_rate,
+            summary_interval: o.refusal_summary_interval,
+            penalty_max: o.refusal_penalty_max,
+        },
+        Arc::clone(&audit),
+        Arc::clone(&counters),
+    );
+    let gate = Arc::new(Gate::new(
+        Authorizer::new(policy),
+        audit,
+        Arc::new(refusals),
+    ));
     let mut protected_ports = o.protected_ports;
     if let Some(remote) = &remote {
         // The sessions that control the agent must survive its faults, like SSH.
@@ -312,6 +351,7 @@ async fn serve(
         None => None,
     };
     let probes = Probes::start(&watch.probes, watch.probe_interval, watch.probe_timeout);
-    let monitor = Arc::new(Monitor::start(Arc::clone(&engine), probes));
+    let counters = Arc::clone(gate.refusals().counters());
+    let monitor = Arc::new(Monitor::start(Arc::clone(&engine), probes, counters));
     api::serve(engine, monitor, gate, metrics_listener, remote).await
 }

@@ -13,12 +13,14 @@ use tracing::warn;
 
 use crate::engine::{Engine, Fault, FaultState};
 
+pub(crate) mod counters;
 pub(crate) mod exposition;
 pub(crate) mod host;
 pub(crate) mod http;
 pub(crate) mod probes;
 pub(crate) mod tcp;
 
+use counters::AgentCounters;
 use exposition::Exposition;
 use host::HostSnapshot;
 use probes::{ProbeStatus, Probes};
@@ -46,6 +48,7 @@ pub(crate) struct Monitor {
     engine: Arc<Engine>,
     tcp: Arc<OnceLock<Result<TcpHealth, String>>>,
     probes: Probes,
+    counters: Arc<AgentCounters>,
 }
 
 impl Monitor {
@@ -53,7 +56,7 @@ impl Monitor {
     /// take a while on a small or emulated host, and the agent must not wait for it to serve;
     /// a host without it still gets host metrics and probes: the reason is logged and reported
     /// in every snapshot) and the probes.
-    pub(crate) fn start(engine: Arc<Engine>, probes: Probes) -> Self {
+    pub(crate) fn start(engine: Arc<Engine>, probes: Probes, counters: Arc<AgentCounters>) -> Self {
         let tcp = Arc::new(OnceLock::new());
         let slot = Arc::clone(&tcp);
         std::thread::spawn(move || {
@@ -71,7 +74,13 @@ impl Monitor {
             engine,
             tcp,
             probes,
+            counters,
         }
+    }
+
+    /// What the agent refused, slowed down or shed to protect itself.
+    pub(crate) fn counters(&self) -> &AgentCounters {
+        &self.counters
     }
 
     pub(crate) fn snapshot(&self) -> Result<MetricsSnapshot, host::HostError> {
@@ -104,14 +113,15 @@ impl Monitor {
     }
 }
 
-/// The whole snapshot as Prometheus text.
-pub(crate) fn prometheus_text(s: &MetricsSnapshot) -> String {
+/// The whole snapshot, and the agent's own counters, as Prometheus text.
+pub(crate) fn prometheus_text(s: &MetricsSnapshot, counters: &AgentCounters) -> String {
     let mut e = Exposition::new();
     exposition::host_metrics(&mut e, &s.host);
     tcp_metrics(&mut e, &s.tcp);
     probe_metrics(&mut e, &s.probes);
     fault_metrics(&mut e, &s.faults);
     agent_metrics(&mut e);
+    counters.render(&mut e);
     e.finish()
 }
 
