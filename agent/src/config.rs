@@ -31,6 +31,9 @@ pub(crate) struct AgentConfig {
     pub(crate) memory_reserve: Option<u64>,
     /// The cgroup under which stress faults get their cgroups, at each hierarchy's root.
     pub(crate) cgroup_parent: String,
+    /// Bytes of the state filesystem kept free for journal entries and reverts: applies are
+    /// refused and audit lines shed at this reserve (see `engine::space`).
+    pub(crate) state_reserve: u64,
 }
 
 impl Default for AgentConfig {
@@ -44,6 +47,7 @@ impl Default for AgentConfig {
             protected_ports: DEFAULT_PROTECTED_PORTS.to_vec(),
             memory_reserve: None,
             cgroup_parent: crate::kernel::cgroup::DEFAULT_PARENT.to_owned(),
+            state_reserve: crate::engine::space::DEFAULT_STATE_RESERVE,
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod lab;
 pub mod pki;
 pub mod process;
+pub mod prometheus;
 pub mod python;
 pub mod traffic;
 

@@ -9,7 +9,6 @@
 
 use std::{
     fs,
-    io::{Read as _, Write as _},
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -25,7 +24,8 @@ use faultline_proto::v1::{self as pb, agent_client::AgentClient, faults_client::
 use faultline_tests::{
     note,
     pki::{remote, Pki},
-    require_root, Agent, Lab, Netns,
+    prometheus::{sample, scrape},
+    require_root, Agent, Lab,
 };
 use serde_json::Value;
 use tokio::{net::TcpSocket, sync::Semaphore};
@@ -142,27 +142,6 @@ async fn attempt(target: SocketAddr, connector: &TlsConnector, flood: &Flood) {
         Ok(Ok(0)) => count(&flood.closed),
         _ => count(&flood.other),
     }
-}
-
-/// The agent's Prometheus page, from inside its namespace.
-fn scrape(ns: &Netns) -> Result<String> {
-    ns.run(|| -> Result<String> {
-        let mut stream = std::net::TcpStream::connect(METRICS)?;
-        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-        let mut page = String::new();
-        stream.read_to_string(&mut page)?;
-        Ok(page)
-    })?
-}
-
-/// One sample of the page: `name` with its labels as written (`x_total{stage="call"}`).
-fn sample(page: &str, series: &str) -> Result<f64> {
-    page.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .with_context(|| format!("no {series} on the metrics page:\n{page}"))?
-        .trim()
-        .parse()
-        .with_context(|| format!("{series} is not a number"))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -287,7 +266,7 @@ fn a_handshake_flood_is_summarized_and_penalized_and_the_agent_keeps_its_deadlin
 
     // In-flight handshakes end within the timeout; then the counters stand still.
     thread::sleep(Duration::from_secs(2));
-    let page = scrape(&lab.a.ns)?;
+    let page = scrape(&lab.a.ns, METRICS)?;
     let refused = sample(&page, "faultline_refusals_total{stage=\"handshake\"}")?;
     let summarized = sample(&page, "faultline_refusals_summarized_total")?;
     let drops = sample(&page, "faultline_penalty_drops_total")?;

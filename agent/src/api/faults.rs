@@ -57,8 +57,12 @@ impl FaultsService {
                 })
             }
             Err(e) => {
-                if let EngineError::Apply { id, .. } = &e {
-                    target.id = Some(id.clone());
+                match &e {
+                    EngineError::Apply { id, .. } => target.id = Some(id.clone()),
+                    EngineError::StateSpace { .. } => {
+                        self.gate.refusals().counters().apply_refused_low_space()
+                    }
+                    _ => {}
                 }
                 Err(from_engine(e))
             }

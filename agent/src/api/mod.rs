@@ -146,6 +146,21 @@ pub(crate) async fn serve(
     // systemd Type=notify: ready only once the socket accepts. Outside systemd this is a no-op.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
+    // SIGHUP (systemctl reload): the audit log is opened again at its path.
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let audit = Arc::clone(gate.audit());
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match audit.reopen() {
+                Ok(()) => {
+                    info!(path = %audit.path().display(), "SIGHUP: the audit log is reopened")
+                }
+                Err(e) => {
+                    warn!(error = %e, "SIGHUP: cannot reopen the audit log; lines still go to the file open before")
+                }
+            }
+        }
+    });
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let remote_ended = async {

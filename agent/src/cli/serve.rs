@@ -16,7 +16,7 @@ use super::{
 use crate::{
     api::{
         self,
-        audit::AuditLog,
+        audit::{AuditLog, AuditOptions},
         authz::{Authorizer, Policy},
         gate::Gate,
         refusals::{RefusalPolicy, Refusals},
@@ -60,6 +60,17 @@ pub struct Options {
     /// The audit log, one JSON line per change and per refusal (default: STATE_DIR/audit.log)
     #[arg(long, value_name = "PATH")]
     pub audit_log: Option<PathBuf>,
+    /// The size at which the audit log is rotated (the agent rotates it itself: audit.log.1 is
+    /// the newest rotated file); SIGHUP reopens the log at its path
+    #[arg(long, value_name = "SIZE", value_parser = crate::faults::stress::parse_bytes, default_value = "16MiB")]
+    pub audit_max_size: u64,
+    /// Rotated audit logs kept besides the current one
+    #[arg(long, value_name = "N", default_value_t = crate::api::audit::DEFAULT_KEEP, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub audit_keep: u32,
+    /// Free space of the state filesystem kept for journal entries and reverts: at this
+    /// reserve applies are refused and audit lines are shed (each with an error in the log)
+    #[arg(long, value_name = "SIZE", value_parser = crate::faults::stress::parse_bytes, default_value = "32MiB")]
+    pub state_reserve: u64,
     /// Where the journal of unfinished faults is kept
     #[arg(long, value_name = "DIR", env = "FAULTLINE_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
@@ -241,9 +252,16 @@ pub fn run(global: &Global, o: Options, config_file: Option<PathBuf>) -> Result<
         (None, None) => {}
     }
     let audit_path = o.audit_log.unwrap_or_else(|| o.state_dir.join("audit.log"));
-    let audit =
-        Arc::new(AuditLog::open(&audit_path).map_err(|e| Failure::internal(e.to_string()))?);
     let counters = Arc::new(AgentCounters::default());
+    let audit_options = AuditOptions {
+        max_size: o.audit_max_size,
+        keep: o.audit_keep,
+        state: Some((o.state_dir.clone(), o.state_reserve)),
+        counters: Arc::clone(&counters),
+    };
+    let audit = Arc::new(
+        AuditLog::open(&audit_path, audit_options).map_err(|e| Failure::internal(e.to_string()))?,
+    );
     let refusals = Refusals::new(
         RefusalPolicy {
             per_minute: o.refusal_log_rate,
@@ -274,6 +292,7 @@ pub fn run(global: &Global, o: Options, config_file: Option<PathBuf>) -> Result<
         protected_ports,
         memory_reserve: o.memory_reserve,
         cgroup_parent: o.cgroup_parent,
+        state_reserve: o.state_reserve,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

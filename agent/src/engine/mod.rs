@@ -40,6 +40,7 @@ pub(crate) mod guard;
 pub(crate) mod journal;
 mod lease;
 mod recover;
+pub(crate) mod space;
 
 pub(crate) use fault::{Fault, FaultState};
 use guard::Guard;
@@ -225,6 +226,7 @@ impl Engine {
         if request.dry_run {
             return Ok(ApplyOutcome::DryRun { plan });
         }
+        self.check_state_space()?;
         if !request.force {
             if let Some(what) = self.guard.check(family) {
                 return Err(EngineError::Guarded { what });
@@ -353,6 +355,23 @@ impl Engine {
         info!(id = %fault.id, kind = fault.spec.kind(), spec = %fault.spec.family().summary(), duration = %humantime::format_duration(fault.duration), lease, kernel_us = kernel_time.as_micros() as u64, "fault active");
         self.publish(&fault);
         Ok(ApplyOutcome::Applied(Box::new(fault)))
+    }
+
+    /// Refuses a new fault when the state filesystem is at its reserve: the room left is for
+    /// the journal entries and reverts of the faults already active.
+    fn check_state_space(&self) -> Result<(), EngineError> {
+        let dir = &self.config.state_dir;
+        match space::state_space(dir, self.config.state_reserve) {
+            Ok(space) if space.low() => Err(EngineError::StateSpace {
+                detail: space.describe(dir),
+            }),
+            Ok(_) => Ok(()),
+            // The journal's own write says what is wrong, if anything is.
+            Err(e) => {
+                warn!(dir = %dir.display(), error = %e, "cannot read the state filesystem's free space");
+                Ok(())
+            }
+        }
     }
 
     fn check_request(&self, request: &ApplyRequest) -> Result<(), InvalidSpec> {

@@ -114,6 +114,24 @@ impl AgentCounters {
         bump(&self.limits[index]);
     }
 
+    /// An audit line not written because the state filesystem is at its reserve.
+    pub(crate) fn audit_shed(&self) {
+        bump(&self.audit_shed);
+    }
+
+    pub(crate) fn audit_rotated(&self) {
+        bump(&self.audit_rotations);
+    }
+
+    /// An audit line that could not be written (an I/O error, not shedding).
+    pub(crate) fn audit_failed(&self) {
+        bump(&self.audit_failures);
+    }
+
+    pub(crate) fn apply_refused_low_space(&self) {
+        bump(&self.applies_refused_low_space);
+    }
+
     pub(crate) fn render(&self, e: &mut Exposition) {
         e.counter(
             "faultline_refusals_total",
