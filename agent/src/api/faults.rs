@@ -218,7 +218,8 @@ impl Faults for FaultsService {
         let watched = Some(&request.get_ref().fault_id)
             .filter(|id| !id.is_empty())
             .map(|id| Target::id(id));
-        self.gate.admit(&request, Rpc::Watch, watched)?;
+        let admitted = self.gate.admit(&request, Rpc::Watch, watched)?;
+        let subscription = self.gate.subscribe(&admitted, Rpc::Watch)?;
         let only = Some(request.into_inner().fault_id).filter(|id| !id.is_empty());
         if let Some(id) = &only {
             self.engine.get(id).map_err(from_engine)?;
@@ -234,6 +235,7 @@ impl Faults for FaultsService {
             at: Some(std::time::SystemTime::now().into()),
         };
         tokio::spawn(async move {
+            let _subscription = subscription;
             let closed = async move {
                 // Only whether it happened matters; the borrowed value must not live on.
                 let _ = closing.wait_for(|c| *c).await.map(|_| ());
@@ -260,6 +262,8 @@ impl Faults for FaultsService {
                         Err(RecvError::Closed) => return,
                     },
                     _ = &mut closed => return,
+                    // The client went away: its subscription ends now, not at the next event.
+                    _ = tx.closed() => return,
                 }
             }
         });

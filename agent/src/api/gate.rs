@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 use super::{
     audit::{AuditLog, Outcome, Record, Target, Who},
     authz::{self, Authorizer, Caller, Denied, Role, Rpc},
+    limits::{Subscription, Subscriptions},
     refusals::{Refusals, Source},
 };
 use crate::engine::ApplyRequest;
@@ -19,6 +20,7 @@ pub(crate) struct Gate {
     authz: Authorizer,
     audit: Arc<AuditLog>,
     refusals: Arc<Refusals>,
+    subscriptions: Arc<Subscriptions>,
 }
 
 /// A call let through: who made it, in which role.
@@ -35,12 +37,25 @@ impl Admitted {
 }
 
 impl Gate {
-    pub(crate) fn new(authz: Authorizer, audit: Arc<AuditLog>, refusals: Arc<Refusals>) -> Self {
+    pub(crate) fn new(
+        authz: Authorizer,
+        audit: Arc<AuditLog>,
+        refusals: Arc<Refusals>,
+        max_subscriptions: usize,
+    ) -> Self {
+        let subscriptions = Subscriptions::new(max_subscriptions, Arc::clone(refusals.counters()));
         Self {
             authz,
             audit,
             refusals,
+            subscriptions,
         }
+    }
+
+    /// Opens a Watch or Metrics/Stream subscription for the caller, within its limit; the
+    /// stream holds it until it ends.
+    pub(crate) fn subscribe(&self, admitted: &Admitted, rpc: Rpc) -> Result<Subscription, Status> {
+        self.subscriptions.subscribe(&admitted.caller, rpc.name())
     }
 
     pub(crate) fn audit(&self) -> &Arc<AuditLog> {

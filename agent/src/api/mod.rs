@@ -35,6 +35,7 @@ pub mod authz;
 pub mod convert;
 mod faults;
 pub mod gate;
+pub(crate) mod limits;
 pub mod metrics;
 pub(crate) mod refusals;
 pub mod status;
@@ -51,7 +52,22 @@ const DRAIN: Duration = Duration::from_secs(5);
 pub(crate) struct Remote {
     pub listener: TcpListener,
     pub tls: tls::ServerTls,
+    pub limits: limits::ListenerLimits,
 }
+
+/// Limits of every gRPC connection: `serve --max-streams` (remote listener only) and
+/// `--max-message-size`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallLimits {
+    pub max_streams: usize,
+    pub max_message_size: usize,
+}
+
+/// How often an idle remote connection is pinged, and how long the answer may take: a peer
+/// that went away without closing gives its connection slot back.
+const KEEPALIVE: (Duration, Duration) = (Duration::from_secs(30), Duration::from_secs(10));
+/// The HTTP/2 header block a request may send (gRPC metadata is small).
+const MAX_HEADER_LIST: u32 = 16 << 10;
 
 type ServerTask = JoinHandle<Result<(), tonic::transport::Error>>;
 
@@ -65,6 +81,7 @@ pub(crate) async fn serve(
     gate: Arc<gate::Gate>,
     metrics_listener: Option<TcpListener>,
     remote: Option<Remote>,
+    calls: CallLimits,
 ) -> anyhow::Result<()> {
     let socket = engine.config().socket.clone();
     let listener = bind(&socket, engine.config().socket_group)?;
@@ -88,16 +105,32 @@ pub(crate) async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .context("building the reflection service")?;
-    let faults = FaultsServer::new(FaultsService::new(Arc::clone(&engine), Arc::clone(&gate)));
-    let agent = AgentServer::new(AgentService::new(Arc::clone(&engine), Arc::clone(&gate)));
+    let size = calls.max_message_size;
+    let faults = FaultsServer::new(FaultsService::new(Arc::clone(&engine), Arc::clone(&gate)))
+        .max_decoding_message_size(size);
+    let agent = AgentServer::new(AgentService::new(Arc::clone(&engine), Arc::clone(&gate)))
+        .max_decoding_message_size(size);
     let metrics = MetricsServer::new(MetricsService::new(
         Arc::clone(&monitor),
         Arc::clone(&engine),
         Arc::clone(&gate),
-    ));
-    // Both listeners serve the same services; only how callers are identified differs.
-    let router = || {
+    ))
+    .max_decoding_message_size(size);
+    let counters = Arc::clone(gate.refusals().counters());
+    // Both listeners serve the same services; only how callers are identified differs, and
+    // the remote one limits the calls under way on each connection (`max_streams`).
+    let router = |max_streams: Option<usize>| {
         Server::builder()
+            .layer(limits::CallLimitLayer::new(
+                max_streams,
+                Arc::clone(&counters),
+            ))
+            .http2_max_header_list_size(MAX_HEADER_LIST)
+            // The protocol's own bound, above the agent's: the agent answers the calls beyond
+            // its limit with a reason; HTTP/2 would only reset them.
+            .max_concurrent_streams(max_streams.map(|m| (m as u32).saturating_mul(4)))
+            .http2_keepalive_interval(max_streams.map(|_| KEEPALIVE.0))
+            .http2_keepalive_timeout(max_streams.map(|_| KEEPALIVE.1))
             .add_service(health.clone())
             .add_service(reflection.clone())
             .add_service(reflection_alpha.clone())
@@ -111,7 +144,7 @@ pub(crate) async fn serve(
         let _ = stop.wait_for(|s| *s).await;
     };
     let mut server: ServerTask = tokio::spawn(
-        router().serve_with_incoming_shutdown(
+        router(None).serve_with_incoming_shutdown(
             UnixListenerStream::new(listener)
                 .map(|accepted| accepted.map(authority::MendAuthority::new)),
             stopped(stop_rx.clone()),
@@ -123,12 +156,17 @@ pub(crate) async fn serve(
                 .listener
                 .local_addr()
                 .context("reading the remote listener's address")?;
-            let incoming = tls::incoming(remote.listener, remote.tls, Arc::clone(gate.refusals()));
+            let incoming = tls::incoming(
+                remote.listener,
+                remote.tls,
+                remote.limits,
+                Arc::clone(gate.refusals()),
+            );
             info!(listen = %address, "faultline agent listening for mutual-TLS clients");
-            Some(tokio::spawn(router().serve_with_incoming_shutdown(
-                incoming,
-                stopped(stop_rx.clone()),
-            )))
+            Some(tokio::spawn(
+                router(Some(calls.max_streams))
+                    .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
+            ))
         }
         None => None,
     };

@@ -25,7 +25,7 @@ use thiserror::Error;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::{mpsc, Semaphore},
+    sync::{mpsc, OwnedSemaphorePermit, Semaphore},
 };
 use tokio_rustls::{
     rustls::{
@@ -42,18 +42,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{server::Connected, Certificate, ClientTlsConfig, Identity};
 use tracing::{debug, warn};
 
-use super::refusals::{Refusals, Source};
+use super::{
+    limits::ListenerLimits,
+    refusals::{Refusals, Source},
+};
 use crate::monitor::counters::Limit;
 
-/// A client that has not finished its handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a refused client has to read its alert and close before the agent closes.
 const LINGER: Duration = Duration::from_secs(2);
-/// Handshakes under way at once; connections beyond are closed, so that a flood of half-open
-/// clients cannot hold the agent's memory.
-const MAX_HANDSHAKES: usize = 64;
-/// One source's share of them: a flood from one address leaves room for the others.
-const MAX_HANDSHAKES_PER_SOURCE: usize = MAX_HANDSHAKES / 4;
 
 #[derive(Debug, Error)]
 pub(crate) enum TlsError {
@@ -164,6 +160,8 @@ pub(crate) struct TlsPeer {
 pub(crate) struct TlsConnection {
     stream: TlsStream<TcpStream>,
     peer: TlsPeer,
+    /// Its place among the connections open at once, given back when it closes.
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Connected for TlsConnection {
@@ -217,16 +215,25 @@ impl AsyncWrite for TlsConnection {
 /// Accepts TCP connections on `listener` and yields those whose handshake verified a client
 /// certificate with a common name. Refusals go to `refusals`, which logs and audits them
 /// within each source's rate; a source under a penalty has its connections closed at once.
-/// Stops accepting when the stream is dropped (the server stopped).
+/// Connections beyond `limits` are closed at once, and counted. Stops accepting when the
+/// stream is dropped (the server stopped).
 pub(crate) fn incoming(
     listener: TcpListener,
     tls: ServerTls,
+    limits: ListenerLimits,
     refusals: Arc<Refusals>,
 ) -> ReceiverStream<io::Result<TlsConnection>> {
     let (tx, rx) = mpsc::channel(16);
     let acceptor = TlsAcceptor::from(tls.config);
+    let ListenerLimits {
+        max_connections,
+        max_handshakes,
+        handshake_timeout,
+    } = limits;
+    let per_source_max = limits.handshakes_per_source();
     tokio::spawn(async move {
-        let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let connections = Arc::new(Semaphore::new(max_connections));
+        let handshakes = Arc::new(Semaphore::new(max_handshakes));
         let per_source = Arc::new(SourceShares::default());
         loop {
             let (tcp, remote) = tokio::select! {
@@ -246,14 +253,21 @@ pub(crate) fn incoming(
             if refusals.penalized(remote) {
                 continue;
             }
-            let Some(share) = per_source.claim(remote.ip(), MAX_HANDSHAKES_PER_SOURCE) else {
+            // Limits close a connection with a count, not a line each: a flood must not turn
+            // into one of log lines.
+            let Ok(slot) = Arc::clone(&connections).try_acquire_owned() else {
+                refusals.counters().limited(Limit::Connections);
+                debug!(peer = %remote, "{max_connections} TLS connections are open (serve --max-connections); closing this one");
+                continue;
+            };
+            let Some(share) = per_source.claim(remote.ip(), per_source_max) else {
                 refusals.counters().limited(Limit::SourceHandshakes);
-                debug!(peer = %remote, "{MAX_HANDSHAKES_PER_SOURCE} TLS handshakes from this source are under way; closing this connection");
+                debug!(peer = %remote, "{per_source_max} TLS handshakes from this source are under way; closing this connection");
                 continue;
             };
             let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
                 refusals.counters().limited(Limit::Handshakes);
-                warn!(peer = %remote, "{MAX_HANDSHAKES} TLS handshakes are under way; closing this connection");
+                debug!(peer = %remote, "{max_handshakes} TLS handshakes are under way (serve --max-handshakes); closing this connection");
                 continue;
             };
             // gRPC exchanges small frames; Nagle's delay would only add latency.
@@ -262,7 +276,7 @@ pub(crate) fn incoming(
             tokio::spawn(async move {
                 let _permit = permit;
                 let handshake = acceptor.accept(tcp).into_fallible();
-                let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                let stream = match tokio::time::timeout(handshake_timeout, handshake).await {
                     Ok(Ok(stream)) => stream,
                     Ok(Err((e, tcp))) => {
                         drop(share);
@@ -274,7 +288,8 @@ pub(crate) fn incoming(
                         refusals.handshake_failed(
                             remote,
                             &format!(
-                                "TLS handshake not finished within {HANDSHAKE_TIMEOUT:?}; closed"
+                                "TLS handshake not finished within {handshake_timeout:?} (serve \
+                                 --handshake-timeout); closed"
                             ),
                         );
                         return;
@@ -295,7 +310,13 @@ pub(crate) fn incoming(
                 };
                 let peer = TlsPeer { remote, name };
                 // A closed channel: the server is stopping, and the connection goes with it.
-                let _ = tx.send(Ok(TlsConnection { stream, peer })).await;
+                let _ = tx
+                    .send(Ok(TlsConnection {
+                        stream,
+                        peer,
+                        _slot: slot,
+                    }))
+                    .await;
             });
         }
     });

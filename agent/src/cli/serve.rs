@@ -19,6 +19,7 @@ use crate::{
         audit::{AuditLog, AuditOptions},
         authz::{Authorizer, Policy},
         gate::Gate,
+        limits::{self, ListenerLimits},
         refusals::{RefusalPolicy, Refusals},
         tls::ServerTls,
     },
@@ -53,6 +54,28 @@ pub struct Options {
     /// The CA that clients' certificates on the --listen address must chain to (PEM)
     #[arg(long, value_name = "FILE", requires = "listen")]
     pub client_ca: Option<PathBuf>,
+    /// TLS connections open at once on the --listen address, handshakes included; beyond,
+    /// new ones are closed at once
+    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_CONNECTIONS, value_parser = at_least_one)]
+    pub max_connections: usize,
+    /// TLS handshakes under way at once (one source may hold a quarter of them); beyond, new
+    /// connections are closed at once
+    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_HANDSHAKES, value_parser = at_least_one)]
+    pub max_handshakes: usize,
+    /// A TLS client that has not finished its handshake by then is closed
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration, default_value = "10s")]
+    pub handshake_timeout: Duration,
+    /// Calls under way at once on one TLS connection (a Watch or Stream counts until it ends);
+    /// beyond, calls are refused (RESOURCE_EXHAUSTED)
+    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_STREAMS, value_parser = at_least_one)]
+    pub max_streams: usize,
+    /// The largest request message the agent reads, on either listener (1MiB, 64KiB); its
+    /// requests are a few hundred bytes
+    #[arg(long, value_name = "SIZE", value_parser = message_size, default_value = "1MiB")]
+    pub max_message_size: usize,
+    /// Watch and Metrics/Stream calls one caller may have open at once, on either listener
+    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_SUBSCRIPTIONS, value_parser = at_least_one)]
+    pub max_subscriptions: usize,
     /// Who may do what: a TOML file mapping certificate names and uids to the roles observer,
     /// operator and admin (without it only root may call, on the unix socket)
     #[arg(long, value_name = "FILE")]
@@ -165,6 +188,21 @@ fn probe_target(text: &str) -> Result<Target, String> {
     Target::parse(text).map_err(|e| e.reason)
 }
 
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{text:?}: a whole number of at least 1 is needed")),
+    }
+}
+
+fn message_size(text: &str) -> Result<usize, String> {
+    let bytes = crate::faults::stress::parse_bytes(text)?;
+    if !(1024..=64 << 20).contains(&bytes) {
+        return Err(format!("{text:?}: between 1KiB and 64MiB is accepted"));
+    }
+    Ok(bytes as usize)
+}
+
 fn positive_duration(text: &str) -> Result<Duration, String> {
     match parse_duration(text)? {
         d if d.is_zero() => Err(format!("{text:?}: a duration greater than zero is needed")),
@@ -186,6 +224,7 @@ fn cgroup_name(text: &str) -> Result<String, String> {
 struct RemoteOptions {
     addr: SocketAddr,
     tls: ServerTls,
+    limits: ListenerLimits,
 }
 
 /// `config_file`: the configuration file whose settings were read, if one was.
@@ -232,7 +271,12 @@ pub fn run(global: &Global, o: Options, config_file: Option<PathBuf>) -> Result<
                 )));
             };
             let tls = ServerTls::load(cert, key, ca).map_err(|e| Failure::usage(e.to_string()))?;
-            Some(RemoteOptions { addr, tls })
+            let limits = ListenerLimits {
+                max_connections: o.max_connections,
+                max_handshakes: o.max_handshakes,
+                handshake_timeout: o.handshake_timeout,
+            };
+            Some(RemoteOptions { addr, tls, limits })
         }
     };
     let policy = o
@@ -275,6 +319,7 @@ pub fn run(global: &Global, o: Options, config_file: Option<PathBuf>) -> Result<
         Authorizer::new(policy),
         audit,
         Arc::new(refusals),
+        o.max_subscriptions,
     ));
     let mut protected_ports = o.protected_ports;
     if let Some(remote) = &remote {
@@ -299,6 +344,10 @@ pub fn run(global: &Global, o: Options, config_file: Option<PathBuf>) -> Result<
         .build()
         .map_err(|e| Failure::internal(format!("cannot start the async runtime: {e}")))?;
     let watch = Watch {
+        calls: api::CallLimits {
+            max_streams: o.max_streams,
+            max_message_size: o.max_message_size,
+        },
         metrics_listen: o.metrics_listen,
         probes: o.probes,
         probe_interval: o.probe_interval,
@@ -309,8 +358,9 @@ pub fn run(global: &Global, o: Options, config_file: Option<PathBuf>) -> Result<
         .map_err(|e| Failure::internal(format!("{e:#}")))
 }
 
-/// What the agent watches, besides its faults.
+/// What the agent watches, besides its faults, and how its callers are limited.
 struct Watch {
+    calls: api::CallLimits,
     metrics_listen: Option<SocketAddr>,
     probes: Vec<Target>,
     probe_interval: Duration,
@@ -361,16 +411,17 @@ async fn serve(
         None => None,
     };
     let remote = match remote {
-        Some(RemoteOptions { addr, tls }) => Some(api::Remote {
+        Some(RemoteOptions { addr, tls, limits }) => Some(api::Remote {
             listener: tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding the remote listener on {addr}"))?,
             tls,
+            limits,
         }),
         None => None,
     };
     let probes = Probes::start(&watch.probes, watch.probe_interval, watch.probe_timeout);
     let counters = Arc::clone(gate.refusals().counters());
     let monitor = Arc::new(Monitor::start(Arc::clone(&engine), probes, counters));
-    api::serve(engine, monitor, gate, metrics_listener, remote).await
+    api::serve(engine, monitor, gate, metrics_listener, remote, watch.calls).await
 }

@@ -30,6 +30,8 @@ pub(crate) enum Limit {
     SourceHandshakes,
     /// `--handshake-timeout`.
     HandshakeTimeout,
+    /// `--max-streams`: calls under way on one TLS connection.
+    Streams,
     /// `--max-message-size`.
     MessageSize,
     /// `--max-subscriptions`: Watch and Stream calls open per caller.
@@ -37,11 +39,12 @@ pub(crate) enum Limit {
 }
 
 impl Limit {
-    const ALL: [Limit; 6] = [
+    const ALL: [Limit; 7] = [
         Limit::Connections,
         Limit::Handshakes,
         Limit::SourceHandshakes,
         Limit::HandshakeTimeout,
+        Limit::Streams,
         Limit::MessageSize,
         Limit::Subscriptions,
     ];
@@ -52,6 +55,7 @@ impl Limit {
             Limit::Handshakes => "handshakes",
             Limit::SourceHandshakes => "source_handshakes",
             Limit::HandshakeTimeout => "handshake_timeout",
+            Limit::Streams => "streams",
             Limit::MessageSize => "message_size",
             Limit::Subscriptions => "subscriptions",
         }
@@ -130,6 +134,12 @@ impl AgentCounters {
 
     pub(crate) fn apply_refused_low_space(&self) {
         bump(&self.applies_refused_low_space);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn get_limited(&self, limit: Limit) -> u64 {
+        let index = Limit::ALL.iter().position(|l| *l == limit).unwrap_or(0);
+        self.limits[index].load(Ordering::Relaxed)
     }
 
     pub(crate) fn render(&self, e: &mut Exposition) {
