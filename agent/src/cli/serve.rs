@@ -112,6 +112,12 @@ pub struct Options {
     #[arg(long, value_name = "SIZE", value_parser = crate::faults::stress::parse_bytes)]
     pub memory_reserve: Option<u64>,
 
+    /// The agent's own OOM score adjustment, written to /proc/self/oom_score_adj at start unless
+    /// it is already lower (the systemd unit sets it with OOMScoreAdjust=); stress workers get
+    /// 1000, so the OOM killer takes them first and the agent last
+    #[arg(long, value_name = "N", default_value_t = crate::kernel::oom::AGENT_OOM_SCORE_ADJ, value_parser = clap::value_parser!(i32).range(-1000..=1000), allow_hyphen_values = true)]
+    pub oom_score_adj: i32,
+
     /// The cgroup (at each hierarchy's root) that holds stress faults' cgroups
     #[arg(long, value_name = "NAME", default_value = crate::kernel::cgroup::DEFAULT_PARENT, value_parser = cgroup_name)]
     pub cgroup_parent: String,
@@ -220,6 +226,24 @@ fn cgroup_name(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
+/// The agent must outlive what it injects: the OOM killer takes it last.
+fn protect_self(target: i32) {
+    use crate::kernel::oom::{protect_self, Protection};
+    match protect_self(target) {
+        Ok(Protection::Already(current)) => info!(oom_score_adj = current, "OOM score adjustment"),
+        Ok(Protection::Lowered(from)) => {
+            info!(oom_score_adj = target, from, "OOM score adjustment lowered")
+        }
+        Err(e) => warn!(
+            error = %e,
+            target,
+            "cannot lower the agent's OOM score adjustment (needs CAP_SYS_RESOURCE; under \
+             systemd, OOMScoreAdjust= in the unit sets it): a memory fault or the host's own \
+             pressure could kill the agent before its faults are reverted"
+        ),
+    }
+}
+
 /// The remote listener as configured, before it is bound.
 struct RemoteOptions {
     addr: SocketAddr,
@@ -248,6 +272,7 @@ pub fn run(global: &Global, o: Options, config_file: Option<PathBuf>) -> Result<
     if let Some(path) = &config_file {
         info!(config = %path.display(), "settings read from the configuration file");
     }
+    protect_self(o.oom_score_adj);
     // The configuration is checked before anything is touched: a wrong file stops the start.
     let remote = match o.listen {
         None => None,

@@ -12,7 +12,8 @@
 //! | [`workers::Workers`] | stress worker processes and their cgroups |
 //!
 //! Below them: [`rtnl`] (the one route-netlink path), [`durable`] (the one fsynced write),
-//! [`netdev`], [`cgroup`], [`btf`], and [`caps`], the probe of what the running kernel offers.
+//! [`netdev`], [`cgroup`], [`btf`], [`oom`] (the agent's and workers' OOM scores), and [`caps`],
+//! the probe of what the running kernel offers.
 
 use thiserror::Error;
 
@@ -23,6 +24,7 @@ pub(crate) mod cgroup;
 pub(crate) mod durable;
 pub(crate) mod netdev;
 pub(crate) mod nft;
+pub(crate) mod oom;
 pub(crate) mod qdisc;
 pub(crate) mod rtnl;
 pub(crate) mod workers;
