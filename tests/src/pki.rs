@@ -88,6 +88,16 @@ impl Pki {
         self.dir.path().join(name)
     }
 
+    /// `serve` arguments for a remote listener at `addr` whose policy makes `carol` an admin
+    /// (and nobody else anything).
+    pub fn serve_args_with_admin(&self, addr: &str) -> Result<Vec<String>> {
+        let policy = self.path("admin-policy.toml");
+        std::fs::write(&policy, "[admin]\ncertificates = [\"carol\"]\n")?;
+        let mut args = self.serve_args(addr);
+        args.extend(["--policy".to_owned(), policy.display().to_string()]);
+        Ok(args)
+    }
+
     /// `serve` arguments for a remote listener at `addr`.
     pub fn serve_args(&self, addr: &str) -> Vec<String> {
         let p = |name: &str| self.path(name).display().to_string();

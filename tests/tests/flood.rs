@@ -164,14 +164,10 @@ fn a_handshake_flood_is_summarized_and_penalized_and_the_agent_keeps_its_deadlin
         .ns
         .exec_ok(&["sysctl", "-q", "net.ipv4.ip_local_port_range=1024 65000"])?;
     let pki = Pki::new(&lab.a.v4.to_string())?;
-    let policy = pki.path("policy.toml");
-    fs::write(&policy, "[admin]\ncertificates = [\"carol\"]\n")?;
     let addr = format!("{}:{PORT}", lab.a.v4);
-    let mut args = pki.serve_args(&addr);
+    let mut args = pki.serve_args_with_admin(&addr)?;
     args.extend(
         [
-            "--policy",
-            &policy.display().to_string(),
             "--refusal-summary-interval",
             "10s",
             "--metrics-listen",

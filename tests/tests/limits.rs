@@ -46,14 +46,10 @@ fn each_limit_refuses_what_is_beyond_it_and_counts_it() -> Result<()> {
     }
     let lab = Lab::named("ffl")?;
     let pki = Pki::new(&lab.a.v4.to_string())?;
-    let policy = pki.path("policy.toml");
-    fs::write(&policy, "[admin]\ncertificates = [\"carol\"]\n")?;
     let addr = format!("{}:{PORT}", lab.a.v4);
-    let mut args = pki.serve_args(&addr);
+    let mut args = pki.serve_args_with_admin(&addr)?;
     args.extend(
         [
-            "--policy",
-            &policy.display().to_string(),
             "--metrics-listen",
             METRICS,
             "--max-subscriptions",

@@ -9,6 +9,7 @@
 
 use std::{
     collections::HashMap,
+    hash::Hash,
     net::SocketAddr,
     pin::Pin,
     sync::{Arc, Mutex},
@@ -55,30 +56,73 @@ impl ListenerLimits {
     }
 }
 
+/// How many of something are under way per key (handshakes per source, subscriptions per
+/// caller, calls per connection); each claim is given back when it is dropped.
+pub(crate) struct Tally<K: Hash + Eq + Clone> {
+    counts: Mutex<HashMap<K, usize>>,
+}
+
+/// One claim on a [`Tally`].
+pub(crate) struct Claim<K: Hash + Eq + Clone> {
+    tally: Arc<Tally<K>>,
+    key: K,
+}
+
+impl<K: Hash + Eq + Clone> Tally<K> {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            counts: Mutex::default(),
+        })
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<K, usize>> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One more under `key`, unless it has `max` already (then how many it has).
+    pub(crate) fn claim(self: &Arc<Self>, key: K, max: usize) -> Result<Claim<K>, usize> {
+        let mut counts = self.counts();
+        let count = counts.entry(key.clone()).or_default();
+        if *count >= max {
+            return Err(*count);
+        }
+        *count += 1;
+        Ok(Claim {
+            tally: Arc::clone(self),
+            key,
+        })
+    }
+}
+
+impl<K: Hash + Eq + Clone> Drop for Claim<K> {
+    fn drop(&mut self) {
+        let mut counts = self.tally.counts();
+        if let Some(count) = counts.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// Watch and Metrics/Stream calls open per caller (`serve --max-subscriptions`).
 pub(crate) struct Subscriptions {
     max: usize,
-    open: Mutex<HashMap<String, usize>>,
+    open: Arc<Tally<String>>,
     counters: Arc<AgentCounters>,
 }
 
 /// One open subscription; closed when dropped (the stream ended, or its client went away).
-pub(crate) struct Subscription {
-    owner: Arc<Subscriptions>,
-    caller: String,
-}
+pub(crate) type Subscription = Claim<String>;
 
 impl Subscriptions {
     pub(crate) fn new(max: usize, counters: Arc<AgentCounters>) -> Arc<Self> {
         Arc::new(Self {
             max,
-            open: Mutex::default(),
+            open: Tally::new(),
             counters,
         })
-    }
-
-    fn open(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Opens a subscription of `caller`, unless it has the most it may.
@@ -88,33 +132,14 @@ impl Subscriptions {
         rpc: &str,
     ) -> Result<Subscription, Status> {
         let name = caller.to_string();
-        let mut open = self.open();
-        let count = open.entry(name.clone()).or_default();
-        if *count >= self.max {
+        self.open.claim(name.clone(), self.max).map_err(|count| {
             self.counters.limited(Limit::Subscriptions);
-            return Err(Status::resource_exhausted(format!(
+            Status::resource_exhausted(format!(
                 "{name} has {count} Watch and Metrics/Stream calls open, the most a caller may \
                  (faultline serve --max-subscriptions {}); close one before {rpc}",
                 self.max
-            )));
-        }
-        *count += 1;
-        Ok(Subscription {
-            owner: Arc::clone(self),
-            caller: name,
+            ))
         })
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        let mut open = self.owner.open();
-        if let Some(count) = open.get_mut(&self.caller) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.caller);
-            }
-        }
     }
 }
 
@@ -130,7 +155,7 @@ struct CallState {
     /// `None`: no per-connection limit (the unix socket).
     max_streams: Option<usize>,
     /// Calls under way per TLS connection, by the client's address and port.
-    under_way: Mutex<HashMap<SocketAddr, usize>>,
+    under_way: Arc<Tally<SocketAddr>>,
     counters: Arc<AgentCounters>,
 }
 
@@ -139,7 +164,7 @@ impl CallLimitLayer {
         Self {
             state: Arc::new(CallState {
                 max_streams,
-                under_way: Mutex::default(),
+                under_way: Tally::new(),
                 counters,
             }),
         }
@@ -164,41 +189,7 @@ pub(crate) struct CallLimit<S> {
 }
 
 /// A call's place among its connection's calls under way.
-struct UnderWay {
-    state: Arc<CallState>,
-    peer: SocketAddr,
-}
-
-impl Drop for UnderWay {
-    fn drop(&mut self) {
-        let mut map = self
-            .state
-            .under_way
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = map.get_mut(&self.peer) {
-            *count -= 1;
-            if *count == 0 {
-                map.remove(&self.peer);
-            }
-        }
-    }
-}
-
-impl CallState {
-    fn claim(self: &Arc<Self>, peer: SocketAddr, max: usize) -> Option<UnderWay> {
-        let mut map = self.under_way.lock().unwrap_or_else(|p| p.into_inner());
-        let count = map.entry(peer).or_default();
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(UnderWay {
-            state: Arc::clone(self),
-            peer,
-        })
-    }
-}
+type UnderWay = Claim<SocketAddr>;
 
 /// gRPC's OUT_OF_RANGE: what tonic answers a request larger than the decoding limit with
 /// (the agent's own services never use it).
@@ -224,9 +215,9 @@ where
         let state = Arc::clone(&self.state);
         let peer = request.extensions().get::<TlsPeer>().map(|p| p.remote);
         let under_way = match (peer, state.max_streams) {
-            (Some(peer), Some(max)) => match state.claim(peer, max) {
-                Some(claim) => Some(claim),
-                None => {
+            (Some(peer), Some(max)) => match state.under_way.claim(peer, max) {
+                Ok(claim) => Some(claim),
+                Err(_) => {
                     state.counters.limited(Limit::Streams);
                     let status = Status::resource_exhausted(format!(
                         "this connection has {max} calls under way, the most the agent allows \
@@ -323,19 +314,17 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_has_its_own_share_of_calls() {
-        let state = Arc::new(CallState {
-            max_streams: Some(2),
-            under_way: Mutex::default(),
-            counters: Arc::default(),
-        });
+    fn a_tally_counts_per_key_and_takes_claims_back() {
+        let tally = Tally::new();
         let a: SocketAddr = "10.0.0.2:40000".parse().expect("address");
         let b: SocketAddr = "10.0.0.2:40001".parse().expect("address");
-        let one = state.claim(a, 2).expect("1");
-        let _two = state.claim(a, 2).expect("2");
-        assert!(state.claim(a, 2).is_none());
-        assert!(state.claim(b, 2).is_some());
+        let one = tally.claim(a, 2).expect("1");
+        let _two = tally.claim(a, 2).expect("2");
+        assert_eq!(tally.claim(a, 2).err(), Some(2));
+        assert!(tally.claim(b, 2).is_ok());
         drop(one);
-        assert!(state.claim(a, 2).is_some());
+        assert!(tally.claim(a, 2).is_ok());
+        drop(_two);
+        assert!(tally.counts().get(&a).is_none_or(|n| *n <= 1));
     }
 }

@@ -11,12 +11,11 @@
 //! identity the policy could name.
 
 use std::{
-    collections::HashMap,
     io,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     path::{Path, PathBuf},
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -43,7 +42,7 @@ use tonic::transport::{server::Connected, Certificate, ClientTlsConfig, Identity
 use tracing::{debug, warn};
 
 use super::{
-    limits::ListenerLimits,
+    limits::{ListenerLimits, Tally},
     refusals::{Refusals, Source},
 };
 use crate::monitor::counters::Limit;
@@ -234,7 +233,8 @@ pub(crate) fn incoming(
     tokio::spawn(async move {
         let connections = Arc::new(Semaphore::new(max_connections));
         let handshakes = Arc::new(Semaphore::new(max_handshakes));
-        let per_source = Arc::new(SourceShares::default());
+        // Handshakes under way per source, so that one source cannot take every slot.
+        let per_source = Tally::<Source>::new();
         loop {
             let (tcp, remote) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -260,7 +260,7 @@ pub(crate) fn incoming(
                 debug!(peer = %remote, "{max_connections} TLS connections are open (serve --max-connections); closing this one");
                 continue;
             };
-            let Some(share) = per_source.claim(remote.ip(), per_source_max) else {
+            let Ok(share) = per_source.claim(Source::ip(remote.ip()), per_source_max) else {
                 refusals.counters().limited(Limit::SourceHandshakes);
                 debug!(peer = %remote, "{per_source_max} TLS handshakes from this source are under way; closing this connection");
                 continue;
@@ -321,44 +321,6 @@ pub(crate) fn incoming(
         }
     });
     ReceiverStream::new(rx)
-}
-
-/// Handshakes under way per source, so that one source cannot take every handshake slot.
-#[derive(Default)]
-struct SourceShares(Mutex<HashMap<Source, usize>>);
-
-/// One handshake's claim on its source's share; given back when dropped.
-struct Share {
-    shares: Arc<SourceShares>,
-    source: Source,
-}
-
-impl SourceShares {
-    fn claim(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<Share> {
-        let source = Source::ip(ip);
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let count = map.entry(source).or_default();
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(Share {
-            shares: Arc::clone(self),
-            source,
-        })
-    }
-}
-
-impl Drop for Share {
-    fn drop(&mut self) {
-        let mut map = self.shares.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = map.get_mut(&self.source) {
-            *count -= 1;
-            if *count == 0 {
-                map.remove(&self.source);
-            }
-        }
-    }
 }
 
 /// A failed handshake. Certificate refusals are what the audit log is for; anything else
