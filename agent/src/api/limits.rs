@@ -20,7 +20,7 @@ use std::{
 use futures_util::future::BoxFuture;
 use tonic::{body::Body, Status};
 
-use super::{authz::Caller, tls::TlsPeer};
+use super::{authz::Caller, peer::TlsPeer};
 use crate::monitor::counters::{AgentCounters, Limit};
 
 pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 256;

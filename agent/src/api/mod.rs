@@ -37,6 +37,7 @@ mod faults;
 pub mod gate;
 pub(crate) mod limits;
 pub mod metrics;
+mod peer;
 pub(crate) mod refusals;
 pub mod status;
 pub mod tls;

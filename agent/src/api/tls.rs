@@ -41,6 +41,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{server::Connected, Certificate, ClientTlsConfig, Identity};
 use tracing::{debug, warn};
 
+pub(crate) use super::peer::TlsPeer;
 use super::{
     limits::{ListenerLimits, Tally},
     refusals::{Refusals, Source},
@@ -145,14 +146,6 @@ impl ServerTls {
             config: Arc::new(config),
         })
     }
-}
-
-/// Who is at the other end of a verified TLS connection; in every request's extensions.
-#[derive(Debug, Clone)]
-pub(crate) struct TlsPeer {
-    pub(crate) remote: SocketAddr,
-    /// The common name of the verified client certificate.
-    pub(crate) name: String,
 }
 
 /// A TLS connection whose client certificate the handshake verified.
