@@ -321,11 +321,19 @@ impl Engine {
         // the pending entry is all it needs, and a second fsynced write would cost an apply a
         // third of a millisecond. The lease's end in the entry is then earlier by the kernel's
         // apply time (milliseconds), on the safe side. Renewals rewrite the entry.
+        // Armed for the deadline the fault records (and callers see), not for its duration from
+        // now: an apply that took long (a kernel module loaded on demand) must not push the
+        // revert past the deadline by as much.
+        let due = Instant::now()
+            + fault
+                .deadline
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
         let timer = {
             let engine = Arc::clone(self);
             let id = id.clone();
             tokio::spawn(async move {
-                tokio::time::sleep(request.duration).await;
+                tokio::time::sleep_until(due).await;
                 // Reverting in a task of its own: a revert request aborts this timer, and must
                 // never abort a revert half-way.
                 tokio::spawn(async move {
