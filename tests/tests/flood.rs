@@ -144,6 +144,24 @@ async fn attempt(target: SocketAddr, connector: &TlsConnector, flood: &Flood) {
     }
 }
 
+/// `Agent/Info` on the unix socket every 50 ms for `length`: how long each answer took.
+async fn info_latencies(
+    channel: tonic::transport::Channel,
+    length: Duration,
+) -> Result<Vec<Duration>> {
+    let mut info = AgentClient::new(channel);
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < length {
+        let asked = Instant::now();
+        info.info(pb::InfoRequest {}).await?;
+        latencies.push(asked.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    latencies.sort();
+    Ok(latencies)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[index]
@@ -186,6 +204,16 @@ fn a_handshake_flood_is_summarized_and_penalized_and_the_agent_keeps_its_deadlin
         "the listener does not serve a client with a certificate before the flood"
     );
 
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    // What this machine allows without a flood: other work shares its CPUs.
+    let quiet = runtime.block_on(async {
+        let channel = connect(&AgentAddress::Unix(agent.socket())).await?;
+        info_latencies(channel, Duration::from_secs(5)).await
+    })?;
+    let quiet_p99 = percentile(&quiet, 0.99);
     let id = agent.apply(&[
         "block", "--dir", "in", "--proto", "tcp", "--port", "8080", "--for", "15s",
     ])?;
@@ -193,10 +221,6 @@ fn a_handshake_flood_is_summarized_and_penalized_and_the_agent_keeps_its_deadlin
     let ca = fs::read(pki.path("ca/ca.pem"))?;
     let target: SocketAddr = addr.parse()?;
     let counts = Arc::new(Flood::default());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
 
     let (offered, latencies, reverted_late, served) = thread::scope(|scope| -> Result<_> {
         let flooding = {
@@ -244,15 +268,7 @@ fn a_handshake_flood_is_summarized_and_penalized_and_the_agent_keeps_its_deadlin
                     }
                 })
             };
-            let mut info = AgentClient::new(channel);
-            let mut latencies = Vec::new();
-            let started = Instant::now();
-            while started.elapsed() < FLOOD {
-                let asked = Instant::now();
-                info.info(pb::InfoRequest {}).await?;
-                latencies.push(asked.elapsed());
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            let latencies = info_latencies(channel, FLOOD).await?;
             anyhow::Ok((latencies, watch.await??))
         })?;
         let offered = flooding.join().expect("the flood thread")??;
@@ -298,8 +314,7 @@ fn a_handshake_flood_is_summarized_and_penalized_and_the_agent_keeps_its_deadlin
 
     let attempts = get(&counts.attempts);
     let rate = attempts as f64 / offered.as_secs_f64();
-    let mut sorted = latencies.clone();
-    sorted.sort();
+    let sorted = latencies;
     let p50 = percentile(&sorted, 0.5);
     let p99 = percentile(&sorted, 0.99);
     note(
@@ -320,7 +335,7 @@ fn a_handshake_flood_is_summarized_and_penalized_and_the_agent_keeps_its_deadlin
         format!(
             "audit log +{} bytes ({one_by_one} handshake lines, {} summaries); {warned} log \
              lines of refusals; unix-socket Info p50 {p50:.1?} p99 {p99:.1?} max {:.1?} over {} \
-             calls; revert {reverted_late:.1?} after the deadline; the client with a \
+             calls (before the flood: p99 {quiet_p99:.1?}); revert {reverted_late:.1?} after the deadline; the client with a \
              certificate: {served:?}",
             audit_after - audit_before,
             summaries.len(),
@@ -374,9 +389,13 @@ fn a_handshake_flood_is_summarized_and_penalized_and_the_agent_keeps_its_deadlin
         "a client with a certificate from another address was refused during the flood: \
          {served:?}"
     );
+    // 50 ms, unless this machine's own load already slows answers without a flood (a
+    // quiet p99 above 25 ms): then the flood may not make them more than twice as slow.
+    let bound = Duration::from_millis(50).max(quiet_p99 * 2);
     ensure!(
-        p99 < Duration::from_millis(50),
-        "unix-socket calls took {p99:?} at the 99th percentile during the flood"
+        p99 < bound,
+        "unix-socket calls took {p99:?} at the 99th percentile during the flood ({quiet_p99:?} \
+         before it)"
     );
     ensure!(
         reverted_late <= Duration::from_millis(100),

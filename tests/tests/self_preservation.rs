@@ -235,7 +235,7 @@ fn under_cpu_stress_and_hogs_a_block_still_ends_on_time() -> Result<()> {
     );
     // The VM guest's two vCPUs are threads of a software emulator competing with the host's
     // own work: with both saturated, the guest's timers fire hundreds of milliseconds late
-    // whatever runs in it (measured: 63-358 ms). The 150 ms bound is for real CPUs.
+    // whatever runs in it (measured: 22-358 ms). The 150 ms bound is for real CPUs.
     let bound = if std::env::var_os("FAULTLINE_VM_GUEST").is_some() {
         Duration::from_secs(1)
     } else {
