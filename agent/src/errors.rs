@@ -110,6 +110,12 @@ pub(crate) enum EngineError {
     #[error("refused to keep the host safe: {detail}")]
     Reserve { detail: String },
 
+    #[error(
+        "refused: {detail}; active faults are still reverted on time. Free space there (or \
+         lower the reserve) to apply again"
+    )]
+    StateSpace { detail: String },
+
     /// An interface's qdisc is somebody else's and the request did not say to replace it, or
     /// it is a tree that could not be put back exactly.
     #[error("{detail}")]

@@ -45,11 +45,16 @@ pub struct Addressing<'a> {
 impl Lab {
     /// The integration tests' lab: namespaces `fl-<pid>-<n>-a|b`, veth `veth<X>a|b`, net 77.
     pub fn new() -> Result<Self> {
+        Self::named("fl")
+    }
+
+    /// [`Lab::new`] with namespaces named `<prefix>-<pid>-<n>-a` and `-b`.
+    pub fn named(prefix: &str) -> Result<Self> {
         let n = unique();
         let pid = std::process::id();
         let subnet = ((pid.wrapping_mul(31).wrapping_add(n)) % 250 + 1) as u8;
-        let a = Netns::create(&format!("fl-{pid}-{n}-a"))?;
-        let b = Netns::create(&format!("fl-{pid}-{n}-b"))?;
+        let a = Netns::create(&format!("{prefix}-{pid}-{n}-a"))?;
+        let b = Netns::create(&format!("{prefix}-{pid}-{n}-b"))?;
         Self::join(
             a,
             b,

@@ -27,6 +27,8 @@ pub struct Agent {
     ns_name: String,
     ns_path: PathBuf,
     dir: TempDir,
+    /// `dir/state` unless the test gave another (a small filesystem of its own).
+    state_dir: PathBuf,
     pin_dir: PathBuf,
     /// This agent's own cgroup parent: cgroups are host-wide, and a starting agent sweeps
     /// every fault cgroup under its parent that its journal does not know.
@@ -64,7 +66,7 @@ impl Agent {
         let dir = tempfile::Builder::new()
             .prefix("faultline-test-")
             .tempdir()?;
-        Self::start_in(ns, dir, wrapper, extra_args)
+        Self::start_in(ns, dir, wrapper, None, extra_args)
     }
 
     /// Starts an agent whose socket and state directory are in a new directory under `parent`
@@ -73,10 +75,25 @@ impl Agent {
         let dir = tempfile::Builder::new()
             .prefix("faultline-test-")
             .tempdir_in(parent)?;
-        Self::start_in(ns, dir, &[], extra_args)
+        Self::start_in(ns, dir, &[], None, extra_args)
     }
 
-    fn start_in(ns: &Netns, dir: TempDir, wrapper: &[&str], extra_args: &[&str]) -> Result<Self> {
+    /// Starts an agent in `ns` whose state directory is `state_dir`.
+    pub fn start_with_state(ns: &Netns, state_dir: &Path, extra_args: &[&str]) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("faultline-test-")
+            .tempdir()?;
+        Self::start_in(ns, dir, &[], Some(state_dir), extra_args)
+    }
+
+    fn start_in(
+        ns: &Netns,
+        dir: TempDir,
+        wrapper: &[&str],
+        state_dir: Option<&Path>,
+        extra_args: &[&str],
+    ) -> Result<Self> {
+        let state_dir = state_dir.map_or_else(|| dir.path().join("state"), Path::to_owned);
         let pin_dir = PathBuf::from(format!(
             "/sys/fs/bpf/faultline-test-{}-{}",
             std::process::id(),
@@ -88,6 +105,7 @@ impl Agent {
             ns_name: ns.name().to_owned(),
             ns_path: ns.path().to_owned(),
             dir,
+            state_dir,
             pin_dir,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
@@ -289,7 +307,7 @@ impl Agent {
     }
 
     pub fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("state")
+        self.state_dir.clone()
     }
 
     /// One JSON file per fault the agent has not finished reverting.

@@ -9,7 +9,9 @@
 pub mod agent;
 pub mod cgroup;
 pub mod disk;
+pub mod pki;
 pub mod process;
+pub mod prometheus;
 pub mod python;
 
 use std::io::Write as _;

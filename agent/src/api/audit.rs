@@ -5,32 +5,41 @@
 //! shutdown, recovered, target gone), and for what a fault reports while active (`rpc`
 //! `fault-report`: the workload it resolved, the processes a kill signalled). Each line says when, who (identity, how it was
 //! established, role), which call, which fault (id, kind, summary) and the result: `ok`,
-//! `denied` or `failed`, with the gRPC code and the message the caller got.
+//! `denied` or `failed`, with the gRPC code and the message the caller got. Refusals beyond a
+//! source's rate are counted into one `refusal-summary` line per source and interval instead
+//! (see `api::refusals`).
 //!
 //! The file is opened with O_APPEND, so lines are only ever added, and each line is fsynced
 //! before the call returns: a line the caller's answer depended on is on disk. A line that
 //! cannot be written is reported in the agent's log; the call it describes is not undone.
+//!
+//! The log is bounded: the agent rotates it itself at `--audit-max-size` (`audit.log.1` is the
+//! newest of `--audit-keep` rotated files), under the same lock as each write, so the cap holds
+//! between any two lines, however fast they come; a logrotate run once a day could not bound a
+//! flood. SIGHUP reopens the path, for tools that move the file away. On the state filesystem,
+//! at its reserve (`engine::space`) lines are shed, each with an error in the log and a count
+//! in Prometheus: the room left is the journal's.
 
 use std::{
     fs::{self, File, OpenOptions},
     io::Write as _,
     net::SocketAddr,
-    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::SystemTime,
 };
 
 use serde::Serialize;
 use thiserror::Error;
 use tonic::Status;
-use tracing::error;
+use tracing::{error, info};
 
-use super::{
-    authz::{Caller, Role, Rpc},
-    tls::RefusalLog,
+use super::authz::{Caller, Role, Rpc};
+use crate::{
+    engine::{space::state_space, Fault, FaultState, RevertLog, RevertReason},
+    monitor::counters::AgentCounters,
 };
-use crate::engine::{Fault, FaultState, RevertLog, RevertReason};
 
 #[derive(Debug, Error)]
 #[error("cannot open the audit log {path}: {source}")]
@@ -41,7 +50,10 @@ pub(crate) struct AuditError {
 
 pub(crate) struct AuditLog {
     path: PathBuf,
-    file: Mutex<File>,
+    file: Mutex<Current>,
+    /// [`AuditOptions::state`], when the log is on the state filesystem.
+    state: Option<(PathBuf, u64)>,
+    options: AuditOptions,
 }
 
 /// Who made the call.
@@ -146,6 +158,9 @@ pub(crate) struct Record {
     /// RevertAll: every fault it reverted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) faults: Option<Vec<Target>>,
+    /// `refusal-summary`: the refusals of one source beyond its rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) refusals: Option<RefusalSummary>,
     pub(crate) result: Outcome,
     /// The gRPC status code the caller got, unless `ok`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -154,12 +169,28 @@ pub(crate) struct Record {
     pub(crate) error: Option<String>,
 }
 
+/// The refusals of one source in one interval beyond its rate, which had no line of their own
+/// (`rpc` `refusal-summary`, `who.peer` the source: an address, an IPv6 /64, or `who.uid`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct RefusalSummary {
+    /// Refusals without a line of their own.
+    pub(crate) refused: u64,
+    /// Those refusals by reason (`Faults/List: ...` for a call, the TLS error for a handshake).
+    pub(crate) reasons: std::collections::BTreeMap<String, u64>,
+    /// Connections closed unanswered while the source was under a penalty.
+    pub(crate) dropped_while_penalized: u64,
+    pub(crate) interval_secs: f64,
+    /// The penalty left when the line was written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) penalty_secs: Option<f64>,
+}
+
 impl Record {
     pub(crate) fn new(who: Who, rpc: Rpc) -> Self {
         Self::named(who, rpc.name())
     }
 
-    fn named(who: Who, rpc: &'static str) -> Self {
+    pub(crate) fn named(who: Who, rpc: &'static str) -> Self {
         Self {
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             who,
@@ -168,6 +199,7 @@ impl Record {
             reason: None,
             detail: None,
             faults: None,
+            refusals: None,
             result: Outcome::Ok,
             code: None,
             error: None,
@@ -199,9 +231,43 @@ impl Record {
     }
 }
 
+/// How the audit log is bounded: `serve --audit-max-size`, `--audit-keep`, and the state
+/// filesystem's reserve.
+#[derive(Debug, Clone)]
+pub(crate) struct AuditOptions {
+    /// The size at which the log is rotated.
+    pub(crate) max_size: u64,
+    /// Rotated files kept (`audit.log.1` the newest, up to `audit.log.N`).
+    pub(crate) keep: u32,
+    /// The state directory and its reserve in bytes: lines are shed while the filesystem
+    /// holding both the log and the directory is at the reserve.
+    pub(crate) state: Option<(PathBuf, u64)>,
+    pub(crate) counters: Arc<AgentCounters>,
+}
+
+pub(crate) const DEFAULT_MAX_SIZE: u64 = 16 << 20;
+pub(crate) const DEFAULT_KEEP: u32 = 4;
+
+impl Default for AuditOptions {
+    fn default() -> Self {
+        Self {
+            max_size: DEFAULT_MAX_SIZE,
+            keep: DEFAULT_KEEP,
+            state: None,
+            counters: Arc::default(),
+        }
+    }
+}
+
+/// The file lines go to, and its size.
+struct Current {
+    file: File,
+    size: u64,
+}
+
 impl AuditLog {
     /// Opens (creating it, mode 0600, and its directory, mode 0700) the log for appending.
-    pub(crate) fn open(path: &Path) -> Result<Self, AuditError> {
+    pub(crate) fn open(path: &Path, options: AuditOptions) -> Result<Self, AuditError> {
         let fail = |source| AuditError {
             path: path.to_owned(),
             source,
@@ -212,22 +278,19 @@ impl AuditLog {
                 fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(fail)?;
             }
         }
-        let existed = path.exists();
-        let file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(fail)?;
-        if !existed {
-            // The new directory entry must survive a crash as well as the lines in it.
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                File::open(dir).and_then(|d| d.sync_all()).map_err(fail)?;
-            }
-        }
+        let current = open_append(path).map_err(fail)?;
+        // Shedding protects the journal's room only where the log takes from it.
+        let shared = |dir: &Path| -> bool {
+            let device = |p: &Path| fs::metadata(p).map(|m| m.dev()).ok();
+            let log_dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            device(log_dir.unwrap_or(Path::new("."))).is_some_and(|d| Some(d) == device(dir))
+        };
+        let state = options.state.clone().filter(|(dir, _)| shared(dir));
         Ok(Self {
             path: path.to_owned(),
-            file: Mutex::new(file),
+            file: Mutex::new(current),
+            state,
+            options,
         })
     }
 
@@ -235,17 +298,50 @@ impl AuditLog {
         &self.path
     }
 
+    fn current(&self) -> std::sync::MutexGuard<'_, Current> {
+        self.file.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Opens the log's path anew (SIGHUP): after another tool moved or removed the file, lines
+    /// go to a new one at the configured path.
+    pub(crate) fn reopen(&self) -> Result<(), AuditError> {
+        let reopened = open_append(&self.path).map_err(|source| AuditError {
+            path: self.path.clone(),
+            source,
+        })?;
+        *self.current() = reopened;
+        Ok(())
+    }
+
     /// Appends the record as one line and fsyncs it. Blocks for the fsync; called from the
-    /// runtime it moves off the async workers first.
+    /// runtime it moves off the async workers first. At the state filesystem's reserve the
+    /// line is shed instead, with an error in the log.
     pub(crate) fn write(&self, record: &Record) {
-        let append = || -> std::io::Result<()> {
+        let append = || -> std::io::Result<Written> {
+            if let Some((dir, reserve)) = &self.state {
+                match state_space(dir, *reserve) {
+                    Ok(space) if space.low() => return Ok(Written::Shed(space.describe(dir))),
+                    _ => {}
+                }
+            }
             let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
             line.push(b'\n');
-            // One lock for write and fsync: lines never interleave, and none is acknowledged
-            // before it is on disk.
-            let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-            file.write_all(&line)?;
-            file.sync_data()
+            // One lock for rotation, write and fsync: lines never interleave, and none is
+            // acknowledged before it is on disk.
+            let mut current = self.current();
+            let rotated =
+                current.size > 0 && current.size + line.len() as u64 > self.options.max_size;
+            if rotated {
+                self.rotate(&mut current)?;
+            }
+            current.file.write_all(&line)?;
+            current.size += line.len() as u64;
+            current.file.sync_data()?;
+            Ok(if rotated {
+                Written::Rotated
+            } else {
+                Written::Line
+            })
         };
         let multi_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
@@ -254,14 +350,78 @@ impl AuditLog {
         } else {
             append()
         };
-        if let Err(e) = written {
-            error!(path = %self.path.display(), error = %e, rpc = record.rpc, "cannot write to the audit log");
+        let id = record.fault.as_ref().and_then(|f| f.id.as_deref());
+        match written {
+            Ok(Written::Line) => {}
+            Ok(Written::Rotated) => {
+                self.options.counters.audit_rotated();
+                info!(path = %self.path.display(), max_size = self.options.max_size, keep = self.options.keep, "audit log rotated");
+            }
+            Ok(Written::Shed(why)) => {
+                self.options.counters.audit_shed();
+                error!(path = %self.path.display(), rpc = record.rpc, id, "audit line shed: {why}");
+            }
+            Err(e) => {
+                self.options.counters.audit_failed();
+                error!(path = %self.path.display(), error = %e, rpc = record.rpc, id, "cannot write to the audit log");
+            }
         }
+    }
+
+    /// `audit.log` becomes `audit.log.1`, each `.N` becomes `.N+1`, the oldest beyond `keep`
+    /// is removed, and a new empty log is opened; the directory is fsynced so the renames
+    /// survive a crash.
+    fn rotate(&self, current: &mut Current) -> std::io::Result<()> {
+        let numbered = |n: u32| {
+            let mut name = self.path.clone().into_os_string();
+            name.push(format!(".{n}"));
+            PathBuf::from(name)
+        };
+        let keep = self.options.keep.max(1);
+        match fs::remove_file(numbered(keep)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        for n in (1..keep).rev() {
+            match fs::rename(numbered(n), numbered(n + 1)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        fs::rename(&self.path, numbered(1))?;
+        *current = open_append(&self.path)?;
+        Ok(())
     }
 }
 
-impl RefusalLog for AuditLog {
-    fn handshake_refused(&self, peer: SocketAddr, reason: String) {
+enum Written {
+    Line,
+    Rotated,
+    /// Not written: the state filesystem is at its reserve (why, in words).
+    Shed(String),
+}
+
+/// Opens `path` for appending, creating it with mode 0600; a new file's directory entry is
+/// fsynced, so that it survives a crash as well as the lines in it.
+fn open_append(path: &Path) -> std::io::Result<Current> {
+    let existed = path.exists();
+    let file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)?;
+    if !existed {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)?.sync_all()?;
+        }
+    }
+    let size = file.metadata()?.len();
+    Ok(Current { file, size })
+}
+
+impl AuditLog {
+    /// A TLS client refused for its certificate before it could make any call.
+    pub(crate) fn handshake_refused(&self, peer: SocketAddr, reason: String) {
         let who = Who {
             identity: None,
             auth: "tls-client-certificate",
@@ -394,10 +554,10 @@ mod tests {
             pid: None,
         };
         {
-            let log = AuditLog::open(&path).expect("opens");
+            let log = AuditLog::open(&path, AuditOptions::default()).expect("opens");
             log.write(&Record::new(Who::new(&uid, None), Rpc::List));
         }
-        let log = AuditLog::open(&path).expect("opens again");
+        let log = AuditLog::open(&path, AuditOptions::default()).expect("opens again");
         log.handshake_refused(
             "10.0.0.9:5555".parse().expect("address"),
             "refused at the TLS handshake: invalid peer certificate: UnknownIssuer".to_owned(),
@@ -412,5 +572,65 @@ mod tests {
         assert_eq!(written[1]["result"], "denied");
         let mode = fs::metadata(&path).expect("stat").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn the_log_rotates_at_its_cap_keeps_n_files_and_reopens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let counters = Arc::new(AgentCounters::default());
+        let options = AuditOptions {
+            max_size: 1000,
+            keep: 2,
+            state: None,
+            counters: Arc::clone(&counters),
+        };
+        let log = AuditLog::open(&path, options).expect("opens");
+        let root = Caller::Unix { uid: 0, pid: None };
+        for _ in 0..40 {
+            log.write(&Record::new(
+                Who::new(&root, Some(Role::Admin)),
+                Rpc::RevertAll,
+            ));
+        }
+        let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let rotated = |n: u32| dir.path().join(format!("audit.log.{n}"));
+        assert!(size(&path) <= 1000 && size(&rotated(1)) <= 1000);
+        assert!(size(&rotated(1)) > 800 && size(&rotated(2)) > 800);
+        assert!(!rotated(3).exists(), "keeps 2 rotated files");
+        assert!(lines(&rotated(2)).len() + lines(&rotated(1)).len() + lines(&path).len() < 40);
+        let mut e = crate::monitor::exposition::Exposition::new();
+        counters.render(&mut e);
+        assert!(!e.finish().contains("faultline_audit_rotations_total 0\n"));
+
+        // Moved away by another tool: SIGHUP's reopen starts a new file at the path.
+        fs::rename(&path, dir.path().join("moved")).expect("rename");
+        log.reopen().expect("reopens");
+        log.write(&Record::new(Who::new(&root, Some(Role::Admin)), Rpc::List));
+        assert_eq!(lines(&path).len(), 1);
+        let mode = fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn lines_are_shed_at_the_state_reserve() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let counters = Arc::new(AgentCounters::default());
+        let options = AuditOptions {
+            state: Some((dir.path().to_owned(), u64::MAX)),
+            counters: Arc::clone(&counters),
+            ..AuditOptions::default()
+        };
+        let log = AuditLog::open(&path, options).expect("opens");
+        let root = Caller::Unix { uid: 0, pid: None };
+        log.write(&Record::new(
+            Who::new(&root, Some(Role::Admin)),
+            Rpc::RevertAll,
+        ));
+        assert_eq!(fs::read_to_string(&path).expect("read"), "");
+        let mut e = crate::monitor::exposition::Exposition::new();
+        counters.render(&mut e);
+        assert!(e.finish().contains("faultline_audit_lines_shed_total 1\n"));
     }
 }

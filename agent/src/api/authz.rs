@@ -26,7 +26,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use thiserror::Error;
 use tonic::{transport::server::UdsConnectInfo, Request, Status};
 
-use super::tls::TlsPeer;
+use super::peer::TlsPeer;
 use crate::{
     engine::ApplyRequest,
     faults::FaultSpec,

@@ -57,8 +57,12 @@ impl FaultsService {
                 })
             }
             Err(e) => {
-                if let EngineError::Apply { id, .. } = &e {
-                    target.id = Some(id.clone());
+                match &e {
+                    EngineError::Apply { id, .. } => target.id = Some(id.clone()),
+                    EngineError::StateSpace { .. } => {
+                        self.gate.refusals().counters().apply_refused_low_space()
+                    }
+                    _ => {}
                 }
                 Err(from_engine(e))
             }
@@ -216,7 +220,8 @@ impl Faults for FaultsService {
         let watched = Some(&request.get_ref().fault_id)
             .filter(|id| !id.is_empty())
             .map(|id| Target::id(id));
-        self.gate.admit(&request, Rpc::Watch, watched)?;
+        let admitted = self.gate.admit(&request, Rpc::Watch, watched)?;
+        let subscription = self.gate.subscribe(&admitted, Rpc::Watch)?;
         let only = Some(request.into_inner().fault_id).filter(|id| !id.is_empty());
         if let Some(id) = &only {
             self.engine.get(id).map_err(from_engine)?;
@@ -241,6 +246,7 @@ impl Faults for FaultsService {
             },
         };
         tokio::spawn(async move {
+            let _subscription = subscription;
             let closed = async move {
                 // Only whether it happened matters; the borrowed value must not live on.
                 let _ = closing.wait_for(|c| *c).await.map(|_| ());
@@ -267,6 +273,8 @@ impl Faults for FaultsService {
                         Err(RecvError::Closed) => return,
                     },
                     _ = &mut closed => return,
+                    // The client went away: its subscription ends now, not at the next event.
+                    _ = tx.closed() => return,
                 }
             }
         });

@@ -61,7 +61,8 @@ impl pb::metrics_server::Metrics for MetricsService {
         &self,
         request: Request<pb::StreamRequest>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        self.gate.admit(&request, Rpc::MetricsStream, None)?;
+        let admitted = self.gate.admit(&request, Rpc::MetricsStream, None)?;
+        let subscription = self.gate.subscribe(&admitted, Rpc::MetricsStream)?;
         let interval = match request.into_inner().interval {
             None => DEFAULT_INTERVAL,
             Some(d) => {
@@ -81,6 +82,7 @@ impl pb::metrics_server::Metrics for MetricsService {
         let monitor = Arc::clone(&self.monitor);
         let mut closing = self.engine.closing();
         tokio::spawn(async move {
+            let _subscription = subscription;
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -91,6 +93,7 @@ impl pb::metrics_server::Metrics for MetricsService {
                         }
                     }
                     _ = closing.changed() => return,
+                    _ = tx.closed() => return,
                 }
             }
         });

@@ -35,7 +35,10 @@ pub(crate) mod authz;
 pub(crate) mod convert;
 mod faults;
 pub(crate) mod gate;
+pub(crate) mod limits;
 pub(crate) mod metrics;
+mod peer;
+pub(crate) mod refusals;
 pub(crate) mod status;
 pub(crate) mod tls;
 
@@ -50,7 +53,22 @@ const DRAIN: Duration = Duration::from_secs(5);
 pub(crate) struct Remote {
     pub(crate) listener: TcpListener,
     pub(crate) tls: tls::ServerTls,
+    pub(crate) limits: limits::ListenerLimits,
 }
+
+/// Limits of every gRPC connection: `serve --max-streams` (remote listener only) and
+/// `--max-message-size`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallLimits {
+    pub max_streams: usize,
+    pub max_message_size: usize,
+}
+
+/// How often an idle remote connection is pinged, and how long the answer may take: a peer
+/// that went away without closing gives its connection slot back.
+const KEEPALIVE: (Duration, Duration) = (Duration::from_secs(30), Duration::from_secs(10));
+/// The HTTP/2 header block a request may send (gRPC metadata is small).
+const MAX_HEADER_LIST: u32 = 16 << 10;
 
 type ServerTask = JoinHandle<Result<(), tonic::transport::Error>>;
 
@@ -64,6 +82,7 @@ pub(crate) async fn serve(
     gate: Arc<gate::Gate>,
     metrics_listener: Option<TcpListener>,
     remote: Option<Remote>,
+    calls: CallLimits,
 ) -> anyhow::Result<()> {
     let socket = engine.config().socket.clone();
     let listener = bind(&socket, engine.config().socket_group)?;
@@ -87,16 +106,32 @@ pub(crate) async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .context("building the reflection service")?;
-    let faults = FaultsServer::new(FaultsService::new(Arc::clone(&engine), Arc::clone(&gate)));
-    let agent = AgentServer::new(AgentService::new(Arc::clone(&engine), Arc::clone(&gate)));
+    let size = calls.max_message_size;
+    let faults = FaultsServer::new(FaultsService::new(Arc::clone(&engine), Arc::clone(&gate)))
+        .max_decoding_message_size(size);
+    let agent = AgentServer::new(AgentService::new(Arc::clone(&engine), Arc::clone(&gate)))
+        .max_decoding_message_size(size);
     let metrics = MetricsServer::new(MetricsService::new(
         Arc::clone(&monitor),
         Arc::clone(&engine),
         Arc::clone(&gate),
-    ));
-    // Both listeners serve the same services; only how callers are identified differs.
-    let router = || {
+    ))
+    .max_decoding_message_size(size);
+    let counters = Arc::clone(gate.refusals().counters());
+    // Both listeners serve the same services; only how callers are identified differs, and
+    // the remote one limits the calls under way on each connection (`max_streams`).
+    let router = |max_streams: Option<usize>| {
         Server::builder()
+            .layer(limits::CallLimitLayer::new(
+                max_streams,
+                Arc::clone(&counters),
+            ))
+            .http2_max_header_list_size(MAX_HEADER_LIST)
+            // The protocol's own bound, above the agent's: the agent answers the calls beyond
+            // its limit with a reason; HTTP/2 would only reset them.
+            .max_concurrent_streams(max_streams.map(|m| (m as u32).saturating_mul(4)))
+            .http2_keepalive_interval(max_streams.map(|_| KEEPALIVE.0))
+            .http2_keepalive_timeout(max_streams.map(|_| KEEPALIVE.1))
             .add_service(health.clone())
             .add_service(reflection.clone())
             .add_service(reflection_alpha.clone())
@@ -110,7 +145,7 @@ pub(crate) async fn serve(
         let _ = stop.wait_for(|s| *s).await;
     };
     let mut server: ServerTask = tokio::spawn(
-        router().serve_with_incoming_shutdown(
+        router(None).serve_with_incoming_shutdown(
             UnixListenerStream::new(listener)
                 .map(|accepted| accepted.map(authority::MendAuthority::new)),
             stopped(stop_rx.clone()),
@@ -122,12 +157,17 @@ pub(crate) async fn serve(
                 .listener
                 .local_addr()
                 .context("reading the remote listener's address")?;
-            let incoming = tls::incoming(remote.listener, remote.tls, Arc::clone(gate.audit()));
+            let incoming = tls::incoming(
+                remote.listener,
+                remote.tls,
+                remote.limits,
+                Arc::clone(gate.refusals()),
+            );
             info!(listen = %address, "faultline agent listening for mutual-TLS clients");
-            Some(tokio::spawn(router().serve_with_incoming_shutdown(
-                incoming,
-                stopped(stop_rx.clone()),
-            )))
+            Some(tokio::spawn(
+                router(Some(calls.max_streams))
+                    .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
+            ))
         }
         None => None,
     };
@@ -139,10 +179,27 @@ pub(crate) async fn serve(
         }))
     });
 
+    let summaries = tokio::spawn(Arc::clone(gate.refusals()).run(engine.closing()));
+
     info!(socket = %socket.display(), audit_log = %gate.audit().path().display(), "faultline agent listening");
     // systemd Type=notify: ready only once the socket accepts. Outside systemd this is a no-op.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
+    // SIGHUP (systemctl reload): the audit log is opened again at its path.
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let audit = Arc::clone(gate.audit());
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match audit.reopen() {
+                Ok(()) => {
+                    info!(path = %audit.path().display(), "SIGHUP: the audit log is reopened")
+                }
+                Err(e) => {
+                    warn!(error = %e, "SIGHUP: cannot reopen the audit log; lines still go to the file open before")
+                }
+            }
+        }
+    });
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let remote_ended = async {
@@ -179,6 +236,10 @@ pub(crate) async fn serve(
         (None, None) => Ok(()),
     };
     let _ = fs::remove_file(&socket);
+    // The last summary lines, of the refusals counted since the previous ones.
+    if tokio::time::timeout(DRAIN, summaries).await.is_err() {
+        warn!("the last refusal summaries were not written within {DRAIN:?}");
+    }
     if let Some(http) = http {
         match tokio::time::timeout(DRAIN, http).await {
             Ok(Ok(Ok(()))) => {}

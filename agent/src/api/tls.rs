@@ -5,7 +5,8 @@
 //!
 //! The agent runs the handshake itself rather than through tonic's `ServerTlsConfig`, which
 //! only logs a failed handshake at debug level: here every client refused for its certificate
-//! (none, another CA, expired) is logged and written to the audit log with its address.
+//! (none, another CA, expired) is logged and written to the audit log with its address, within
+//! its source's rate (`api::refusals`), and a source beyond it is closed before any TLS work.
 //! A connection whose certificate carries no common name is closed at once: it has no
 //! identity the policy could name.
 
@@ -23,7 +24,7 @@ use thiserror::Error;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::{mpsc, Semaphore},
+    sync::{mpsc, OwnedSemaphorePermit, Semaphore},
 };
 use tokio_rustls::{
     rustls::{
@@ -40,13 +41,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{server::Connected, Certificate, ClientTlsConfig, Identity};
 use tracing::{debug, warn};
 
-/// A client that has not finished its handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) use super::peer::TlsPeer;
+use super::{
+    limits::{ListenerLimits, Tally},
+    refusals::{Refusals, Source},
+};
+use crate::monitor::counters::Limit;
+
 /// How long a refused client has to read its alert and close before the agent closes.
 const LINGER: Duration = Duration::from_secs(2);
-/// Handshakes under way at once; connections beyond are closed, so that a flood of half-open
-/// clients cannot hold the agent's memory.
-const MAX_HANDSHAKES: usize = 64;
 
 #[derive(Debug, Error)]
 pub(crate) enum TlsError {
@@ -145,18 +148,12 @@ impl ServerTls {
     }
 }
 
-/// Who is at the other end of a verified TLS connection; in every request's extensions.
-#[derive(Debug, Clone)]
-pub(crate) struct TlsPeer {
-    pub(crate) remote: SocketAddr,
-    /// The common name of the verified client certificate.
-    pub(crate) name: String,
-}
-
 /// A TLS connection whose client certificate the handshake verified.
 pub(crate) struct TlsConnection {
     stream: TlsStream<TcpStream>,
     peer: TlsPeer,
+    /// Its place among the connections open at once, given back when it closes.
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Connected for TlsConnection {
@@ -208,18 +205,29 @@ impl AsyncWrite for TlsConnection {
 }
 
 /// Accepts TCP connections on `listener` and yields those whose handshake verified a client
-/// certificate with a common name. Refusals are logged and audited. Stops accepting when the
+/// certificate with a common name. Refusals go to `refusals`, which logs and audits them
+/// within each source's rate; a source under a penalty has its connections closed at once.
+/// Connections beyond `limits` are closed at once, and counted. Stops accepting when the
 /// stream is dropped (the server stopped).
 pub(crate) fn incoming(
     listener: TcpListener,
     tls: ServerTls,
-    audit: Arc<impl RefusalLog + 'static>,
+    limits: ListenerLimits,
+    refusals: Arc<Refusals>,
 ) -> ReceiverStream<io::Result<TlsConnection>> {
-    let audit: Arc<dyn RefusalLog> = audit;
     let (tx, rx) = mpsc::channel(16);
     let acceptor = TlsAcceptor::from(tls.config);
+    let ListenerLimits {
+        max_connections,
+        max_handshakes,
+        handshake_timeout,
+    } = limits;
+    let per_source_max = limits.handshakes_per_source();
     tokio::spawn(async move {
-        let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let connections = Arc::new(Semaphore::new(max_connections));
+        let handshakes = Arc::new(Semaphore::new(max_handshakes));
+        // Handshakes under way per source, so that one source cannot take every slot.
+        let per_source = Tally::<Source>::new();
         loop {
             let (tcp, remote) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -233,27 +241,54 @@ pub(crate) fn incoming(
                 },
                 _ = tx.closed() => return,
             };
+            // Closed before any TLS work: a source that keeps failing costs an accept and a
+            // close, and gets neither a handshake nor a line.
+            if refusals.penalized(remote) {
+                continue;
+            }
+            // Limits close a connection with a count, not a line each: a flood must not turn
+            // into one of log lines.
+            let Ok(slot) = Arc::clone(&connections).try_acquire_owned() else {
+                refusals.counters().limited(Limit::Connections);
+                debug!(peer = %remote, "{max_connections} TLS connections are open (serve --max-connections); closing this one");
+                continue;
+            };
+            let Ok(share) = per_source.claim(Source::ip(remote.ip()), per_source_max) else {
+                refusals.counters().limited(Limit::SourceHandshakes);
+                debug!(peer = %remote, "{per_source_max} TLS handshakes from this source are under way; closing this connection");
+                continue;
+            };
             let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
-                warn!(peer = %remote, "{MAX_HANDSHAKES} TLS handshakes are under way; closing this connection");
+                refusals.counters().limited(Limit::Handshakes);
+                debug!(peer = %remote, "{max_handshakes} TLS handshakes are under way (serve --max-handshakes); closing this connection");
                 continue;
             };
             // gRPC exchanges small frames; Nagle's delay would only add latency.
             let _ = tcp.set_nodelay(true);
-            let (acceptor, tx, audit) = (acceptor.clone(), tx.clone(), Arc::clone(&audit));
+            let (acceptor, tx, refusals) = (acceptor.clone(), tx.clone(), Arc::clone(&refusals));
             tokio::spawn(async move {
                 let _permit = permit;
                 let handshake = acceptor.accept(tcp).into_fallible();
-                let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                let stream = match tokio::time::timeout(handshake_timeout, handshake).await {
                     Ok(Ok(stream)) => stream,
                     Ok(Err((e, tcp))) => {
-                        refused(audit.as_ref(), remote, &e);
+                        drop(share);
+                        refused(&refusals, remote, &e);
                         return linger(tcp).await;
                     }
                     Err(_) => {
-                        debug!(peer = %remote, "TLS handshake not finished within {HANDSHAKE_TIMEOUT:?}; closed");
+                        refusals.counters().limited(Limit::HandshakeTimeout);
+                        refusals.handshake_failed(
+                            remote,
+                            &format!(
+                                "TLS handshake not finished within {handshake_timeout:?} (serve \
+                                 --handshake-timeout); closed"
+                            ),
+                        );
                         return;
                     }
                 };
+                drop(share);
                 let name = stream
                     .get_ref()
                     .1
@@ -261,43 +296,38 @@ pub(crate) fn incoming(
                     .and_then(|certs| certs.first())
                     .and_then(common_name);
                 let Some(name) = name else {
-                    let reason = "its certificate has no subject common name, which is the \
-                                  identity the policy names";
-                    warn!(peer = %remote, "refused a TLS client: {reason}");
-                    audit.handshake_refused(remote, reason.to_owned());
+                    let reason = "refused a TLS client: its certificate has no subject common \
+                                  name, which is the identity the policy names";
+                    refusals.handshake_refused(remote, reason.to_owned());
                     return;
                 };
                 let peer = TlsPeer { remote, name };
                 // A closed channel: the server is stopping, and the connection goes with it.
-                let _ = tx.send(Ok(TlsConnection { stream, peer })).await;
+                let _ = tx
+                    .send(Ok(TlsConnection {
+                        stream,
+                        peer,
+                        _slot: slot,
+                    }))
+                    .await;
             });
         }
     });
     ReceiverStream::new(rx)
 }
 
-/// Where refused handshakes are recorded: the audit log, which knows this module's callers'
-/// identities, so this module does not know it.
-pub(crate) trait RefusalLog: Send + Sync {
-    /// A client refused for its certificate before it could make any call.
-    fn handshake_refused(&self, peer: SocketAddr, reason: String);
-}
-
 /// A failed handshake. Certificate refusals are what the audit log is for; anything else
-/// (a port scan, a client speaking plain HTTP) only goes to the debug log.
-fn refused(audit: &dyn RefusalLog, remote: SocketAddr, error: &io::Error) {
+/// (a port scan, a client speaking plain HTTP) only goes to the debug log, but counts towards
+/// the source's rate all the same.
+fn refused(refusals: &Refusals, remote: SocketAddr, error: &io::Error) {
     let tls_error = error
         .get_ref()
         .and_then(|e| e.downcast_ref::<rustls::Error>());
     match tls_error {
         Some(
             e @ (rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented),
-        ) => {
-            let reason = format!("refused at the TLS handshake: {e}");
-            warn!(peer = %remote, "{reason}");
-            audit.handshake_refused(remote, reason);
-        }
-        _ => debug!(peer = %remote, error = %error, "TLS handshake failed"),
+        ) => refusals.handshake_refused(remote, format!("refused at the TLS handshake: {e}")),
+        _ => refusals.handshake_failed(remote, &format!("TLS handshake failed: {error}")),
     }
 }
 

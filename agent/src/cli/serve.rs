@@ -16,15 +16,18 @@ use super::{
 use crate::{
     api::{
         self,
-        audit::AuditLog,
+        audit::{AuditLog, AuditOptions},
         authz::{Authorizer, Policy},
         gate::Gate,
+        limits::{self, ListenerLimits},
+        refusals::{RefusalPolicy, Refusals},
         tls::ServerTls,
     },
     config::{AgentConfig, DEFAULT_BPF_PIN_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR},
     engine::Engine,
     kernel::caps::Capabilities,
     monitor::{
+        counters::AgentCounters,
         probes::{Probes, Target},
         Monitor,
     },
@@ -51,6 +54,28 @@ pub(crate) struct Options {
     /// The CA that clients' certificates on the --listen address must chain to (PEM)
     #[arg(long, value_name = "FILE", requires = "listen")]
     pub(crate) client_ca: Option<PathBuf>,
+    /// TLS connections open at once on the --listen address, handshakes included; beyond,
+    /// new ones are closed at once
+    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_CONNECTIONS, value_parser = at_least_one)]
+    pub(crate) max_connections: usize,
+    /// TLS handshakes under way at once (one source may hold a quarter of them); beyond, new
+    /// connections are closed at once
+    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_HANDSHAKES, value_parser = at_least_one)]
+    pub(crate) max_handshakes: usize,
+    /// A TLS client that has not finished its handshake by then is closed
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration, default_value = "10s")]
+    pub(crate) handshake_timeout: Duration,
+    /// Calls under way at once on one TLS connection (a Watch or Stream counts until it ends);
+    /// beyond, calls are refused (RESOURCE_EXHAUSTED)
+    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_STREAMS, value_parser = at_least_one)]
+    pub(crate) max_streams: usize,
+    /// The largest request message the agent reads, on either listener (1MiB, 64KiB); its
+    /// requests are a few hundred bytes
+    #[arg(long, value_name = "SIZE", value_parser = message_size, default_value = "1MiB")]
+    pub(crate) max_message_size: usize,
+    /// Watch and Metrics/Stream calls one caller may have open at once, on either listener
+    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_SUBSCRIPTIONS, value_parser = at_least_one)]
+    pub(crate) max_subscriptions: usize,
     /// Who may do what: a TOML file mapping certificate names and uids to the roles observer,
     /// operator and admin (without it only root may call, on the unix socket)
     #[arg(long, value_name = "FILE")]
@@ -58,6 +83,17 @@ pub(crate) struct Options {
     /// The audit log, one JSON line per change and per refusal (default: STATE_DIR/audit.log)
     #[arg(long, value_name = "PATH")]
     pub(crate) audit_log: Option<PathBuf>,
+    /// The size at which the audit log is rotated (the agent rotates it itself: audit.log.1 is
+    /// the newest rotated file); SIGHUP reopens the log at its path
+    #[arg(long, value_name = "SIZE", value_parser = crate::units::parse_bytes, default_value = "16MiB")]
+    pub(crate) audit_max_size: u64,
+    /// Rotated audit logs kept besides the current one
+    #[arg(long, value_name = "N", default_value_t = crate::api::audit::DEFAULT_KEEP, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub(crate) audit_keep: u32,
+    /// Free space of the state filesystem kept for journal entries and reverts: at this
+    /// reserve applies are refused and audit lines are shed (each with an error in the log)
+    #[arg(long, value_name = "SIZE", value_parser = crate::units::parse_bytes, default_value = "32MiB")]
+    pub(crate) state_reserve: u64,
     /// Where the journal of unfinished faults is kept
     #[arg(long, value_name = "DIR", env = "FAULTLINE_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
     pub(crate) state_dir: PathBuf,
@@ -80,6 +116,12 @@ pub(crate) struct Options {
     #[arg(long, value_name = "SIZE", value_parser = crate::units::parse_bytes)]
     pub(crate) disk_reserve: Option<u64>,
 
+    /// The agent's own OOM score adjustment, written to /proc/self/oom_score_adj at start unless
+    /// it is already lower (the systemd unit sets it with OOMScoreAdjust=); stress workers get
+    /// 1000, so the OOM killer takes them first and the agent last
+    #[arg(long, value_name = "N", default_value_t = crate::kernel::oom::AGENT_OOM_SCORE_ADJ, value_parser = clap::value_parser!(i32).range(-1000..=1000), allow_hyphen_values = true)]
+    pub(crate) oom_score_adj: i32,
+
     /// The cgroup (at each hierarchy's root) that holds stress faults' cgroups
     #[arg(long, value_name = "NAME", default_value = crate::kernel::cgroup::DEFAULT_PARENT, value_parser = cgroup_name)]
     pub(crate) cgroup_parent: String,
@@ -88,6 +130,21 @@ pub(crate) struct Options {
     /// after it was applied is flagged ineffective, in `get`, `ls`, Watch and Prometheus
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     pub(crate) ineffective_after: Duration,
+
+    /// Refusals per source and minute (failed TLS handshakes, calls the policy refused) that
+    /// get a line of their own in the audit log and the log; beyond, they are counted into one
+    /// summary line per source and interval, and a network source is put under a penalty
+    #[arg(long, value_name = "N", default_value_t = RefusalPolicy::default().per_minute)]
+    pub(crate) refusal_log_rate: u32,
+
+    /// How often a source beyond its refusal rate gets its summary line
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration, default_value = "1m")]
+    pub(crate) refusal_summary_interval: Duration,
+
+    /// The longest penalty of a network source beyond its refusal rate (its new connections
+    /// are closed unanswered; the penalty doubles from 1s each time); 0 turns penalties off
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1m")]
+    pub(crate) refusal_penalty_max: Duration,
 
     /// Serve Prometheus metrics over HTTP at ADDR/metrics (off unless given; without ADDR:
     /// 127.0.0.1:9464)
@@ -146,6 +203,28 @@ fn probe_target(text: &str) -> Result<Target, String> {
     Target::parse(text).map_err(|e| e.reason)
 }
 
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{text:?}: a whole number of at least 1 is needed")),
+    }
+}
+
+fn message_size(text: &str) -> Result<usize, String> {
+    let bytes = crate::units::parse_bytes(text)?;
+    if !(1024..=64 << 20).contains(&bytes) {
+        return Err(format!("{text:?}: between 1KiB and 64MiB is accepted"));
+    }
+    Ok(bytes as usize)
+}
+
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err(format!("{text:?}: a duration greater than zero is needed")),
+        d => Ok(d),
+    }
+}
+
 /// One directory name: the parent sits directly at each hierarchy's root.
 fn cgroup_name(text: &str) -> Result<String, String> {
     if text.is_empty() || text.contains('/') || text.starts_with('.') {
@@ -156,10 +235,29 @@ fn cgroup_name(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
+/// The agent must outlive what it injects: the OOM killer takes it last.
+fn protect_self(target: i32) {
+    use crate::kernel::oom::{protect_self, Protection};
+    match protect_self(target) {
+        Ok(Protection::Already(current)) => info!(oom_score_adj = current, "OOM score adjustment"),
+        Ok(Protection::Lowered(from)) => {
+            info!(oom_score_adj = target, from, "OOM score adjustment lowered")
+        }
+        Err(e) => warn!(
+            error = %e,
+            target,
+            "cannot lower the agent's OOM score adjustment (needs CAP_SYS_RESOURCE; under \
+             systemd, OOMScoreAdjust= in the unit sets it): a memory fault or the host's own \
+             pressure could kill the agent before its faults are reverted"
+        ),
+    }
+}
+
 /// The remote listener as configured, before it is bound.
 struct RemoteOptions {
     addr: SocketAddr,
     tls: ServerTls,
+    limits: ListenerLimits,
 }
 
 /// `config_file`: the configuration file whose settings were read, if one was.
@@ -187,6 +285,7 @@ pub(crate) fn run(
     if let Some(path) = &config_file {
         info!(config = %path.display(), "settings read from the configuration file");
     }
+    protect_self(o.oom_score_adj);
     // The configuration is checked before anything is touched: a wrong file stops the start.
     let remote = match o.listen {
         None => None,
@@ -210,7 +309,12 @@ pub(crate) fn run(
                 )));
             };
             let tls = ServerTls::load(cert, key, ca).map_err(|e| Failure::usage(e.to_string()))?;
-            Some(RemoteOptions { addr, tls })
+            let limits = ListenerLimits {
+                max_connections: o.max_connections,
+                max_handshakes: o.max_handshakes,
+                handshake_timeout: o.handshake_timeout,
+            };
+            Some(RemoteOptions { addr, tls, limits })
         }
     };
     let policy = o
@@ -230,8 +334,31 @@ pub(crate) fn run(
         (None, None) => {}
     }
     let audit_path = o.audit_log.unwrap_or_else(|| o.state_dir.join("audit.log"));
-    let audit = AuditLog::open(&audit_path).map_err(|e| Failure::internal(e.to_string()))?;
-    let gate = Arc::new(Gate::new(Authorizer::new(policy), Arc::new(audit)));
+    let counters = Arc::new(AgentCounters::default());
+    let audit_options = AuditOptions {
+        max_size: o.audit_max_size,
+        keep: o.audit_keep,
+        state: Some((o.state_dir.clone(), o.state_reserve)),
+        counters: Arc::clone(&counters),
+    };
+    let audit = Arc::new(
+        AuditLog::open(&audit_path, audit_options).map_err(|e| Failure::internal(e.to_string()))?,
+    );
+    let refusals = Refusals::new(
+        RefusalPolicy {
+            per_minute: o.refusal_log_rate,
+            summary_interval: o.refusal_summary_interval,
+            penalty_max: o.refusal_penalty_max,
+        },
+        Arc::clone(&audit),
+        Arc::clone(&counters),
+    );
+    let gate = Arc::new(Gate::new(
+        Authorizer::new(policy),
+        audit,
+        Arc::new(refusals),
+        o.max_subscriptions,
+    ));
     let mut protected_ports = o.protected_ports;
     if let Some(remote) = &remote {
         // The sessions that control the agent must survive its faults, like SSH.
@@ -250,12 +377,17 @@ pub(crate) fn run(
         cgroup_parent: o.cgroup_parent,
         ineffective_after: o.ineffective_after,
         disk_reserve: o.disk_reserve,
+        state_reserve: o.state_reserve,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::internal(format!("cannot start the async runtime: {e}")))?;
     let watch = Watch {
+        calls: api::CallLimits {
+            max_streams: o.max_streams,
+            max_message_size: o.max_message_size,
+        },
         metrics_listen: o.metrics_listen,
         probes: o.probes,
         probe_interval: o.probe_interval,
@@ -266,8 +398,9 @@ pub(crate) fn run(
         .map_err(|e| Failure::internal(format!("{e:#}")))
 }
 
-/// What the agent watches, besides its faults.
+/// What the agent watches, besides its faults, and how its callers are limited.
 struct Watch {
+    calls: api::CallLimits,
     metrics_listen: Option<SocketAddr>,
     probes: Vec<Target>,
     probe_interval: Duration,
@@ -319,15 +452,17 @@ async fn serve(
         None => None,
     };
     let remote = match remote {
-        Some(RemoteOptions { addr, tls }) => Some(api::Remote {
+        Some(RemoteOptions { addr, tls, limits }) => Some(api::Remote {
             listener: tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding the remote listener on {addr}"))?,
             tls,
+            limits,
         }),
         None => None,
     };
     let probes = Probes::start(&watch.probes, watch.probe_interval, watch.probe_timeout);
-    let monitor = Arc::new(Monitor::start(Arc::clone(&engine), probes));
-    api::serve(engine, monitor, gate, metrics_listener, remote).await
+    let counters = Arc::clone(gate.refusals().counters());
+    let monitor = Arc::new(Monitor::start(Arc::clone(&engine), probes, counters));
+    api::serve(engine, monitor, gate, metrics_listener, remote, watch.calls).await
 }

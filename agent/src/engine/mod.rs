@@ -42,6 +42,7 @@ pub(crate) mod guard;
 pub(crate) mod journal;
 mod lease;
 mod recover;
+pub(crate) mod space;
 mod verify;
 
 pub(crate) use fault::{Fault, FaultState};
@@ -272,6 +273,7 @@ impl Engine {
         if request.dry_run {
             return Ok(ApplyOutcome::DryRun { plan });
         }
+        self.check_state_space()?;
         if !request.force {
             if let Some(what) = self.guard.check(family) {
                 return Err(EngineError::Guarded { what });
@@ -372,12 +374,20 @@ impl Engine {
         // the pending entry is all it needs, and a second fsynced write would cost an apply a
         // third of a millisecond. The lease's end in the entry is then earlier by the kernel's
         // apply time (milliseconds), on the safe side. Renewals rewrite the entry.
+        // Armed for the deadline the fault records (and callers see), not for its duration from
+        // now: an apply that took long (a kernel module loaded on demand) must not push the
+        // revert past the deadline by as much.
+        let due = Instant::now()
+            + fault
+                .deadline
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
         let timer = {
             let engine = Arc::clone(self);
             let id = id.clone();
             let watched = family.watched();
             tokio::spawn(async move {
-                let (reason, detail) = engine.until_due(&id, request.duration, watched).await;
+                let (reason, detail) = engine.until_due(&id, due, watched).await;
                 // Reverting in a task of its own: a revert request aborts this timer, and must
                 // never abort a revert half-way.
                 tokio::spawn(async move {
@@ -415,10 +425,9 @@ impl Engine {
     async fn until_due(
         &self,
         id: &str,
-        duration: Duration,
+        due: Instant,
         watched: bool,
     ) -> (RevertReason, Option<String>) {
-        let due = Instant::now() + duration;
         if !watched {
             tokio::time::sleep_until(due).await;
             return (RevertReason::Deadline, None);
@@ -439,6 +448,23 @@ impl Engine {
                         return (RevertReason::TargetGone, Some(why));
                     }
                 }
+            }
+        }
+    }
+
+    /// Refuses a new fault when the state filesystem is at its reserve: the room left is for
+    /// the journal entries and reverts of the faults already active.
+    fn check_state_space(&self) -> Result<(), EngineError> {
+        let dir = &self.config.state_dir;
+        match space::state_space(dir, self.config.state_reserve) {
+            Ok(space) if space.low() => Err(EngineError::StateSpace {
+                detail: space.describe(dir),
+            }),
+            Ok(_) => Ok(()),
+            // The journal's own write says what is wrong, if anything is.
+            Err(e) => {
+                warn!(dir = %dir.display(), error = %e, "cannot read the state filesystem's free space");
+                Ok(())
             }
         }
     }

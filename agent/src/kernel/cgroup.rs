@@ -25,6 +25,12 @@ use super::disk::throttle::{self, BlockDevice, IoLimits};
 /// has no `memory.swap.max`, and that is fine.
 const OPTIONAL: [&str; 2] = ["memory.swap.max", "memory.swappiness"];
 
+/// The CPU weight of the parent of all stress cgroups, half the default (v1 `cpu.shares`
+/// 1024, v2 `cpu.weight` 100): under contention the agent, at the default weight wherever it
+/// runs, always outranks every stress fault together, so its deadlines hold while the CPUs are
+/// saturated. Idle CPUs are still the stress's whole.
+const STRESS_WEIGHT: [(&str, &str); 2] = [("cpu.shares", "512"), ("cpu.weight", "50")];
+
 /// The default name of the parent cgroup.
 pub(crate) const DEFAULT_PARENT: &str = "faultline";
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
@@ -476,6 +482,11 @@ impl Cgroups {
                     copy_file(&root.join("cpuset.cpus"), &parent.join("cpuset.cpus"))?;
                     copy_file(&root.join("cpuset.mems"), &parent.join("cpuset.mems"))?;
                 }
+            }
+        }
+        for (file, weight) in STRESS_WEIGHT {
+            if parent.join(file).exists() {
+                write(&parent.join(file), weight)?;
             }
         }
         Ok(())

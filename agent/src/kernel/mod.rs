@@ -14,7 +14,8 @@
 //! | [`workload::Workloads`] | nothing in the kernel: it finds workloads (units, containers, pods, cgroups, processes) and remembers each active fault's |
 //!
 //! Below them: [`rtnl`] (the one route-netlink path), [`durable`] (the one fsynced write),
-//! [`netdev`], [`cgroup`], [`btf`], and [`caps`], the probe of what the running kernel offers.
+//! [`netdev`], [`cgroup`], [`btf`], [`oom`] (the agent's and workers' OOM scores), and [`caps`],
+//! the probe of what the running kernel offers.
 
 use thiserror::Error;
 
@@ -26,6 +27,7 @@ pub(crate) mod disk;
 pub(crate) mod durable;
 pub(crate) mod netdev;
 pub(crate) mod nft;
+pub(crate) mod oom;
 pub(crate) mod preflight;
 pub(crate) mod process;
 pub(crate) mod qdisc;

@@ -232,6 +232,7 @@ fn start_worker(args: &[String], procs: &[PathBuf]) -> io::Result<Child> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
+    let oom_adj = super::oom::WORKER_OOM_SCORE_ADJ;
     // SAFETY: the closure runs in the child between fork and exec and only makes
     // async-signal-safe calls (prctl, getppid, getpid, open, write, close) on memory prepared
     // before the fork.
@@ -243,6 +244,20 @@ fn start_worker(args: &[String], procs: &[PathBuf]) -> io::Result<Child> {
             if libc::getppid() != parent {
                 // The agent died before the death signal was armed.
                 libc::_exit(1);
+            }
+            // The agent's low score is inherited; a worker is the first the OOM killer takes.
+            let fd = libc::open(
+                c"/proc/self/oom_score_adj".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let bytes = oom_adj.to_bytes();
+            let written = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+            libc::close(fd);
+            if written < 0 {
+                return Err(io::Error::last_os_error());
             }
             let mut digits = [0u8; 12];
             let len = format_pid(libc::getpid(), &mut digits);

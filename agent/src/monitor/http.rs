@@ -47,7 +47,7 @@ async fn metrics(State(monitor): State<Arc<Monitor>>) -> impl IntoResponse {
         Ok(snapshot) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, CONTENT_TYPE)],
-            prometheus_text(&snapshot),
+            prometheus_text(&snapshot, monitor.counters()),
         ),
         Err(e) => {
             warn!(error = %e, "cannot take a metrics snapshot");

@@ -13,6 +13,7 @@ use tracing::warn;
 
 use crate::engine::{Engine, Fault, FaultState};
 
+pub(crate) mod counters;
 mod effects;
 pub(crate) mod exposition;
 pub(crate) mod host;
@@ -20,6 +21,7 @@ pub(crate) mod http;
 pub(crate) mod probes;
 pub(crate) mod tcp;
 
+use counters::AgentCounters;
 use exposition::Exposition;
 use host::HostSnapshot;
 use probes::{ProbeStatus, Probes};
@@ -47,6 +49,7 @@ pub(crate) struct Monitor {
     engine: Arc<Engine>,
     tcp: Arc<OnceLock<Result<TcpHealth, String>>>,
     probes: Probes,
+    counters: Arc<AgentCounters>,
 }
 
 impl Monitor {
@@ -54,7 +57,7 @@ impl Monitor {
     /// take a while on a small or emulated host, and the agent must not wait for it to serve;
     /// a host without it still gets host metrics and probes: the reason is logged and reported
     /// in every snapshot) and the probes.
-    pub(crate) fn start(engine: Arc<Engine>, probes: Probes) -> Self {
+    pub(crate) fn start(engine: Arc<Engine>, probes: Probes, counters: Arc<AgentCounters>) -> Self {
         let tcp = Arc::new(OnceLock::new());
         let slot = Arc::clone(&tcp);
         std::thread::spawn(move || {
@@ -72,7 +75,13 @@ impl Monitor {
             engine,
             tcp,
             probes,
+            counters,
         }
+    }
+
+    /// What the agent refused, slowed down or shed to protect itself.
+    pub(crate) fn counters(&self) -> &AgentCounters {
+        &self.counters
     }
 
     pub(crate) fn snapshot(&self) -> Result<MetricsSnapshot, host::HostError> {
@@ -105,8 +114,8 @@ impl Monitor {
     }
 }
 
-/// The whole snapshot as Prometheus text.
-pub(crate) fn prometheus_text(s: &MetricsSnapshot) -> String {
+/// The whole snapshot, and the agent's own counters, as Prometheus text.
+pub(crate) fn prometheus_text(s: &MetricsSnapshot, counters: &AgentCounters) -> String {
     let mut e = Exposition::new();
     exposition::host_metrics(&mut e, &s.host);
     tcp_metrics(&mut e, &s.tcp);
@@ -114,6 +123,7 @@ pub(crate) fn prometheus_text(s: &MetricsSnapshot) -> String {
     fault_metrics(&mut e, &s.faults);
     effects::effect_metrics(&mut e, &s.faults);
     agent_metrics(&mut e);
+    counters.render(&mut e);
     e.finish()
 }
 
