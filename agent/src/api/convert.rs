@@ -16,6 +16,7 @@ use crate::{
     errors::InvalidSpec,
     faults::{
         kill::{KillSpec, Pick},
+        pause::PauseSpec,
         shape::{DelayDistribution, NetemParams, RateParams, ShapeSpec, ShapeTarget},
         stress::{CpuStressSpec, MemSize, MemoryStressSpec},
         BlockSpec, Direction, FaultSpec, LossSpec, PacketMatch, PortRange, Protocol, Target,
@@ -147,6 +148,19 @@ pub(crate) fn fault_spec(spec: pb::FaultSpec) -> Result<FaultSpec, InvalidSpec> 
                 Some(pb::kill_spec::Pick::Count(n)) => Pick::Count(n),
                 Some(pb::kill_spec::Pick::Percent(p)) => Pick::Percent(p),
             },
+        })),
+        pb::fault_spec::Kind::Pause(p) => Ok(FaultSpec::Pause(PauseSpec {
+            target: p
+                .target
+                .map(workload)
+                .transpose()?
+                .flatten()
+                .ok_or_else(|| {
+                    InvalidSpec::new(
+                        "target",
+                        "missing: name the workload to pause (unit, container, pod, cgroup or pid)",
+                    )
+                })?,
         })),
         pb::fault_spec::Kind::Rate(r) => Ok(FaultSpec::Rate(ShapeSpec {
             target: shape_target(r.target)?,
@@ -419,6 +433,9 @@ pub(crate) fn proto_spec(spec: &FaultSpec) -> pb::FaultSpec {
                 Pick::Count(n) => Some(pb::kill_spec::Pick::Count(n)),
                 Pick::Percent(p) => Some(pb::kill_spec::Pick::Percent(p)),
             },
+        }),
+        FaultSpec::Pause(p) => pb::fault_spec::Kind::Pause(pb::PauseSpec {
+            target: Some(proto_workload(&p.target)),
         }),
         FaultSpec::Rate(r) => pb::fault_spec::Kind::Rate(pb::RateSpec {
             target: Some(proto_target(&r.target)),

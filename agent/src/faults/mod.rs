@@ -12,7 +12,7 @@ use crate::{
     config::AgentConfig,
     errors::{InvalidSpec, KernelError},
     kernel::{
-        bpf::Classifiers, caps::Capabilities, nft::Firewall, process::Repeats,
+        bpf::Classifiers, caps::Capabilities, freezer::Freezer, nft::Firewall, process::Repeats,
         qdisc::shaping::Shaping, workers::Workers, workload::Workloads, Adapter, Swept,
     },
 };
@@ -20,6 +20,7 @@ use crate::{
 pub(crate) mod block;
 pub(crate) mod kill;
 pub(crate) mod loss;
+pub(crate) mod pause;
 pub(crate) mod shape;
 pub(crate) mod stress;
 pub(crate) mod target;
@@ -278,6 +279,7 @@ families! {
     Netem(NetemSpec) = "netem",
     Rate(RateSpec) = "rate",
     Kill(kill::KillSpec) = "kill",
+    Pause(pause::PauseSpec) = "pause",
 }
 
 /// What a fault takes of the host, in the terms an operator's policy bounds.
@@ -303,6 +305,9 @@ pub(crate) enum Claim {
     RootQdisc { device: String },
     /// The ingress steering classifier of an interface (ingress shaping).
     IngressShaper { device: String },
+    /// The freezer of a workload, as the request names it (the freezer adapter also refuses
+    /// a cgroup another fault froze, however it was named).
+    Pause { target: String },
 }
 
 impl fmt::Display for Claim {
@@ -319,6 +324,7 @@ impl fmt::Display for Claim {
             Claim::IngressShaper { device } => {
                 write!(f, "the ingress shaping classifier on {device}")
             }
+            Claim::Pause { target } => write!(f, "the freezer of {target}"),
         }
     }
 }
@@ -348,6 +354,7 @@ pub(crate) struct Adapters {
     classifiers: Classifiers,
     shaping: Shaping,
     workers: Workers,
+    freezer: Freezer,
     workloads: Arc<Workloads>,
     repeats: Repeats,
     protected_ports: Vec<u16>,
@@ -368,6 +375,7 @@ impl Adapters {
                     .map(|c| c.with_parent(&config.cgroup_parent)),
                 config.memory_reserve,
             ),
+            freezer: Freezer::new(&config.state_dir),
             workloads: Arc::new(Workloads::new(&config.cgroup_parent)),
             repeats: Repeats::default(),
             protected_ports: config.protected_ports.clone(),
@@ -392,6 +400,7 @@ impl Adapters {
             classifiers: &self.classifiers,
             shaping: &self.shaping,
             workers: &self.workers,
+            freezer: &self.freezer,
             workloads: &self.workloads,
             repeats: &self.repeats,
             protected_ports: &self.protected_ports,
@@ -400,10 +409,11 @@ impl Adapters {
         }
     }
 
-    /// Sweeps every adapter in turn: each removes what belongs to no fault in `keep`. A
-    /// classifier goes before the qdisc tree it steers into.
+    /// Sweeps every adapter in turn: each removes what belongs to no fault in `keep`. What
+    /// pauses froze is thawed first; a classifier goes before the qdisc tree it steers into.
     pub(crate) fn sweep(&self, keep: &[&str]) -> Swept {
-        let adapters: [&dyn Adapter; 4] = [
+        let adapters: [&dyn Adapter; 5] = [
+            &self.freezer,
             &self.firewall,
             &self.workers,
             &self.classifiers,
@@ -422,6 +432,7 @@ pub(crate) struct Host<'a> {
     pub(crate) classifiers: &'a Classifiers,
     pub(crate) shaping: &'a Shaping,
     pub(crate) workers: &'a Workers,
+    pub(crate) freezer: &'a Freezer,
     /// Finds the workloads faults are aimed at (see [`Target`]).
     pub(crate) workloads: &'a Arc<Workloads>,
     /// Actions a fault repeats every period (a kill `--every`).

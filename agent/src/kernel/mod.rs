@@ -10,6 +10,7 @@
 //! | [`bpf::Classifiers`] | eBPF tc classifiers (loss, steering) and their pins |
 //! | [`qdisc::shaping::Shaping`] | faultline's root qdisc trees, IFB devices, records of replaced roots |
 //! | [`workers::Workers`] | stress worker processes and their cgroups |
+//! | [`freezer::Freezer`] | what pause faults froze (cgroups, stopped processes) and its durable record |
 //! | [`workload::Workloads`] | nothing in the kernel: it finds workloads (units, containers, pods, cgroups, processes) and remembers each active fault's |
 //!
 //! Below them: [`rtnl`] (the one route-netlink path), [`durable`] (the one fsynced write),
@@ -22,6 +23,7 @@ pub(crate) mod btf;
 pub(crate) mod caps;
 pub(crate) mod cgroup;
 pub(crate) mod durable;
+pub(crate) mod freezer;
 pub(crate) mod netdev;
 pub(crate) mod nft;
 pub(crate) mod process;
@@ -41,6 +43,8 @@ pub(crate) enum KernelError {
     Bpf(Box<bpf::BpfError>),
     #[error(transparent)]
     Workers(#[from] workers::WorkerError),
+    #[error(transparent)]
+    Freezer(#[from] freezer::FreezerError),
     /// A fault's workload could not be found when it was applied.
     #[error(transparent)]
     Workload(#[from] workload::WorkloadError),
