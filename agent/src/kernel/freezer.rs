@@ -131,6 +131,7 @@ impl Freezer {
                         pid: *pid,
                         source,
                     })?;
+                    stopped(*pid)?;
                 }
             }
         }
@@ -265,6 +266,27 @@ fn write(file: &Path, value: &str) -> Result<(), FreezerError> {
         path: file.to_owned(),
         source,
     })
+}
+
+/// Waits until the kernel reports process `pid` stopped (`T` in /proc/<pid>/stat), or gone.
+fn stopped(pid: u32) -> Result<(), FreezerError> {
+    let started = Instant::now();
+    loop {
+        let state = procfs::process::Process::new(pid as i32)
+            .and_then(|p| p.stat())
+            .map(|s| s.state);
+        match state {
+            Ok('T') | Err(_) => return Ok(()),
+            Ok(other) if started.elapsed() > SETTLE => {
+                return Err(FreezerError::Unsettled {
+                    path: PathBuf::from(format!("/proc/{pid}")),
+                    state: other.to_string(),
+                    seconds: SETTLE.as_secs(),
+                })
+            }
+            Ok(_) => thread::sleep(Duration::from_millis(5)),
+        }
+    }
 }
 
 /// Waits until the kernel reports the cgroup frozen: `frozen 1` in v2's `cgroup.events`,
