@@ -290,3 +290,141 @@ fn cpu_ramp_rises_to_the_load() -> Result<()> {
     );
     revert_leaves_nothing(&agent, &id)
 }
+
+/// A container-like workload (`flw-...slice/docker-<id>.scope`) in the hierarchies stress uses,
+/// with one idle process in it.
+fn container(controllers: &[&str]) -> Result<(String, faultline_tests::cgroup::TestCgroup)> {
+    let id = faultline_tests::cgroup::container_id()?;
+    let mut workload =
+        faultline_tests::cgroup::TestCgroup::create(&format!("docker-{id}.scope"), controllers)?;
+    workload.spawn("exec sleep 600")?;
+    Ok((id, workload))
+}
+
+/// CPU seconds charged to a workload (and everything below it).
+fn workload_cpu(workload: &faultline_tests::cgroup::TestCgroup) -> Result<f64> {
+    if faultline_tests::cgroup::is_v2() {
+        let text = fs::read_to_string(workload.dir("cpu").context("no cgroup")?.join("cpu.stat"))?;
+        let usec = text
+            .lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .context("no usage_usec")?;
+        return Ok(usec.trim().parse::<f64>()? / 1e6);
+    }
+    let dir = workload.dir("cpuacct").context("no cpuacct cgroup")?;
+    Ok(fs::read_to_string(dir.join("cpuacct.usage"))?
+        .trim()
+        .parse::<f64>()?
+        / 1e9)
+}
+
+fn workload_memory(workload: &faultline_tests::cgroup::TestCgroup) -> Result<u64> {
+    let dir = workload.dir("memory").context("no memory cgroup")?;
+    let file = if faultline_tests::cgroup::is_v2() {
+        "memory.current"
+    } else {
+        "memory.usage_in_bytes"
+    };
+    Ok(fs::read_to_string(dir.join(file))?.trim().parse()?)
+}
+
+#[test]
+fn cpu_stress_inside_a_container_is_charged_to_it() -> Result<()> {
+    const T: &str = "cpu_stress_inside_a_container_is_charged_to_it";
+    if !require_root(T) {
+        return Ok(());
+    }
+    let (_ns, agent) = agent()?;
+    let (id, workload) = container(&["cpu", "cpuacct"])?;
+    let idle = workload_cpu(&workload)?;
+    let fault = agent.apply(&[
+        "stress",
+        "cpu",
+        "--load",
+        "50",
+        "--cores",
+        "1",
+        "--container",
+        &id[..12],
+        "--for",
+        "20s",
+    ])?;
+    let nested = agent.nested_cgroups();
+    ensure!(
+        !nested.is_empty()
+            && nested
+                .iter()
+                .all(|d| d.parent().is_some_and(|p| workload.dirs.iter().any(|w| w == p))),
+        "the workers' cgroup is not inside the container: {nested:?}"
+    );
+    thread::sleep(Duration::from_millis(500));
+    let (start, before) = (Instant::now(), workload_cpu(&workload)?);
+    thread::sleep(Duration::from_secs(4));
+    let share = (workload_cpu(&workload)? - before) / start.elapsed().as_secs_f64() * 100.0;
+    let status = agent.fault(&fault)?["status"][0].to_string();
+    note(
+        T,
+        format!(
+            "50% of 1 CPU inside the container: the container was charged {share:.1}% \
+             (idle before: {idle:.3} s in all); {status}"
+        ),
+    );
+    ensure!(
+        (share - 50.0).abs() <= 5.0,
+        "the container was charged {share:.1}% for a 50% load inside it"
+    );
+    agent.revert(&fault)?;
+    ensure!(
+        agent.nested_cgroups().is_empty(),
+        "the workers' cgroup is left in the container: {:?}",
+        agent.nested_cgroups()
+    );
+    agent.assert_clean()
+}
+
+#[test]
+fn memory_stress_inside_a_unit_counts_against_it_and_the_sweep_removes_it() -> Result<()> {
+    const T: &str = "memory_stress_inside_a_unit_counts_against_it_and_the_sweep_removes_it";
+    if !require_root(T) {
+        return Ok(());
+    }
+    let (_ns, mut agent) = agent()?;
+    let unit = format!("flw-{}-{}", std::process::id(), unique());
+    let mut workload =
+        faultline_tests::cgroup::TestCgroup::create(&format!("{unit}.service"), &["memory"])?;
+    workload.spawn("exec sleep 600")?;
+    let before = workload_memory(&workload)?;
+    let size: u64 = 64 << 20;
+    agent.apply(&[
+        "stress", "memory", "--size", "64MiB", "--unit", &unit, "--for", "60s",
+    ])?;
+    let started = Instant::now();
+    let mut charged = 0;
+    while started.elapsed() < Duration::from_secs(10) {
+        charged = workload_memory(&workload)?.saturating_sub(before);
+        if charged as f64 >= size as f64 * 0.98 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    note(
+        T,
+        format!(
+            "64 MiB inside unit {unit}.service: its memory rose by {:.1} MiB",
+            charged as f64 / (1 << 20) as f64
+        ),
+    );
+    ensure!(
+        charged as f64 >= size as f64 * 0.98,
+        "the unit was charged {charged} bytes for 64 MiB inside it"
+    );
+    // A crash, then start-up: the record of the workload finds the nested cgroup.
+    agent.kill()?;
+    agent.restart()?;
+    ensure!(
+        agent.nested_cgroups().is_empty(),
+        "start-up left the workers' cgroup in the unit: {:?}",
+        agent.nested_cgroups()
+    );
+    agent.assert_clean()
+}

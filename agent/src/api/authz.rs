@@ -682,6 +682,7 @@ mod tests {
             size: MemSize::Bytes(2 << 30),
             rate: None,
             lock: false,
+            target: None,
         });
         assert_eq!(
             denial(check(&request(memory, 30))),
@@ -710,6 +711,7 @@ mod tests {
             cpus: vec![],
             cores: None,
             ramp: None,
+            target: None,
         });
         assert_eq!(
             denial(authz.check_apply(&cert("alice"), Role::Operator, &request(cpu, 30))),

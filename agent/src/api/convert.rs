@@ -81,6 +81,7 @@ pub(crate) fn fault_spec(spec: pb::FaultSpec) -> Result<FaultSpec, InvalidSpec> 
                         .map_err(|_| InvalidSpec::new("ramp", "negative: expected e.g. 30s"))
                 })
                 .transpose()?,
+            target: c.target.map(workload).transpose()?.flatten(),
         })),
         pb::fault_spec::Kind::Memory(m) => Ok(FaultSpec::MemoryStress(MemoryStressSpec {
             size: match m.size {
@@ -95,6 +96,7 @@ pub(crate) fn fault_spec(spec: pb::FaultSpec) -> Result<FaultSpec, InvalidSpec> 
             },
             rate: m.rate,
             lock: m.lock,
+            target: m.target.map(workload).transpose()?.flatten(),
         })),
         pb::fault_spec::Kind::Netem(n) => Ok(FaultSpec::Netem(ShapeSpec {
             target: shape_target(n.target)?,
@@ -379,6 +381,7 @@ pub(crate) fn proto_spec(spec: &FaultSpec) -> pb::FaultSpec {
             cpus: c.cpus.clone(),
             cores: c.cores,
             ramp: c.ramp.and_then(|d| prost_types::Duration::try_from(d).ok()),
+            target: c.target.as_ref().map(proto_workload),
         }),
         FaultSpec::MemoryStress(m) => pb::fault_spec::Kind::Memory(pb::MemoryStressSpec {
             size: Some(match m.size {
@@ -387,6 +390,7 @@ pub(crate) fn proto_spec(spec: &FaultSpec) -> pb::FaultSpec {
             }),
             rate: m.rate,
             lock: m.lock,
+            target: m.target.as_ref().map(proto_workload),
         }),
         FaultSpec::Netem(n) => {
             let p = &n.params;

@@ -374,6 +374,7 @@ impl Adapters {
                     .clone()
                     .map(|c| c.with_parent(&config.cgroup_parent)),
                 config.memory_reserve,
+                &config.state_dir,
             ),
             freezer: Freezer::new(&config.state_dir),
             workloads: Arc::new(Workloads::new(&config.cgroup_parent)),
