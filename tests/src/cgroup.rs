@@ -126,7 +126,10 @@ impl TestCgroup {
         let joins: Vec<String> = self
             .dirs
             .iter()
-            .map(|d| format!("echo $$ > {}/cgroup.procs", d.display()))
+            .map(|d| {
+                let d = if is_v2() { d.join("work") } else { d.clone() };
+                format!("echo $$ > {}/cgroup.procs", d.display())
+            })
             .collect();
         let child = Command::new("sh")
             .args(["-c", &format!("{} && {script}", joins.join(" && "))])

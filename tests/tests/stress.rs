@@ -352,9 +352,9 @@ fn cpu_stress_inside_a_container_is_charged_to_it() -> Result<()> {
     let nested = agent.nested_cgroups();
     ensure!(
         !nested.is_empty()
-            && nested
-                .iter()
-                .all(|d| d.parent().is_some_and(|p| workload.dirs.iter().any(|w| w == p))),
+            && nested.iter().all(|d| d
+                .parent()
+                .is_some_and(|p| workload.dirs.iter().any(|w| w == p))),
         "the workers' cgroup is not inside the container: {nested:?}"
     );
     thread::sleep(Duration::from_millis(500));
