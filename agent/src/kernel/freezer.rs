@@ -195,19 +195,7 @@ impl Freezer {
     }
 
     fn ids(&self) -> Vec<String> {
-        let Ok(entries) = fs::read_dir(&self.records) else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()?
-                    .strip_suffix(".json")
-                    .filter(|id| !id.starts_with('.'))
-                    .map(str::to_owned)
-            })
-            .collect()
+        durable::record_ids(&self.records)
     }
 }
 

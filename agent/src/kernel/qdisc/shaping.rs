@@ -211,21 +211,7 @@ impl Shaping {
 
     /// Fault ids that have a record.
     fn ids(&self) -> Vec<String> {
-        let Ok(entries) = fs::read_dir(&self.records) else {
-            return Vec::new();
-        };
-        let mut ids: Vec<String> = entries
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(|n| n.strip_suffix(".json"))
-                    .filter(|n| !n.starts_with('.'))
-                    .map(str::to_owned)
-            })
-            .collect();
-        ids.sort();
-        ids
+        durable::record_ids(&self.records)
     }
 
     /// Puts back every root recorded by a fault not in `keep`, then removes faultline roots and
