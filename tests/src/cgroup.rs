@@ -131,19 +131,29 @@ impl TestCgroup {
                 format!("echo $$ > {}/cgroup.procs", d.display())
             })
             .collect();
+        let errors = tempfile::NamedTempFile::new()?;
         let child = Command::new("sh")
             .args(["-c", &format!("{} && {script}", joins.join(" && "))])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(errors.reopen()?)
             .spawn()?;
         let pid = child.id();
         self.children.push(child);
         // In the cgroup before the caller looks.
         let started = Instant::now();
         while !self.procs().contains(&pid) {
-            if started.elapsed() > Duration::from_secs(5) {
-                bail!("process {pid} did not join {}", self.path);
+            let exited = self
+                .children
+                .last_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || started.elapsed() > Duration::from_secs(10) {
+                bail!(
+                    "process {pid} did not join {} ({}); its shell said: {}",
+                    self.path,
+                    exited.map_or("still running".to_owned(), |s| s.to_string()),
+                    fs::read_to_string(errors.path()).unwrap_or_default().trim()
+                );
             }
             thread::sleep(Duration::from_millis(10));
         }
