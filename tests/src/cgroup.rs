@@ -92,16 +92,30 @@ impl TestCgroup {
                 }
             }
             if is_v2() {
-                // Controllers for the leaf, so that its usage is counted there.
-                let wanted = fs::read_to_string(root.join("cgroup.subtree_control"))?;
-                let plus: Vec<String> =
-                    wanted.split_whitespace().map(|c| format!("+{c}")).collect();
+                // cpu and memory for the leaf and below, as systemd enables them on a host, so
+                // that usage is counted there; the processes go one level down (`work`), since
+                // cgroup v2 lets a cgroup that holds processes itself give no child controllers,
+                // and stress makes one.
+                let available = fs::read_to_string(root.join("cgroup.controllers"))?;
+                let plus: Vec<String> = ["cpu", "memory"]
+                    .iter()
+                    .filter(|c| available.split_whitespace().any(|a| a == **c))
+                    .map(|c| format!("+{c}"))
+                    .collect();
                 if !plus.is_empty() {
-                    fs::write(
-                        root.join(&slice).join("cgroup.subtree_control"),
-                        plus.join(" "),
-                    )?;
+                    for dir in [
+                        root.clone(),
+                        root.join(&slice),
+                        root.join(&slice).join(leaf),
+                    ] {
+                        let file = dir.join("cgroup.subtree_control");
+                        fs::write(&file, plus.join(" "))
+                            .with_context(|| format!("writing {}", file.display()))?;
+                    }
                 }
+                let work = root.join(&slice).join(leaf).join("work");
+                fs::create_dir(&work).with_context(|| format!("creating {}", work.display()))?;
+                cgroup.made.push(work);
             }
             cgroup.dirs.push(root.join(&slice).join(leaf));
         }
