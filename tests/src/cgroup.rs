@@ -182,6 +182,38 @@ impl TestCgroup {
         pids
     }
 
+    /// CPU time the kernel charged to the workload and everything below it, in seconds
+    /// (`cpuacct.usage` on v1, `usage_usec` of `cpu.stat` on v2).
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        if is_v2() {
+            let dir = self.dir("cpu").context("no cgroup")?;
+            let stat = fs::read_to_string(dir.join("cpu.stat"))?;
+            let usec: f64 = stat
+                .lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .context("no usage_usec in cpu.stat")?
+                .trim()
+                .parse()?;
+            return Ok(usec / 1e6);
+        }
+        let dir = self.dir("cpuacct").context("no cpuacct cgroup")?;
+        Ok(fs::read_to_string(dir.join("cpuacct.usage"))?
+            .trim()
+            .parse::<f64>()?
+            / 1e9)
+    }
+
+    /// Memory the kernel charged to the workload and everything below it, in bytes.
+    pub fn memory_bytes(&self) -> Result<u64> {
+        let dir = self.dir("memory").context("no memory cgroup")?;
+        let file = if is_v2() {
+            "memory.current"
+        } else {
+            "memory.usage_in_bytes"
+        };
+        Ok(fs::read_to_string(dir.join(file))?.trim().parse()?)
+    }
+
     /// Reaps the test's own children that have exited (a killed process is then gone from
     /// /proc, not a zombie).
     pub fn reap(&mut self) {

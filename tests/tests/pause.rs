@@ -9,9 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{ensure, Context as _, Result};
+use anyhow::{ensure, Result};
 use faultline_tests::{
-    cgroup::{container_id, is_v2, TestCgroup},
+    cgroup::{container_id, TestCgroup},
     note, require_root, unique, Agent, Netns,
 };
 
@@ -32,31 +32,11 @@ fn spinning() -> Result<(String, TestCgroup)> {
     Ok((id, workload))
 }
 
-/// CPU time the kernel charged to the workload, in seconds.
-fn cpu_seconds(workload: &TestCgroup) -> Result<f64> {
-    if is_v2() {
-        let dir = workload.dir("cpu").context("no cgroup")?;
-        let stat = fs::read_to_string(dir.join("cpu.stat"))?;
-        let usec: f64 = stat
-            .lines()
-            .find_map(|l| l.strip_prefix("usage_usec "))
-            .context("no usage_usec")?
-            .trim()
-            .parse()?;
-        return Ok(usec / 1e6);
-    }
-    let dir = workload.dir("cpuacct").context("no cpuacct cgroup")?;
-    Ok(fs::read_to_string(dir.join("cpuacct.usage"))?
-        .trim()
-        .parse::<f64>()?
-        / 1e9)
-}
-
 /// CPU seconds the workload used in `window`.
 fn progress(workload: &TestCgroup, window: Duration) -> Result<f64> {
-    let before = cpu_seconds(workload)?;
+    let before = workload.cpu_seconds()?;
     thread::sleep(window);
-    Ok(cpu_seconds(workload)? - before)
+    Ok(workload.cpu_seconds()? - before)
 }
 
 const WINDOW: Duration = Duration::from_secs(1);

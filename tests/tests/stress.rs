@@ -301,33 +301,6 @@ fn container(controllers: &[&str]) -> Result<(String, faultline_tests::cgroup::T
     Ok((id, workload))
 }
 
-/// CPU seconds charged to a workload (and everything below it).
-fn workload_cpu(workload: &faultline_tests::cgroup::TestCgroup) -> Result<f64> {
-    if faultline_tests::cgroup::is_v2() {
-        let text = fs::read_to_string(workload.dir("cpu").context("no cgroup")?.join("cpu.stat"))?;
-        let usec = text
-            .lines()
-            .find_map(|l| l.strip_prefix("usage_usec "))
-            .context("no usage_usec")?;
-        return Ok(usec.trim().parse::<f64>()? / 1e6);
-    }
-    let dir = workload.dir("cpuacct").context("no cpuacct cgroup")?;
-    Ok(fs::read_to_string(dir.join("cpuacct.usage"))?
-        .trim()
-        .parse::<f64>()?
-        / 1e9)
-}
-
-fn workload_memory(workload: &faultline_tests::cgroup::TestCgroup) -> Result<u64> {
-    let dir = workload.dir("memory").context("no memory cgroup")?;
-    let file = if faultline_tests::cgroup::is_v2() {
-        "memory.current"
-    } else {
-        "memory.usage_in_bytes"
-    };
-    Ok(fs::read_to_string(dir.join(file))?.trim().parse()?)
-}
-
 #[test]
 fn cpu_stress_inside_a_container_is_charged_to_it() -> Result<()> {
     const T: &str = "cpu_stress_inside_a_container_is_charged_to_it";
@@ -336,7 +309,7 @@ fn cpu_stress_inside_a_container_is_charged_to_it() -> Result<()> {
     }
     let (_ns, agent) = agent()?;
     let (id, workload) = container(&["cpu", "cpuacct"])?;
-    let idle = workload_cpu(&workload)?;
+    let idle = workload.cpu_seconds()?;
     let fault = agent.apply(&[
         "stress",
         "cpu",
@@ -358,9 +331,9 @@ fn cpu_stress_inside_a_container_is_charged_to_it() -> Result<()> {
         "the workers' cgroup is not inside the container: {nested:?}"
     );
     thread::sleep(Duration::from_millis(500));
-    let (start, before) = (Instant::now(), workload_cpu(&workload)?);
+    let (start, before) = (Instant::now(), workload.cpu_seconds()?);
     thread::sleep(Duration::from_secs(4));
-    let share = (workload_cpu(&workload)? - before) / start.elapsed().as_secs_f64() * 100.0;
+    let share = (workload.cpu_seconds()? - before) / start.elapsed().as_secs_f64() * 100.0;
     let status = agent.fault(&fault)?["status"][0].to_string();
     note(
         T,
@@ -393,7 +366,7 @@ fn memory_stress_inside_a_unit_counts_against_it_and_the_sweep_removes_it() -> R
     let mut workload =
         faultline_tests::cgroup::TestCgroup::create(&format!("{unit}.service"), &["memory"])?;
     workload.spawn("exec sleep 600")?;
-    let before = workload_memory(&workload)?;
+    let before = workload.memory_bytes()?;
     let size: u64 = 64 << 20;
     agent.apply(&[
         "stress", "memory", "--size", "64MiB", "--unit", &unit, "--for", "60s",
@@ -401,7 +374,7 @@ fn memory_stress_inside_a_unit_counts_against_it_and_the_sweep_removes_it() -> R
     let started = Instant::now();
     let mut charged = 0;
     while started.elapsed() < Duration::from_secs(10) {
-        charged = workload_memory(&workload)?.saturating_sub(before);
+        charged = workload.memory_bytes()?.saturating_sub(before);
         if charged as f64 >= size as f64 * 0.98 {
             break;
         }
