@@ -197,3 +197,54 @@ fn init_the_agent_its_cgroup_and_a_second_pause_are_refused() -> Result<()> {
     ensure!(agent.faults()?.len() == 1, "a refused pause left a fault");
     agent.assert_clean()
 }
+
+#[test]
+fn a_workload_holding_a_protected_session_is_refused_without_force() -> Result<()> {
+    const T: &str = "a_workload_holding_a_protected_session_is_refused_without_force";
+    if !require_root(T) {
+        return Ok(());
+    }
+    if std::process::Command::new("python3")
+        .args(["-c", "pass"])
+        .status()
+        .map_or(true, |s| !s.success())
+    {
+        faultline_tests::skip(
+            T,
+            "no python3 here to hold a TCP session (the VM guest has none)",
+        );
+        return Ok(());
+    }
+    let ns = Netns::create(&format!("flw-{}-{}-p", std::process::id(), unique()))?;
+    let agent = Agent::start_with(&ns, &["--protected-port", "8022"])?;
+    let mut workload = TestCgroup::create(&format!("flw-{}.service", unique()), &["freezer"])?;
+    let net = format!("nsenter --net={}", ns.path().display());
+    let server = workload.spawn(&format!(
+        "exec {net} python3 -c 'import socket,time
+s=socket.socket(); s.bind((\"127.0.0.1\",8022)); s.listen()
+c,_=s.accept(); time.sleep(600)'"
+    ))?;
+    thread::sleep(Duration::from_millis(500));
+    // The client is outside the workload: only the server's end is on the protected port.
+    let mut client = ns.command("python3");
+    client.args([
+        "-c",
+        "import socket,time\nc=socket.create_connection((\"127.0.0.1\",8022)); time.sleep(600)",
+    ]);
+    let mut client = client.spawn()?;
+    thread::sleep(Duration::from_millis(500));
+
+    let args = ["pause", "--cgroup", &workload.path, "--for", "10s"];
+    let stderr = agent.cli_fails(&args, 4)?;
+    let _ = client.kill();
+    let _ = client.wait();
+    note(T, format!("refused: {}", stderr.trim()));
+    ensure!(
+        stderr.contains("protected port 8022") && stderr.contains(&server.to_string()),
+        "the refusal does not name the session: {stderr}"
+    );
+    ensure!(agent.faults()?.is_empty(), "a refused pause left a fault");
+    let forced = agent.apply(&[&args[..], &["--force"]].concat())?;
+    agent.revert(&forced)?;
+    agent.assert_clean()
+}
