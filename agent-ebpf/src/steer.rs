@@ -15,7 +15,7 @@
 
 use aya_ebpf::{
     bindings::TC_ACT_OK,
-    helpers::{bpf_ktime_get_ns, bpf_skb_cgroup_id},
+    helpers::{bpf_ktime_get_ns, bpf_skb_ancestor_cgroup_id},
     macros::{classifier, map},
     maps::{Array, PerCpuArray},
     programs::TcContext,
@@ -71,8 +71,13 @@ fn steers(ctx: &TcContext, config: &SteerConfig) -> bool {
     if unsafe { bpf_ktime_get_ns() } >= config.deadline_ns {
         return false;
     }
-    // SAFETY: the helper only reads the socket the packet belongs to, if any.
-    if config.cgroup_id != 0 && unsafe { bpf_skb_cgroup_id(ctx.skb.skb) } != config.cgroup_id {
+    // SAFETY: the helper only reads the socket the packet belongs to, if any (none: 0). The
+    // ancestor at the target's own depth is the target for its sockets and for every cgroup
+    // below it.
+    if config.cgroup_id != 0
+        && unsafe { bpf_skb_ancestor_cgroup_id(ctx.skb.skb, config.cgroup_level as i32) }
+            != config.cgroup_id
+    {
         return false;
     }
     matches(ctx, &config.filter).unwrap_or(false)

@@ -149,13 +149,19 @@ pub struct SteerConfig {
     /// Past this `bpf_ktime_get_ns()` value nothing is steered: the fault's qdisc sees no more
     /// traffic, even when the agent that set it is gone.
     pub deadline_ns: u64,
-    /// Only packets of sockets in this cgroup (v2 id, the inode of its directory); 0: any.
+    /// Only packets of sockets in this cgroup or below it (v2 id, the inode of its directory);
+    /// 0: any.
     pub cgroup_id: u64,
     /// Class (major << 16 | minor) that matching packets are sent to in classify mode; the
     /// kernel keeps the minor and takes the major from the filter.
     pub classid: u32,
     /// `STEER_CLASSIFY` or `STEER_MATCH`.
     pub mode: u32,
+    /// The depth of `cgroup_id`'s cgroup below the root (`/a/b` is 2): a socket's ancestor at
+    /// this depth is compared, so that sockets of cgroups below it (a pod's containers, a
+    /// unit's sub-cgroups) match too.
+    pub cgroup_level: u32,
+    pub _reserved: u32,
     pub filter: PacketFilter,
 }
 
@@ -165,6 +171,8 @@ impl SteerConfig {
         cgroup_id: 0,
         classid: 0,
         mode: STEER_CLASSIFY,
+        cgroup_level: 0,
+        _reserved: 0,
         filter: PacketFilter::ANY,
     };
 }
@@ -324,7 +332,10 @@ mod tests {
         let filter = 8 + MAX_PORT_RANGES * 4 + MAX_CIDRS * 8 + MAX_CIDRS * 32;
         assert_eq!(core::mem::size_of::<PacketFilter>(), filter);
         assert_eq!(core::mem::size_of::<LossConfig>(), 8 + 8 + 8 + filter);
-        assert_eq!(core::mem::size_of::<SteerConfig>(), 8 + 8 + 4 + 4 + filter);
+        assert_eq!(
+            core::mem::size_of::<SteerConfig>(),
+            8 + 8 + 4 + 4 + 4 + 4 + filter
+        );
         assert_eq!(core::mem::size_of::<SteerStats>(), 8);
         assert_eq!(core::mem::size_of::<LossStats>(), 16);
     }

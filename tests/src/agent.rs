@@ -357,6 +357,7 @@ impl Agent {
             self.journal_dir(),
             self.state_dir().join("qdisc"),
             self.state_dir().join("disk"),
+            self.state_dir().join("freezer"),
         ] {
             found.extend(entries(&dir)?.into_iter().map(|p| p.display().to_string()));
         }
@@ -410,6 +411,12 @@ impl Agent {
                 ));
             }
         }
+        found.extend(
+            self.nested_cgroups()
+                .iter()
+                .map(|p| format!("cgroup {}", p.display())),
+        );
+        found.extend(self.still_frozen());
         Ok(found)
     }
 
@@ -426,6 +433,52 @@ impl Agent {
         let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
         watched.io_limits.push((cgroup.to_owned(), now));
         Ok(())
+    }
+
+    /// What this agent's pause faults froze (as its audit log's `froze:` reports say, which
+    /// survive a restart) and is frozen still: a cgroup's freezer, or a stopped process.
+    pub fn still_frozen(&self) -> Vec<String> {
+        let audit = fs::read_to_string(self.state_dir().join("audit.log")).unwrap_or_default();
+        let mut found = Vec::new();
+        for line in audit.lines().filter(|l| l.contains("\"fault-report\"")) {
+            let Ok(record) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            let detail = record["detail"].as_str().unwrap_or_default();
+            if let Some(file) = detail.strip_prefix("froze: the cgroup freezer ") {
+                let state = fs::read_to_string(file).unwrap_or_default();
+                if matches!(state.trim(), "FROZEN" | "FREEZING" | "1") {
+                    found.push(format!("frozen cgroup {file}"));
+                }
+            } else if let Some(pids) = detail.strip_prefix("froze: SIGSTOP to processes ") {
+                for pid in pids.split(", ") {
+                    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                    let state = stat.rfind(')').and_then(|at| stat[at + 2..].chars().next());
+                    if state == Some('T') {
+                        found.push(format!("stopped process {pid}"));
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// This agent's cgroup parent inside workloads (stress in a unit or a container), in any
+    /// hierarchy, below its root.
+    pub fn nested_cgroups(&self) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for root in hierarchy_roots() {
+            walk(&root, 0, &mut |dir, depth| {
+                if depth > 0
+                    && dir
+                        .file_name()
+                        .is_some_and(|n| n == self.cgroup_parent.as_str())
+                {
+                    found.push(dir.to_owned());
+                }
+            });
+        }
+        found
     }
 
     /// This agent's cgroup parent in every hierarchy it may use (v1 controllers, or v2), where
@@ -525,6 +578,34 @@ pub fn io_limits(cgroup: &Path) -> Result<String> {
         }
     }
     Ok(out)
+}
+
+/// Every cgroup hierarchy's root on this host (each v1 controller's, and the v2 one).
+fn hierarchy_roots() -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    if root.join("cgroup.controllers").exists() {
+        return vec![root.to_owned()];
+    }
+    entries(root)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.is_dir() && p.join("cgroup.procs").exists())
+        .collect()
+}
+
+/// Calls `f` on every cgroup directory below `dir` (depth counted from it), to depth 6.
+fn walk(dir: &Path, depth: usize, f: &mut dyn FnMut(&Path, usize)) {
+    if depth > 6 {
+        return;
+    }
+    for sub in entries(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.is_dir())
+    {
+        f(&sub, depth + 1);
+        walk(&sub, depth + 1, f);
+    }
 }
 
 /// The entries of `dir` (none if it does not exist).

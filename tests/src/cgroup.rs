@@ -92,16 +92,30 @@ impl TestCgroup {
                 }
             }
             if is_v2() {
-                // Controllers for the leaf, so that its usage is counted there.
-                let wanted = fs::read_to_string(root.join("cgroup.subtree_control"))?;
-                let plus: Vec<String> =
-                    wanted.split_whitespace().map(|c| format!("+{c}")).collect();
+                // cpu and memory for the leaf and below, as systemd enables them on a host, so
+                // that usage is counted there; the processes go one level down (`work`), since
+                // cgroup v2 lets a cgroup that holds processes itself give no child controllers,
+                // and stress makes one.
+                let available = fs::read_to_string(root.join("cgroup.controllers"))?;
+                let plus: Vec<String> = ["cpu", "memory"]
+                    .iter()
+                    .filter(|c| available.split_whitespace().any(|a| a == **c))
+                    .map(|c| format!("+{c}"))
+                    .collect();
                 if !plus.is_empty() {
-                    fs::write(
-                        root.join(&slice).join("cgroup.subtree_control"),
-                        plus.join(" "),
-                    )?;
+                    for dir in [
+                        root.clone(),
+                        root.join(&slice),
+                        root.join(&slice).join(leaf),
+                    ] {
+                        let file = dir.join("cgroup.subtree_control");
+                        fs::write(&file, plus.join(" "))
+                            .with_context(|| format!("writing {}", file.display()))?;
+                    }
                 }
+                let work = root.join(&slice).join(leaf).join("work");
+                fs::create_dir(&work).with_context(|| format!("creating {}", work.display()))?;
+                cgroup.made.push(work);
             }
             cgroup.dirs.push(root.join(&slice).join(leaf));
         }
@@ -126,21 +140,34 @@ impl TestCgroup {
         let joins: Vec<String> = self
             .dirs
             .iter()
-            .map(|d| format!("echo $$ > {}/cgroup.procs", d.display()))
+            .map(|d| {
+                let d = if is_v2() { d.join("work") } else { d.clone() };
+                format!("echo $$ > {}/cgroup.procs", d.display())
+            })
             .collect();
+        let errors = tempfile::NamedTempFile::new()?;
         let child = Command::new("sh")
             .args(["-c", &format!("{} && {script}", joins.join(" && "))])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(errors.reopen()?)
             .spawn()?;
         let pid = child.id();
         self.children.push(child);
         // In the cgroup before the caller looks.
         let started = Instant::now();
         while !self.procs().contains(&pid) {
-            if started.elapsed() > Duration::from_secs(5) {
-                bail!("process {pid} did not join {}", self.path);
+            let exited = self
+                .children
+                .last_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || started.elapsed() > Duration::from_secs(10) {
+                bail!(
+                    "process {pid} did not join {} ({}); its shell said: {}",
+                    self.path,
+                    exited.map_or("still running".to_owned(), |s| s.to_string()),
+                    fs::read_to_string(errors.path()).unwrap_or_default().trim()
+                );
             }
             thread::sleep(Duration::from_millis(10));
         }
@@ -153,6 +180,38 @@ impl TestCgroup {
         pids.sort_unstable();
         pids.dedup();
         pids
+    }
+
+    /// CPU time the kernel charged to the workload and everything below it, in seconds
+    /// (`cpuacct.usage` on v1, `usage_usec` of `cpu.stat` on v2).
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        if is_v2() {
+            let dir = self.dir("cpu").context("no cgroup")?;
+            let stat = fs::read_to_string(dir.join("cpu.stat"))?;
+            let usec: f64 = stat
+                .lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .context("no usage_usec in cpu.stat")?
+                .trim()
+                .parse()?;
+            return Ok(usec / 1e6);
+        }
+        let dir = self.dir("cpuacct").context("no cpuacct cgroup")?;
+        Ok(fs::read_to_string(dir.join("cpuacct.usage"))?
+            .trim()
+            .parse::<f64>()?
+            / 1e9)
+    }
+
+    /// Memory the kernel charged to the workload and everything below it, in bytes.
+    pub fn memory_bytes(&self) -> Result<u64> {
+        let dir = self.dir("memory").context("no memory cgroup")?;
+        let file = if is_v2() {
+            "memory.current"
+        } else {
+            "memory.usage_in_bytes"
+        };
+        Ok(fs::read_to_string(dir.join(file))?.trim().parse()?)
     }
 
     /// Reaps the test's own children that have exited (a killed process is then gone from

@@ -125,6 +125,8 @@ fn name_count_and_every_pick_and_repeat() -> Result<()> {
         .collect::<Result<_>>()?;
     let other = workload.spawn("exec tail -f /dev/null")?;
 
+    // From before the apply: its first round runs while it is applied.
+    let started = Instant::now();
     let fault = agent.apply(&[
         "kill",
         "--cgroup",
@@ -138,7 +140,6 @@ fn name_count_and_every_pick_and_repeat() -> Result<()> {
         "--for",
         "30s",
     ])?;
-    let started = Instant::now();
     ensure!(
         wait_for(Duration::from_secs(8), || {
             workload.reap();
@@ -174,7 +175,7 @@ fn name_count_and_every_pick_and_repeat() -> Result<()> {
         "expected rounds of 2, 2 and 1 kills, got {killed:?}"
     );
     ensure!(
-        took >= Duration::from_millis(1800),
+        took >= Duration::from_millis(1950),
         "three rounds a second apart took {took:?}"
     );
     agent.revert(&fault)?;
@@ -186,6 +187,18 @@ fn name_count_and_every_pick_and_repeat() -> Result<()> {
 fn sessions_on_protected_ports_are_spared_without_force() -> Result<()> {
     const T: &str = "sessions_on_protected_ports_are_spared_without_force";
     if !require_root(T) {
+        return Ok(());
+    }
+    if std::process::Command::new("python3")
+        .arg("-c")
+        .arg("pass")
+        .status()
+        .map_or(true, |s| !s.success())
+    {
+        faultline_tests::skip(
+            T,
+            "no python3 here to hold a TCP session (the VM guest has none)",
+        );
         return Ok(());
     }
     let (ns, agent) = agent(&["--protected-port", "8022"])?;

@@ -214,19 +214,30 @@ fn rate_targets_a_cgroup() -> Result<()> {
     let name = format!("faultline-test-{}-{}", std::process::id(), unique());
     let cgroup = TestCgroup(mount.join(&name));
     std::fs::create_dir(&cgroup.0).with_context(|| format!("creating {}", cgroup.0.display()))?;
+    // A cgroup below the target (a pod's container, a unit's sub-cgroup) is the target's too.
+    let below = TestCgroup(cgroup.0.join("sub"));
+    std::fs::create_dir(&below.0).with_context(|| format!("creating {}", below.0.display()))?;
 
     let id = agent.apply(&[
         "rate", "--dev", &lab.a.dev, "--rate", "5mbit", "--cgroup", &name, "--for", "60s",
     ])?;
     let inside = rate_from_cgroup(&lab, Some(&cgroup.0), P)?;
+    let sub = rate_from_cgroup(&lab, Some(&below.0), P + 2)?;
     let outside = rate_from_cgroup(&lab, None, Q)?;
     note(
         T,
         format!(
-            "rate 5mbit on cgroup {name}: {:.2} Mbit/s from inside it, {:.0} Mbit/s from outside",
+            "rate 5mbit on cgroup {name}: {:.2} Mbit/s from inside it, {:.2} Mbit/s from a \
+             cgroup below it, {:.0} Mbit/s from outside",
             mbit(inside),
+            mbit(sub),
             mbit(outside)
         ),
+    );
+    ensure!(
+        (mbit(sub) - 5.0).abs() <= 0.5,
+        "{:.2} Mbit/s from a cgroup below the target, expected 5 ± 0.5",
+        mbit(sub)
     );
     ensure!(
         (mbit(inside) - 5.0).abs() <= 0.5,

@@ -99,6 +99,14 @@ fn revert_leaves_nothing(agent: &Agent, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Held by the tests that measure a CPU load: run at once on a small host, their loads would
+/// compete and none would measure its own.
+static CPU_MEASURED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn cpu_measured() -> std::sync::MutexGuard<'static, ()> {
+    CPU_MEASURED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn agent() -> Result<(Netns, Agent)> {
     let ns = Netns::create(&format!("fl-{}-{}-s", std::process::id(), unique()))?;
     let agent = Agent::start(&ns)?;
@@ -107,6 +115,7 @@ fn agent() -> Result<(Netns, Agent)> {
 
 #[test]
 fn cpu_load_is_held_at_the_requested_share() -> Result<()> {
+    let _cpu = cpu_measured();
     if !require_root("cpu_load_is_held_at_the_requested_share") {
         return Ok(());
     }
@@ -262,6 +271,7 @@ fn workers_die_with_the_agent_and_restart_cleans_up() -> Result<()> {
 
 #[test]
 fn cpu_ramp_rises_to_the_load() -> Result<()> {
+    let _cpu = cpu_measured();
     if !require_root("cpu_ramp_rises_to_the_load") {
         return Ok(());
     }
@@ -289,4 +299,116 @@ fn cpu_ramp_rises_to_the_load() -> Result<()> {
         "{late:.1}% after the ramp, expected 60%"
     );
     revert_leaves_nothing(&agent, &id)
+}
+
+/// A container-like workload (`flw-...slice/docker-<id>.scope`) in the hierarchies stress uses,
+/// with one idle process in it.
+fn container(controllers: &[&str]) -> Result<(String, faultline_tests::cgroup::TestCgroup)> {
+    let id = faultline_tests::cgroup::container_id()?;
+    let mut workload =
+        faultline_tests::cgroup::TestCgroup::create(&format!("docker-{id}.scope"), controllers)?;
+    workload.spawn("exec sleep 600")?;
+    Ok((id, workload))
+}
+
+#[test]
+fn cpu_stress_inside_a_container_is_charged_to_it() -> Result<()> {
+    let _cpu = cpu_measured();
+    const T: &str = "cpu_stress_inside_a_container_is_charged_to_it";
+    if !require_root(T) {
+        return Ok(());
+    }
+    let (_ns, agent) = agent()?;
+    let (id, workload) = container(&["cpu", "cpuacct"])?;
+    let idle = workload.cpu_seconds()?;
+    let fault = agent.apply(&[
+        "stress",
+        "cpu",
+        "--load",
+        "50",
+        "--cores",
+        "1",
+        "--container",
+        &id[..12],
+        "--for",
+        "20s",
+    ])?;
+    let nested = agent.nested_cgroups();
+    ensure!(
+        !nested.is_empty()
+            && nested.iter().all(|d| d
+                .parent()
+                .is_some_and(|p| workload.dirs.iter().any(|w| w == p))),
+        "the workers' cgroup is not inside the container: {nested:?}"
+    );
+    thread::sleep(Duration::from_millis(500));
+    let (start, before) = (Instant::now(), workload.cpu_seconds()?);
+    thread::sleep(Duration::from_secs(4));
+    let share = (workload.cpu_seconds()? - before) / start.elapsed().as_secs_f64() * 100.0;
+    let status = agent.fault(&fault)?["status"][0].to_string();
+    note(
+        T,
+        format!(
+            "50% of 1 CPU inside the container: the container was charged {share:.1}% \
+             (idle before: {idle:.3} s in all); {status}"
+        ),
+    );
+    ensure!(
+        (share - 50.0).abs() <= 5.0,
+        "the container was charged {share:.1}% for a 50% load inside it"
+    );
+    agent.revert(&fault)?;
+    ensure!(
+        agent.nested_cgroups().is_empty(),
+        "the workers' cgroup is left in the container: {:?}",
+        agent.nested_cgroups()
+    );
+    agent.assert_clean()
+}
+
+#[test]
+fn memory_stress_inside_a_unit_counts_against_it_and_the_sweep_removes_it() -> Result<()> {
+    const T: &str = "memory_stress_inside_a_unit_counts_against_it_and_the_sweep_removes_it";
+    if !require_root(T) {
+        return Ok(());
+    }
+    let (_ns, mut agent) = agent()?;
+    let unit = format!("flw-{}-{}", std::process::id(), unique());
+    let mut workload =
+        faultline_tests::cgroup::TestCgroup::create(&format!("{unit}.service"), &["memory"])?;
+    workload.spawn("exec sleep 600")?;
+    let before = workload.memory_bytes()?;
+    let size: u64 = 64 << 20;
+    agent.apply(&[
+        "stress", "memory", "--size", "64MiB", "--unit", &unit, "--for", "60s",
+    ])?;
+    let started = Instant::now();
+    let mut charged = 0;
+    while started.elapsed() < Duration::from_secs(10) {
+        charged = workload.memory_bytes()?.saturating_sub(before);
+        if charged as f64 >= size as f64 * 0.98 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    note(
+        T,
+        format!(
+            "64 MiB inside unit {unit}.service: its memory rose by {:.1} MiB",
+            charged as f64 / (1 << 20) as f64
+        ),
+    );
+    ensure!(
+        charged as f64 >= size as f64 * 0.98,
+        "the unit was charged {charged} bytes for 64 MiB inside it"
+    );
+    // A crash, then start-up: the record of the workload finds the nested cgroup.
+    agent.kill()?;
+    agent.restart()?;
+    ensure!(
+        agent.nested_cgroups().is_empty(),
+        "start-up left the workers' cgroup in the unit: {:?}",
+        agent.nested_cgroups()
+    );
+    agent.assert_clean()
 }

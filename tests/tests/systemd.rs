@@ -159,6 +159,25 @@ fn faults_work_with_only_the_units_capabilities() -> Result<()> {
     agent.revert(&cpu)?;
     agent.revert(&memory)?;
 
+    // Pause and kill a workload whose process runs as another user (nobody): the freezer, and
+    // a signal across users (CAP_KILL).
+    let mut workload = faultline_tests::cgroup::TestCgroup::create(
+        &format!("flw-{}.service", faultline_tests::unique()),
+        &["freezer", "cpu"],
+    )?;
+    let pid =
+        workload.spawn("exec setpriv --reuid=65534 --regid=65534 --clear-groups sleep 600")?;
+    let pause = agent.apply(&["pause", "--cgroup", &workload.path, "--for", "60s"])?;
+    agent.revert(&pause)?;
+    let kill = agent.apply(&["kill", "--cgroup", &workload.path, "--for", "60s"])?;
+    let status = agent.fault(&kill)?["status"].to_string();
+    ensure!(
+        status.contains(&format!("SIGKILL to {pid} (sleep)")) && !status.contains("failed"),
+        "kill of another user's process under the unit's capabilities: {status}"
+    );
+    agent.revert(&kill)?;
+    drop(workload);
+
     // TCP connect health: raw tracepoints and maps with the unit's capabilities (loaded in the
     // background after start-up). Raw tracepoints attach through bpf(), not perf_event_open, so
     // kernel.perf_event_paranoid is left as it is: Debian's default 3 (the VM's) allows perf
@@ -205,8 +224,10 @@ fn effective_capabilities(pid: u32) -> Result<u64> {
 fn capability_bit(name: &str) -> Result<u64> {
     let number = match name {
         "dac_override" => 1,
+        "kill" => 5,
         "net_admin" => 12,
         "net_raw" => 13,
+        "sys_ptrace" => 19,
         "sys_admin" => 21,
         "sys_resource" => 24,
         "perfmon" => 38,

@@ -698,6 +698,7 @@ mod tests {
             size: MemSize::Bytes(2 << 30),
             rate: None,
             lock: false,
+            target: None,
         });
         assert_eq!(
             denial(check(&request(memory, 30))),
@@ -735,6 +736,7 @@ mod tests {
             cpus: vec![],
             cores: None,
             ramp: None,
+            target: None,
         });
         assert_eq!(
             denial(authz.check_apply(&cert("alice"), Role::Operator, &request(cpu, 30))),

@@ -22,6 +22,7 @@ use crate::{
         },
         effect::{Counter, Effect},
         kill::{KillSpec, Pick},
+        pause::PauseSpec,
         shape::{DelayDistribution, NetemParams, RateParams, ShapeSpec, ShapeTarget},
         stress::{CpuStressSpec, MemSize, MemoryStressSpec},
         BlockSpec, Direction, FaultSpec, LossSpec, PacketMatch, PortRange, Protocol, Target,
@@ -87,6 +88,7 @@ pub(crate) fn fault_spec(spec: pb::FaultSpec) -> Result<FaultSpec, InvalidSpec> 
                         .map_err(|_| InvalidSpec::new("ramp", "negative: expected e.g. 30s"))
                 })
                 .transpose()?,
+            target: c.target.map(workload).transpose()?.flatten(),
         })),
         pb::fault_spec::Kind::Memory(m) => Ok(FaultSpec::MemoryStress(MemoryStressSpec {
             size: match m.size {
@@ -101,6 +103,7 @@ pub(crate) fn fault_spec(spec: pb::FaultSpec) -> Result<FaultSpec, InvalidSpec> 
             },
             rate: m.rate,
             lock: m.lock,
+            target: m.target.map(workload).transpose()?.flatten(),
         })),
         pb::fault_spec::Kind::Netem(n) => Ok(FaultSpec::Netem(ShapeSpec {
             target: shape_target(n.target)?,
@@ -154,6 +157,19 @@ pub(crate) fn fault_spec(spec: pb::FaultSpec) -> Result<FaultSpec, InvalidSpec> 
                 Some(pb::kill_spec::Pick::Count(n)) => Pick::Count(n),
                 Some(pb::kill_spec::Pick::Percent(p)) => Pick::Percent(p),
             },
+        })),
+        pb::fault_spec::Kind::Pause(p) => Ok(FaultSpec::Pause(PauseSpec {
+            target: p
+                .target
+                .map(workload)
+                .transpose()?
+                .flatten()
+                .ok_or_else(|| {
+                    InvalidSpec::new(
+                        "target",
+                        "missing: name the workload to pause (unit, container, pod, cgroup or pid)",
+                    )
+                })?,
         })),
         pb::fault_spec::Kind::Rate(r) => Ok(FaultSpec::Rate(ShapeSpec {
             target: shape_target(r.target)?,
@@ -461,6 +477,7 @@ pub(crate) fn proto_spec(spec: &FaultSpec) -> pb::FaultSpec {
             cpus: c.cpus.clone(),
             cores: c.cores,
             ramp: c.ramp.and_then(|d| prost_types::Duration::try_from(d).ok()),
+            target: c.target.as_ref().map(proto_workload),
         }),
         FaultSpec::MemoryStress(m) => pb::fault_spec::Kind::Memory(pb::MemoryStressSpec {
             size: Some(match m.size {
@@ -469,6 +486,7 @@ pub(crate) fn proto_spec(spec: &FaultSpec) -> pb::FaultSpec {
             }),
             rate: m.rate,
             lock: m.lock,
+            target: m.target.as_ref().map(proto_workload),
         }),
         FaultSpec::Netem(n) => {
             let p = &n.params;
@@ -515,6 +533,9 @@ pub(crate) fn proto_spec(spec: &FaultSpec) -> pb::FaultSpec {
                 Pick::Count(n) => Some(pb::kill_spec::Pick::Count(n)),
                 Pick::Percent(p) => Some(pb::kill_spec::Pick::Percent(p)),
             },
+        }),
+        FaultSpec::Pause(p) => pb::fault_spec::Kind::Pause(pb::PauseSpec {
+            target: Some(proto_workload(&p.target)),
         }),
         FaultSpec::Rate(r) => pb::fault_spec::Kind::Rate(pb::RateSpec {
             target: Some(proto_target(&r.target)),

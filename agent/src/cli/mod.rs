@@ -27,6 +27,7 @@ mod ls;
 mod man_pages;
 mod metrics;
 pub(crate) mod output;
+mod pause;
 mod renew;
 mod revert;
 mod serve;
@@ -69,6 +70,8 @@ pub(crate) enum Command {
     /// Signal (SIGKILL by default) a workload's processes, or those whose name matches, once or
     /// --every period; a kill cannot be undone
     Kill(kill::Options),
+    /// Freeze a workload (cgroup freezer, or SIGSTOP for pids) and thaw it when the fault ends
+    Pause(pause::Options),
     /// List the agent's faults
     #[command(alias = "list")]
     Ls(ls::Options),
@@ -207,6 +210,7 @@ fn run(cli: Cli, settings: config_file::FileSettings) -> Result<(), Failure> {
                     Command::Stress(o) => stress::run(&cli.global, o).await,
                     Command::Disk(o) => disk::run(&cli.global, o).await,
                     Command::Kill(o) => kill::run(&cli.global, o).await,
+                    Command::Pause(o) => pause::run(&cli.global, o).await,
                     Command::Ls(o) => ls::run(&cli.global, o).await,
                     Command::Get(o) => get::run(&cli.global, o).await,
                     Command::Revert(o) => revert::run(&cli.global, o).await,

@@ -7,7 +7,7 @@ use faultline_proto::v1 as pb;
 
 use super::{
     apply,
-    args::{parse_duration, ApplyArgs, Global},
+    args::{parse_duration, ApplyArgs, Global, WorkloadArgs},
     output::Failure,
 };
 use crate::units::parse_bytes;
@@ -41,6 +41,10 @@ pub(crate) struct CpuOptions {
     /// Rise linearly to the load over this long (30s)
     #[arg(long, value_parser = parse_duration)]
     pub(crate) ramp: Option<Duration>,
+    /// Run inside this workload: the workers' cgroup is a child of its cgroup, so they are
+    /// charged to it and compete inside its limits
+    #[command(flatten)]
+    pub(crate) workload: WorkloadArgs,
     #[command(flatten)]
     pub(crate) apply: ApplyArgs,
 }
@@ -56,6 +60,10 @@ pub(crate) struct MemoryOptions {
     /// Lock the pages in memory so they cannot be swapped out
     #[arg(long)]
     pub(crate) lock: bool,
+    /// Run inside this workload: the worker's cgroup is a child of its cgroup, so its memory
+    /// is charged to it and counts against its limit
+    #[command(flatten)]
+    pub(crate) workload: WorkloadArgs,
     #[command(flatten)]
     pub(crate) apply: ApplyArgs,
 }
@@ -68,6 +76,7 @@ pub(crate) async fn run(global: &Global, o: Options) -> Result<(), Failure> {
                 cpus: c.cpus.into_iter().flatten().collect(),
                 cores: c.cores,
                 ramp: c.ramp.and_then(|d| prost_types::Duration::try_from(d).ok()),
+                target: c.workload.to_proto(),
             };
             apply::run(global, &c.apply, pb::fault_spec::Kind::Cpu(spec)).await
         }
@@ -76,6 +85,7 @@ pub(crate) async fn run(global: &Global, o: Options) -> Result<(), Failure> {
                 size: Some(m.size),
                 rate: m.rate,
                 lock: m.lock,
+                target: m.workload.to_proto(),
             };
             apply::run(global, &m.apply, pb::fault_spec::Kind::Memory(spec)).await
         }

@@ -22,6 +22,7 @@ use super::{check_percent, Claim, Connection, Deadline, Demands, Family, Host, R
 use crate::{
     errors::{InvalidSpec, KernelError},
     kernel::{
+        caps::Capabilities,
         process::{self, Proc, Signalled, Untouchable},
         workload::{Workload, Workloads},
     },
@@ -327,6 +328,10 @@ impl Family for KillSpec {
             }
         }
         Ok(())
+    }
+
+    fn missing_capability(&self, caps: &Capabilities) -> Option<(String, String)> {
+        (!caps.pidfd.available).then(|| ("pidfds".to_owned(), caps.pidfd.detail.clone()))
     }
 
     fn claims(&self) -> Vec<Claim> {

@@ -15,6 +15,7 @@ use crate::{
         bpf::Classifiers,
         caps::Capabilities,
         disk::Disks,
+        freezer::Freezer,
         nft::Firewall,
         process::{Repeats, Signalled},
         qdisc::shaping::Shaping,
@@ -29,6 +30,7 @@ pub(crate) mod disk;
 pub(crate) mod effect;
 pub(crate) mod kill;
 pub(crate) mod loss;
+pub(crate) mod pause;
 pub(crate) mod readiness;
 pub(crate) mod shape;
 pub(crate) mod stress;
@@ -298,6 +300,7 @@ families! {
     DiskIo(disk::DiskIoSpec) = "disk_io",
     DiskSlow(disk::DiskSlowSpec) = "disk_slow",
     Kill(kill::KillSpec) = "kill",
+    Pause(pause::PauseSpec) = "pause",
 }
 
 /// What a fault takes of the host, in the terms an operator's policy bounds.
@@ -327,6 +330,9 @@ pub(crate) enum Claim {
     IngressShaper { device: String },
     /// A cgroup's I/O limits on one disk (`MAJ:MIN`).
     IoLimits { cgroup: String, device: String },
+    /// The freezer of a workload, as the request names it (the freezer adapter also refuses
+    /// a cgroup another fault froze, however it was named).
+    Pause { target: String },
 }
 
 impl fmt::Display for Claim {
@@ -346,6 +352,7 @@ impl fmt::Display for Claim {
             Claim::IoLimits { cgroup, device } => {
                 write!(f, "the I/O limits of cgroup {cgroup} on {device}")
             }
+            Claim::Pause { target } => write!(f, "the freezer of {target}"),
         }
     }
 }
@@ -376,6 +383,7 @@ pub(crate) struct Adapters {
     shaping: Shaping,
     workers: Workers,
     disks: Disks,
+    freezer: Freezer,
     workloads: Arc<Workloads>,
     repeats: Repeats,
     signalled: Arc<Signalled>,
@@ -396,8 +404,10 @@ impl Adapters {
                     .clone()
                     .map(|c| c.with_parent(&config.cgroup_parent)),
                 config.memory_reserve,
+                &config.state_dir,
             ),
             disks: Disks::new(&config.state_dir, config.disk_reserve, caps.cgroups.clone()),
+            freezer: Freezer::new(&config.state_dir),
             workloads: Arc::new(Workloads::new(&config.cgroup_parent)),
             repeats: Repeats::default(),
             signalled: Arc::default(),
@@ -424,6 +434,7 @@ impl Adapters {
             shaping: &self.shaping,
             workers: &self.workers,
             disks: &self.disks,
+            freezer: &self.freezer,
             workloads: &self.workloads,
             repeats: &self.repeats,
             signalled: &self.signalled,
@@ -433,11 +444,12 @@ impl Adapters {
         }
     }
 
-    /// Sweeps every adapter in turn: each removes what belongs to no fault in `keep`. A
-    /// classifier goes before the qdisc tree it steers into; I/O workers before the files
-    /// they hold open.
+    /// Sweeps every adapter in turn: each removes what belongs to no fault in `keep`. What
+    /// pauses froze is thawed first; a classifier goes before the qdisc tree it steers into;
+    /// I/O workers before the files they hold open.
     pub(crate) fn sweep(&self, keep: &[&str]) -> Swept {
-        let adapters: [&dyn Adapter; 5] = [
+        let adapters: [&dyn Adapter; 6] = [
+            &self.freezer,
             &self.firewall,
             &self.workers,
             &self.disks,
@@ -458,6 +470,7 @@ pub(crate) struct Host<'a> {
     pub(crate) shaping: &'a Shaping,
     pub(crate) workers: &'a Workers,
     pub(crate) disks: &'a Disks,
+    pub(crate) freezer: &'a Freezer,
     /// Finds the workloads faults are aimed at (see [`Target`]).
     pub(crate) workloads: &'a Arc<Workloads>,
     /// Actions a fault repeats every period (a kill `--every`).

@@ -2,23 +2,91 @@
 //! fault's own cgroup, whose limits the kernel enforces (see `kernel::cgroup`). The workers and
 //! their cgroups are the `kernel::workers` adapter's; this module decides how many, with what
 //! limits, and whether the host can spare the memory.
+//!
+//! Aimed at a workload (`--unit`, `--container`, `--pod`, `--cgroup`, `--pid`), the fault's
+//! cgroup is a child of the workload's (in each hierarchy it needs, on v1), so the workers are
+//! charged to the workload and compete inside its limits, as a noisy neighbour inside it would.
 
 use std::{
-    fs, thread,
+    fs,
+    path::PathBuf,
+    thread,
     time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
 
-use super::{Claim, Connection, Deadline, Demands, Family, Host};
+use super::{Claim, Connection, Deadline, Demands, Family, Host, Target};
 use crate::{
     errors::{EngineError, InvalidSpec, KernelError},
     kernel::{
-        cgroup::{Cgroups, Controller, CpuQuota, Limits},
+        cgroup::{Controller, CpuQuota, Limits},
         workers::WorkerError,
+        workload::Workload,
     },
     units::format_bytes,
 };
+
+/// The workload's directories, one per hierarchy it has a cgroup in.
+fn dirs(workload: &Workload) -> Vec<PathBuf> {
+    workload.placements.iter().map(|p| p.dir.clone()).collect()
+}
+
+/// Refuses a stress whose cgroup cannot be a child of the workload `target` names, with why.
+fn admit_within(
+    target: &Option<Target>,
+    limits: &Limits,
+    host: &Host<'_>,
+) -> Result<(), EngineError> {
+    let Some(target) = target else {
+        return Ok(());
+    };
+    let workload = target.check(host)?;
+    let cgroups = host
+        .workers
+        .cgroups()
+        .map_err(|e| unsupported(e.to_string()))?;
+    cgroups
+        .check_within(limits, &dirs(&workload))
+        .map_err(|detail| unsupported(format!("{}: {detail}", workload.what)))
+}
+
+/// The plan's cgroup lines, inside the workload when there is one.
+fn describe(target: &Option<Target>, id: &str, limits: &Limits, host: &Host<'_>) -> Vec<String> {
+    let workload = target.as_ref().and_then(|t| t.check(host).ok());
+    let mut plan = Vec::new();
+    if let Some(w) = &workload {
+        plan.push(format!("find: {} at {}, at apply", w.what, w.where_()));
+    }
+    plan.extend(
+        host.workers
+            .describe(id, limits, workload.as_ref().map(dirs).as_deref()),
+    );
+    plan
+}
+
+/// Creates the fault's cgroup (inside the workload, resolved now, when there is one); returns
+/// its `cgroup.procs` files and the workload's directories.
+fn create(
+    target: &Option<Target>,
+    id: &str,
+    limits: &Limits,
+    host: &Host<'_>,
+) -> Result<(Vec<PathBuf>, Option<Vec<PathBuf>>), KernelError> {
+    let within = target
+        .as_ref()
+        .map(|t| t.resolve(id, host).map(|w| dirs(&w)))
+        .transpose()?;
+    let procs = host.workers.create(id, limits, within.as_deref())?;
+    Ok((procs, within))
+}
+
+fn in_target(target: &Option<Target>) -> String {
+    target
+        .as_ref()
+        .map(|t| format!(" inside {t}"))
+        .unwrap_or_default()
+}
 
 /// Refused because the cgroup controllers stress needs are not usable: `detail` says why.
 fn unsupported(detail: String) -> EngineError {
@@ -54,6 +122,9 @@ pub(crate) struct CpuStressSpec {
         with = "super::opt_secs"
     )]
     pub(crate) ramp: Option<Duration>,
+    /// Run inside this workload's cgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) target: Option<Target>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -73,6 +144,9 @@ pub(crate) struct MemoryStressSpec {
     /// Lock the pages in memory (mlock), so they cannot be swapped out.
     #[serde(default)]
     pub(crate) lock: bool,
+    /// Run inside this workload's cgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) target: Option<Target>,
 }
 
 /// The host's online CPUs, from /sys/devices/system/cpu/online (`0-3,6`).
@@ -129,7 +203,7 @@ impl CpuStressSpec {
 }
 
 impl Family for CpuStressSpec {
-    fn validate(&self, _host: &Host<'_>) -> Result<(), InvalidSpec> {
+    fn validate(&self, host: &Host<'_>) -> Result<(), InvalidSpec> {
         if !(self.load.is_finite() && self.load > 0.0 && self.load <= 100.0) {
             return Err(InvalidSpec::new(
                 "load",
@@ -180,11 +254,17 @@ impl Family for CpuStressSpec {
                 "0s: leave it out for the full load at once",
             ));
         }
+        if let Some(target) = &self.target {
+            target.check(host)?;
+        }
         Ok(())
     }
 
     fn admit(&self, host: &Host<'_>) -> Result<(), EngineError> {
-        host.workers.check(&self.controllers()).map_err(unsupported)
+        host.workers
+            .check(&self.controllers())
+            .map_err(unsupported)?;
+        admit_within(&self.target, &self.limits(), host)
     }
 
     fn claims(&self) -> Vec<Claim> {
@@ -200,7 +280,7 @@ impl Family for CpuStressSpec {
     }
 
     fn plan(&self, id: &str, _deadline: Deadline, host: &Host<'_>) -> Vec<String> {
-        let mut plan = host.workers.describe(id, &self.limits());
+        let mut plan = describe(&self.target, id, &self.limits(), host);
         plan.push(format!(
             "workers: start {} CPU worker(s) (faultline __worker cpu) in the cgroup",
             self.width()
@@ -218,8 +298,8 @@ impl Family for CpuStressSpec {
     }
 
     fn apply(&self, id: &str, _deadline: Deadline, host: &Host<'_>) -> Result<(), KernelError> {
-        let procs = host.workers.cgroups()?.create(id, &self.limits())?;
         // A failure part-way is undone by the revert the engine runs after a failed apply.
+        let (procs, within) = create(&self.target, id, &self.limits(), host)?;
         for _ in 0..self.width() {
             host.workers.spawn(id, &["cpu"], &procs)?;
         }
@@ -229,13 +309,18 @@ impl Family for CpuStressSpec {
             // Ends by itself: at full load, or when the cgroup is gone (the fault reverted).
             thread::Builder::new()
                 .name(format!("ramp-{id}"))
-                .spawn(move || ramp_up(&cgroups, &id, &spec, ramp))
+                .spawn(move || {
+                    ramp_up(&spec, ramp, |quota| {
+                        cgroups.set_cpu_quota(&id, quota, within.as_deref()).is_ok()
+                    })
+                })
                 .map_err(|e| KernelError::Workers(WorkerError::Spawn(e)))?;
         }
         Ok(())
     }
 
     fn revert(&self, id: &str, host: &Host<'_>) -> Result<(), KernelError> {
+        Target::release(id, host);
         host.workers.remove(id)
     }
 
@@ -253,6 +338,14 @@ impl Family for CpuStressSpec {
 
     fn objects(&self, id: &str, host: &Host<'_>) -> Result<Vec<String>, KernelError> {
         Ok(host.workers.objects(id))
+    }
+
+    fn watched(&self) -> bool {
+        self.target.is_some()
+    }
+
+    fn target_gone(&self, id: &str, host: &Host<'_>) -> Option<String> {
+        Target::gone(id, host)
     }
 
     fn demands(&self) -> Demands {
@@ -273,11 +366,13 @@ impl Family for CpuStressSpec {
         if let Some(ramp) = self.ramp {
             out.push_str(&format!(", ramp {}", humantime::format_duration(ramp)));
         }
+        out.push_str(&in_target(&self.target));
         out
     }
 }
 
-fn ramp_up(cgroups: &Cgroups, id: &str, spec: &CpuStressSpec, ramp: Duration) {
+/// Raises the quota (through `set`, false once the cgroup is gone) to the full load.
+fn ramp_up(spec: &CpuStressSpec, ramp: Duration, set: impl Fn(CpuQuota) -> bool) {
     let full = spec.quota(1.0);
     let started = Instant::now();
     loop {
@@ -286,7 +381,7 @@ fn ramp_up(cgroups: &Cgroups, id: &str, spec: &CpuStressSpec, ramp: Duration) {
             quota_us: ((full.quota_us as f64 * share) as u64).max(MIN_QUOTA_US),
             ..full
         };
-        if cgroups.set_cpu_quota(id, quota).is_err() || share >= 1.0 {
+        if !set(quota) || share >= 1.0 {
             return;
         }
         thread::sleep(Duration::from_millis(250));
@@ -340,7 +435,7 @@ impl MemoryStressSpec {
 }
 
 impl Family for MemoryStressSpec {
-    fn validate(&self, _host: &Host<'_>) -> Result<(), InvalidSpec> {
+    fn validate(&self, host: &Host<'_>) -> Result<(), InvalidSpec> {
         let (total, _) = meminfo();
         match self.size {
             MemSize::Percent(p) if !(p.is_finite() && p > 0.0 && p <= 100.0) => {
@@ -373,6 +468,9 @@ impl Family for MemoryStressSpec {
                 "0 bytes/s: expected a rate like 100MiB/s",
             ));
         }
+        if let Some(target) = &self.target {
+            target.check(host)?;
+        }
         Ok(())
     }
 
@@ -396,7 +494,7 @@ impl Family for MemoryStressSpec {
                 ),
             });
         }
-        Ok(())
+        admit_within(&self.target, &self.limits(), host)
     }
 
     fn claims(&self) -> Vec<Claim> {
@@ -412,7 +510,7 @@ impl Family for MemoryStressSpec {
     }
 
     fn plan(&self, id: &str, _deadline: Deadline, host: &Host<'_>) -> Vec<String> {
-        let mut plan = host.workers.describe(id, &self.limits());
+        let mut plan = describe(&self.target, id, &self.limits(), host);
         plan.push(format!(
             "workers: start 1 memory worker (faultline __worker {}) in the cgroup",
             self.worker_args().join(" ")
@@ -421,13 +519,14 @@ impl Family for MemoryStressSpec {
     }
 
     fn apply(&self, id: &str, _deadline: Deadline, host: &Host<'_>) -> Result<(), KernelError> {
-        let procs = host.workers.cgroups()?.create(id, &self.limits())?;
+        let (procs, _) = create(&self.target, id, &self.limits(), host)?;
         let args = self.worker_args();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         host.workers.spawn(id, &args, &procs)
     }
 
     fn revert(&self, id: &str, host: &Host<'_>) -> Result<(), KernelError> {
+        Target::release(id, host);
         host.workers.remove(id)
     }
 
@@ -442,6 +541,14 @@ impl Family for MemoryStressSpec {
 
     fn objects(&self, id: &str, host: &Host<'_>) -> Result<Vec<String>, KernelError> {
         Ok(host.workers.objects(id))
+    }
+
+    fn watched(&self) -> bool {
+        self.target.is_some()
+    }
+
+    fn target_gone(&self, id: &str, host: &Host<'_>) -> Option<String> {
+        Target::gone(id, host)
     }
 
     fn demands(&self) -> Demands {
@@ -463,6 +570,7 @@ impl Family for MemoryStressSpec {
         if self.lock {
             out.push_str(" (locked)");
         }
+        out.push_str(&in_target(&self.target));
         out
     }
 }
@@ -517,6 +625,7 @@ mod tests {
             cpus: vec![],
             cores: Some(1),
             ramp: None,
+            target: None,
         };
         assert_eq!(
             spec.quota(1.0),
@@ -530,6 +639,7 @@ mod tests {
             cpus: vec![0, 1],
             cores: None,
             ramp: Some(Duration::from_secs(10)),
+            target: None,
         };
         assert_eq!(spec.quota(1.0).quota_us, 120_000);
         // A ramp starts at the kernel's minimum quota.
@@ -554,6 +664,7 @@ mod tests {
             cpus,
             cores: None,
             ramp: None,
+            target: None,
         };
         assert_eq!(host_free(spec(0.0, vec![])), Err("load".to_owned()));
         assert_eq!(host_free(spec(100.5, vec![])), Err("load".to_owned()));

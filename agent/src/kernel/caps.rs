@@ -16,6 +16,7 @@ use super::{
     cgroup::{Cgroups, Controller},
     disk::space,
     nft,
+    workload::Hierarchies,
 };
 
 /// One facility: whether faultline can use it, and what was found or what is missing.
@@ -66,6 +67,10 @@ pub(crate) struct Capabilities {
     pub(crate) cgroup_version: u32,
     /// The hierarchy itself, for stress faults; why not, when there is none.
     pub(crate) cgroups: Result<Cgroups, String>,
+    /// The cgroup hierarchies workloads are found in, and the freezer pause uses.
+    pub(crate) workloads: Capability,
+    /// pidfds: how kill and pause signal a process and only it.
+    pub(crate) pidfd: Capability,
 }
 
 impl Capabilities {
@@ -166,6 +171,7 @@ impl Capabilities {
             },
             Err(e) => Capability::no(e.to_string()),
         };
+        let workloads = workloads(&kernel_release);
         Self {
             kernel_release,
             netem,
@@ -181,6 +187,8 @@ impl Capabilities {
             fallocate: Capability::no("not probed: the state directory is not known yet"),
             cgroup_version,
             cgroups: cgroups.map_err(|e| e.to_string()),
+            workloads,
+            pidfd: pidfd(),
         }
     }
 
@@ -198,6 +206,8 @@ impl Capabilities {
             ("cgroup", &self.cgroup),
             ("io_limits", &self.io_limits),
             ("fallocate", &self.fallocate),
+            ("workloads", &self.workloads),
+            ("pidfd", &self.pidfd),
         ]
     }
 
@@ -225,6 +235,51 @@ impl Capabilities {
         };
         self
     }
+}
+
+/// Where workloads are found (`--unit`, `--container`, `--pod`, ...) and how pause freezes.
+fn workloads(release: &str) -> Capability {
+    let hierarchies = Hierarchies::probe();
+    if hierarchies.0.is_empty() {
+        return Capability::no("no cgroup hierarchy is mounted: no workload can be found");
+    }
+    let names: Vec<&str> = hierarchies.0.iter().map(|h| h.name.as_str()).collect();
+    let v1_freezer = names.iter().any(|n| n.split(',').any(|c| c == "freezer"));
+    // cgroup.freeze exists in every non-root v2 cgroup from Linux 5.2 on.
+    let v2_freezer = hierarchies.0.iter().any(|h| h.is_v2()) && at_least(release, (5, 2));
+    let freezer = match (v1_freezer, v2_freezer) {
+        (true, _) => "the v1 freezer",
+        (false, true) => "cgroup v2 cgroup.freeze",
+        (false, false) => "none: pause stops processes with SIGSTOP",
+    };
+    Capability::yes(format!(
+        "found in the cgroup hierarchies {}; pause freezes with {freezer}",
+        names.join(" ")
+    ))
+}
+
+/// Whether a kernel release (`6.1.0-57-cloud-amd64`) is at least `major.minor`.
+fn at_least(release: &str, (major, minor): (u32, u32)) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
+}
+
+/// Whether pidfd_open(2) works (Linux 5.3 and later).
+fn pidfd() -> Capability {
+    // SAFETY: pidfd_open(2) on this process, no memory passed; the fd is closed at once.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, std::process::id() as libc::pid_t, 0) };
+    if fd < 0 {
+        return Capability::no(format!(
+            "pidfd_open: {} (Linux 5.3 or later has it); kill and pause --pid cannot signal \
+             safely without it",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: the fd was just returned by the kernel and is closed once.
+    unsafe { libc::close(fd as i32) };
+    Capability::yes("pidfd_open and pidfd_send_signal: kill and pause signal one process only")
 }
 
 /// The running kernel's build configuration, where the distribution exposes it.
@@ -316,6 +371,13 @@ fn feature(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_releases_compare_by_major_and_minor() {
+        assert!(at_least("6.1.0-57-cloud-amd64", (5, 2)));
+        assert!(at_least("5.2.0", (5, 2)));
+        assert!(!at_least("4.19.0-21-amd64", (5, 2)));
+    }
 
     #[test]
     fn config_values_are_read_by_exact_option() {

@@ -317,11 +317,21 @@ impl Cgroups {
         Ok(())
     }
 
+    /// Where a fault's `<parent>/<id>` goes in the hierarchy mounted at `mount`: its root, or,
+    /// for a fault inside a workload, the workload's directory in that hierarchy (`within`,
+    /// one directory per hierarchy it has one in).
+    fn base(mount: &Path, within: Option<&[PathBuf]>) -> Option<PathBuf> {
+        match within {
+            None => Some(mount.to_owned()),
+            Some(dirs) => dirs.iter().find(|d| d.starts_with(mount)).cloned(),
+        }
+    }
+
     /// The directories of one fault's cgroup, one per hierarchy it spans (one on v2).
-    fn dirs(&self, id: &str, limits: Option<&Limits>) -> Vec<PathBuf> {
-        let child = |mount: &Path| mount.join(&self.parent).join(id);
+    fn dirs(&self, id: &str, limits: Option<&Limits>, within: Option<&[PathBuf]>) -> Vec<PathBuf> {
+        let child = |mount: &Path| Self::base(mount, within).map(|b| b.join(&self.parent).join(id));
         match &self.hierarchy {
-            Hierarchy::V2 { root, .. } => vec![child(root)],
+            Hierarchy::V2 { root, .. } => child(root).into_iter().collect(),
             Hierarchy::V1 {
                 cpu,
                 cpuacct,
@@ -331,8 +341,7 @@ impl Cgroups {
             } => {
                 let mut dirs = Vec::new();
                 let mut push = |mount: &Option<PathBuf>| {
-                    if let Some(mount) = mount {
-                        let dir = child(mount);
+                    if let Some(dir) = mount.as_deref().and_then(child) {
                         if !dirs.contains(&dir) {
                             dirs.push(dir);
                         }
@@ -357,11 +366,8 @@ impl Cgroups {
                     }
                     // Removing: wherever the fault may have a cgroup.
                     None => {
-                        for (_, mount) in self.mounts() {
-                            let dir = child(mount);
-                            if !dirs.contains(&dir) {
-                                dirs.push(dir);
-                            }
+                        for mount in [cpu, cpuacct, cpuset, memory] {
+                            push(mount);
                         }
                     }
                 }
@@ -370,10 +376,62 @@ impl Cgroups {
         }
     }
 
+    /// Why a fault with `limits` cannot have its cgroup inside the workload at `within`, if it
+    /// cannot: a hierarchy it needs where the workload has no cgroup, or, on v2, a workload
+    /// cgroup that holds processes itself and so cannot give a child its own controllers (the
+    /// kernel's no-internal-processes rule).
+    pub(crate) fn check_within(&self, limits: &Limits, within: &[PathBuf]) -> Result<(), String> {
+        let needed = self.dirs("x", Some(limits), None);
+        for dir in &needed {
+            let mount = dir.parent().and_then(Path::parent).unwrap_or(dir);
+            if Self::base(mount, Some(within)).is_none() {
+                return Err(format!(
+                    "the workload has no cgroup in the hierarchy at {}",
+                    mount.display()
+                ));
+            }
+        }
+        if let Hierarchy::V2 { root, .. } = &self.hierarchy {
+            if let Some(base) = Self::base(root, Some(within)) {
+                let subtree =
+                    fs::read_to_string(base.join("cgroup.subtree_control")).unwrap_or_default();
+                let wanted = self.v2_wanted(&base);
+                let missing = wanted
+                    .iter()
+                    .any(|c| !subtree.split_whitespace().any(|have| have == c));
+                if missing && !procs(&base).is_empty() {
+                    return Err(format!(
+                        "{} holds processes itself, and cgroup v2 gives no child of such a cgroup \
+                         controllers of its own (no internal processes); the workers could not be \
+                         held to their limits inside it. Name a cgroup above the processes \
+                         (a pod, a slice) instead",
+                        base.display()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The v2 controllers faultline uses that `dir` can hand to children.
+    fn v2_wanted(&self, dir: &Path) -> Vec<String> {
+        let available = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+        ["cpu", "memory", "cpuset", "io"]
+            .iter()
+            .filter(|c| available.split_whitespace().any(|have| have == **c))
+            .map(|c| c.to_string())
+            .collect()
+    }
+
     /// The plan for `create`, as the writes it makes.
-    pub(crate) fn describe(&self, id: &str, limits: &Limits) -> Vec<String> {
+    pub(crate) fn describe(
+        &self,
+        id: &str,
+        limits: &Limits,
+        within: Option<&[PathBuf]>,
+    ) -> Vec<String> {
         let mut lines: Vec<String> = self
-            .dirs(id, Some(limits))
+            .dirs(id, Some(limits), within)
             .iter()
             .map(|d| format!("cgroup v{}: mkdir {}", self.version(), d.display()))
             .collect();
@@ -429,8 +487,13 @@ impl Cgroups {
     /// Creates the fault's cgroup with its limits; returns the `cgroup.procs` files a worker
     /// must join. A failure part-way leaves what was made for `remove`, which the engine runs
     /// after every failed apply.
-    pub(crate) fn create(&self, id: &str, limits: &Limits) -> Result<Vec<PathBuf>, CgroupError> {
-        let dirs = self.dirs(id, Some(limits));
+    pub(crate) fn create(
+        &self,
+        id: &str,
+        limits: &Limits,
+        within: Option<&[PathBuf]>,
+    ) -> Result<Vec<PathBuf>, CgroupError> {
+        let dirs = self.dirs(id, Some(limits), within);
         for dir in &dirs {
             let parent = dir.parent().expect("faultline/<id> has a parent");
             self.prepare_parent(parent)?;
@@ -463,22 +526,24 @@ impl Cgroups {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
             Err(e) => return Err(io_error("create the cgroup", parent)(e)),
         };
+        // The hierarchy's root, or the workload the fault runs inside.
+        let base = parent.parent().expect("the parent sits in a mount");
         match &self.hierarchy {
-            Hierarchy::V2 { root, controllers } => {
-                let wanted: Vec<String> = ["cpu", "memory", "cpuset", "io"]
+            Hierarchy::V2 { .. } => {
+                let wanted: Vec<String> = self
+                    .v2_wanted(base)
                     .iter()
-                    .filter(|c| controllers.iter().any(|have| have == *c))
                     .map(|c| format!("+{c}"))
                     .collect();
                 if !wanted.is_empty() {
-                    for dir in [root.as_path(), parent] {
+                    for dir in [base, parent] {
                         write(&dir.join("cgroup.subtree_control"), &wanted.join(" "))?;
                     }
                 }
             }
             Hierarchy::V1 { .. } => {
                 if created && parent.join("cpuset.cpus").exists() {
-                    let root = parent.parent().expect("the parent sits in a mount");
+                    let root = base;
                     copy_file(&root.join("cpuset.cpus"), &parent.join("cpuset.cpus"))?;
                     copy_file(&root.join("cpuset.mems"), &parent.join("cpuset.mems"))?;
                 }
@@ -493,12 +558,17 @@ impl Cgroups {
     }
 
     /// Changes the CPU quota of a live fault (the linear ramp-up).
-    pub(crate) fn set_cpu_quota(&self, id: &str, quota: CpuQuota) -> Result<(), CgroupError> {
+    pub(crate) fn set_cpu_quota(
+        &self,
+        id: &str,
+        quota: CpuQuota,
+        within: Option<&[PathBuf]>,
+    ) -> Result<(), CgroupError> {
         let limits = Limits {
             cpu: Some(quota),
             ..Limits::default()
         };
-        let dirs = self.dirs(id, Some(&limits));
+        let dirs = self.dirs(id, Some(&limits), within);
         for (file, value) in self.limit_writes(&limits) {
             if file == "cpu.cfs_period_us" {
                 continue;
@@ -510,11 +580,11 @@ impl Cgroups {
         Ok(())
     }
 
-    /// What the kernel has charged to the fault's cgroup so far; `None` where this hierarchy
-    /// does not account it (a controller not mounted).
-    pub(crate) fn usage(&self, id: &str) -> Usage {
+    /// What the kernel has charged to the fault's cgroup (at the roots, or inside the workload
+    /// at `within`) so far; `None` where this hierarchy does not account it.
+    pub(crate) fn usage(&self, id: &str, within: Option<&[PathBuf]>) -> Usage {
         let mut usage = Usage::default();
-        for dir in self.dirs(id, None).into_iter().filter(|d| d.exists()) {
+        for dir in self.existing(id, within) {
             let stat = fs::read_to_string(dir.join("cpu.stat")).unwrap_or_default();
             let field = |name: &str| {
                 stat.lines()
@@ -539,18 +609,19 @@ impl Cgroups {
         usage
     }
 
-    /// The fault's cgroups that exist, in every hierarchy.
-    pub(crate) fn existing(&self, id: &str) -> Vec<PathBuf> {
-        self.dirs(id, None)
+    /// The fault's cgroups that exist, in every hierarchy (at the roots, or inside the
+    /// workload at `within`).
+    pub(crate) fn existing(&self, id: &str, within: Option<&[PathBuf]>) -> Vec<PathBuf> {
+        self.dirs(id, None, within)
             .into_iter()
             .filter(|d| d.exists())
             .collect()
     }
 
     /// Kills every process in the fault's cgroup and removes it. Idempotent.
-    pub(crate) fn remove(&self, id: &str) -> Result<(), CgroupError> {
+    pub(crate) fn remove(&self, id: &str, within: Option<&[PathBuf]>) -> Result<(), CgroupError> {
         let dirs: Vec<PathBuf> = self
-            .dirs(id, None)
+            .dirs(id, None, within)
             .into_iter()
             .filter(|d| d.exists())
             .collect();
@@ -721,7 +792,7 @@ mod tests {
             ..Limits::default()
         };
         assert_eq!(
-            v1().describe("abc", &limits),
+            v1().describe("abc", &limits, None),
             vec![
                 "cgroup v1: mkdir /cg/cpu,cpuacct/faultline/abc",
                 "cgroup v1: write \"100000\" to cpu.cfs_period_us",

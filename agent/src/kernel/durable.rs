@@ -39,6 +39,26 @@ pub(crate) fn remove(dir: &Path, path: &Path) -> io::Result<bool> {
     }
 }
 
+/// The names of the records in `dir` (`<name>.json`, temporaries left out), sorted: the ids of
+/// the faults an adapter keeps a record for. None when the directory does not exist.
+pub(crate) fn record_ids(dir: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .filter(|n| !n.starts_with('.'))
+                .map(str::to_owned)
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -158,6 +178,7 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["a.json"]);
+        assert_eq!(record_ids(dir.path()), ["a"]);
         assert!(remove(dir.path(), &path).unwrap());
         assert!(!remove(dir.path(), &path).unwrap());
     }

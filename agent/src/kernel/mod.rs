@@ -11,6 +11,7 @@
 //! | [`qdisc::shaping::Shaping`] | faultline's root qdisc trees, IFB devices, records of replaced roots |
 //! | [`workers::Workers`] | stress worker processes and their cgroups |
 //! | [`disk::Disks`] | disk faults' directories (fill files, I/O files), I/O limits they set on cgroups, records of both |
+//! | [`freezer::Freezer`] | what pause faults froze (cgroups, stopped processes) and its durable record |
 //! | [`workload::Workloads`] | nothing in the kernel: it finds workloads (units, containers, pods, cgroups, processes) and remembers each active fault's |
 //!
 //! Below them: [`rtnl`] (the one route-netlink path), [`durable`] (the one fsynced write),
@@ -25,6 +26,7 @@ pub(crate) mod caps;
 pub(crate) mod cgroup;
 pub(crate) mod disk;
 pub(crate) mod durable;
+pub(crate) mod freezer;
 pub(crate) mod netdev;
 pub(crate) mod nft;
 pub(crate) mod oom;
@@ -46,6 +48,8 @@ pub(crate) enum KernelError {
     Bpf(Box<bpf::BpfError>),
     #[error(transparent)]
     Workers(#[from] workers::WorkerError),
+    #[error(transparent)]
+    Freezer(#[from] freezer::FreezerError),
     /// A fault's workload could not be found when it was applied.
     #[error(transparent)]
     Workload(#[from] workload::WorkloadError),

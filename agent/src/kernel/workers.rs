@@ -1,6 +1,9 @@
 //! The workers adapter: it owns the processes stress faults run and the cgroups that hold them
-//! (`<parent>/<fault id>`, see `kernel::cgroup`), kills and reaps them on revert, and sweeps
-//! the cgroups no fault accounts for at start-up.
+//! (`<parent>/<fault id>` at each hierarchy's root, or inside a workload's cgroup for a stress
+//! inside a workload; see `kernel::cgroup`), kills and reaps them on revert, and sweeps the
+//! cgroups no fault accounts for at start-up. Where a fault's cgroup is inside a workload, the
+//! workload's directories are recorded (fsynced, `<state dir>/workers/<id>.json`) before the
+//! cgroup is made, so that a revert after a crash and the sweep find it.
 //!
 //! Workers are this binary re-executed in a hidden mode (`faultline __worker`). They are
 //! spawned by one long-lived thread of the agent with `PR_SET_PDEATHSIG`, so they die with the
@@ -9,9 +12,9 @@
 
 use std::{
     ffi::CString,
-    io,
+    fs, io,
     os::unix::process::CommandExt,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{mpsc, Mutex},
     thread,
@@ -20,7 +23,7 @@ use std::{
 
 use super::{
     cgroup::{CgroupError, Cgroups, Controller, Limits, Usage},
-    Adapter, KernelError, Swept,
+    durable, Adapter, KernelError, Swept,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +36,13 @@ pub(crate) enum WorkerError {
     Spawn(#[source] io::Error),
     #[error("the worker spawner thread is gone")]
     SpawnerGone,
+    #[error("cannot {what} the record {path}: {source}")]
+    Record {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// A worker to start: its `__worker` arguments and the `cgroup.procs` files it joins.
@@ -50,6 +60,8 @@ pub(crate) struct Workers {
     /// Bytes of MemAvailable a memory stress must leave; `None`: the default.
     reserve: Option<u64>,
     spawner: Mutex<mpsc::Sender<Spawn>>,
+    /// Records of the workloads faults' cgroups are inside.
+    records: PathBuf,
 }
 
 enum Spawn {
@@ -59,7 +71,11 @@ enum Spawn {
 }
 
 impl Workers {
-    pub(crate) fn new(cgroups: Result<Cgroups, String>, reserve: Option<u64>) -> Self {
+    pub(crate) fn new(
+        cgroups: Result<Cgroups, String>,
+        reserve: Option<u64>,
+        state_dir: &Path,
+    ) -> Self {
         let (tx, rx) = mpsc::channel();
         thread::Builder::new()
             .name("stress-spawner".to_owned())
@@ -69,7 +85,43 @@ impl Workers {
             cgroups,
             reserve,
             spawner: Mutex::new(tx),
+            records: state_dir.join("workers"),
         }
+    }
+
+    fn record_path(&self, id: &str) -> PathBuf {
+        self.records.join(format!("{id}.json"))
+    }
+
+    /// The workload directories fault `id`'s cgroup is inside, if it is inside one.
+    fn within(&self, id: &str) -> Option<Vec<PathBuf>> {
+        let bytes = fs::read(self.record_path(id)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Creates fault `id`'s cgroup with its limits, at the hierarchies' roots or inside the
+    /// workload whose directories are `within` (recorded first); returns the `cgroup.procs`
+    /// files a worker joins.
+    pub(crate) fn create(
+        &self,
+        id: &str,
+        limits: &Limits,
+        within: Option<&[PathBuf]>,
+    ) -> Result<Vec<PathBuf>, KernelError> {
+        let cgroups = self.cgroups()?;
+        if let Some(dirs) = within {
+            let path = self.record_path(id);
+            let record = |what| {
+                let path = path.clone();
+                move |source| WorkerError::Record { what, path, source }
+            };
+            fs::create_dir_all(&self.records).map_err(record("create the directory of"))?;
+            let text = serde_json::to_vec(dirs).expect("paths serialise");
+            durable::write(&self.records, &path, &text).map_err(record("write"))?;
+        }
+        Ok(cgroups
+            .create(id, limits, within)
+            .map_err(WorkerError::from)?)
     }
 
     pub(crate) fn cgroups(&self) -> Result<&Cgroups, WorkerError> {
@@ -88,18 +140,24 @@ impl Workers {
     pub(crate) fn usage(&self, id: &str) -> Usage {
         self.cgroups
             .as_ref()
-            .map(|c| c.usage(id))
+            .map(|c| c.usage(id, self.within(id).as_deref()))
             .unwrap_or_default()
     }
 
-    /// Fault `id`'s cgroups that exist, one line each.
+    /// Fault `id`'s cgroups that exist, one line each, and its record of the workload it is
+    /// inside.
     pub(crate) fn objects(&self, id: &str) -> Vec<String> {
+        let record = self.record_path(id);
+        let record = record
+            .exists()
+            .then(|| format!("record {}", record.display()));
         self.cgroups
             .as_ref()
             .map(|c| {
-                c.existing(id)
+                c.existing(id, self.within(id).as_deref())
                     .iter()
                     .map(|d| format!("cgroup {}", d.display()))
+                    .chain(record)
                     .collect()
             })
             .unwrap_or_default()
@@ -111,9 +169,14 @@ impl Workers {
         cgroups.check(needs).map_err(|e| e.to_string())
     }
 
-    pub(crate) fn describe(&self, id: &str, limits: &Limits) -> Vec<String> {
+    pub(crate) fn describe(
+        &self,
+        id: &str,
+        limits: &Limits,
+        within: Option<&[PathBuf]>,
+    ) -> Vec<String> {
         match &self.cgroups {
-            Ok(cgroups) => cgroups.describe(id, limits),
+            Ok(cgroups) => cgroups.describe(id, limits, within),
             Err(e) => vec![format!("cgroups: not usable here ({e})")],
         }
     }
@@ -148,7 +211,10 @@ impl Workers {
         let Ok(cgroups) = &self.cgroups else {
             return Ok(());
         };
-        cgroups.remove(id).map_err(WorkerError::from)?;
+        let within = self.within(id);
+        cgroups
+            .remove(id, within.as_deref())
+            .map_err(WorkerError::from)?;
         let (done, wait) = mpsc::channel();
         let sent = self
             .spawner
@@ -158,7 +224,19 @@ impl Workers {
         if sent.is_ok() {
             let _ = wait.recv_timeout(Duration::from_secs(5));
         }
+        durable::remove(&self.records, &self.record_path(id)).map_err(|source| {
+            WorkerError::Record {
+                what: "remove",
+                path: self.record_path(id),
+                source,
+            }
+        })?;
         Ok(())
+    }
+
+    /// Fault ids with a record of a workload their cgroup is inside.
+    fn recorded(&self) -> Vec<String> {
+        durable::record_ids(&self.records)
     }
 }
 
@@ -169,15 +247,19 @@ impl Adapter for Workers {
         let Ok(cgroups) = &self.cgroups else {
             return swept;
         };
-        for id in cgroups.fault_ids() {
+        let mut ids = cgroups.fault_ids();
+        ids.extend(self.recorded());
+        ids.sort();
+        ids.dedup();
+        for id in ids {
             if keep.contains(&id.as_str()) {
                 continue;
             }
-            match cgroups.remove(&id) {
+            match self.remove(&id) {
                 Ok(()) => swept
                     .removed
                     .push(format!("stress cgroup and workers of {id}")),
-                Err(e) => swept.failed.push(WorkerError::from(e).into()),
+                Err(e) => swept.failed.push(e),
             }
         }
         swept

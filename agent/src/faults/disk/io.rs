@@ -188,7 +188,7 @@ impl Family for DiskIoSpec {
         ];
         match self.device() {
             Ok(device) => {
-                plan.extend(host.workers.describe(id, &self.limits(device)));
+                plan.extend(host.workers.describe(id, &self.limits(device), None));
                 plan.push(format!(
                     "disk: the rate is held on {} ({device}): {}",
                     device.name(),
@@ -218,7 +218,10 @@ impl Family for DiskIoSpec {
         let dir = host.disks.create_dir(id, &self.path, "io")?;
         let file = dir.join("data");
         space::write_data(&file, self.size, direct)?;
-        let procs = host.workers.cgroups()?.create(id, &self.limits(device))?;
+        let procs = host
+            .workers
+            .cgroups()?
+            .create(id, &self.limits(device), None)?;
         let args = self.worker_args(&file, direct);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         for _ in 0..self.workers {
@@ -245,7 +248,7 @@ impl Family for DiskIoSpec {
         let (read, written, reads, writes) = host
             .workers
             .cgroups()?
-            .existing(id)
+            .existing(id, None)
             .iter()
             .find(|d| {
                 d.join("io.stat").exists() || d.join("blkio.throttle.io_service_bytes").exists()

@@ -107,8 +107,9 @@ pub(crate) fn show_rate(bps: u64) -> String {
 }
 
 /// The id the kernel gives the workload's cgroup v2 directory (its inode number), as
-/// `bpf_skb_cgroup_id` reports it for a socket in that cgroup.
-fn cgroup_id(workload: &Workload) -> Result<u64, String> {
+/// `bpf_skb_ancestor_cgroup_id` reports it for a socket in that cgroup or below it, and its
+/// depth below the root.
+fn cgroup_id(workload: &Workload) -> Result<(u64, u32), String> {
     let placement = workload.placements.iter().find(|p| p.v2).ok_or_else(|| {
         format!(
             "{} has no cgroup in a cgroup v2 hierarchy ({}); targeting a workload's traffic \
@@ -117,8 +118,9 @@ fn cgroup_id(workload: &Workload) -> Result<u64, String> {
             workload.where_()
         )
     })?;
+    let level = placement.path.split('/').filter(|p| !p.is_empty()).count() as u32;
     std::fs::metadata(&placement.dir)
-        .map(|meta| meta.ino())
+        .map(|meta| (meta.ino(), level))
         .map_err(|e| format!("{}: {e}", placement.dir.display()))
 }
 
@@ -155,7 +157,8 @@ impl<P: Shaper> ShapeSpec<P> {
         if let Some(target) = &self.target.workload {
             // Validated before; a workload gone since is an error of the apply.
             let workload = target.resolve(id, host)?;
-            config.cgroup_id = cgroup_id(&workload).map_err(WorkloadError::NotFound)?;
+            (config.cgroup_id, config.cgroup_level) =
+                cgroup_id(&workload).map_err(WorkloadError::NotFound)?;
         }
         Ok(config)
     }

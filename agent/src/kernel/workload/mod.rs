@@ -63,8 +63,6 @@ pub(crate) struct Placement {
 }
 
 impl Placement {
-    // Used by the families that write a controller's files (pause, stress in a workload).
-    #[allow(dead_code)]
     /// Whether the hierarchy carries `controller` (on v2: whether the cgroup has it enabled).
     pub(crate) fn has(&self, controller: &str) -> bool {
         if self.v2 {
@@ -115,7 +113,6 @@ impl Workload {
     }
 
     /// The placement in a hierarchy that carries `controller`.
-    #[allow(dead_code)]
     pub(crate) fn placement(&self, controller: &str) -> Option<&Placement> {
         self.placements.iter().find(|p| p.has(controller))
     }
@@ -221,6 +218,37 @@ impl Workloads {
         pids.sort_unstable();
         pids.dedup();
         pids
+    }
+
+    /// The agent's own cgroup path in each hierarchy.
+    fn own_cgroups(&self) -> Vec<(String, String)> {
+        self.hierarchies
+            .of_process(std::process::id())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(index, path)| (self.hierarchies.0[index].name.clone(), path))
+            .collect()
+    }
+
+    /// Which of the workload's cgroups holds the agent (is its cgroup or an ancestor of it).
+    pub(crate) fn holds_agent(&self, workload: &Workload) -> Option<String> {
+        if workload.pids.is_some() {
+            return None;
+        }
+        let own = self.own_cgroups();
+        workload.placements.iter().find_map(|p| {
+            own.iter()
+                .find(|(h, path)| {
+                    *h == p.hierarchy
+                        && (path == &p.path || path.starts_with(&format!("{}/", p.path)))
+                })
+                .map(|(h, path)| {
+                    format!(
+                        "{} ({h}) is the agent's own cgroup {path} or an ancestor of it",
+                        p.path
+                    )
+                })
+        })
     }
 
     fn find_unit(&self, name: &str) -> Result<Workload, WorkloadError> {
