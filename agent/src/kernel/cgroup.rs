@@ -366,7 +366,7 @@ impl Cgroups {
                     }
                     // Removing: wherever the fault may have a cgroup.
                     None => {
-                        for mount in [cpu, cpuacct, cpuset, memory] {
+                        for mount in [cpu, cpuacct, cpuset, memory, blkio] {
                             push(mount);
                         }
                     }
