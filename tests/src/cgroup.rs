@@ -92,12 +92,12 @@ impl TestCgroup {
                 }
             }
             if is_v2() {
-                // cpu and memory for the leaf and below, as systemd enables them on a host, so
-                // that usage is counted there; the processes go one level down (`work`), since
+                // cpu, memory and io for the leaf and below, as systemd enables them on a host,
+                // so that usage is counted and I/O limits can be set there; the processes go one level down (`work`), since
                 // cgroup v2 lets a cgroup that holds processes itself give no child controllers,
                 // and stress makes one.
                 let available = fs::read_to_string(root.join("cgroup.controllers"))?;
-                let plus: Vec<String> = ["cpu", "memory"]
+                let plus: Vec<String> = ["cpu", "memory", "io"]
                     .iter()
                     .filter(|c| available.split_whitespace().any(|a| a == **c))
                     .map(|c| format!("+{c}"))
