@@ -277,7 +277,7 @@ fn cpu_ramp_rises_to_the_load() -> Result<()> {
     }
     let (_ns, agent) = agent()?;
     let id = agent.apply(&[
-        "stress", "cpu", "--load", "60", "--cores", "1", "--ramp", "4s", "--for", "9s",
+        "stress", "cpu", "--load", "60", "--cores", "1", "--ramp", "4s", "--for", "15s",
     ])?;
     let share = |from: Duration, to: Duration, start: Instant| -> Result<f64> {
         thread::sleep(from.saturating_sub(start.elapsed()));
