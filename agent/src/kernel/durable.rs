@@ -143,22 +143,7 @@ impl Records {
 
     /// The fault ids that have a record, sorted.
     pub(crate) fn ids(&self) -> Vec<String> {
-        let Ok(entries) = fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        let mut ids: Vec<String> = entries
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(|n| n.strip_suffix(".json"))
-                    // `.<name>.tmp` files of an interrupted write are not records.
-                    .filter(|n| !n.starts_with('.'))
-                    .map(str::to_owned)
-            })
-            .collect();
-        ids.sort();
-        ids
+        record_ids(&self.dir)
     }
 }
 
