@@ -161,22 +161,27 @@ fn faults_work_with_only_the_units_capabilities() -> Result<()> {
 
     // Pause and kill a workload whose process runs as another user (nobody): the freezer, and
     // a signal across users (CAP_KILL).
-    if std::env::var_os("FAULTLINE_VM_GUEST").is_some() {
-        // An open bug, not a missing facility: in the guest (cgroup v2) the agent under the
-        // unit's capabilities resolves this workload with 0 processes and kills none, though
-        // the kill and pause tests find theirs there. Noted on the issue; the host runs it.
-        faultline_tests::skip(
-            "faults_work_with_only_the_units_capabilities",
-            "pause and kill of another user's process: open bug in the cgroup v2 guest \
-             (the workload resolves with 0 processes under the unit's capabilities)",
-        );
-    } else {
+    {
         let mut workload = faultline_tests::cgroup::TestCgroup::create(
             &format!("flw-{}.service", faultline_tests::unique()),
             &["freezer", "cpu"],
         )?;
-        let pid =
-            workload.spawn("exec setpriv --reuid=65534 --regid=65534 --clear-groups sleep 600")?;
+        // setpriv by its path: a shell that prefers its own applets (busybox's, in the VM
+        // guest) would run one that knows no --reuid, and the workload would be gone.
+        let setpriv = which("setpriv").context("setpriv")?;
+        let pid = workload.spawn(&format!(
+            "exec {} --reuid=65534 --regid=65534 --clear-groups sleep 600",
+            setpriv.display()
+        ))?;
+        let started = std::time::Instant::now();
+        while process_uid(pid) != Some(65534) {
+            ensure!(
+                started.elapsed() < Duration::from_secs(10),
+                "the workload ({pid}) does not run as nobody: {:?}",
+                fs::read_to_string(format!("/proc/{pid}/status"))
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let pause = agent.apply(&["pause", "--cgroup", &workload.path, "--for", "60s"])?;
         agent.revert(&pause)?;
         let kill = agent.apply(&["kill", "--cgroup", &workload.path, "--for", "60s"])?;
@@ -246,6 +251,24 @@ fn capability_bit(name: &str) -> Result<u64> {
         other => bail!("capability {other} is not known to this test; add its number"),
     };
     Ok(1 << number)
+}
+
+/// The real uid of a running process (not a zombie).
+fn process_uid(pid: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    if status
+        .lines()
+        .any(|l| l.starts_with("State:") && l.contains("zombie"))
+    {
+        return None;
+    }
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn which(program: &str) -> Result<PathBuf> {
