@@ -19,43 +19,32 @@ use tempfile::TempDir;
 
 use crate::process;
 
-/// An ext4 filesystem on a loop device, mounted under a temporary directory (named `fld-...`).
+/// A loop device of its own over a sparse image file in a temporary directory (named
+/// `fld-...`), with no filesystem on it: for throttling tests whose writers go straight to the
+/// device, so that no filesystem's journal sits between the writers and the throttle. Drop
+/// detaches it.
 #[derive(Debug)]
-pub struct LoopFs {
+pub struct LoopDev {
     dir: TempDir,
     device: String,
-    mounted: bool,
 }
 
-impl LoopFs {
-    /// Makes a `mib` MiB filesystem (mkfs.ext4 defaults: 5 % reserved for root, so `df`'s
-    /// available is less than its free) and mounts it.
+impl LoopDev {
+    /// A `mib` MiB device, every byte zero.
     pub fn new(mib: u64) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("fld-").tempdir()?;
+        Self::over(dir, mib, |_| Ok(()))
+    }
+
+    /// A device over `dir/image` of `mib` MiB, after `prepare` has had the image.
+    fn over(dir: TempDir, mib: u64, prepare: impl FnOnce(&Path) -> Result<()>) -> Result<Self> {
         let image = dir.path().join("image");
         fs::File::create(&image)?.set_len(mib << 20)?;
-        let mut mkfs = Command::new("mkfs.ext4");
-        mkfs.args(["-q", "-F"]).arg(&image);
-        process::run_ok(mkfs)?;
+        prepare(&image)?;
         let mut losetup = Command::new("losetup");
         losetup.args(["--find", "--show"]).arg(&image);
         let device = process::run_ok(losetup)?.trim().to_owned();
-        let mut fs = Self {
-            dir,
-            device,
-            mounted: false,
-        };
-        fs::create_dir(fs.path())?;
-        let mut mount = Command::new("mount");
-        mount.arg(&fs.device).arg(fs.path());
-        process::run_ok(mount)?;
-        fs.mounted = true;
-        Ok(fs)
-    }
-
-    /// The mount point.
-    pub fn path(&self) -> PathBuf {
-        self.dir.path().join("mnt")
+        Ok(Self { dir, device })
     }
 
     /// `/dev/loopN`.
@@ -73,11 +62,6 @@ impl LoopFs {
             .with_context(|| format!("reading {}", path.display()))?
             .trim()
             .to_owned())
-    }
-
-    /// Bytes available to writers (`df`'s Avail).
-    pub fn free(&self) -> Result<u64> {
-        Ok(statvfs(&self.path())?.0)
     }
 
     /// Bytes `(read, written)` by the loop device since it was attached, from
@@ -99,6 +83,71 @@ impl LoopFs {
             path.display()
         );
         Ok((fields[2] * 512, fields[6] * 512))
+    }
+}
+
+impl Drop for LoopDev {
+    fn drop(&mut self) {
+        let mut losetup = Command::new("losetup");
+        losetup.arg("-d").arg(&self.device);
+        if let Err(e) = process::run_ok(losetup) {
+            eprintln!("cleanup: cannot detach {}: {e:#}", self.device);
+        }
+    }
+}
+
+/// An ext4 filesystem on a [`LoopDev`], mounted under the device's temporary directory.
+#[derive(Debug)]
+pub struct LoopFs {
+    dev: LoopDev,
+    mounted: bool,
+}
+
+impl LoopFs {
+    /// Makes a `mib` MiB filesystem (mkfs.ext4 defaults: 5 % reserved for root, so `df`'s
+    /// available is less than its free) and mounts it.
+    pub fn new(mib: u64) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("fld-").tempdir()?;
+        let dev = LoopDev::over(dir, mib, |image| {
+            let mut mkfs = Command::new("mkfs.ext4");
+            mkfs.args(["-q", "-F"]).arg(image);
+            process::run_ok(mkfs).map(drop)
+        })?;
+        let mut fs = Self {
+            dev,
+            mounted: false,
+        };
+        fs::create_dir(fs.path())?;
+        let mut mount = Command::new("mount");
+        mount.arg(fs.device()).arg(fs.path());
+        process::run_ok(mount)?;
+        fs.mounted = true;
+        Ok(fs)
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> PathBuf {
+        self.dev.dir.path().join("mnt")
+    }
+
+    /// `/dev/loopN`.
+    pub fn device(&self) -> &str {
+        self.dev.device()
+    }
+
+    /// `MAJ:MIN` of the loop device, as the I/O controllers name it.
+    pub fn major_minor(&self) -> Result<String> {
+        self.dev.major_minor()
+    }
+
+    /// Bytes available to writers (`df`'s Avail).
+    pub fn free(&self) -> Result<u64> {
+        Ok(statvfs(&self.path())?.0)
+    }
+
+    /// Bytes `(read, written)` by the loop device since it was attached.
+    pub fn device_io_bytes(&self) -> Result<(u64, u64)> {
+        self.dev.device_io_bytes()
     }
 
     /// `(size, available, block)` in bytes, as `df` counts them.
@@ -141,11 +190,7 @@ impl Drop for LoopFs {
                 }
             }
         }
-        let mut losetup = Command::new("losetup");
-        losetup.arg("-d").arg(&self.device);
-        if let Err(e) = process::run_ok(losetup) {
-            eprintln!("cleanup: cannot detach {}: {e:#}", self.device);
-        }
+        // The device detaches when `dev` drops, after this.
     }
 }
 
