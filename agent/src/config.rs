@@ -37,9 +37,6 @@ pub(crate) struct AgentConfig {
     /// A fault that has acted on nothing for this long after it was applied is flagged
     /// ineffective.
     pub(crate) ineffective_after: Duration,
-    /// Free space a disk fault must leave on the state directory's filesystem, so that the
-    /// journal can always be written; `None`: 256 MiB.
-    pub(crate) disk_reserve: Option<u64>,
     /// Bytes of the state filesystem kept free for journal entries and reverts: applies are
     /// refused and audit lines shed at this reserve (see `engine::space`).
     pub(crate) state_reserve: u64,
@@ -57,7 +54,6 @@ impl Default for AgentConfig {
             memory_reserve: None,
             cgroup_parent: crate::kernel::cgroup::DEFAULT_PARENT.to_owned(),
             ineffective_after: DEFAULT_INEFFECTIVE_AFTER,
-            disk_reserve: None,
             state_reserve: crate::engine::space::DEFAULT_STATE_RESERVE,
         }
     }

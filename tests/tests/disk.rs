@@ -234,7 +234,7 @@ fn the_state_directory_keeps_its_reserve() -> Result<()> {
     let fs = LoopFs::new(256)?;
     let ns = Netns::create(&format!("fld-{}-{}", std::process::id(), unique()))?;
     // The agent journals on the filesystem it is asked to fill.
-    let agent = Agent::start_with_state_under(&ns, &fs.path(), &["--disk-reserve", "64MiB"])?;
+    let agent = Agent::start_with_state_under(&ns, &fs.path(), &["--state-reserve", "32MiB"])?;
     agent.watch_dir(&fs.path());
     let path = fs.path().display().to_string();
     let free = fs.free()?;
@@ -247,7 +247,7 @@ fn the_state_directory_keeps_its_reserve() -> Result<()> {
         4,
     )?;
     ensure!(
-        stderr.contains("reserve of 64.0MiB"),
+        stderr.contains("room of 64.0MiB") && stderr.contains("--state-reserve 32.0MiB"),
         "the refusal does not name the agent's reserve: {stderr}"
     );
     // Up to the reserve is accepted, and the agent still journals and reverts.
@@ -258,7 +258,7 @@ fn the_state_directory_keeps_its_reserve() -> Result<()> {
     let during = fs.free()?;
     note(
         TEST,
-        format!("free {free} -> {during} bytes with a 64 MiB reserve"),
+        format!("free {free} -> {during} bytes with twice a 32 MiB state reserve"),
     );
     ensure!(
         during >= 64 * MIB,

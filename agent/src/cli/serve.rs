@@ -91,7 +91,8 @@ pub(crate) struct Options {
     #[arg(long, value_name = "N", default_value_t = crate::api::audit::DEFAULT_KEEP, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub(crate) audit_keep: u32,
     /// Free space of the state filesystem kept for journal entries and reverts: at this
-    /// reserve applies are refused and audit lines are shed (each with an error in the log)
+    /// reserve applies are refused and audit lines are shed (each with an error in the log);
+    /// a disk fault there leaves twice as much free, so that applies go on while it lasts
     #[arg(long, value_name = "SIZE", value_parser = crate::units::parse_bytes, default_value = "32MiB")]
     pub(crate) state_reserve: u64,
     /// Where the journal of unfinished faults is kept
@@ -111,10 +112,6 @@ pub(crate) struct Options {
     /// at least 256MiB
     #[arg(long, value_name = "SIZE", value_parser = crate::units::parse_bytes)]
     pub(crate) memory_reserve: Option<u64>,
-    /// Free space a disk fault must leave on the filesystem of --state-dir, so the journal can
-    /// always be written and every fault reverted (default 256MiB)
-    #[arg(long, value_name = "SIZE", value_parser = crate::units::parse_bytes)]
-    pub(crate) disk_reserve: Option<u64>,
 
     /// The agent's own OOM score adjustment, written to /proc/self/oom_score_adj at start unless
     /// it is already lower (the systemd unit sets it with OOMScoreAdjust=); stress workers get
@@ -376,7 +373,6 @@ pub(crate) fn run(
         memory_reserve: o.memory_reserve,
         cgroup_parent: o.cgroup_parent,
         ineffective_after: o.ineffective_after,
-        disk_reserve: o.disk_reserve,
         state_reserve: o.state_reserve,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

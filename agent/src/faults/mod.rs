@@ -406,7 +406,11 @@ impl Adapters {
                 config.memory_reserve,
                 &config.state_dir,
             ),
-            disks: Disks::new(&config.state_dir, config.disk_reserve, caps.cgroups.clone()),
+            disks: Disks::new(
+                &config.state_dir,
+                config.state_reserve,
+                caps.cgroups.clone(),
+            ),
             freezer: Freezer::new(&config.state_dir),
             workloads: Arc::new(Workloads::new(&config.cgroup_parent)),
             repeats: Repeats::default(),

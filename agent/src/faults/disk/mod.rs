@@ -5,7 +5,7 @@
 //!
 //! No disk fault leaves a filesystem with less free space than its floor (`--floor`, default
 //! 1 GiB or 5 % of the filesystem, whichever is larger), nor the agent's state directory's
-//! filesystem with less than the agent's reserve (`faultline serve --disk-reserve`).
+//! filesystem with less than twice the agent's reserve (`faultline serve --state-reserve`).
 
 use std::path::Path;
 
@@ -98,11 +98,13 @@ impl Floor {
             ),
         };
         match host.disks.reserve_on(path) {
-            Some(reserve) if reserve > floor => {
+            Some((reserve, state_reserve)) if reserve > floor => {
                 why = format!(
-                    "the agent's reserve of {} on its state directory's filesystem \
-                     (faultline serve --disk-reserve)",
-                    format_bytes(reserve)
+                    "the agent's room of {} on its state directory's filesystem: twice its \
+                     reserve (faultline serve --state-reserve {}), so that it can journal, \
+                     audit and revert, and apply other faults while this one lasts",
+                    format_bytes(reserve),
+                    format_bytes(state_reserve)
                 );
                 Floor {
                     bytes: reserve,

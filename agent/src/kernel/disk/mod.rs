@@ -6,9 +6,9 @@
 //! previous value, so that the start-up sweep finds a crashed fault's files on any filesystem
 //! and puts back exactly the limits it replaced.
 //!
-//! The agent's state directory keeps a reserve of free space (`--disk-reserve`): a fault's
-//! files on the state directory's filesystem never leave less than that free, so the journal
-//! and the audit log can always be written and every fault reverted.
+//! The agent's state filesystem keeps its reserve (`--state-reserve`, see `engine::space`): a
+//! fault's files there never leave less than twice that free, the reserve for the journal, the
+//! audit log and reverts, and as much again so that applies are not refused while they last.
 
 use std::{
     fs, io,
@@ -30,9 +30,6 @@ pub(crate) mod space;
 pub(crate) mod throttle;
 
 use throttle::{BlockDevice, IoLimits};
-
-/// The default reserve of free space on the state directory's filesystem.
-pub(crate) const DEFAULT_RESERVE: u64 = 256 << 20;
 
 #[derive(Debug, Error)]
 pub(crate) enum DiskError {
@@ -118,7 +115,8 @@ pub(crate) struct Disks {
     /// `<state dir>/disk/`, one `<fault id>.json` per fault that made something.
     records: Records,
     state_dir: PathBuf,
-    reserve: u64,
+    /// `serve --state-reserve`.
+    state_reserve: u64,
     cgroups: Result<Cgroups, String>,
     /// Record updates are read-modify-write.
     lock: Mutex<()>,
@@ -127,13 +125,13 @@ pub(crate) struct Disks {
 impl Disks {
     pub(crate) fn new(
         state_dir: &Path,
-        reserve: Option<u64>,
+        state_reserve: u64,
         cgroups: Result<Cgroups, String>,
     ) -> Self {
         Self {
             records: Records::new(state_dir.join("disk")),
             state_dir: state_dir.to_owned(),
-            reserve: reserve.unwrap_or(DEFAULT_RESERVE),
+            state_reserve,
             cgroups,
             lock: Mutex::new(()),
         }
@@ -145,15 +143,16 @@ impl Disks {
             .map_err(|e| DiskError::NoCgroups(e.clone()))
     }
 
-    /// The reserve of free space that must stay on `path`'s filesystem: the state directory's
-    /// reserve when it is the same filesystem, else none.
-    pub(crate) fn reserve_on(&self, path: &Path) -> Option<u64> {
+    /// The free space a disk fault must leave on `path`'s filesystem for the agent, with the
+    /// state reserve it doubles: twice that reserve on the state directory's filesystem, so
+    /// that the agent is never at its reserve because of its own fault; elsewhere none.
+    pub(crate) fn reserve_on(&self, path: &Path) -> Option<(u64, u64)> {
         let (Ok((here, _)), Ok((state, _))) =
             (space::filesystem(path), space::filesystem(&self.state_dir))
         else {
             return None;
         };
-        (here == state).then_some(self.reserve)
+        (here == state).then_some((self.state_reserve.saturating_mul(2), self.state_reserve))
     }
 
     /// The directory fault `id` owns under `parent` for `what` (`fill`, `io`).
@@ -344,13 +343,13 @@ mod tests {
     fn a_release_removes_what_the_record_names_and_the_record() {
         let state = tempfile::tempdir().unwrap();
         let target = tempfile::tempdir().unwrap();
-        let disks = Disks::new(state.path(), None, Err("none".into()));
+        let disks = Disks::new(state.path(), 32 << 20, Err("none".into()));
         let dir = disks.create_dir("abc", target.path(), "fill").unwrap();
         assert_eq!(dir, target.path().join(".faultline-fill-abc"));
         fs::write(dir.join("fill-0000"), b"x").unwrap();
         assert_eq!(disks.records.ids(), ["abc"]);
         // A crash: a new adapter finds it from the record alone.
-        let after = Disks::new(state.path(), None, Err("none".into()));
+        let after = Disks::new(state.path(), 32 << 20, Err("none".into()));
         let swept = after.sweep(&[]);
         assert!(swept.failed.is_empty(), "{:?}", swept.failed);
         assert_eq!(swept.removed.len(), 1);
@@ -362,8 +361,8 @@ mod tests {
     #[test]
     fn the_reserve_applies_on_the_state_directorys_filesystem_only() {
         let state = tempfile::tempdir().unwrap();
-        let disks = Disks::new(state.path(), Some(5), Err("none".into()));
-        assert_eq!(disks.reserve_on(state.path()), Some(5));
+        let disks = Disks::new(state.path(), 5, Err("none".into()));
+        assert_eq!(disks.reserve_on(state.path()), Some((10, 5)));
         assert_eq!(disks.reserve_on(Path::new("/proc")), None);
     }
 }
