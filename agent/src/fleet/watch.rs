@@ -84,7 +84,9 @@ async fn follow(
                             .await
                         {
                             Ok(Ok(Some(s))) => match from_proto(s) {
-                                Ok(s) => Reading::Snapshot(Box::new(s), std::time::SystemTime::now()),
+                                Ok(s) => {
+                                    Reading::Snapshot(Box::new(s), std::time::SystemTime::now())
+                                }
                                 Err(e) => Reading::Failed(format!("an unreadable snapshot: {e}")),
                             },
                             Ok(Ok(None)) => {

@@ -127,7 +127,10 @@ impl Controller {
 
     /// Polls every 10 ms until it exits; `poke` runs at each poll with the instant it reported
     /// every fault applied, if it has. Returns its exit code, its progress and its report.
-    fn wait(mut self, mut poke: impl FnMut(Option<Instant>, u32) -> Result<()>) -> Result<(Option<i32>, String, Value)> {
+    fn wait(
+        mut self,
+        mut poke: impl FnMut(Option<Instant>, u32) -> Result<()>,
+    ) -> Result<(Option<i32>, String, Value)> {
         let status = loop {
             if let Some(status) = self.child.try_wait()? {
                 break status;
@@ -141,14 +144,21 @@ impl Controller {
             if Instant::now() > self.deadline {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                bail!("`{}` did not finish within {FLEET_TIMEOUT:?}; killed", self.shown);
+                bail!(
+                    "`{}` did not finish within {FLEET_TIMEOUT:?}; killed",
+                    self.shown
+                );
             }
             thread::sleep(Duration::from_millis(10));
         };
         let progress = self.progress.join().unwrap_or_default();
         let out = self.output.join().unwrap_or_default();
         let report: Value = serde_json::from_str(&out).with_context(|| {
-            format!("`{}` printed {out}; its progress: {}", self.shown, progress.trim())
+            format!(
+                "`{}` printed {out}; its progress: {}",
+                self.shown,
+                progress.trim()
+            )
         })?;
         Ok((status.code(), progress, report))
     }
@@ -229,7 +239,9 @@ fn fleet_abort(ctx: &Ctx, agents: &[Agent], breaker: &Netns, tag: &str) -> Resul
             let before = SystemTime::now();
             let refused = breaker.run(|| TcpStream::connect(dest))?;
             ensure!(
-                refused.as_ref().is_err_and(|e| e.kind() == ErrorKind::ConnectionRefused),
+                refused
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == ErrorKind::ConnectionRefused),
                 "a connect to {dest} in {} was not refused: {refused:?}",
                 breaker.name()
             );
@@ -238,7 +250,10 @@ fn fleet_abort(ctx: &Ctx, agents: &[Agent], breaker: &Netns, tag: &str) -> Resul
         Ok(())
     })?;
     let crossed = crossed.with_context(|| {
-        format!("`{shown}` ended before the guard was broken; its progress: {}", progress.trim())
+        format!(
+            "`{shown}` ended before the guard was broken; its progress: {}",
+            progress.trim()
+        )
     })?;
     ensure!(
         code == Some(7)
@@ -260,7 +275,10 @@ fn fleet_abort(ctx: &Ctx, agents: &[Agent], breaker: &Netns, tag: &str) -> Resul
             .with_context(|| format!("no {name} in the report: {report}"))
     };
     let reverted = at(&report["reverted_at_unix"], "reverted_at_unix")?;
-    let seen = at(&report["guard_breach"]["seen_at_unix"], "guard_breach.seen_at_unix")?;
+    let seen = at(
+        &report["guard_breach"]["seen_at_unix"],
+        "guard_breach.seen_at_unix",
+    )?;
     Ok(Abort {
         total: reverted - unix(crossed),
         seen: seen - unix(crossed),
@@ -400,26 +418,26 @@ pub fn run(ctx: &Ctx, sizes: &[usize]) -> Result<Section> {
     );
     let row = match revert_alone {
         Some(r) => row
-            .values(abort_ms, r, "the revert alone (operator abort), same agents")
+            .values(
+                abort_ms,
+                r,
+                "the revert alone (operator abort), same agents",
+            )
             .ratio(|r| format!("{r:.1}x the revert alone")),
         None => row,
     };
     rows.push(
-        row.goal(
-            "< 250 ms",
-            abort_ms < 250.0,
-            format!("{abort_ms:.0} ms"),
-        )
-        .note(format!(
-            "median of {REPEATS} ({} ms); of that, until the controller saw the breach: {:.0} \
+        row.goal("< 250 ms", abort_ms < 250.0, format!("{abort_ms:.0} ms"))
+            .note(format!(
+                "median of {REPEATS} ({} ms); of that, until the controller saw the breach: {:.0} \
              ms (median)",
-            total_ms
-                .iter()
-                .map(|v| format!("{v:.0}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            median(&seen_ms)
-        )),
+                total_ms
+                    .iter()
+                    .map(|v| format!("{v:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                median(&seen_ms)
+            )),
     );
     if measured.len() >= 2 {
         let span = format!(
