@@ -319,6 +319,15 @@ impl Btf {
         proto.vlen().checked_sub(1).ok_or_else(missing)
     }
 
+    /// Whether the kernel has a function named `name` (a BTF FUNC record: one the compiler did
+    /// not inline everywhere).
+    pub(crate) fn has_function(&self, name: &str) -> bool {
+        self.ids().any(|id| {
+            self.record(id)
+                .is_some_and(|r| r.kind() == KIND_FUNC && self.name(r) == Some(name))
+        })
+    }
+
     fn ids(&self) -> impl Iterator<Item = u32> + '_ {
         1..=self.records.len() as u32
     }
