@@ -68,9 +68,7 @@ async fn follow(
         interval: prost_types::Duration::try_from(interval).ok(),
     };
     loop {
-        let failure = match tokio::time::timeout(CONTACT_TIMEOUT, client.stream(request.clone()))
-            .await
-        {
+        let failure = match tokio::time::timeout(CONTACT_TIMEOUT, client.stream(request)).await {
             Err(_) => format!(
                 "no metrics stream within {}",
                 humantime::format_duration(CONTACT_TIMEOUT)
