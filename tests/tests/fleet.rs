@@ -1,6 +1,6 @@
 //! `faultline fleet run` across real agents, each in its own network namespace: ten agents
 //! faulted and reverted at once, a guard that a fault breaks aborting the experiment, a guard
-//! broken on one agent, read from its metrics stream, reverting every agent, a killed
+//! broken and read from an agent's metrics stream reverting every agent, a killed
 //! controller whose faults the agents revert when its leases run out, and experiment files
 //! with mistakes refused before anything is applied.
 
@@ -164,8 +164,8 @@ fn a_breached_guard_aborts_the_experiment_and_reverts() -> Result<()> {
 }
 
 #[test]
-fn a_guard_breach_streamed_by_one_agent_reverts_every_agent() -> Result<()> {
-    const T: &str = "a_guard_breach_streamed_by_one_agent_reverts_every_agent";
+fn a_guard_breach_streamed_by_an_agent_reverts_every_agent() -> Result<()> {
+    const T: &str = "a_guard_breach_streamed_by_an_agent_reverts_every_agent";
     if !require_root(T) {
         return Ok(());
     }
@@ -191,7 +191,7 @@ fn a_guard_breach_streamed_by_one_agent_reverts_every_agent() -> Result<()> {
     let (output, crossed) = thread::scope(|scope| -> Result<_> {
         let run = scope.spawn(|| fleet(&["run", &path, "-o", "json"], Duration::from_secs(60)));
         // Once both agents hold their fault, one refused connect in the second agent's
-        // namespace fails the guard there; nothing else does.
+        // namespace fails the guard; nothing else connects to that port.
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let mut held = 0;
@@ -241,11 +241,15 @@ fn a_guard_breach_streamed_by_one_agent_reverts_every_agent() -> Result<()> {
             (reverted - crossed) * 1e3
         ),
     );
-    let second = format!("unix:{}", agents[1].socket().display());
+    // Connect health counts the host's connects, whatever their namespace: either agent may
+    // be the first to report the breach.
+    let by = breach["agent"].as_str().unwrap_or_default();
     ensure!(
-        report["outcome"] == format!("aborted: guard closed port breached on {second}")
-            && breach["guard"] == "closed port"
-            && breach["agent"] == second.as_str(),
+        agents
+            .iter()
+            .any(|a| by == format!("unix:{}", a.socket().display()))
+            && report["outcome"] == format!("aborted: guard closed port breached on {by}")
+            && breach["guard"] == "closed port",
         "{report}"
     );
     ensure!(
