@@ -11,6 +11,12 @@
 //! - other: another error, or none (the application closed the socket, or the connect failed
 //!   before it sent anything).
 //!
+//! Since Linux 6.10 (`tcp_done_with_error`; the agent looks for it in the kernel's BTF and says
+//! so in `error_before_close`) the kernel sets the socket's error before it closes a failing
+//! connect, for a reset, a timeout and an ICMP error alike, and wakes the application only after:
+//! the close reads `sk_err` and knows the cause, and the agent attaches neither the reset nor the
+//! error-report program (three of a loopback connect's nine tracepoint hits). On older kernels:
+//!
 //! inet_sk_error_report names the connection only by its addresses and ports, and fires before
 //! the close on some kernels and paths (Linux 6.1's timeouts and ICMP errors) and after it on
 //! others (since 6.10, `tcp_done_with_error`). So an error seen while the connect is pending is
@@ -249,6 +255,13 @@ fn on_connect_end(sk: u64, established: bool) -> Option<()> {
         return Some(());
     }
     let fields = TCP_CONFIG.get(0)?;
+    if fields.error_before_close != 0 {
+        // The kernel set the socket's error (or none, when the application closed it) before
+        // closing it: the one read this failure needs.
+        let cause = Cause::of(read_member::<i32>(sk, fields.error).unwrap_or(0));
+        count_failure(&pending.dest, Some(cause))?;
+        return Some(());
+    }
     let sock = Sock::load(sk)?;
     let tuple = conn_tuple(&sock, fields)?;
     let cause = if pending.reset != 0 {
@@ -264,8 +277,14 @@ fn on_connect_end(sk: u64, established: bool) -> Option<()> {
     // Written for every failure: an entry left by an earlier connect on the same 4-tuple must not
     // take the report that follows this one.
     let _ = TCP_CLOSED.insert(tuple, closed, 0);
-    let stats = stats_for(&tuple_dest(&tuple))?;
-    // SAFETY: as above.
+    count_failure(&tuple_dest(&tuple), cause)
+}
+
+/// Counts a failed connect to `dest` under its cause, as other when it is not known (yet).
+#[inline(always)]
+fn count_failure(dest: &TcpDestKey, cause: Option<Cause>) -> Option<()> {
+    let stats = stats_for(dest)?;
+    // SAFETY: the per-CPU value belongs to this CPU while the program runs.
     unsafe {
         match cause {
             Some(Cause::Refused) => (*stats).refused += 1,

@@ -290,7 +290,11 @@ pub struct TcpHealthConfig {
     /// kernel without IPv6.
     pub saddr_v6: u16,
     pub daddr_v6: u16,
-    pub _pad: u32,
+    /// 1 when the kernel sets a failing connect's error (`sk_err`) before it closes the socket
+    /// (`tcp_done_with_error`, Linux 6.10 and later): the close alone then says why, and the
+    /// reset and error-report tracepoints are not needed.
+    pub error_before_close: u16,
+    pub _pad: u16,
 }
 
 impl TcpHealthConfig {
@@ -305,6 +309,7 @@ impl TcpHealthConfig {
         daddr: FIELD_ABSENT,
         saddr_v6: FIELD_ABSENT,
         daddr_v6: FIELD_ABSENT,
+        error_before_close: 0,
         _pad: 0,
     };
 }
@@ -347,6 +352,6 @@ mod tests {
             core::mem::size_of::<TcpDestStats>(),
             8 * 8 + TCP_LATENCY_BUCKETS * 8
         );
-        assert_eq!(core::mem::size_of::<TcpHealthConfig>(), 10 * 2 + 4);
+        assert_eq!(core::mem::size_of::<TcpHealthConfig>(), 12 * 2);
     }
 }

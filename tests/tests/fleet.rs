@@ -1,5 +1,6 @@
 //! `faultline fleet run` across real agents, each in its own network namespace: ten agents
-//! faulted and reverted at once, a guard that a fault breaks aborting the experiment, a killed
+//! faulted and reverted at once, a guard that a fault breaks aborting the experiment, a guard
+//! broken and read from an agent's metrics stream reverting every agent, a killed
 //! controller whose faults the agents revert when its leases run out, and experiment files
 //! with mistakes refused before anything is applied.
 
@@ -160,6 +161,108 @@ fn a_breached_guard_aborts_the_experiment_and_reverts() -> Result<()> {
         "{stdout}"
     );
     agent.assert_clean()
+}
+
+#[test]
+fn a_guard_breach_streamed_by_an_agent_reverts_every_agent() -> Result<()> {
+    const T: &str = "a_guard_breach_streamed_by_an_agent_reverts_every_agent";
+    if !require_root(T) {
+        return Ok(());
+    }
+    let pid = std::process::id();
+    let namespaces: Vec<Netns> = (0..2)
+        .map(|i| Netns::create(&format!("fl-{pid}-{}-g{i}", unique())))
+        .collect::<Result<_>>()?;
+    let agents: Vec<Agent> = namespaces.iter().map(Agent::start).collect::<Result<_>>()?;
+    for a in &agents {
+        a.wait_for_tcp_health()?;
+    }
+    let closed = SocketAddr::from(([127, 0, 0, 1], 7301));
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("streamed.yaml");
+    fs::write(
+        &file,
+        format!(
+            "name: streamed guard\ntargets:\n{}duration: 60s\nlease: 5s\ninterval: 100ms\nfaults:\n  - fault:\n      kind: block\n      direction: ingress\n      match: {{protocol: tcp, ports: [{{first: 7302, last: 7302}}]}}\nguards:\n  - name: closed port\n    metric: connect_failure_ratio\n    destination: {closed}\n    max: 0.5\n",
+            targets(&agents.iter().collect::<Vec<_>>())
+        ),
+    )?;
+    let path = file.display().to_string();
+    let (output, crossed) = thread::scope(|scope| -> Result<_> {
+        let run = scope.spawn(|| fleet(&["run", &path, "-o", "json"], Duration::from_secs(60)));
+        // Once both agents hold their fault, one refused connect in the second agent's
+        // namespace fails the guard; nothing else connects to that port.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut held = 0;
+            for a in &agents {
+                if a.faults()?.iter().any(|f| {
+                    f["state"] == "active" && f["labels"]["experiment"] == "streamed guard"
+                }) {
+                    held += 1;
+                }
+            }
+            ensure!(
+                !run.is_finished() && Instant::now() < deadline,
+                "the faults were not active on both agents while the experiment ran"
+            );
+            if held == agents.len() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let before = std::time::SystemTime::now();
+        let refused = namespaces[1].run(|| std::net::TcpStream::connect(closed))?;
+        ensure!(refused.is_err(), "{closed} accepted a connect");
+        Ok((run.join().expect("fleet thread panicked")?, before))
+    })?;
+    ensure!(
+        output.status.code() == Some(7),
+        "{}",
+        process::describe("fleet run", &output)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout)?;
+    let breach = &report["guard_breach"];
+    let unix = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    };
+    let (crossed, seen, reverted) = (
+        unix(crossed),
+        breach["seen_at_unix"].as_f64().unwrap_or(0.0),
+        report["reverted_at_unix"].as_f64().unwrap_or(0.0),
+    );
+    note(
+        T,
+        format!(
+            "{}: seen {:.0} ms after the refused connect, every fault reverted {:.0} ms after it",
+            report["outcome"],
+            (seen - crossed) * 1e3,
+            (reverted - crossed) * 1e3
+        ),
+    );
+    // Connect health counts the host's connects, whatever their namespace: either agent may
+    // be the first to report the breach.
+    let by = breach["agent"].as_str().unwrap_or_default();
+    ensure!(
+        agents
+            .iter()
+            .any(|a| by == format!("unix:{}", a.socket().display()))
+            && report["outcome"] == format!("aborted: guard closed port breached on {by}")
+            && breach["guard"] == "closed port",
+        "{report}"
+    );
+    ensure!(
+        breach["sampled_at_unix"].as_f64().is_some_and(|t| t > 0.0)
+            && crossed <= seen
+            && seen <= reverted,
+        "breach sampled, seen and reverted out of order: {report}"
+    );
+    ensure!(report["faults_applied"] == 2, "{report}");
+    for a in &agents {
+        a.assert_clean()?;
+    }
+    Ok(())
 }
 
 #[test]

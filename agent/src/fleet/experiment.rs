@@ -56,7 +56,7 @@ pub(crate) struct Experiment {
     /// agents revert on their own this long after the last renewal.
     #[serde(deserialize_with = "duration", default = "default_lease")]
     pub(crate) lease: Duration,
-    /// How often guards are evaluated.
+    /// How often each agent streams a snapshot; guards are evaluated on each as it arrives.
     #[serde(deserialize_with = "duration", default = "default_interval")]
     pub(crate) interval: Duration,
     pub(crate) faults: Vec<FaultGroup>,

@@ -6,3 +6,4 @@
 pub(crate) mod experiment;
 pub(crate) mod report;
 pub(crate) mod run;
+pub(crate) mod watch;

@@ -210,8 +210,29 @@ pub(crate) struct Report {
     /// Faults that acted on nothing, one line each (`host: fault id (kind) ...`): flagged by
     /// their agent while they ran, or with no hits when they ended.
     pub(crate) ineffective: Vec<String>,
+    /// The guard breach that aborted the experiment, when one did: when it was sampled, seen
+    /// and answered.
+    pub(crate) guard_breach: Option<BreachTiming>,
+    /// When the last revert answered (Unix seconds): every fault had stopped acting. None when
+    /// the experiment ended before anything was applied.
+    pub(crate) reverted_at_unix: Option<f64>,
     pub(crate) hosts: BTreeMap<String, Scorecard>,
     pub(crate) overall: Scorecard,
+}
+
+/// The guard breach that aborted an experiment, timed.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct BreachTiming {
+    pub(crate) guard: String,
+    /// The agent whose snapshot showed it.
+    pub(crate) agent: String,
+    /// When that agent took the snapshot (Unix seconds, the agent's clock; millisecond
+    /// resolution).
+    pub(crate) sampled_at_unix: f64,
+    /// When the snapshot reached this controller (Unix seconds).
+    pub(crate) seen_at_unix: f64,
+    /// From then until the last revert answered, every fault on every agent gone.
+    pub(crate) seen_to_reverted_seconds: f64,
 }
 
 impl Report {
@@ -228,6 +249,12 @@ impl Report {
         );
         for b in &self.breaches {
             out.push_str(&format!("breach: {b}\n"));
+        }
+        if let Some(b) = &self.guard_breach {
+            out.push_str(&format!(
+                "guard {} on {}: every fault reverted {:.3}s after its breach reached this controller\n",
+                b.guard, b.agent, b.seen_to_reverted_seconds
+            ));
         }
         for line in &self.ineffective {
             out.push_str(&format!("ineffective: {line}\n"));

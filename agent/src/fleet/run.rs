@@ -6,7 +6,7 @@
 use std::{
     collections::BTreeMap,
     future::Future,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use faultline_proto::v1::{self as pb, faults_client::FaultsClient, metrics_client::MetricsClient};
@@ -16,7 +16,8 @@ use tonic::transport::Channel;
 
 use super::{
     experiment::{selects, Destination, Experiment, Target},
-    report::{grade, score, Report, Scorecard, Window},
+    report::{grade, score, BreachTiming, Report, Scorecard, Window},
+    watch::{Reading, Streams},
 };
 use crate::{
     api::{convert, metrics::from_proto},
@@ -38,6 +39,10 @@ struct Agent {
     metrics: MetricsClient<Channel>,
     ids: Vec<String>,
     failures: u32,
+    /// Counted as lost (said once).
+    lost: bool,
+    /// What the last failed contact said.
+    last_failure: String,
 }
 
 impl Agent {
@@ -107,6 +112,97 @@ fn proto_duration(d: Duration) -> Option<prost_types::Duration> {
     prost_types::Duration::try_from(d).ok()
 }
 
+/// The guard breach that ended an experiment, as the controller saw it.
+struct BreachSeen {
+    guard: String,
+    agent: String,
+    /// When the agent took the snapshot that showed it (Unix seconds, the agent's clock).
+    sampled_at_unix: f64,
+    /// When the snapshot reached the controller (Unix seconds).
+    seen_at_unix: f64,
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Whether agent `a` has just become lost (too many failed contacts): the outcome when that
+/// aborts the experiment. Said once per agent.
+fn lost(experiment: &Experiment, a: &mut Agent, breaches: &mut Vec<String>) -> Option<String> {
+    if a.failures < LOST_AFTER || a.lost {
+        return None;
+    }
+    a.lost = true;
+    breaches.push(format!(
+        "agent {} lost ({} contacts failed, the last: {})",
+        a.target.address, a.failures, a.last_failure
+    ));
+    experiment
+        .abort
+        .on_agent_lost
+        .then(|| format!("aborted: agent {} lost", a.target.address))
+}
+
+/// Evaluates agent `a`'s newest snapshot `now` against its baseline `start`: its faults that act
+/// on nothing, its guards. The outcome when that aborts the experiment, and the guard when a
+/// guard's breach does.
+fn judge(
+    experiment: &Experiment,
+    a: &Agent,
+    start: Option<&MetricsSnapshot>,
+    now: Option<&MetricsSnapshot>,
+    ineffective: &mut Ineffective,
+    breaches: &mut Vec<String>,
+) -> Option<(String, Option<String>)> {
+    let now = now?;
+    let mut verdict = None;
+    for f in now
+        .faults
+        .iter()
+        .filter(|f| f.ineffective && a.ids.contains(&f.id))
+    {
+        if ineffective.note(&a.target.address, f) && experiment.abort.on_ineffective {
+            verdict = Some((
+                format!(
+                    "aborted: fault {} ({}) on {} acts on nothing",
+                    f.id,
+                    f.spec.kind(),
+                    a.target.address
+                ),
+                None,
+            ));
+        }
+    }
+    let start = start?;
+    for g in &experiment.guards {
+        let dest = g
+            .destination
+            .as_deref()
+            .and_then(|d| Destination::parse(d).ok());
+        let Some(v) = Window::between(start, now, dest.as_ref()).measure(g.metric) else {
+            continue;
+        };
+        if v > g.max {
+            breaches.push(format!(
+                "guard {} on {}: {} {} > max {}",
+                g.name,
+                a.target.address,
+                g.metric,
+                g.metric.show(v),
+                g.metric.show(g.max)
+            ));
+            if experiment.abort.on_guard_breach {
+                verdict = Some((
+                    format!("aborted: guard {} breached on {}", g.name, a.target.address),
+                    Some(g.name.clone()),
+                ));
+            }
+        }
+    }
+    verdict
+}
+
 /// Runs `experiment` on the connected agents until it ends or `stop` resolves (Ctrl-C);
 /// `progress` receives a line for each step, for the operator.
 pub(crate) async fn run(
@@ -124,6 +220,8 @@ pub(crate) async fn run(
             metrics: MetricsClient::new(channel),
             ids: Vec::new(),
             failures: 0,
+            lost: false,
+            last_failure: String::new(),
         })
         .collect();
     tokio::pin!(stop);
@@ -226,72 +324,90 @@ pub(crate) async fn run(
         outcome = format!("aborted: apply failed ({})", errors.join("; "));
     }
 
-    // Watch: renew leases, evaluate guards, until the duration is over.
+    // Watch: renew leases, and evaluate each agent's guards as its streamed snapshot arrives,
+    // until the duration is over.
     let ends = Instant::now() + experiment.duration;
     let renew_every = (experiment.lease / 3).max(Duration::from_millis(200));
     let mut renew = tokio::time::interval(renew_every);
-    let mut check = tokio::time::interval(experiment.interval);
     let mut last: Vec<Option<MetricsSnapshot>> = start.clone();
-    while outcome == "completed" {
+    let mut breach_seen: Option<BreachSeen> = None;
+    let mut streams = (outcome == "completed").then(|| {
+        Streams::open(
+            agents.iter().map(|a| a.metrics.clone()).collect(),
+            experiment.interval,
+        )
+    });
+    while let Some(readings) = streams.as_mut() {
         tokio::select! {
             _ = tokio::time::sleep_until(ends.into()) => break,
             _ = &mut stop => { outcome = "aborted by the operator".to_owned(); break; }
             _ = renew.tick() => {
-                for a in agents.iter_mut().filter(|a| !a.ids.is_empty()) {
+                // All at once: the readings wait while this runs.
+                let renewed = join_all(agents.iter_mut().filter(|a| !a.ids.is_empty()).map(|a| async {
                     let request = pb::RenewLeaseRequest { ids: a.ids.clone(), lease: None };
                     let renewed = tokio::time::timeout(renew_every, a.faults.renew_lease(request)).await;
                     match renewed {
                         Ok(Ok(_)) => a.failures = 0,
-                        _ => a.failures += 1,
+                        Ok(Err(status)) => {
+                            a.failures += 1;
+                            a.last_failure = format!("lease renewal: {}", status.message());
+                        }
+                        Err(_) => {
+                            a.failures += 1;
+                            a.last_failure = format!(
+                                "lease renewal: no answer within {}",
+                                humantime::format_duration(renew_every)
+                            );
+                        }
+                    }
+                })).await;
+                drop(renewed);
+                for a in agents.iter_mut() {
+                    if let Some(why) = lost(experiment, a, &mut breaches) {
+                        outcome = why;
                     }
                 }
             }
-            _ = check.tick() => {
-                let now: Vec<Result<MetricsSnapshot, String>> =
-                    join_all(agents.iter_mut().map(|a| a.snapshot())).await;
-                for (i, snapshot) in now.into_iter().enumerate() {
-                    match snapshot {
-                        Ok(s) => { agents[i].failures = 0; last[i] = Some(s); }
-                        Err(_) => agents[i].failures += 1,
-                    }
-                }
-                for (i, a) in agents.iter().enumerate() {
-                    if a.failures >= LOST_AFTER {
-                        breaches.push(format!("agent {} lost ({} contacts failed)", a.target.address, a.failures));
-                        if experiment.abort.on_agent_lost {
-                            outcome = format!("aborted: agent {} lost", a.target.address);
+            reading = readings.next() => {
+                let Some((i, reading)) = reading else { break };
+                let a = &mut agents[i];
+                match reading {
+                    Reading::Snapshot(s, arrived) => {
+                        a.failures = 0;
+                        let sampled = s.taken_at_unix_ms;
+                        last[i] = Some(*s);
+                        let verdict = judge(
+                            experiment, a, start[i].as_ref(), last[i].as_ref(),
+                            &mut ineffective, &mut breaches,
+                        );
+                        if let Some((why, guard)) = verdict {
+                            if let Some(guard) = guard {
+                                breach_seen = Some(BreachSeen {
+                                    guard,
+                                    agent: a.target.address.clone(),
+                                    sampled_at_unix: sampled as f64 / 1e3,
+                                    seen_at_unix: unix_seconds(arrived),
+                                });
+                            }
+                            outcome = why;
                         }
                     }
-                    if let Some(s) = &last[i] {
-                        for f in s.faults.iter().filter(|f| f.ineffective && a.ids.contains(&f.id)) {
-                            if ineffective.note(&a.target.address, f) && experiment.abort.on_ineffective {
-                                outcome = format!(
-                                    "aborted: fault {} ({}) on {} acts on nothing",
-                                    f.id, f.spec.kind(), a.target.address
-                                );
-                            }
-                        }
-                    }
-                    let (Some(b), Some(s)) = (&start[i], &last[i]) else { continue };
-                    for g in &experiment.guards {
-                        let dest = g.destination.as_deref().and_then(|d| Destination::parse(d).ok());
-                        if let Some(v) = Window::between(b, s, dest.as_ref()).measure(g.metric) {
-                            if v > g.max {
-                                breaches.push(format!(
-                                    "guard {} on {}: {} {} > max {}",
-                                    g.name, a.target.address, g.metric, g.metric.show(v), g.metric.show(g.max)
-                                ));
-                                if experiment.abort.on_guard_breach {
-                                    outcome = format!("aborted: guard {} breached on {}", g.name, a.target.address);
-                                }
-                            }
+                    Reading::Failed(why) => {
+                        a.failures += 1;
+                        a.last_failure = format!("metrics stream: {why}");
+                        if let Some(why) = lost(experiment, a, &mut breaches) {
+                            outcome = why;
                         }
                     }
                 }
-                if outcome != "completed" { break; }
             }
         }
+        if outcome != "completed" {
+            break;
+        }
     }
+    // Ends the streams: their readings would only compete with the reverts.
+    drop(streams);
     if outcome != "completed" {
         progress(format!("{outcome}; reverting everything"));
     }
@@ -310,6 +426,7 @@ pub(crate) async fn run(
     }))
     .await;
     let revert_seconds = reverting.elapsed().as_secs_f64();
+    let reverted_at = SystemTime::now();
     progress(format!("reverted in {revert_seconds:.3}s"));
     // A fault shorter than the agents' grace period is never flagged while it runs; its last
     // reading says whether it acted at all.
@@ -340,6 +457,14 @@ pub(crate) async fn run(
     )
     .with_applied(applied);
     report.ineffective = ineffective.lines;
+    report.reverted_at_unix = Some(unix_seconds(reverted_at));
+    report.guard_breach = breach_seen.map(|b| BreachTiming {
+        guard: b.guard,
+        agent: b.agent,
+        sampled_at_unix: b.sampled_at_unix,
+        seen_at_unix: b.seen_at_unix,
+        seen_to_reverted_seconds: unix_seconds(reverted_at) - b.seen_at_unix,
+    });
     report
 }
 
@@ -401,6 +526,8 @@ fn report(
         revert_seconds,
         breaches,
         ineffective: Vec::new(),
+        guard_breach: None,
+        reverted_at_unix: None,
         hosts,
         overall: Scorecard {
             grade: grade(&overall_scores),

@@ -319,6 +319,15 @@ impl Btf {
         proto.vlen().checked_sub(1).ok_or_else(missing)
     }
 
+    /// Whether the kernel has a function named `name` (a BTF FUNC record: one the compiler did
+    /// not inline everywhere).
+    pub(crate) fn has_function(&self, name: &str) -> bool {
+        self.ids().any(|id| {
+            self.record(id)
+                .is_some_and(|r| r.kind() == KIND_FUNC && self.name(r) == Some(name))
+        })
+    }
+
     fn ids(&self) -> impl Iterator<Item = u32> + '_ {
         1..=self.records.len() as u32
     }
@@ -684,6 +693,9 @@ mod tests {
         let sport = btf.member_sized("inet_sock", &["inet_sport"], 2);
         assert!(sport.expect("inet_sport").offset > protocol_offset(&btf));
         assert_eq!(btf.tracepoint_args("inet_sock_set_state").expect("args"), 3);
+        // Functions: one every TCP kernel has out of line, and none by a made-up name.
+        assert!(btf.has_function("tcp_v4_connect"));
+        assert!(!btf.has_function("faultline_no_such_function"));
         assert_eq!(btf.tracepoint_args("tcp_receive_reset").expect("args"), 1);
         assert_eq!(
             btf.tracepoint_args("inet_sk_error_report").expect("args"),

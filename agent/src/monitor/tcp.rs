@@ -73,6 +73,9 @@ const ERROR_REPORT: Attachment = Attachment {
     tracepoint: "inet_sk_error_report",
     args: 1,
 };
+/// The kernel function that sets a connect's error before closing its socket (Linux 6.10+).
+const ERROR_BEFORE_CLOSE: &str = "tcp_done_with_error";
+
 /// tcp_retransmit_skb(sk, skb) before Linux 6.13.
 const RETRANSMIT: Attachment = Attachment {
     program: "faultline_retx",
@@ -183,8 +186,16 @@ impl TcpHealth {
     /// a socket member, a tracepoint, BPF permission) otherwise.
     pub(crate) fn start() -> Result<Self, TcpHealthError> {
         let btf = Btf::vmlinux()?;
-        let config = sock_offsets(&btf)?;
-        let mut attachments = vec![&SET_STATE, &RECEIVE_RESET, &ERROR_REPORT];
+        let mut config = sock_offsets(&btf)?;
+        // Since Linux 6.10 a failing connect's error is set before its socket closes, so the
+        // close says why it failed; older kernels may report the error after, or let the
+        // application take it first, and the reset and error-report tracepoints fill in. Three
+        // of a loopback connect's nine tracepoint hits are theirs.
+        config.error_before_close = u16::from(btf.has_function(ERROR_BEFORE_CLOSE));
+        let mut attachments = vec![&SET_STATE];
+        if config.error_before_close == 0 {
+            attachments.extend([&RECEIVE_RESET, &ERROR_REPORT]);
+        }
         attachments.push(match btf.tracepoint_args(RETRANSMIT.tracepoint)? {
             2 => &RETRANSMIT,
             _ => &RETRANSMIT_ERR,

@@ -7,11 +7,12 @@
 use std::{
     fmt::Write as _,
     fs,
-    io::{BufRead as _, BufReader, Read as _},
+    io::{BufRead as _, BufReader, ErrorKind, Read as _},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     process::Stdio,
     sync::mpsc,
     thread,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
@@ -20,7 +21,9 @@ use serde_json::{json, Value};
 use super::{
     agent::Agent,
     grpc::{self, Client},
-    interrupted, median, pause, Ctx, Row, Section,
+    interrupted,
+    lab::Netns,
+    median, pause, Ctx, Row, Section,
 };
 use crate::exec;
 
@@ -31,6 +34,12 @@ const PORT: u16 = 7000;
 /// active (see [`fleet_run`]).
 const DURATION: &str = "10m";
 const LEASE: &str = "10s";
+/// The guards' interval of the abort experiment, and how long after every fault is applied its
+/// guard is broken (its streams are open and have sent several snapshots by then).
+const ABORT_INTERVAL: &str = "100ms";
+const ABORT_AFTER: Duration = Duration::from_millis(1500);
+/// Nothing listens there: a connect is refused, and fails the abort experiment's guard.
+const CLOSED_PORT: u16 = 7001;
 /// How long one experiment may take before its controller is killed.
 const FLEET_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -60,6 +69,101 @@ fn experiment(name: &str, agents: &[Agent]) -> String {
     text
 }
 
+/// A running `faultline fleet run FILE -o json`: its stdout (the report) and stderr (the
+/// progress) read by threads of their own, and the instant it said every fault was applied.
+struct Controller {
+    child: std::process::Child,
+    shown: String,
+    output: thread::JoinHandle<String>,
+    progress: thread::JoinHandle<String>,
+    applied: mpsc::Receiver<Instant>,
+    applied_at: Option<Instant>,
+    deadline: Instant,
+}
+
+impl Controller {
+    fn start(ctx: &Ctx, file: &std::path::Path) -> Result<Self> {
+        let mut command = exec::command(&ctx.bin.to_string_lossy(), ["fleet", "run"]);
+        command
+            .arg(file)
+            .args(["-o", "json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let shown = exec::display(&command);
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("cannot start `{shown}`"))?;
+        let mut stdout = child.stdout.take().context("stdout is piped")?;
+        let stderr = child.stderr.take().context("stderr is piped")?;
+        let output = thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stdout.read_to_string(&mut text);
+            text
+        });
+        let (applied_tx, applied) = mpsc::channel();
+        let progress = thread::spawn(move || {
+            let mut progress = String::new();
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("fleet: applied ") {
+                    let _ = applied_tx.send(Instant::now());
+                }
+                progress.push_str(&line);
+                progress.push('\n');
+            }
+            progress
+        });
+        Ok(Self {
+            child,
+            shown,
+            output,
+            progress,
+            applied,
+            applied_at: None,
+            deadline: Instant::now() + FLEET_TIMEOUT,
+        })
+    }
+
+    /// Polls every 10 ms until it exits; `poke` runs at each poll with the instant it reported
+    /// every fault applied, if it has. Returns its exit code, its progress and its report.
+    fn wait(
+        mut self,
+        mut poke: impl FnMut(Option<Instant>, u32) -> Result<()>,
+    ) -> Result<(Option<i32>, String, Value)> {
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            self.applied_at = self.applied_at.or_else(|| self.applied.try_recv().ok());
+            if let Err(e) = poke(self.applied_at, self.child.id()) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return Err(e);
+            }
+            if Instant::now() > self.deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!(
+                    "`{}` did not finish within {FLEET_TIMEOUT:?}; killed",
+                    self.shown
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        let progress = self.progress.join().unwrap_or_default();
+        let out = self.output.join().unwrap_or_default();
+        let report: Value = serde_json::from_str(&out).with_context(|| {
+            format!(
+                "`{}` printed {out}; its progress: {}",
+                self.shown,
+                progress.trim()
+            )
+        })?;
+        Ok((status.code(), progress, report))
+    }
+}
+
 /// `faultline fleet run FILE -o json` on `agents`, ended like an operator's Ctrl-C once every
 /// fault is active: (apply, revert) seconds from its report.
 ///
@@ -71,69 +175,26 @@ fn fleet_run(ctx: &Ctx, agents: &[Agent], tag: &str) -> Result<(f64, f64)> {
     let file = ctx.dir.join(format!("{tag}.yaml"));
     fs::write(&file, experiment(tag, agents))
         .with_context(|| format!("writing {}", file.display()))?;
-    let mut command = exec::command(&ctx.bin.to_string_lossy(), ["fleet", "run"]);
-    command
-        .arg(&file)
-        .args(["-o", "json"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let shown = exec::display(&command);
-    let mut child = command
-        .spawn()
-        .with_context(|| format!("cannot start `{shown}`"))?;
-    let mut stdout = child.stdout.take().context("stdout is piped")?;
-    let stderr = child.stderr.take().context("stderr is piped")?;
-    let output = thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stdout.read_to_string(&mut text);
-        text
-    });
-    let (applied_tx, applied_rx) = mpsc::channel();
-    let progress = thread::spawn(move || {
-        let mut progress = String::new();
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if line.starts_with("fleet: applied ") {
-                let _ = applied_tx.send(Instant::now());
-            }
-            progress.push_str(&line);
-            progress.push('\n');
-        }
-        progress
-    });
-    let deadline = Instant::now() + FLEET_TIMEOUT;
-    let (mut applied_at, mut signalled) = (None, false);
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        applied_at = applied_at.or_else(|| applied_rx.try_recv().ok());
+    let controller = Controller::start(ctx, &file)?;
+    let shown = controller.shown.clone();
+    let mut signalled = false;
+    let (code, progress, report) = controller.wait(|applied_at, pid| {
         // The controller starts listening for Ctrl-C as it begins to watch, right after it
         // reports the faults applied; a signal before that would kill it instead.
         if applied_at.is_some_and(|t| t.elapsed() >= Duration::from_millis(500)) && !signalled {
             // SAFETY: kill(2) on our own child, which try_wait has just found running and only
             // this thread reaps.
-            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            unsafe { libc::kill(pid as i32, libc::SIGINT) };
             signalled = true;
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("`{shown}` did not finish within {FLEET_TIMEOUT:?}; killed");
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-    let progress = progress.join().unwrap_or_default();
+        Ok(())
+    })?;
     ensure!(
-        signalled && status.code() == Some(7),
-        "`{shown}` ended {status} without an operator abort after its faults were applied; its \
-         progress: {}",
+        signalled && code == Some(7),
+        "`{shown}` ended with {code:?} without an operator abort after its faults were \
+         applied; its progress: {}",
         progress.trim()
     );
-    let out = output.join().unwrap_or_default();
-    let report: Value =
-        serde_json::from_str(&out).with_context(|| format!("`{shown}` printed {out}"))?;
     ensure!(
         report["outcome"] == "aborted by the operator" && report["faults_applied"] == agents.len(),
         "the experiment on {} agents did not end by the operator with a fault on each: {report}",
@@ -145,6 +206,83 @@ fn fleet_run(ctx: &Ctx, agents: &[Agent], tag: &str) -> Result<(f64, f64)> {
             .with_context(|| format!("no {field} in the report: {report}"))
     };
     Ok((seconds("apply_seconds")?, seconds("revert_seconds")?))
+}
+
+/// One guard breach's abort, timed: from the connect that crossed the guard's limit to the
+/// instant the report says the last revert answered; and, within that, until the controller
+/// saw the breach.
+struct Abort {
+    total: f64,
+    seen: f64,
+}
+
+/// `faultline fleet run` on `agents` with a guard on connect failures to a closed port
+/// (`interval: 100ms`); once every fault has been active for a while, one refused connect in
+/// the last agent's namespace breaks the guard.
+fn fleet_abort(ctx: &Ctx, agents: &[Agent], breaker: &Netns, tag: &str) -> Result<Abort> {
+    let file = ctx.dir.join(format!("{tag}.yaml"));
+    let mut text = experiment(tag, agents);
+    let _ = write!(
+        text,
+        "interval: {ABORT_INTERVAL}\nguards:\n  - name: closed port\n    metric: \
+         connect_failure_ratio\n    destination: 127.0.0.1:{CLOSED_PORT}\n    max: 0.5\n"
+    );
+    fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+    let controller = Controller::start(ctx, &file)?;
+    let shown = controller.shown.clone();
+    let mut crossed: Option<SystemTime> = None;
+    let (code, progress, report) = controller.wait(|applied_at, _| {
+        if crossed.is_none() && applied_at.is_some_and(|t| t.elapsed() >= ABORT_AFTER) {
+            let dest = SocketAddr::from((Ipv4Addr::LOCALHOST, CLOSED_PORT));
+            // The connect's failure is counted by the kernel before connect() returns: the
+            // guard's metric crosses its limit within this call.
+            let before = SystemTime::now();
+            let refused = breaker.run(|| TcpStream::connect(dest))?;
+            ensure!(
+                refused
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == ErrorKind::ConnectionRefused),
+                "a connect to {dest} in {} was not refused: {refused:?}",
+                breaker.name()
+            );
+            crossed = Some(before);
+        }
+        Ok(())
+    })?;
+    let crossed = crossed.with_context(|| {
+        format!(
+            "`{shown}` ended before the guard was broken; its progress: {}",
+            progress.trim()
+        )
+    })?;
+    ensure!(
+        code == Some(7)
+            && report["outcome"]
+                .as_str()
+                .is_some_and(|o| o.starts_with("aborted: guard closed port breached"))
+            && report["faults_applied"] == agents.len(),
+        "`{shown}` did not abort on the guard with a fault on each of {} agents ({code:?}): \
+         {report}",
+        agents.len()
+    );
+    let unix = |t: SystemTime| {
+        t.duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    };
+    let at = |field: &Value, name: &str| {
+        field
+            .as_f64()
+            .with_context(|| format!("no {name} in the report: {report}"))
+    };
+    let reverted = at(&report["reverted_at_unix"], "reverted_at_unix")?;
+    let seen = at(
+        &report["guard_breach"]["seen_at_unix"],
+        "guard_breach.seen_at_unix",
+    )?;
+    Ok(Abort {
+        total: reverted - unix(crossed),
+        seen: seen - unix(crossed),
+    })
 }
 
 /// One agent after the other over open channels: (apply, revert) seconds.
@@ -213,6 +351,12 @@ pub fn run(ctx: &Ctx, sizes: &[usize]) -> Result<Section> {
         }
         measured.push((n, fleet, plain));
     }
+    let mut aborts = Vec::new();
+    for rep in 0..REPEATS {
+        interrupted()?;
+        let tag = format!("abort-{most}-{rep}");
+        aborts.push(fleet_abort(ctx, &agents, &namespaces[most - 1], &tag)?);
+    }
     drop(clients);
     for ns in &namespaces {
         ensure!(
@@ -260,6 +404,41 @@ pub fn run(ctx: &Ctx, sizes: &[usize]) -> Result<Section> {
             "sequential_revert_seconds": plain.iter().map(|r| r.1).collect::<Vec<_>>(),
         }));
     }
+    let total_ms: Vec<f64> = aborts.iter().map(|a| a.total * 1e3).collect();
+    let seen_ms: Vec<f64> = aborts.iter().map(|a| a.seen * 1e3).collect();
+    let abort_ms = median(&total_ms);
+    // The same agents' revert alone, when an operator aborts: what the abort cannot beat.
+    let revert_alone = measured
+        .iter()
+        .find(|(n, ..)| *n == most)
+        .map(|(_, fleet, _)| ms(fleet.iter().map(|r| r.1).collect()));
+    let row = Row::new(
+        format!("fleet abort on a guard breach, {most} agents, interval {ABORT_INTERVAL}"),
+        "ms",
+    );
+    let row = match revert_alone {
+        Some(r) => row
+            .values(
+                abort_ms,
+                r,
+                "the revert alone (operator abort), same agents",
+            )
+            .ratio(|r| format!("{r:.1}x the revert alone")),
+        None => row,
+    };
+    rows.push(
+        row.goal("< 250 ms", abort_ms < 250.0, format!("{abort_ms:.0} ms"))
+            .note(format!(
+                "median of {REPEATS} ({} ms); of that, until the controller saw the breach: {:.0} \
+             ms (median)",
+                total_ms
+                    .iter()
+                    .map(|v| format!("{v:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                median(&seen_ms)
+            )),
+    );
     if measured.len() >= 2 {
         let span = format!(
             "{}→{} agents",
@@ -300,10 +479,24 @@ pub fn run(ctx: &Ctx, sizes: &[usize]) -> Result<Section> {
              at once) and `revert_seconds` (first revert request to the last fault gone). Then, \
              in turn, the baseline: xtask applies the same fault to the N agents one after \
              another over open gRPC channels, then reverts them likewise, timed as a whole. \
-             Medians are shown. Afterwards no namespace held faultline's table."
+             Medians are shown. Abort: {REPEATS} times on all {most} agents, the same \
+             experiment with `interval: {ABORT_INTERVAL}` and a guard `connect_failure_ratio` \
+             for 127.0.0.1:{CLOSED_PORT} (nothing listens there), max 0.5; {} ms after the \
+             controller reports every fault applied, one connect to that port in the last \
+             agent's namespace is refused (the kernel counts it before connect() returns), and \
+             the guard breaks. Timed from just before that connect to the controller's \
+             `reverted_at_unix` (the last revert answered: every fault on every agent gone); \
+             the part until the breaching snapshot reached the controller is \
+             `guard_breach.seen_at_unix`. The controller reads guards from each agent's \
+             `Metrics/Stream`. Afterwards no namespace held faultline's table.",
+            ABORT_AFTER.as_millis()
         ),
         rows,
-        details: json!({ "agents_started_seconds": start_all, "runs": details }),
+        details: json!({
+            "agents_started_seconds": start_all,
+            "runs": details,
+            "abort": { "agents": most, "interval": ABORT_INTERVAL, "total_ms": total_ms, "breach_seen_ms": seen_ms },
+        }),
     })
 }
 

@@ -12,6 +12,7 @@
 //! command then fails; Ctrl-C stops the run without writing anything.
 
 mod agent;
+mod bpfstats;
 mod fanout;
 mod fidelity;
 mod grpc;

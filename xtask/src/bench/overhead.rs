@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result};
 use serde_json::json;
 
 use super::{
-    faster, interrupted,
+    bpfstats, faster, interrupted,
     lab::{Daemon, Netns},
     median, pause,
     traffic::{connect_rate, scrape},
@@ -181,6 +181,62 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
                  {attempts} attempts, {successes} successes"
             )),
     );
+
+    // What each hook costs, in one more round with the kernel's run-time statistics on: they
+    // take time of their own, so they stay off in the rounds above.
+    let agent = ctx.agent(&ns, &[])?;
+    agent.wait_tcp_health()?;
+    pause(Duration::from_secs(1))?;
+    let pid = agent.pid().context("the agent has no pid")?;
+    let stats_on = bpfstats::StatsOn::enable()?;
+    let before = bpfstats::by_tracepoint(pid)?;
+    let (rate_stats, made_stats) = ns.run(|| connect_rate(&listener, ROUND))??;
+    let after = bpfstats::by_tracepoint(pid)?;
+    drop(stats_on);
+    drop(agent);
+    let hooks = bpfstats::since(&before, &after);
+    anyhow::ensure!(
+        !hooks.is_empty() && made_stats > 0,
+        "the agent holds no raw tracepoint programs, or no connect was made"
+    );
+    // A whole connect (connect, accept, both closes) of the loop without an agent.
+    let connect_ns = 1e9 / rate_without;
+    let per_connect = |n: u64| n as f64 / made_stats as f64;
+    let total_ns: u64 = hooks.values().map(|r| r.nanos).sum();
+    let total_runs: u64 = hooks.values().map(|r| r.count).sum();
+    for (tp, runs) in &hooks {
+        rows.push(
+            Row::new(format!("connect-health cost per connect: {tp}"), "ns")
+                .values(
+                    per_connect(runs.nanos),
+                    connect_ns,
+                    "a whole connect without an agent",
+                )
+                .ratio(|r| format!("{:.2} %", r * 100.0))
+                .note(format!(
+                    "{:.2} runs per connect, {:.0} ns per run",
+                    per_connect(runs.count),
+                    runs.nanos as f64 / runs.count.max(1) as f64
+                )),
+        );
+    }
+    rows.push(
+        Row::new("connect-health cost per connect, all hooks", "ns")
+            .values(
+                per_connect(total_ns),
+                connect_ns,
+                "a whole connect without an agent",
+            )
+            .ratio(|r| format!("{:.2} %", r * 100.0))
+            .note(format!(
+                "{:.2} program runs per connect over {} tracepoints; the kernel's run-time \
+                 statistics, one more round of {} s ({made_stats} connects, {rate_stats:.0}/s \
+                 with the statistics' own cost); the tracepoints' dispatch is not in them",
+                per_connect(total_runs),
+                hooks.len(),
+                ROUND.as_secs()
+            )),
+    );
     drop(listener);
     drop(ns);
 
@@ -309,7 +365,12 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
              namespace (its eBPF connect-health raw tracepoints are attached host-wide; each round \
              waits until `faultline metrics` no longer says `tcp_unavailable`), in ABBA order. \
              After each round with the agent, its attempts and successes for {dest} are \
-             compared with the connects made. Idle: an agent with default settings (only its \
+             compared with the connects made. Per hook: one more round with an agent and the \
+             kernel's eBPF run-time statistics on (bpf(BPF_ENABLE_STATS), for that round \
+             only: they cost time of their own), each program's `run_cnt` and `run_time_ns` \
+             from /proc/PID/fdinfo of the agent's program descriptors, before and after, by the \
+             raw tracepoint its link names (`tp_name`); per connect made, beside the time of a \
+             whole connect of the loop without an agent. Idle: an agent with default settings (only its \
              socket, state, pin and cgroup names are the bench's) beside an idle \
              prometheus-node-exporter in one namespace; user + system ticks from /proc/PID/stat \
              over {} s starting 5 s after TCP connect health loaded, and VmRSS at its end. \
@@ -325,6 +386,8 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
             "connects_per_second_without": without,
             "connects_per_second_with": with,
             "counts_per_round": counts,
+            "hooks": hooks.iter().map(|(tp, r)| (tp.clone(), json!({ "runs": r.count, "run_time_ns": r.nanos }))).collect::<serde_json::Map<_, _>>(),
+            "hooks_connects": made_stats,
             "idle": {
                 "wall_seconds": wall, "clock_ticks_per_second": hz,
                 "agent_ticks": a1 - a0, "node_exporter_ticks": e1 - e0,
