@@ -771,7 +771,10 @@ mod tests {
     #[test]
     fn promtool_accepts_a_host_snapshot_and_awkward_labels() {
         let mut e = Exposition::new();
-        host_metrics(&mut e, &host::read().expect("host snapshot"));
+        host_metrics(
+            &mut e,
+            &host::read(&host::Files::default()).expect("host snapshot"),
+        );
         e.histogram(
             "faultline_test_connect_duration_seconds",
             "Connect latency, with a back\\slash and a\nnewline in the help.",
@@ -822,7 +825,10 @@ mod tests {
     #[test]
     fn host_metric_names() {
         let mut e = Exposition::new();
-        host_metrics(&mut e, &host::read().expect("host snapshot"));
+        host_metrics(
+            &mut e,
+            &host::read(&host::Files::default()).expect("host snapshot"),
+        );
         let text = e.finish();
         for needle in [
             "faultline_cpu_seconds_total{cpu=\"0\",mode=\"user\"} ",

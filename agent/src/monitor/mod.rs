@@ -50,6 +50,8 @@ pub(crate) struct Monitor {
     tcp: Arc<OnceLock<Result<TcpHealth, String>>>,
     probes: Probes,
     counters: Arc<AgentCounters>,
+    /// procfs files kept open across snapshots.
+    files: host::Files,
 }
 
 impl Monitor {
@@ -76,6 +78,7 @@ impl Monitor {
             tcp,
             probes,
             counters,
+            files: host::Files::default(),
         }
     }
 
@@ -85,7 +88,7 @@ impl Monitor {
     }
 
     pub(crate) fn snapshot(&self) -> Result<MetricsSnapshot, host::HostError> {
-        let host = host::read()?;
+        let host = host::read(&self.files)?;
         let (tcp, tcp_unavailable) = match self.tcp.get() {
             Some(Ok(health)) => match health.snapshot() {
                 Ok(list) => (list, None),
