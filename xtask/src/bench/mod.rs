@@ -14,6 +14,7 @@
 mod agent;
 mod fanout;
 mod fidelity;
+mod floor;
 mod grpc;
 mod lab;
 mod latency;

@@ -15,8 +15,7 @@ use nftnl::{nftnl_sys as sys, FinalizedBatch, ProtoFamily};
 
 use super::NftError;
 
-/// The agent's socket; `None` until first used, and again after an error left it with answers
-/// nobody read (the next request must not read them as its own).
+/// The agent's socket; `None` until first used, and again after an error other than a refusal.
 static SOCKET: Mutex<Option<Shared>> = Mutex::new(None);
 
 /// A libmnl socket, moved between threads under [`SOCKET`]'s lock.
@@ -39,7 +38,9 @@ fn with_socket<T>(talk: impl FnOnce(&mnl::Socket) -> Result<T, NftError>) -> Res
     };
     drain(socket);
     let result = talk(socket);
-    if result.is_err() {
+    // A refusal leaves at most unread acknowledgements, which the next drain reads away; any
+    // other error may mean a broken socket.
+    if matches!(result, Err(ref e) if !matches!(e, NftError::Refused { .. })) {
         *guard = None;
     }
     result
