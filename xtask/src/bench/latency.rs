@@ -307,23 +307,33 @@ pub fn run(ctx: &Ctx, runs: usize) -> Result<Section> {
          (`nft list`, `tc qdisc show`). For scale, in the same rounds (p50, p99): one \
          journal-like durable write on the agents' filesystem (1.2 KB written, fsynced, \
          renamed, directory fsynced; faultline's apply makes one before touching the kernel, \
-         and its revert one directory fsync) took {:.3} ms, {:.3} ms; starting `true` in the \
+         and its revert removes the entry after its answer) took {:.3} ms, {:.3} ms; starting `true` in the \
          namespace (what every shell-out pays first) {:.3} ms, {:.3} ms; reading \
          /proc/net/tcp and /proc/net/tcp6 in the namespace (the kernel walks its whole TCP \
          hash table; the agent's SSH guard does it only for a fault that could touch a \
          protected port, which an inbound block of port {PORT} cannot) {:.3} ms, {:.3} ms. The \
-         `nft` baseline's delete took {:.1}x its add (p50): an nf_tables deletion waits for \
-         an RCU grace period in the kernel, whoever asks (checked by hand with the `nft` \
-         binary: rules, set elements, chains and empty tables alike; with \
-         /sys/kernel/rcu_expedited set to 1, a system-wide setting no agent should change, \
-         `nft delete table` took what its add took).",
+         `nft` baseline's delete took {:.1}x its add (p50): the kernel's answer to its batch \
+         comes at once, but closing a netfilter netlink socket flushes nf_tables' pending \
+         destructions, which wait for an RCU grace period (strace of `nft delete table`: \
+         sendmsg 0.1 ms, close 10 ms). faultline keeps its one socket open, and its revert \
+         answers once the effect has ended (the block's rules flushed); the chain and table \
+         are removed, the revert verified and the journal entry removed after the answer. \
+         The revert's answer still waits for its fsynced audit line. Floors, in the same \
+         rounds: the same nf_tables changes as faultline's block (table, live set with two \
+         elements, base chain, rule) sent as one batch by xtask on a netlink socket it keeps \
+         open took {:.3} ms (p50) to be acknowledged, and the batch that ends the block (the \
+         chain's flush) {:.3} ms; the apply's floor is that batch plus the journal-like \
+         write, summed per round, {:.3} ms (p50).",
         writes.p50,
         writes.p99,
         spawns.p50,
         spawns.p99,
         scans.p50,
         scans.p99,
-        Summary::of(&nft.revert).p50 / Summary::of(&nft.apply).p50
+        Summary::of(&nft.revert).p50 / Summary::of(&nft.apply).p50,
+        kernel_apply.p50,
+        kernel_end.p50,
+        apply_floor.p50,
     );
     drop(client);
     drop(agent);

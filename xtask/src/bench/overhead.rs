@@ -57,7 +57,7 @@ fn parse_ticks(stat: &str) -> Result<u64> {
 }
 
 /// Resident memory (VmRSS) in bytes.
-fn rss_bytes(pid: u32) -> Result<u64> {
+pub fn rss_bytes(pid: u32) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     status
