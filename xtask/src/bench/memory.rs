@@ -8,7 +8,11 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use serde_json::json;
 
-use super::{grpc, interrupted, overhead::rss_bytes, Ctx, Row, Section};
+use super::{
+    grpc, interrupted,
+    overhead::{rss_bytes, status_bytes},
+    Ctx, Row, Section,
+};
 
 /// Faults applied and reverted after the first of each kind.
 const FAULTS: usize = 1000;
@@ -50,10 +54,19 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
     cycle(kinds.len())?;
     // The clean-ups that follow the answers, and the allocator, settle.
     super::pause(Duration::from_secs(1))?;
-    let first = mib(rss_bytes(pid)?);
+    // The resident set in its two parts: the heap and stacks (anonymous), and the pages of
+    // the binary and libraries it has run (file-backed, shared with the page cache).
+    let parts = || -> Result<(f64, f64, f64)> {
+        Ok((
+            mib(rss_bytes(pid)?),
+            mib(status_bytes(pid, "RssAnon")?),
+            mib(status_bytes(pid, "RssFile")?),
+        ))
+    };
+    let (first, first_anon, first_file) = parts()?;
     cycle(FAULTS)?;
     super::pause(Duration::from_secs(1))?;
-    let after = mib(rss_bytes(pid)?);
+    let (after, after_anon, after_file) = parts()?;
     let growth = after - first;
     let names: Vec<&str> = kinds.iter().map(|(k, _)| *k).collect();
     let rows = vec![Row::new(
@@ -66,12 +79,17 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
         &format!("within {GROWTH_MIB} MiB of the first round, under {CEILING_MIB} MiB"),
         growth <= GROWTH_MIB && after < CEILING_MIB,
         format!("{growth:+.2} MiB, {after:.1} MiB"),
-    )];
+    )
+    .note(format!(
+        "anonymous {first_anon:.1} -> {after_anon:.1} MiB, file-backed (the binary's pages) \
+         {first_file:.1} -> {after_file:.1} MiB"
+    ))];
     let method = format!(
         "One agent in a namespace of its own (a veth pair to a second one). One fault of each \
          kind ({}) applied and reverted over gRPC, then the agent's VmRSS read from \
          /proc/<pid>/status after a second's pause; then {FAULTS} more faults of those kinds \
-         in turn, each applied and reverted, and VmRSS again after a second's pause.",
+         in turn, each applied and reverted, and VmRSS again after a second's pause; each \
+         split into RssAnon (heap, stacks) and RssFile (pages of the binary it has run).",
         names.join(", ")
     );
     drop(client);
@@ -80,6 +98,10 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
         title: "Steady memory".to_owned(),
         method,
         rows,
-        details: json!({ "rss_first_mib": first, "rss_after_mib": after, "faults": FAULTS }),
+        details: json!({
+            "rss_first_mib": first, "rss_after_mib": after, "faults": FAULTS,
+            "anon_first_mib": first_anon, "anon_after_mib": after_anon,
+            "file_first_mib": first_file, "file_after_mib": after_file,
+        }),
     })
 }
