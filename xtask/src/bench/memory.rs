@@ -78,12 +78,11 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
     .goal(
         &format!("within {GROWTH_MIB} MiB of the first round, under {CEILING_MIB} MiB"),
         growth <= GROWTH_MIB && after < CEILING_MIB,
-        format!("{growth:+.2} MiB, {after:.1} MiB"),
-    )
-    .note(format!(
-        "anonymous {first_anon:.1} -> {after_anon:.1} MiB, file-backed (the binary's pages) \
-         {first_file:.1} -> {after_file:.1} MiB"
-    ))];
+        format!(
+            "{growth:+.2} MiB, {after:.1} MiB; anonymous {first_anon:.1} -> {after_anon:.1}, \
+             file-backed (the binary's pages) {first_file:.1} -> {after_file:.1}"
+        ),
+    )];
     let method = format!(
         "One agent in a namespace of its own (a veth pair to a second one). One fault of each \
          kind ({}) applied and reverted over gRPC, then the agent's VmRSS read from \
