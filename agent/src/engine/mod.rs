@@ -735,9 +735,15 @@ impl Engine {
             entry.lease_due = None;
             registry.finished.push_back(fault.id.clone());
             while registry.finished.len() > KEEP_FINISHED {
-                if let Some(old) = registry.finished.pop_front() {
-                    registry.faults.remove(&old);
+                let Some(old) = registry.finished.pop_front() else {
+                    break;
+                };
+                if registry.faults.get(&old).is_some_and(|e| e.cleaning) {
+                    // Its clean-up still holds its claims; it goes at a later finish.
+                    registry.finished.push_back(old);
+                    break;
                 }
+                registry.faults.remove(&old);
             }
             finished
         };
