@@ -522,10 +522,22 @@ impl Agent {
     }
 
     /// Fails, naming them, if [`Agent::leftovers`] finds anything.
+    /// Fails if anything of the agent's is left. A revert answers once the fault's effect has
+    /// ended and cleans up right after (milliseconds): what is left is looked for again for up
+    /// to two seconds before it counts.
     pub fn assert_clean(&self) -> Result<()> {
-        let leftovers = self.leftovers()?;
-        ensure!(leftovers.is_empty(), "left behind: {leftovers:?}");
-        Ok(())
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            let leftovers = self.leftovers()?;
+            if leftovers.is_empty() {
+                return Ok(());
+            }
+            ensure!(
+                std::time::Instant::now() < until,
+                "left behind: {leftovers:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 }
 

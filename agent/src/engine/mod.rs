@@ -35,6 +35,7 @@ use crate::{
     kernel::caps::Capabilities,
 };
 
+mod cleanup;
 pub(crate) mod doctor;
 mod effect;
 pub(crate) mod fault;
@@ -131,6 +132,8 @@ struct Entry {
     objects_read: bool,
     /// Reverts retried because the last one left residue.
     residue_retries: u32,
+    /// The fault's effect has ended and its clean-up runs: its claims still hold.
+    cleaning: bool,
 }
 
 impl Entry {
@@ -142,6 +145,7 @@ impl Entry {
             lease_due: None,
             objects_read: false,
             residue_retries: 0,
+            cleaning: false,
         }
     }
 
@@ -185,6 +189,10 @@ pub(crate) struct Engine {
     shutting_down: AtomicBool,
     /// Turns true once shutdown has reverted everything: long-lived streams end on it.
     closing: watch::Sender<bool>,
+    /// Clean-ups of ended faults still running (see [`cleanup`]).
+    cleanups: watch::Sender<usize>,
+    /// The engine itself, for the tasks it starts.
+    me: std::sync::Weak<Engine>,
 }
 
 impl Engine {
@@ -205,6 +213,8 @@ impl Engine {
             events,
             shutting_down: AtomicBool::new(false),
             closing: watch::Sender::new(false),
+            cleanups: watch::Sender::new(0),
+            me: engine.clone(),
         }))
     }
 
@@ -302,6 +312,8 @@ impl Engine {
             residue: Vec::new(),
             status: Vec::new(),
         };
+        // A fault whose clean-up still runs holds its claims until it is done (milliseconds).
+        self.until_cleaned(&family.claims()).await;
         {
             // Checked and registered under one lock, so two racing requests cannot both win.
             let mut registry = self.registry();
@@ -312,7 +324,7 @@ impl Engine {
             for other in registry
                 .faults
                 .values()
-                .filter(|e| !e.fault.state.is_finished())
+                .filter(|e| !e.fault.state.is_finished() || e.cleaning)
             {
                 if let Some(claim) = other
                     .fault
@@ -545,9 +557,9 @@ impl Engine {
     }
 
     /// Runs a kernel operation of the fault's family off the async runtime.
-    async fn kernel<F>(&self, fault: &Fault, force: bool, op: F) -> Result<(), KernelError>
+    async fn kernel<T, F>(&self, fault: &Fault, force: bool, op: F) -> Result<T, KernelError>
     where
-        F: FnOnce(&dyn crate::faults::Family, &str, &Host<'_>) -> Result<(), KernelError>,
+        F: FnOnce(&dyn crate::faults::Family, &str, &Host<'_>) -> Result<T, KernelError>,
     {
         // Netlink and bpf() calls finish in microseconds to milliseconds; blocking the
         // runtime for that long is cheaper than moving borrowed state to another thread.
@@ -633,38 +645,22 @@ impl Engine {
         };
         self.publish(&fault);
         match self
-            .kernel(&fault, false, |family, id, host| family.revert(id, host))
+            .kernel(&fault, false, |family, id, host| family.end(id, host))
             .await
         {
-            Ok(()) if !self.verify_revert(&mut fault) => {
-                fault.state = FaultState::RevertedWithResidue;
-                fault.reason = format!(
-                    "{}, but the kernel still holds: {}",
-                    reason.as_str(),
-                    fault.residue.join("; ")
-                );
-                // Journalled still: the agent retries, and the next start-up sweeps it.
-                let _ = self.journal.record(&fault);
-                error!(id = %fault.id, kind = fault.spec.kind(), residue = ?fault.residue, "revert left residue");
-                self.finish(&fault);
-                self.audit_automatic(&fault, reason);
-                Ok(fault)
-            }
-            Ok(()) => {
+            Ok(ended) => {
                 fault.state = FaultState::Reverted;
                 fault.reason = match &detail {
                     Some(detail) => format!("{}: {detail}", reason.as_str()),
                     None => reason.as_str().to_owned(),
                 };
-                // Finished before the fsyncs of the journal and the audit log: whoever sees the
-                // objects gone sees the fault reverted too.
-                let fault = self.finish(&fault);
-                if let Err(e) = self.journal.remove(&fault.id) {
-                    // The objects are gone; a stale entry only costs an idempotent revert later.
-                    warn!(id = %fault.id, error = %e, "cannot remove the journal entry of a reverted fault");
-                }
+                // The effect has ended: the answer goes now. What is left (objects that no
+                // longer act, the read-back that verifies the revert, the journal entry) is
+                // done after it; a crash in between leaves the entry, and start-up sweeps.
+                let fault = self.finish_ended(&fault, ended);
                 info!(id = %fault.id, kind = fault.spec.kind(), reason = reason.as_str(), "fault reverted");
                 self.audit_automatic(&fault, reason);
+                self.clean_up_later(fault.clone(), ended);
                 Ok(fault)
             }
             Err(source) => {
@@ -707,7 +703,7 @@ impl Engine {
         results
     }
 
-    /// Refuses new faults and reverts every active one.
+    /// Refuses new faults and reverts every active one, and waits for their clean-ups.
     pub(crate) async fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
         for result in self.revert_all(RevertReason::Shutdown).await {
@@ -715,6 +711,7 @@ impl Engine {
                 error!(error = %e, "revert at shutdown failed; the next start-up retries it");
             }
         }
+        self.until_all_cleaned().await;
         self.closing.send_replace(true);
     }
 
@@ -738,9 +735,15 @@ impl Engine {
             entry.lease_due = None;
             registry.finished.push_back(fault.id.clone());
             while registry.finished.len() > KEEP_FINISHED {
-                if let Some(old) = registry.finished.pop_front() {
-                    registry.faults.remove(&old);
+                let Some(old) = registry.finished.pop_front() else {
+                    break;
+                };
+                if registry.faults.get(&old).is_some_and(|e| e.cleaning) {
+                    // Its clean-up still holds its claims; it goes at a later finish.
+                    registry.finished.push_back(old);
+                    break;
                 }
+                registry.faults.remove(&old);
             }
             finished
         };

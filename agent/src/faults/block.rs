@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    check_percent, Claim, Connection, Deadline, Demands, Direction, Family, Host, PacketMatch,
-    Protocol,
+    check_percent, Claim, Connection, Deadline, Demands, Direction, Ended, Family, Host,
+    PacketMatch, Protocol,
 };
 use crate::{
     errors::{InvalidSpec, KernelError},
@@ -32,6 +32,13 @@ pub(crate) struct BlockSpec {
 }
 
 impl BlockSpec {
+    fn rules_hook(&self) -> nft::Hook {
+        match self.direction {
+            Direction::Ingress => nft::Hook::Input,
+            Direction::Egress => nft::Hook::Output,
+        }
+    }
+
     fn rules(&self, id: &str, deadline: Deadline) -> nft::BlockRules {
         let (mut v4, mut v6) = (Vec::new(), Vec::new());
         for cidr in &self.matcher.cidrs {
@@ -42,10 +49,7 @@ impl BlockSpec {
         }
         nft::BlockRules {
             fault_id: id.to_owned(),
-            hook: match self.direction {
-                Direction::Ingress => nft::Hook::Input,
-                Direction::Egress => nft::Hook::Output,
-            },
+            hook: self.rules_hook(),
             l4: match self.matcher.protocol {
                 Protocol::Any => nft::L4::Any,
                 Protocol::Tcp => nft::L4::Tcp,
@@ -127,6 +131,15 @@ impl Family for BlockSpec {
     fn revert(&self, id: &str, _host: &Host<'_>) -> Result<(), KernelError> {
         nft::remove(id)?;
         Ok(())
+    }
+
+    fn end(&self, id: &str, host: &Host<'_>) -> Result<Ended, KernelError> {
+        // Flushing the fault's rules ends it; its chain and the table go after the answer.
+        if nft::stop(id, self.rules_hook())? {
+            Ok(Ended::CleanupLeft)
+        } else {
+            self.revert(id, host).map(|()| Ended::Clean)
+        }
     }
 
     fn effect(&self, id: &str, _host: &Host<'_>) -> Result<super::effect::Effect, KernelError> {

@@ -512,8 +512,20 @@ pub(crate) struct Deadline {
     pub(crate) remaining: Duration,
 }
 
+/// What [`Family::end`] left of a fault whose effect it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// Nothing: the fault's objects are gone.
+    Clean,
+    /// Objects that no longer act (an emptied chain, its table, a cgroup whose processes were
+    /// killed): the engine runs [`Family::revert`] for them after it has answered, with the
+    /// fault still journalled until they are gone.
+    CleanupLeft,
+}
+
 /// One fault family. The engine calls these in order: `validate`, `claims`, `plan`, then
-/// `apply`, and `revert` at the end (also after a crash, on a spec read back from the journal).
+/// `apply`, and `end` at the end, then `revert` if `end` left clean-up (`revert` alone after
+/// a crash, on a spec read back from the journal, and on a retry).
 pub(crate) trait Family: Send + Sync {
     /// Semantic checks against the host (devices exist, combinations make sense), before
     /// anything is touched. Field-level parsing already happened at the API edge.
@@ -551,6 +563,14 @@ pub(crate) trait Family: Send + Sync {
 
     /// Removes the fault's kernel objects. Idempotent: objects already gone are not an error.
     fn revert(&self, id: &str, host: &Host<'_>) -> Result<(), KernelError>;
+
+    /// Ends the fault's effect as soon as the kernel allows, leaving for later what does not
+    /// end it (what waits on the kernel: an RCU grace period, processes exiting, a directory's
+    /// removal). The engine answers a revert once this returns, and then runs
+    /// [`Family::revert`] if [`Ended::CleanupLeft`]. The default is the whole revert.
+    fn end(&self, id: &str, host: &Host<'_>) -> Result<Ended, KernelError> {
+        self.revert(id, host).map(|()| Ended::Clean)
+    }
 
     /// What the fault has done so far, read from its kernel objects' own counters (an
     /// applied fault's; a reverted one's objects and counters are gone). Required: a family

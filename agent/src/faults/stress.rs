@@ -16,7 +16,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{Claim, Connection, Deadline, Demands, Family, Host, Target};
+use super::{Claim, Connection, Deadline, Demands, Ended, Family, Host, Target};
 use crate::{
     errors::{EngineError, InvalidSpec, KernelError},
     kernel::{
@@ -324,6 +324,10 @@ impl Family for CpuStressSpec {
         host.workers.remove(id)
     }
 
+    fn end(&self, id: &str, host: &Host<'_>) -> Result<Ended, KernelError> {
+        end_workers(id, host)
+    }
+
     fn effect(&self, id: &str, host: &Host<'_>) -> Result<super::effect::Effect, KernelError> {
         let usage = host.workers.usage(id);
         let cpu = usage.cpu_usec.unwrap_or_default();
@@ -530,6 +534,10 @@ impl Family for MemoryStressSpec {
         host.workers.remove(id)
     }
 
+    fn end(&self, id: &str, host: &Host<'_>) -> Result<Ended, KernelError> {
+        end_workers(id, host)
+    }
+
     fn effect(&self, id: &str, host: &Host<'_>) -> Result<super::effect::Effect, KernelError> {
         let usage = host.workers.usage(id);
         let memory = usage.memory_bytes.unwrap_or_default();
@@ -612,6 +620,13 @@ impl super::readiness::Ready for MemoryStressSpec {
     fn readiness(preflight: &super::readiness::Preflight<'_>) -> super::readiness::Readiness {
         cgroup_readiness(preflight, Controller::Memory)
     }
+}
+
+/// A stress ends when its workers are killed; waiting for them to exit, removing their cgroup
+/// and its record are left for [`Family::revert`], after the answer.
+fn end_workers(id: &str, host: &Host<'_>) -> Result<Ended, KernelError> {
+    host.workers.stop(id)?;
+    Ok(Ended::CleanupLeft)
 }
 
 #[cfg(test)]

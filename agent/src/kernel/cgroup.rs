@@ -618,8 +618,13 @@ impl Cgroups {
             .collect()
     }
 
-    /// Kills every process in the fault's cgroup and removes it. Idempotent.
-    pub(crate) fn remove(&self, id: &str, within: Option<&[PathBuf]>) -> Result<(), CgroupError> {
+    /// Sends SIGKILL to every process in the fault's cgroup, without waiting for them to exit:
+    /// a killed process runs no more. Returns the cgroup's directories that exist.
+    pub(crate) fn kill(
+        &self,
+        id: &str,
+        within: Option<&[PathBuf]>,
+    ) -> Result<Vec<PathBuf>, CgroupError> {
         let dirs: Vec<PathBuf> = self
             .dirs(id, None, within)
             .into_iter()
@@ -632,6 +637,12 @@ impl Cgroups {
                 signal_all(dir)?;
             }
         }
+        Ok(dirs)
+    }
+
+    /// Kills every process in the fault's cgroup and removes it. Idempotent.
+    pub(crate) fn remove(&self, id: &str, within: Option<&[PathBuf]>) -> Result<(), CgroupError> {
+        let dirs = self.kill(id, within)?;
         for dir in &dirs {
             wait_empty(dir)?;
             match fs::remove_dir(dir) {

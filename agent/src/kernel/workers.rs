@@ -207,6 +207,19 @@ impl Workers {
     }
 
     /// Kills the fault's workers with their cgroup, reaps them and removes the cgroup.
+    /// Kills the fault's workers, without waiting for them to exit or removing anything
+    /// ([`Workers::remove`] does).
+    pub(crate) fn stop(&self, id: &str) -> Result<(), KernelError> {
+        let Ok(cgroups) = &self.cgroups else {
+            return Ok(());
+        };
+        let within = self.within(id);
+        cgroups
+            .kill(id, within.as_deref())
+            .map_err(WorkerError::from)?;
+        Ok(())
+    }
+
     pub(crate) fn remove(&self, id: &str) -> Result<(), KernelError> {
         let Ok(cgroups) = &self.cgroups else {
             return Ok(());

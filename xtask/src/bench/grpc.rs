@@ -9,8 +9,9 @@ use std::{path::Path, time::Duration};
 use anyhow::{bail, Context as _, Result};
 pub use faultline_proto::v1::FaultSpec;
 use faultline_proto::v1::{
-    agent_client::AgentClient, fault_spec::Kind, faults_client::FaultsClient, ApplyRequest,
-    BlockSpec, Direction, FaultState, InfoRequest, PacketMatch, PortRange, Protocol, RateSpec,
+    agent_client::AgentClient, fault_spec::Kind, faults_client::FaultsClient,
+    memory_stress_spec::Size, ApplyRequest, BlockSpec, CpuStressSpec, Direction, FaultState,
+    InfoRequest, LossSpec, MemoryStressSpec, PacketMatch, PortRange, Protocol, RateSpec,
     RevertRequest, ShapeTarget,
 };
 use hyper_util::rt::TokioIo;
@@ -45,6 +46,46 @@ pub fn rate_egress(device: &str, rate_bps: u64) -> FaultSpec {
                 ..Default::default()
             }),
             rate_bps,
+            ..Default::default()
+        })),
+    }
+}
+
+/// A loss fault on inbound UDP to `port` on `device`: `loss --dev DEVICE --dir in --percent P`.
+pub fn loss_in_udp(device: &str, port: u16, percent: f64) -> FaultSpec {
+    FaultSpec {
+        kind: Some(Kind::Loss(LossSpec {
+            device: device.to_owned(),
+            direction: Direction::Ingress.into(),
+            percent,
+            r#match: Some(PacketMatch {
+                protocol: Protocol::Udp.into(),
+                ports: vec![PortRange {
+                    first: port.into(),
+                    last: port.into(),
+                }],
+                cidrs: Vec::new(),
+            }),
+        })),
+    }
+}
+
+/// A CPU stress of one core: `stress cpu --load LOAD --cores 1`.
+pub fn cpu(load: f64) -> FaultSpec {
+    FaultSpec {
+        kind: Some(Kind::Cpu(CpuStressSpec {
+            load,
+            cores: Some(1),
+            ..Default::default()
+        })),
+    }
+}
+
+/// A memory stress: `stress memory --bytes BYTES`.
+pub fn memory(bytes: u64) -> FaultSpec {
+    FaultSpec {
+        kind: Some(Kind::Memory(MemoryStressSpec {
+            size: Some(Size::Bytes(bytes)),
             ..Default::default()
         })),
     }

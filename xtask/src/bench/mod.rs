@@ -15,9 +15,11 @@ mod agent;
 mod bpfstats;
 mod fanout;
 mod fidelity;
+mod floor;
 mod grpc;
 mod lab;
 mod latency;
+mod memory;
 mod overhead;
 mod report;
 mod traffic;
@@ -63,6 +65,7 @@ pub struct Options {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Part {
     Latency,
+    Memory,
     Fidelity,
     Netem,
     Overhead,
@@ -480,6 +483,9 @@ pub fn run(o: Options) -> Result<()> {
         sections.push(section("apply and revert latency", &mut failed, || {
             latency::run(&ctx, o.runs as usize)
         })?);
+    }
+    if wanted(Part::Memory) {
+        sections.push(section("steady memory", &mut failed, || memory::run(&ctx))?);
     }
     if wanted(Part::Fidelity) {
         sections.push(section("fidelity", &mut failed, || fidelity::run(&ctx))?);

@@ -491,6 +491,29 @@ pub(crate) fn describe(rules: &BlockRules) -> Vec<String> {
     lines
 }
 
+/// Ends a block fault's effect in one batch, without a listing first: the rules of its chain
+/// on `hook` are flushed, and an empty chain accepts every packet. The chain, its set and the
+/// table stay for [`remove`]: deleting a base chain unregisters a hook, and the kernel frees it
+/// after an RCU grace period. False when the fault has no such chain.
+pub(crate) fn stop(fault_id: &str, hook: Hook) -> Result<bool, NftError> {
+    let _changing = CHANGES.lock().unwrap_or_else(|e| e.into_inner());
+    let table = table();
+    let name = cstring(&format!("{CHAIN_PREFIX}{fault_id}-{}", hook.suffix()))?;
+    let chain = Chain::new(&name, &table);
+    let mut batch = Batch::new();
+    // A rule delete without a handle flushes the chain.
+    batch.add(&Rule::new(&chain), MsgType::Del);
+    match send(batch.finalize(), || {
+        format!("the flush of fault {fault_id}'s rules")
+    }) {
+        Ok(()) => Ok(true),
+        Err(NftError::Refused { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Removes a fault's chains, rules and live set in one batch. Idempotent: a fault whose chains
 /// are already gone is fine. The table goes too when no fault has a chain left in it.
 pub(crate) fn remove(fault_id: &str) -> Result<(), NftError> {

@@ -1,0 +1,150 @@
+//! What a revert does after its answer. A revert answers as soon as the fault's effect has
+//! ended ([`Family::end`]); the rest does not change what the fault does to the host and may
+//! wait on the kernel (an RCU grace period before a table goes, processes exiting before
+//! their cgroup can be removed), so it runs here, in a task of its own: the family's
+//! [`Family::revert`] for the objects `end` left, the read-back that verifies nothing is left
+//! (residue makes the fault `reverted-with-residue`, as before), and the removal of its
+//! journal entry. The entry stays until then, so a crash in between is swept at start-up. The
+//! fault's claims hold until its clean-up is done: a new fault on the same object waits for it.
+//!
+//! [`Family::end`]: crate::faults::Family::end
+//! [`Family::revert`]: crate::faults::Family::revert
+
+use std::time::Duration;
+
+use tracing::{error, warn};
+
+use super::{Engine, Fault, FaultState};
+use crate::faults::{Claim, Ended};
+
+/// How long an apply waits for the clean-up of a fault holding one of its claims, and shutdown
+/// for every clean-up, before going on (the apply then reports the conflict).
+const CLEANUP_WAIT: Duration = Duration::from_secs(10);
+
+impl Engine {
+    /// [`Engine::finish`] for a fault whose effect `end` ended, marking it as cleaning when
+    /// something is left.
+    pub(super) fn finish_ended(&self, fault: &Fault, ended: Ended) -> Fault {
+        let finished = self.finish(fault);
+        if ended == Ended::CleanupLeft {
+            if let Some(entry) = self.registry().faults.get_mut(&fault.id) {
+                entry.cleaning = true;
+            }
+        }
+        finished
+    }
+
+    /// Starts the clean-up of `fault`, which has ended.
+    pub(super) fn clean_up_later(&self, fault: Fault, ended: Ended) {
+        let Some(engine) = self.me.upgrade() else {
+            // The engine is being dropped: the journal entry stays for the next start-up.
+            return;
+        };
+        self.cleanups.send_modify(|n| *n += 1);
+        tokio::spawn(async move {
+            engine.clean_up(fault, ended);
+            engine.cleanups.send_modify(|n| *n -= 1);
+        });
+    }
+
+    fn clean_up(&self, mut fault: Fault, ended: Ended) {
+        let id = fault.id.clone();
+        let removed = match ended {
+            Ended::Clean => Ok(()),
+            Ended::CleanupLeft => {
+                tokio::task::block_in_place(|| fault.spec.family().revert(&fault.id, &self.host()))
+            }
+        };
+        let clean = self.verify_revert(&mut fault);
+        let update = match (&removed, clean) {
+            (Ok(()), true) => {
+                if let Err(e) = self.journal.remove(&fault.id) {
+                    // The objects are gone; a stale entry only costs an idempotent revert later.
+                    warn!(id = %fault.id, error = %e, "cannot remove the journal entry of a reverted fault");
+                }
+                None
+            }
+            (Ok(()), false) => {
+                fault.state = FaultState::RevertedWithResidue;
+                fault.reason = format!(
+                    "{}, but the kernel still holds: {}",
+                    fault.reason,
+                    fault.residue.join("; ")
+                );
+                error!(id = %fault.id, kind = fault.spec.kind(), residue = ?fault.residue, "revert left residue");
+                Some(fault)
+            }
+            (Err(e), _) => {
+                // The effect ended; what was left could not be removed. Journalled still: the
+                // agent retries what it read back as left, and the next start-up sweeps.
+                fault.state = FaultState::Failed;
+                fault.reason = format!("{}; its clean-up failed: {e}", fault.reason);
+                error!(id = %fault.id, kind = fault.spec.kind(), error = %e, "the clean-up after a revert failed");
+                Some(fault)
+            }
+        };
+        if let Some(fault) = &update {
+            let _ = self.journal.record(fault);
+        }
+        let published = {
+            let mut registry = self.registry();
+            registry.faults.get_mut(&id).map(|entry| {
+                entry.cleaning = false;
+                if let Some(fault) = &update {
+                    entry.update(fault);
+                }
+                entry.fault.clone()
+            })
+        };
+        if let (Some(_), Some(fault)) = (&update, published) {
+            self.publish(&fault);
+        }
+        give_back_memory();
+    }
+
+    /// Waits while a fault that holds one of `claims` is being cleaned up.
+    pub(super) async fn until_cleaned(&self, claims: &[Claim]) {
+        if claims.is_empty() {
+            return;
+        }
+        let mut changes = self.cleanups.subscribe();
+        let waiting = async {
+            loop {
+                let busy = self.registry().faults.values().any(|e| {
+                    e.cleaning
+                        && e.fault
+                            .spec
+                            .family()
+                            .claims()
+                            .iter()
+                            .any(|c| claims.contains(c))
+                });
+                if !busy || changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLEANUP_WAIT, waiting).await;
+    }
+
+    /// Waits for every clean-up under way.
+    pub(super) async fn until_all_cleaned(&self) {
+        let mut changes = self.cleanups.subscribe();
+        let waiting = changes.wait_for(|running| *running == 0);
+        if tokio::time::timeout(CLEANUP_WAIT, waiting).await.is_err() {
+            warn!("clean-ups of reverted faults still running at shutdown; the next start-up sweeps what they leave");
+        }
+    }
+}
+
+/// Returns the heap memory a fault's apply and revert freed to the kernel. glibc keeps freed
+/// blocks in its arenas (one per thread that allocated, and the agent's blocking threads come
+/// and go), so without this the agent's resident memory creeps up with the faults it has run.
+/// Off the answer's path; a trim of the agent's heap takes well under a millisecond.
+fn give_back_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
