@@ -42,8 +42,9 @@ enum Task {
     /// Install the prerequisites and run the whole test suite
     ///
     /// Needs root. In order: rustfmt (nightly) check, clippy with warnings denied, unit and
-    /// integration tests (network namespaces), then the real-kernel VM layer or a SKIP line
-    /// saying why it did not run. Stops at the first failing step.
+    /// integration tests (network namespaces), then the real-kernel VM layer and the package
+    /// under systemd in a Debian guest (`vm-test --systemd`), or a SKIP line saying why one did
+    /// not run. Stops at the first failing step.
     Test(test::Options),
     /// Install only the prerequisites: apt packages, nightly Rust, clippy, bpf-linker
     ///

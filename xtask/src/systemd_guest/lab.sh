@@ -18,23 +18,29 @@ DEV=fls-b0
 PORT=7070
 RATE_PORT=7071
 
-say() { echo "lab: $*"; }
+# stderr, like stdout, is the console; and it stays the console inside $(...).
+say() { echo "lab: $*" >&2; }
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+MAIN=$$
 
 finish() {
     systemctl poweroff --no-block
     exit "$1"
 }
 
+# Fails the run from the main shell or from inside $(...): the verdict goes to the console,
+# and the main shell is stopped too.
 fail() {
     say "FAILED: $*"
     say "--- systemctl status faultline"
-    systemctl status faultline --no-pager -l 2>&1 | tail -n 20 | sed 's/^/lab:   /'
+    systemctl status faultline --no-pager -l 2>&1 | tail -n 20 | sed 's/^/lab:   /' >&2
     say "--- journalctl -u faultline (last 40 lines)"
-    journalctl -u faultline --no-pager -n 40 2>&1 | sed 's/^/lab:   /'
-    echo "FAULTLINE-SYSTEMD-RESULT: fail $*"
-    finish 1
+    journalctl -u faultline --no-pager -n 40 2>&1 | sed 's/^/lab:   /' >&2
+    echo "FAULTLINE-SYSTEMD-RESULT: fail $*" >&2
+    systemctl poweroff --no-block
+    [ "$BASHPID" = "$MAIN" ] || kill -KILL "$MAIN"
+    exit 1
 }
 
 # step NAME: starts timing a check; done_step prints its time.
@@ -82,7 +88,7 @@ ping_rtt() {
 
 # Throughput in kbit/s of 2 MiB sent from the agent's side to the namespace over TCP.
 throughput() {
-    ip netns exec "$NS" nc -l "$PEER_IP" "$RATE_PORT" > /dev/null &
+    ip netns exec "$NS" nc -l "$RATE_PORT" < /dev/null > /dev/null &
     local listener=$!
     sleep 0.5
     local start end
@@ -114,7 +120,7 @@ lab_network() {
     ip -n "$NS" link set fls-a0 up
     ip -n "$NS" link set lo up
     # A listener that accepts connections one after another, for the block check.
-    (while true; do nc -l "$HOST_IP" "$PORT" < /dev/null > /dev/null 2>&1; done) &
+    (while true; do nc -lk "$PORT" < /dev/null > /dev/null 2>&1; done) &
     sleep 1
     [ "$(connect)" = connected ] || fail "no connection across the lab network before any fault"
 }
@@ -228,10 +234,24 @@ phase1() {
     cg_mem=$(cgroup_of "$mem")
     [ -n "$cg_cpu" ] && [ -n "$cg_mem" ] || fail "stress: no cgroup found for $cpu or $mem"
     say "stress cgroups: $cg_cpu $cg_mem"
-    say "the unit's cgroup: /sys/fs/cgroup$(systemctl show -p ControlGroup --value faultline)"
+    # Delegate=yes and --cgroup-delegated: the stress cgroups sit in the unit's own subtree,
+    # beside the agent's leaf.
+    local unit_cg agent_cg
+    unit_cg=/sys/fs/cgroup$(systemctl show -p ControlGroup --value faultline)
+    agent_cg=$(sed -n 's/^0:://p' "/proc/$(systemctl show -p MainPID --value faultline)/cgroup")
+    say "the unit's cgroup: $unit_cg (Delegate=$(systemctl show -p Delegate --value faultline)); the agent is in $agent_cg"
+    [ "/sys/fs/cgroup$agent_cg" = "$unit_cg/agent" ] || fail "the agent is in $agent_cg, not in $unit_cg/agent"
+    for cg in "$cg_cpu" "$cg_mem"; do
+        case $cg in
+            "$unit_cg"/faultline/*) ;;
+            *) fail "stress cgroup $cg is outside the unit's delegated cgroup $unit_cg" ;;
+        esac
+    done
     load=$(cpu_load "$cg_cpu")
-    say "CPU stress at 50% of 1 core: the kernel counts ${load}% of a CPU"
-    [ "$load" -ge 30 ] && [ "$load" -le 60 ] || fail "stress cpu: ${load}% of a CPU under a 50% load"
+    say "CPU stress at 50% of 1 core (cpu.max $(cat "$cg_cpu/cpu.max")): the kernel counts ${load}% of a CPU"
+    # The upper bound is the kernel's limit; the lower one only that it runs: the guest's vCPUs
+    # are host threads on a shared machine and may get less than they ask.
+    [ "$load" -ge 15 ] && [ "$load" -le 60 ] || fail "stress cpu: ${load}% of a CPU under a 50% load"
     held=$(($(cat "$cg_mem/memory.current") / 1048576))
     say "memory stress of 64 MiB: the cgroup holds ${held} MiB"
     [ "$held" -ge 60 ] || fail "stress memory: ${held} MiB held of 64"
@@ -248,7 +268,7 @@ phase1() {
     [ -d "$cg_cpu" ] || fail "after daemon-reload: $cg_cpu is gone"
     load=$(cpu_load "$cg_cpu")
     say "after daemon-reload and a restart of fls-other: ${load}% of a CPU"
-    [ "$load" -ge 30 ] || fail "after daemon-reload: the CPU stress runs at ${load}%"
+    [ "$load" -ge 15 ] || fail "after daemon-reload: the CPU stress runs at ${load}%"
     systemctl stop fls-other
     done_step
 
@@ -308,6 +328,9 @@ phase2() {
         say "fault $f after the reboot: ${state:-unknown to the agent}"
         [ "$state" = active ] && fail "fault $f is still active after the reboot"
     done
+    journalctl -u faultline -b --no-pager -o cat | grep -iE 'recover|revert|journal' | head -n 8 |
+        sed 's/^/lab:   /' >&2
+    say "journal directory: $(ls /var/lib/faultline | tr '\n' ' ')"
     # The lab network died with the boot; make it again to check nothing acts on it.
     lab_network
     assert_clean "after the reboot"
@@ -317,7 +340,7 @@ phase2() {
     done_step
 
     step "systemd-analyze security faultline"
-    systemd-analyze security faultline --no-pager 2>&1 | sed 's/^/lab:   /'
+    systemd-analyze security faultline --no-pager 2>&1 | sed 's/^/lab:   /' >&2
     done_step
 }
 

@@ -48,15 +48,15 @@ pub fn run() -> Result<()> {
         .context("apt packages for the systemd guest")?;
 
     let step = Instant::now();
+    let image = image::ensure(&image::Recipe::standard()).context("the guest image")?;
+    println!("systemd guest: image ready in {}", seconds(step.elapsed()));
+
+    let step = Instant::now();
     let deb = package::build(package::Options::default()).context("building the package")?;
     println!(
         "systemd guest: package built in {}",
         seconds(step.elapsed())
     );
-
-    let step = Instant::now();
-    let image = image::ensure(&image::Recipe::standard()).context("the guest image")?;
-    println!("systemd guest: image ready in {}", seconds(step.elapsed()));
 
     let work = vm::target_dir().join("vm-systemd");
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
