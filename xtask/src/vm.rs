@@ -86,8 +86,8 @@ const RESULT_MARKER: &str = "FAULTLINE-VM-RESULT:";
 
 #[derive(Debug, Args)]
 pub struct Options {
-    /// Instead of the integration tests: the Debian package under systemd, in a Debian 12
-    /// guest with systemd as PID 1 (see `cargo xtask vm-test --help`)
+    /// Instead of the integration tests: the Debian package under its systemd unit, in a
+    /// Debian 12 guest with systemd as PID 1 (the description above says what it checks)
     #[arg(long, conflicts_with_all = ["test_args", "memory", "timeout"])]
     pub systemd: bool,
     /// Kill the VM and fail after this many seconds

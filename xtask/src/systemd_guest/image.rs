@@ -53,7 +53,7 @@ const PACKAGES: &[&str] = &[
     "libnftnl11",
 ];
 
-/// The root filesystem's size; sparse, about 450 MiB are written.
+/// The root filesystem's size; sparse, about 430 MiB of it are written.
 const DISK_SIZE: &str = "2G";
 
 /// Bumped when what is done with mmdebstrap's output changes beyond the files below.
