@@ -34,6 +34,9 @@ pub(crate) struct AgentConfig {
     pub(crate) memory_reserve: Option<u64>,
     /// The cgroup under which stress faults get their cgroups, at each hierarchy's root.
     pub(crate) cgroup_parent: String,
+    /// The cgroup delegated to the agent (systemd's `Delegate=`, cgroup v2), where the parent
+    /// goes instead of the hierarchy's root; the agent itself has moved into its `agent` leaf.
+    pub(crate) cgroup_home: Option<PathBuf>,
     /// A fault that has acted on nothing for this long after it was applied is flagged
     /// ineffective.
     pub(crate) ineffective_after: Duration,
@@ -53,6 +56,7 @@ impl Default for AgentConfig {
             protected_ports: DEFAULT_PROTECTED_PORTS.to_vec(),
             memory_reserve: None,
             cgroup_parent: crate::kernel::cgroup::DEFAULT_PARENT.to_owned(),
+            cgroup_home: None,
             ineffective_after: DEFAULT_INEFFECTIVE_AFTER,
             state_reserve: crate::engine::space::DEFAULT_STATE_RESERVE,
         }

@@ -13,6 +13,7 @@ mod modules;
 mod package;
 mod prereqs;
 mod run;
+mod systemd_guest;
 mod test;
 mod vm;
 
@@ -41,8 +42,9 @@ enum Task {
     /// Install the prerequisites and run the whole test suite
     ///
     /// Needs root. In order: rustfmt (nightly) check, clippy with warnings denied, unit and
-    /// integration tests (network namespaces), then the real-kernel VM layer or a SKIP line
-    /// saying why it did not run. Stops at the first failing step.
+    /// integration tests (network namespaces), then the real-kernel VM layer and the package
+    /// under systemd in a Debian guest (`vm-test --systemd`), or a SKIP line saying why one did
+    /// not run. Stops at the first failing step.
     Test(test::Options),
     /// Install only the prerequisites: apt packages, nightly Rust, clippy, bpf-linker
     ///
@@ -56,6 +58,14 @@ enum Task {
     /// host's ip/tc/nft/nsenter/setpriv/ping and the kernel modules, boots it with qemu TCG and
     /// reports the guest's result from the serial console. Installs qemu-system-x86 if missing.
     /// Arguments after `--` go to every test executable (e.g. a test name filter).
+    ///
+    /// With --systemd, instead: builds the Debian package (`cargo xtask package`) and boots a
+    /// Debian 12 root filesystem with systemd as PID 1 (made once with mmdebstrap and cached
+    /// under /var/cache/faultline by a hash of its recipe), installs the package in it and
+    /// checks the agent under its systemd unit from a script on a second disk: start through
+    /// Type=notify, faults under the unit's sandbox, stop, a SIGKILL and Restart=, a hard
+    /// reboot with a fault active, and `systemd-analyze security`; results come back over the
+    /// serial console.
     VmTest(vm::Options),
     /// Measure faultline against baselines on this machine; writes docs/benchmarks.{md,json}
     ///

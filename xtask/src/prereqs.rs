@@ -51,6 +51,11 @@ pub const CLEAN_ROOM_APT_PACKAGES: &[&str] = &["mmdebstrap"];
 /// host: qemu with software emulation. Installed when that layer runs.
 pub const VM_APT_PACKAGES: &[&str] = &["qemu-system-x86"];
 
+/// What the systemd guest (`cargo xtask vm-test --systemd`, a step of `test`) needs on the host
+/// beyond the VM layer's qemu: mmdebstrap makes its root filesystem from Debian's packages,
+/// `mkfs.ext4 -d` (e2fsprogs) turns that into a disk image without mounting anything.
+pub const SYSTEMD_GUEST_APT_PACKAGES: &[&str] = &["qemu-system-x86", "mmdebstrap", "e2fsprogs"];
+
 /// bpf-linker 0.10.x links with rustc's own LLVM; later versions need a system LLVM.
 pub const BPF_LINKER_VERSION: &str = "0.10.4";
 
@@ -89,6 +94,7 @@ fn listing() -> String {
          apt (vm-test, the last step of test): {}\n\
          apt (package): {}\n\
          apt (clean-room): {}\n\
+         apt (vm-test --systemd, a step of test): {}\n\
          rustup: nightly toolchain with rust-src and rustfmt; clippy\n\
          cargo install: bpf-linker@{BPF_LINKER_VERSION}\n\
          python (test): a venv at target/python from tests/python/requirements.txt (PyPI)\n",
@@ -96,6 +102,7 @@ fn listing() -> String {
         apt(VM_APT_PACKAGES),
         apt(PACKAGE_APT_PACKAGES),
         apt(CLEAN_ROOM_APT_PACKAGES),
+        apt(SYSTEMD_GUEST_APT_PACKAGES),
     )
 }
 

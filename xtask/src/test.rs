@@ -1,6 +1,6 @@
 //! `cargo xtask test`: the whole test suite, in the order a reviewer would run it — formatting,
 //! clippy, unit and integration tests (root, network namespaces), then the real-kernel VM
-//! layer. Each step prints `==> step`, then its wall time; the first failing step stops the
+//! layer and the package under systemd in a Debian guest. Each step prints `==> step`, then its wall time; the first failing step stops the
 //! run and is named in the error. A layer that cannot run prints a `SKIP` line saying why: it is
 //! never silently left out.
 
@@ -57,6 +57,7 @@ pub fn run(_: Options) -> Result<()> {
         exec::run(&mut command).map(|()| Outcome::Passed)
     })?;
     step("vm layer", vm_layer)?;
+    step("systemd guest", systemd_guest)?;
     println!("all steps passed in {}", seconds(started.elapsed()));
     Ok(())
 }
@@ -89,6 +90,17 @@ fn vm_layer() -> Result<Outcome> {
         )));
     }
     vm::run(vm::Options::default()).map(|()| Outcome::Passed)
+}
+
+/// The package under systemd (`cargo xtask vm-test --systemd`): Debian 12 with systemd as PID
+/// 1 under qemu, like the VM layer.
+fn systemd_guest() -> Result<Outcome> {
+    if let Err(e) = vm::ensure_qemu() {
+        return Ok(Outcome::Skipped(format!(
+            "qemu-system-x86_64 is not available and could not be installed: {e:#}"
+        )));
+    }
+    crate::systemd_guest::run().map(|()| Outcome::Passed)
 }
 
 pub fn seconds(d: Duration) -> String {

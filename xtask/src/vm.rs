@@ -86,6 +86,10 @@ const RESULT_MARKER: &str = "FAULTLINE-VM-RESULT:";
 
 #[derive(Debug, Args)]
 pub struct Options {
+    /// Instead of the integration tests: the Debian package under its systemd unit, in a
+    /// Debian 12 guest with systemd as PID 1 (the description above says what it checks)
+    #[arg(long, conflicts_with_all = ["test_args", "memory", "timeout"])]
+    pub systemd: bool,
     /// Kill the VM and fail after this many seconds
     #[arg(long, default_value_t = 1500)]
     timeout: u64,
@@ -101,6 +105,7 @@ impl Default for Options {
     /// What `cargo xtask test` runs: the clap defaults, every test.
     fn default() -> Self {
         Self {
+            systemd: false,
             timeout: 1500,
             memory: 2048,
             test_args: Vec::new(),
@@ -128,6 +133,9 @@ pub struct GuestRun {
 
 /// `cargo xtask vm-test`.
 pub fn run(o: Options) -> Result<()> {
+    if o.systemd {
+        return crate::systemd_guest::run();
+    }
     let started = Instant::now();
     run_guest(o)?.verdict?;
     println!("vm-test: passed in {:.1}s", started.elapsed().as_secs_f64());
@@ -874,11 +882,57 @@ fn boot(kernel: &Kernel, initrd: &Path, o: &Options) -> Result<GuestRun> {
         .arg("-initrd")
         .arg(initrd)
         // panic=-1 reboots at once on a panic, which -no-reboot turns into qemu exiting.
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
-        .stdin(Stdio::null())
+        .args(["-append", "console=ttyS0 panic=-1 quiet"]);
+    let timeout = Duration::from_secs(o.timeout);
+    let QemuRun {
+        console,
+        status,
+        timed_out,
+        took,
+    } = run_qemu(&mut qemu, timeout)?;
+    let took = took.as_secs_f64();
+    let outcome = if timed_out {
+        Err(anyhow::anyhow!(
+            "the VM did not finish within {}s; qemu killed",
+            o.timeout
+        ))
+    } else {
+        match verdict(&console) {
+            Some(Ok(())) => {
+                println!("vm: guest tests passed; qemu ran {took:.1}s");
+                Ok(())
+            }
+            Some(Err(failures)) => Err(anyhow::anyhow!(
+                "tests failed in the VM after {took:.1}s: {failures}"
+            )),
+            None => Err(anyhow::anyhow!(
+                "the VM stopped after {took:.1}s ({status}) without a `{RESULT_MARKER}` line; \
+                 see the console above"
+            )),
+        }
+    };
+    Ok(GuestRun {
+        console,
+        verdict: outcome,
+    })
+}
+
+/// What one qemu run printed and how it ended.
+pub struct QemuRun {
+    pub console: String,
+    pub status: std::process::ExitStatus,
+    /// qemu was killed at the timeout.
+    pub timed_out: bool,
+    pub took: Duration,
+}
+
+/// Runs qemu (its stdout piped: the serial console), streaming the console to our stdout as
+/// it arrives and keeping a copy; kills qemu after `timeout`.
+pub fn run_qemu(qemu: &mut std::process::Command, timeout: Duration) -> Result<QemuRun> {
+    qemu.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    let shown = exec::display(&qemu);
+    let shown = exec::display(qemu);
     println!("$ {shown}");
     let started = Instant::now();
     let mut child = qemu
@@ -904,7 +958,6 @@ fn boot(kernel: &Kernel, initrd: &Path, o: &Options) -> Result<GuestRun> {
         let _ = done_tx.send(());
         console
     });
-    let timeout = Duration::from_secs(o.timeout);
     let timed_out = loop {
         if child.try_wait()?.is_some() {
             break false;
@@ -917,30 +970,11 @@ fn boot(kernel: &Kernel, initrd: &Path, o: &Options) -> Result<GuestRun> {
     };
     let status = child.wait().context("waiting for qemu")?;
     let console = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
-    let took = started.elapsed().as_secs_f64();
-    let outcome = if timed_out {
-        Err(anyhow::anyhow!(
-            "the VM did not finish within {}s; qemu killed",
-            o.timeout
-        ))
-    } else {
-        match verdict(&console) {
-            Some(Ok(())) => {
-                println!("vm: guest tests passed; qemu ran {took:.1}s");
-                Ok(())
-            }
-            Some(Err(failures)) => Err(anyhow::anyhow!(
-                "tests failed in the VM after {took:.1}s: {failures}"
-            )),
-            None => Err(anyhow::anyhow!(
-                "the VM stopped after {took:.1}s ({status}) without a `{RESULT_MARKER}` line; \
-                 see the console above"
-            )),
-        }
-    };
-    Ok(GuestRun {
+    Ok(QemuRun {
         console,
-        verdict: outcome,
+        status,
+        timed_out,
+        took: started.elapsed(),
     })
 }
 

@@ -388,14 +388,17 @@ mod tests {
             .join("\n");
         let file = config(&uncommented);
         let (_, settings) = serve(&["--config", file.path().to_str().unwrap()]).unwrap();
-        for (key, _) in shipped_settings() {
-            let flag = format!("--{key}=");
-            assert!(
-                settings
-                    .arguments
-                    .iter()
-                    .any(|a| a.to_string_lossy().starts_with(&flag)),
-                "{key} is not in {:?}",
+        for (key, value) in shipped_settings() {
+            let flag = format!("--{key}");
+            let present = settings.arguments.iter().any(|a| {
+                let a = a.to_string_lossy();
+                a == flag || a.starts_with(&format!("{flag}="))
+            });
+            // A switch shipped as `false`, its default, adds no argument.
+            assert_eq!(
+                present,
+                value != "false",
+                "{key} in {:?}",
                 settings.arguments
             );
         }

@@ -123,6 +123,13 @@ pub(crate) struct Options {
     #[arg(long, value_name = "NAME", default_value = crate::kernel::cgroup::DEFAULT_PARENT, value_parser = cgroup_name)]
     pub(crate) cgroup_parent: String,
 
+    /// The agent's own cgroup is delegated to it (systemd's Delegate=yes, cgroup v2): the agent
+    /// moves itself into <its cgroup>/agent and puts --cgroup-parent, with the stress faults'
+    /// cgroups, in its cgroup instead of at the hierarchy's root, where systemd leaves them
+    /// alone (the packaged unit sets both). Ignored, with a warning, on a cgroup v1 host
+    #[arg(long)]
+    pub(crate) cgroup_delegated: bool,
+
     /// A fault that has acted on nothing (no packet matched, no CPU time charged) this long
     /// after it was applied is flagged ineffective, in `get`, `ls`, Watch and Prometheus
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
@@ -283,6 +290,24 @@ pub(crate) fn run(
         info!(config = %path.display(), "settings read from the configuration file");
     }
     protect_self(o.oom_score_adj);
+    let cgroup_home = if o.cgroup_delegated {
+        use crate::kernel::delegate::{take, DelegateError};
+        match take(std::path::Path::new("/sys/fs/cgroup")) {
+            Ok(home) => {
+                info!(cgroup = %home.display(), "stress cgroups go in the delegated cgroup; the agent moved into its agent leaf");
+                Some(home)
+            }
+            // A cgroup v1 host: there is no delegated v2 subtree to use; the flag (which the
+            // packaged unit passes everywhere) changes nothing, and says so.
+            Err(e @ DelegateError::NotUnified(_)) => {
+                warn!(error = %e, "--cgroup-delegated ignored");
+                None
+            }
+            Err(e) => return Err(Failure::internal(e.to_string())),
+        }
+    } else {
+        None
+    };
     // The configuration is checked before anything is touched: a wrong file stops the start.
     let remote = match o.listen {
         None => None,
@@ -372,6 +397,7 @@ pub(crate) fn run(
         protected_ports,
         memory_reserve: o.memory_reserve,
         cgroup_parent: o.cgroup_parent,
+        cgroup_home,
         ineffective_after: o.ineffective_after,
         state_reserve: o.state_reserve,
     };

@@ -400,9 +400,13 @@ impl Adapters {
             classifiers: Classifiers::new(config.bpf_pin_dir.clone()),
             shaping: Shaping::new(&config.state_dir),
             workers: Workers::new(
-                caps.cgroups
-                    .clone()
-                    .map(|c| c.with_parent(&config.cgroup_parent)),
+                caps.cgroups.clone().map(|c| {
+                    let c = c.with_parent(&config.cgroup_parent);
+                    match &config.cgroup_home {
+                        Some(home) => c.with_home(home.clone()),
+                        None => c,
+                    }
+                }),
                 config.memory_reserve,
                 &config.state_dir,
             ),

@@ -8,7 +8,9 @@
 //!
 //! The parent sits at the hierarchy root rather than under the agent's own cgroup: on v2 a
 //! cgroup that holds a process cannot hand controllers to children, and on v1 the agent's own
-//! memory limit must not be charged with the stressor's memory.
+//! memory limit must not be charged with the stressor's memory. The exception is a cgroup the
+//! service manager delegated to the agent (`super::delegate`, cgroup v2 only): there the agent
+//! has moved into a leaf of its own, and the parent sits in the delegated cgroup (its "home").
 
 use std::{
     fs, io,
@@ -145,6 +147,8 @@ pub(crate) struct Cgroups {
     hierarchy: Hierarchy,
     /// The parent's name (`faultline`; tests use their own, since the hierarchy is host-wide).
     parent: String,
+    /// cgroup v2 only: the delegated cgroup the parent sits in instead of the root.
+    home: Option<PathBuf>,
 }
 
 impl Cgroups {
@@ -164,6 +168,7 @@ impl Cgroups {
                     controllers,
                 },
                 parent,
+                home: None,
             });
         }
         let mountinfo = fs::read_to_string("/proc/self/mountinfo")
@@ -196,13 +201,32 @@ impl Cgroups {
                 root.display()
             )));
         }
-        Ok(Self { hierarchy, parent })
+        Ok(Self {
+            hierarchy,
+            parent,
+            home: None,
+        })
     }
 
     /// The same hierarchy with the faults' cgroups under `parent` instead of `faultline`.
     pub(crate) fn with_parent(mut self, parent: &str) -> Self {
         self.parent = parent.to_owned();
         self
+    }
+
+    /// The same hierarchy with the faults' cgroups in `home`, a cgroup delegated to the agent,
+    /// instead of at the root (cgroup v2; v1 hierarchies keep the root).
+    pub(crate) fn with_home(mut self, home: PathBuf) -> Self {
+        if let Hierarchy::V2 { .. } = self.hierarchy {
+            self.home = Some(home);
+        }
+        self
+    }
+
+    /// Where the parent sits in the hierarchy mounted at `mount`: the delegated home on v2
+    /// when there is one, else the mount (the hierarchy's root).
+    fn top(&self, mount: &Path) -> PathBuf {
+        self.home.clone().unwrap_or_else(|| mount.to_owned())
     }
 
     /// `(controller, mount)` of every v1 controller faultline uses that is mounted; on v2 the
@@ -232,7 +256,14 @@ impl Cgroups {
     /// Where the hierarchy is, for `faultline info`.
     pub(crate) fn location(&self) -> String {
         match &self.hierarchy {
-            Hierarchy::V2 { root, .. } => format!("cgroup v2 at {}", root.display()),
+            Hierarchy::V2 { root, .. } => match &self.home {
+                Some(home) => format!(
+                    "cgroup v2 at {}, stress cgroups in the delegated {}",
+                    root.display(),
+                    home.display()
+                ),
+                None => format!("cgroup v2 at {}", root.display()),
+            },
             Hierarchy::V1 { .. } => {
                 let mounts: Vec<String> = self
                     .mounts()
@@ -320,16 +351,19 @@ impl Cgroups {
     /// Where a fault's `<parent>/<id>` goes in the hierarchy mounted at `mount`: its root, or,
     /// for a fault inside a workload, the workload's directory in that hierarchy (`within`,
     /// one directory per hierarchy it has one in).
-    fn base(mount: &Path, within: Option<&[PathBuf]>) -> Option<PathBuf> {
+    fn base(&self, mount: &Path, within: Option<&[PathBuf]>) -> Option<PathBuf> {
         match within {
-            None => Some(mount.to_owned()),
+            None => Some(self.top(mount)),
             Some(dirs) => dirs.iter().find(|d| d.starts_with(mount)).cloned(),
         }
     }
 
     /// The directories of one fault's cgroup, one per hierarchy it spans (one on v2).
     fn dirs(&self, id: &str, limits: Option<&Limits>, within: Option<&[PathBuf]>) -> Vec<PathBuf> {
-        let child = |mount: &Path| Self::base(mount, within).map(|b| b.join(&self.parent).join(id));
+        let child = |mount: &Path| {
+            self.base(mount, within)
+                .map(|b| b.join(&self.parent).join(id))
+        };
         match &self.hierarchy {
             Hierarchy::V2 { root, .. } => child(root).into_iter().collect(),
             Hierarchy::V1 {
@@ -381,10 +415,15 @@ impl Cgroups {
     /// cgroup that holds processes itself and so cannot give a child its own controllers (the
     /// kernel's no-internal-processes rule).
     pub(crate) fn check_within(&self, limits: &Limits, within: &[PathBuf]) -> Result<(), String> {
-        let needed = self.dirs("x", Some(limits), None);
+        // Grandparents of the cgroups outside any workload are the mounts: without the home.
+        let at_root = Self {
+            home: None,
+            ..self.clone()
+        };
+        let needed = at_root.dirs("x", Some(limits), None);
         for dir in &needed {
             let mount = dir.parent().and_then(Path::parent).unwrap_or(dir);
-            if Self::base(mount, Some(within)).is_none() {
+            if self.base(mount, Some(within)).is_none() {
                 return Err(format!(
                     "the workload has no cgroup in the hierarchy at {}",
                     mount.display()
@@ -392,7 +431,7 @@ impl Cgroups {
             }
         }
         if let Hierarchy::V2 { root, .. } = &self.hierarchy {
-            if let Some(base) = Self::base(root, Some(within)) {
+            if let Some(base) = self.base(root, Some(within)) {
                 let subtree =
                     fs::read_to_string(base.join("cgroup.subtree_control")).unwrap_or_default();
                 let wanted = self.v2_wanted(&base);
@@ -663,7 +702,7 @@ impl Cgroups {
         let mut ids: Vec<String> = self
             .mounts()
             .iter()
-            .filter_map(|(_, m)| fs::read_dir(m.join(&self.parent)).ok())
+            .filter_map(|(_, m)| fs::read_dir(self.top(m).join(&self.parent)).ok())
             .flat_map(|entries| entries.filter_map(Result::ok))
             .filter(|e| e.path().is_dir())
             .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -674,7 +713,7 @@ impl Cgroups {
     }
 }
 
-fn is_cgroup2(path: &Path) -> bool {
+pub(crate) fn is_cgroup2(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
         .map(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC)
         .unwrap_or(false)
@@ -790,6 +829,7 @@ mod tests {
                 blkio: None,
             },
             parent: DEFAULT_PARENT.to_owned(),
+            home: None,
         }
     }
 
@@ -813,6 +853,26 @@ mod tests {
     }
 
     #[test]
+    fn a_delegated_home_holds_the_parent_on_v2_only() {
+        let v2 = Cgroups {
+            hierarchy: Hierarchy::V2 {
+                root: PathBuf::from("/cg"),
+                controllers: vec!["cpu".into()],
+            },
+            parent: DEFAULT_PARENT.to_owned(),
+            home: None,
+        }
+        .with_home(PathBuf::from("/cg/system.slice/faultline.service"));
+        assert_eq!(
+            v2.dirs("abc", None, None),
+            vec![PathBuf::from(
+                "/cg/system.slice/faultline.service/faultline/abc"
+            )]
+        );
+        assert_eq!(v1().with_home(PathBuf::from("/cg/x")).home, None);
+    }
+
+    #[test]
     fn v2_writes_cpu_max_memory_max_and_no_swap() {
         let cg = Cgroups {
             hierarchy: Hierarchy::V2 {
@@ -820,6 +880,7 @@ mod tests {
                 controllers: vec!["cpu".into(), "memory".into()],
             },
             parent: DEFAULT_PARENT.to_owned(),
+            home: None,
         };
         let limits = Limits {
             cpu: Some(CpuQuota {

@@ -15,7 +15,7 @@
 //! | [`workload::Workloads`] | nothing in the kernel: it finds workloads (units, containers, pods, cgroups, processes) and remembers each active fault's |
 //!
 //! Below them: [`rtnl`] (the one route-netlink path), [`durable`] (the one fsynced write),
-//! [`netdev`], [`cgroup`], [`btf`], [`oom`] (the agent's and workers' OOM scores), and [`caps`],
+//! [`netdev`], [`cgroup`] (with [`delegate`], the agent's delegated cgroup under systemd), [`btf`], [`oom`] (the agent's and workers' OOM scores), and [`caps`],
 //! the probe of what the running kernel offers.
 
 use thiserror::Error;
@@ -24,6 +24,7 @@ pub(crate) mod bpf;
 pub(crate) mod btf;
 pub(crate) mod caps;
 pub(crate) mod cgroup;
+pub(crate) mod delegate;
 pub(crate) mod disk;
 pub(crate) mod durable;
 pub(crate) mod freezer;

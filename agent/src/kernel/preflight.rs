@@ -351,6 +351,26 @@ pub(crate) fn cgroup_placement(cgroups: &Result<Cgroups, String>) -> Check {
     if let Some(own) = &own {
         detail.push_str(&format!("; this process is in {}", own.display()));
     }
+    // Under --cgroup-delegated the agent has moved into the `agent` leaf of its delegated
+    // cgroup, and stress cgroups sit beside it, where systemd leaves them alone.
+    if let Some(home) = own
+        .as_deref()
+        .filter(|o| {
+            o.file_name()
+                .is_some_and(|n| n == super::delegate::AGENT_LEAF)
+        })
+        .and_then(Path::parent)
+    {
+        if cgroups.version() == 2 {
+            return Check::ok(
+                "cgroups",
+                format!(
+                    "{detail}; stress cgroups are made in the delegated {}",
+                    home.display()
+                ),
+            );
+        }
+    }
     // sd_booted(3): systemd is the service manager when this directory exists.
     if Path::new("/run/systemd/system").is_dir() {
         return Check::not_ok(
@@ -360,8 +380,9 @@ pub(crate) fn cgroup_placement(cgroups: &Result<Cgroups, String>) -> Check {
                 "{detail}; systemd manages the tree, and stress cgroups are made under the \
                  hierarchy's root, outside the agent's own unit"
             ),
-            "systemd may remove or fight cgroups it did not create; keep stress faults short \
-             on this host",
+            "systemd may remove or fight cgroups it did not create: run the agent with \
+             Delegate=yes and `serve --cgroup-delegated`, as the packaged unit does, or keep \
+             stress faults short on this host",
         );
     }
     Check::ok("cgroups", detail)

@@ -74,7 +74,21 @@ fn source_date_epoch() -> Result<String> {
         )
 }
 
+impl Default for Options {
+    /// What other tasks build (the systemd guest): the clap defaults.
+    fn default() -> Self {
+        Self {
+            revision: "1".to_owned(),
+        }
+    }
+}
+
 pub fn run(o: Options) -> Result<()> {
+    build(o).map(|_| ())
+}
+
+/// `cargo xtask package`, returning the path of the checked .deb.
+pub fn build(o: Options) -> Result<PathBuf> {
     let started = Instant::now();
     prereqs::ensure_for_package()?;
     exec::run(&mut exec::command(
@@ -110,7 +124,7 @@ pub fn run(o: Options) -> Result<()> {
         deb.strip_prefix(&root).unwrap_or(&deb).display(),
         started.elapsed()
     );
-    Ok(())
+    Ok(deb)
 }
 
 /// `faultline 0.1.0` -> `0.1.0`.
