@@ -10,8 +10,8 @@ use anyhow::{bail, Context as _, Result};
 pub use faultline_proto::v1::FaultSpec;
 use faultline_proto::v1::{
     agent_client::AgentClient, fault_spec::Kind, faults_client::FaultsClient, ApplyRequest,
-    BlockSpec, Direction, FaultState, InfoRequest, PacketMatch, PortRange, Protocol, RateSpec,
-    RevertRequest, ShapeTarget,
+    BlockSpec, Direction, FaultState, InfoRequest, LossSpec, PacketMatch, PortRange, Protocol,
+    RateSpec, RevertRequest, ShapeTarget,
 };
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
@@ -46,6 +46,48 @@ pub fn rate_egress(device: &str, rate_bps: u64) -> FaultSpec {
             }),
             rate_bps,
             ..Default::default()
+        })),
+    }
+}
+
+/// `--proto tcp --port PORT`.
+fn tcp_port(port: u16) -> PacketMatch {
+    PacketMatch {
+        protocol: Protocol::Tcp.into(),
+        ports: vec![PortRange {
+            first: port.into(),
+            last: port.into(),
+        }],
+        cidrs: Vec::new(),
+    }
+}
+
+/// A tbf rate fault on the egress TCP traffic of `device` to one port:
+/// `rate --dev DEVICE --dir out --proto tcp --port PORT --rate BPS`.
+pub fn rate_egress_port(device: &str, rate_bps: u64, port: u16) -> FaultSpec {
+    FaultSpec {
+        kind: Some(Kind::Rate(RateSpec {
+            target: Some(ShapeTarget {
+                device: device.to_owned(),
+                direction: Direction::Egress.into(),
+                r#match: Some(tcp_port(port)),
+                ..Default::default()
+            }),
+            rate_bps,
+            ..Default::default()
+        })),
+    }
+}
+
+/// A loss fault on the egress TCP traffic of `device` to one port:
+/// `loss --dev DEVICE --dir out --proto tcp --port PORT --percent PERCENT`.
+pub fn loss_egress_port(device: &str, percent: f64, port: u16) -> FaultSpec {
+    FaultSpec {
+        kind: Some(Kind::Loss(LossSpec {
+            device: device.to_owned(),
+            direction: Direction::Egress.into(),
+            percent,
+            r#match: Some(tcp_port(port)),
         })),
     }
 }
