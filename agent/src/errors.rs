@@ -116,11 +116,6 @@ pub(crate) enum EngineError {
     )]
     StateSpace { detail: String },
 
-    /// An interface's qdisc is somebody else's and the request did not say to replace it, or
-    /// it is a tree that could not be put back exactly.
-    #[error("{detail}")]
-    Occupied { detail: String },
-
     #[error("the agent is shutting down and takes no new faults")]
     ShuttingDown,
 }

@@ -70,6 +70,17 @@ impl Lab {
     /// `a` reaches `b` over IPv4 and IPv6 (which also fills the neighbour caches before any
     /// fault). The namespaces are the lab's from here on, and deleted with it.
     pub fn join(a: Netns, b: Netns, addressing: Addressing<'_>) -> Result<Self> {
+        Self::join_with_queues(a, b, addressing, None)
+    }
+
+    /// [`Lab::join`] with `queues` TX and RX queues on each end of the veth pair (a multi-queue
+    /// device, as most NICs are), or the kernel's default of one when `None`.
+    pub fn join_with_queues(
+        a: Netns,
+        b: Netns,
+        addressing: Addressing<'_>,
+        queues: Option<u16>,
+    ) -> Result<Self> {
         let Addressing {
             dev_prefix,
             net,
@@ -87,8 +98,16 @@ impl Lab {
         // Both ends are created inside their namespaces, so the names cannot collide with
         // interfaces of the host or of other tests.
         let mut ip = Command::new("ip");
-        ip.args(["link", "add", &a.dev, "netns", a.ns.name()])
-            .args(["type", "veth", "peer", "name", &b.dev, "netns", b.ns.name()]);
+        let queues = queues.map(|n| n.to_string());
+        let queue_args = |ip: &mut Command| {
+            if let Some(n) = &queues {
+                ip.args(["numtxqueues", n, "numrxqueues", n]);
+            }
+        };
+        ip.args(["link", "add", &a.dev, "netns", a.ns.name()]);
+        queue_args(&mut ip);
+        ip.args(["type", "veth", "peer", "name", &b.dev, "netns", b.ns.name()]);
+        queue_args(&mut ip);
         process::run_ok(ip)?;
         for host in [&a, &b] {
             let v4 = format!("{}/24", host.v4);

@@ -209,7 +209,7 @@ fn faults_work_with_only_the_units_capabilities() -> Result<()> {
         .wait_for_tcp_health()
         .context("TCP connect health under the unit's capabilities")?;
 
-    // Shaping on both sides: htb, tbf, the steering classifier, an IFB device.
+    // Shaping on both sides: tbf, the steering classifier, an IFB device.
     for dir in ["out", "in"] {
         let rate = agent.apply(&[
             "rate", "--dev", &lab.b.dev, "--dir", dir, "--rate", "50mbit", "--for", "60s",

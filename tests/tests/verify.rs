@@ -1,6 +1,6 @@
 //! Reverts verified against the kernel: the agent reads a fault's objects back while it runs
 //! and after its revert. A test changes them behind the agent's back (deletes a rate fault's
-//! class, adds a rule to a block's chain, makes a cgroup inside a stress fault's cgroup) and
+//! qdisc, adds a rule to a block's chain, makes a cgroup inside a stress fault's cgroup) and
 //! checks that the agent names exactly what changed or what was left, and that what was left
 //! is cleaned once it can be.
 
@@ -38,8 +38,8 @@ fn wait_for_line(
 }
 
 #[test]
-fn a_class_deleted_behind_the_agents_back_is_reported() -> Result<()> {
-    const T: &str = "a_class_deleted_behind_the_agents_back_is_reported";
+fn a_qdisc_deleted_behind_the_agents_back_is_reported() -> Result<()> {
+    const T: &str = "a_qdisc_deleted_behind_the_agents_back_is_reported";
     if !require_root(T) {
         return Ok(());
     }
@@ -49,21 +49,20 @@ fn a_class_deleted_behind_the_agents_back_is_reported() -> Result<()> {
         "rate", "--dev", &lab.a.dev, "--rate", "10mbit", "--proto", "tcp", "--port", "8095",
         "--for", "60s",
     ])?;
-    // The agent's first reading of the fault's objects names its leaf and the class above it.
+    // The agent's first reading of the fault's objects names its leaf, the root of its IFB.
     let fault = wait_for_line(&agent, &id, "objects", |l| l.starts_with("qdisc tbf"))?;
     let leaf = lines(&fault, "objects")
         .into_iter()
         .find(|l| l.starts_with("qdisc tbf"))
         .context("no leaf")?;
-    let class = leaf
-        .split_whitespace()
-        .skip_while(|w| *w != "parent")
-        .nth(1)
-        .context("the leaf names no parent")?
-        .to_owned();
+    let ifb = format!("fl-{id}");
+    ensure!(
+        leaf.ends_with(&format!("on {ifb}")),
+        "the leaf is not on {ifb}: {leaf}"
+    );
     lab.a
         .ns
-        .exec_ok(&["tc", "class", "del", "dev", &lab.a.dev, "classid", &class])?;
+        .exec_ok(&["tc", "qdisc", "del", "dev", &ifb, "root"])?;
     let fault = wait_for_line(&agent, &id, "changes", |l| {
         l.ends_with(&format!("gone: {leaf}"))
     })?;
@@ -73,7 +72,7 @@ fn a_class_deleted_behind_the_agents_back_is_reported() -> Result<()> {
         shown.contains(&format!("gone: {leaf}")) && shown.contains("(not by faultline)"),
         "get does not show the change:\n{shown}"
     );
-    // The revert puts back the interface's root as it was, whatever happened to the class.
+    // The revert removes the IFB, whatever happened to its qdisc.
     agent.revert(&id)?;
     let ended = agent.settled_fault(&id, Duration::from_millis(500))?;
     ensure!(ended["state"] == "reverted", "{ended}");

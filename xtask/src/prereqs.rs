@@ -27,6 +27,8 @@ const APT_PACKAGES: &[&str] = &[
     "e2fsprogs",
     "prometheus",
     "prometheus-node-exporter",
+    // The bench's load generator for what a fault costs untargeted traffic.
+    "iperf3",
     // Debian's own Python with venv: the test environment of the Python clients (tests/python,
     // the Chaos Toolkit extension), whatever other Python the machine has on PATH.
     "python3",

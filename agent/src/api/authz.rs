@@ -486,7 +486,7 @@ impl Authorizer {
         };
         if request.force {
             return Err(refuse(
-                "force (overriding the safety guard or another tool's qdisc) is not allowed; \
+                "force (overriding the safety guard) is not allowed; \
                  only an admin may force a fault"
                     .to_owned(),
             ));

@@ -13,8 +13,7 @@ pub(crate) fn from_engine(e: EngineError) -> Status {
         EngineError::Guarded { .. }
         | EngineError::Unsupported { .. }
         | EngineError::Reserve { .. }
-        | EngineError::StateSpace { .. }
-        | EngineError::Occupied { .. } => Code::FailedPrecondition,
+        | EngineError::StateSpace { .. } => Code::FailedPrecondition,
         EngineError::ShuttingDown => Code::Unavailable,
         EngineError::Journal(_) | EngineError::Apply { .. } | EngineError::Revert { .. } => {
             Code::Internal

@@ -1,5 +1,6 @@
 //! `faultline delay`, `faultline netem` and `faultline rate`: shape an interface's traffic with
-//! netem or tbf, on egress or (through an IFB device) on ingress, for the packets named.
+//! netem or tbf, on egress or on ingress, for the packets named (redirected through an IFB
+//! device of the fault's own; the interface's root qdisc is left alone).
 
 use std::time::Duration;
 
@@ -18,7 +19,9 @@ pub(crate) struct TargetArgs {
     /// The interface whose traffic is shaped
     #[arg(long)]
     pub(crate) dev: String,
-    /// Direction: out shapes packets the host sends, in packets it receives (through an IFB)
+    /// Direction: out shapes packets the host sends, in packets it receives; either way the
+    /// targeted packets pass through an IFB device of the fault's own and the interface's root
+    /// qdisc is left as it is
     #[arg(long, value_enum, default_value_t = Dir::Out)]
     pub(crate) dir: Dir,
     #[command(flatten)]

@@ -324,8 +324,8 @@ pub(crate) enum Claim {
         device: String,
         direction: Direction,
     },
-    /// The root qdisc of an interface (egress shaping).
-    RootQdisc { device: String },
+    /// The egress steering classifier of an interface (egress shaping).
+    EgressShaper { device: String },
     /// The ingress steering classifier of an interface (ingress shaping).
     IngressShaper { device: String },
     /// A cgroup's I/O limits on one disk (`MAJ:MIN`).
@@ -345,7 +345,9 @@ impl fmt::Display for Claim {
                 };
                 write!(f, "the {hook} loss classifier on {device}")
             }
-            Claim::RootQdisc { device } => write!(f, "the root qdisc of {device}"),
+            Claim::EgressShaper { device } => {
+                write!(f, "the egress shaping classifier on {device}")
+            }
             Claim::IngressShaper { device } => {
                 write!(f, "the ingress shaping classifier on {device}")
             }
@@ -490,8 +492,7 @@ pub(crate) struct Host<'a> {
     /// Where a family says what its fault found and did (an owned handle, for a family's own
     /// threads).
     pub(crate) report: Arc<dyn Report>,
-    /// The request said to replace what another tool installed (a root qdisc), or to act on
-    /// what the safety guard protects.
+    /// The request said to act on what the safety guard protects.
     pub(crate) force: bool,
 }
 

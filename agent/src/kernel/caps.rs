@@ -48,9 +48,7 @@ pub(crate) struct Capabilities {
     pub(crate) netem: Capability,
     /// tbf: the qdisc of rate faults.
     pub(crate) tbf: Capability,
-    /// htb: the root that lets a shaping fault touch only the traffic it targets (egress).
-    pub(crate) htb: Capability,
-    /// IFB devices: where ingress shaping faults queue received packets.
+    /// IFB devices: where shaping faults queue the packets they target.
     pub(crate) ifb: Capability,
     pub(crate) nftables: Capability,
     pub(crate) btf: Capability,
@@ -118,15 +116,10 @@ impl Capabilities {
             "sch_tbf",
             "rate faults (faultline rate) need it",
         );
-        let htb = qdisc(
-            "CONFIG_NET_SCH_HTB",
-            "sch_htb",
-            "egress netem and rate faults need it to leave untargeted traffic alone",
-        );
         let ifb = qdisc(
             "CONFIG_IFB",
             "ifb",
-            "ingress netem and rate faults (--dir in) need it",
+            "netem and rate faults queue the packets they target in one",
         );
         let btf = if Path::new(btf::VMLINUX).exists() {
             Capability::yes(btf::VMLINUX)
@@ -176,7 +169,6 @@ impl Capabilities {
             kernel_release,
             netem,
             tbf,
-            htb,
             ifb,
             nftables,
             btf,
@@ -197,7 +189,6 @@ impl Capabilities {
         vec![
             ("netem", &self.netem),
             ("tbf", &self.tbf),
-            ("htb", &self.htb),
             ("ifb", &self.ifb),
             ("nftables", &self.nftables),
             ("btf", &self.btf),

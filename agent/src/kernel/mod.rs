@@ -8,7 +8,7 @@
 //! | --- | --- |
 //! | [`nft::Firewall`] | the `inet faultline` table's chains of block faults |
 //! | [`bpf::Classifiers`] | eBPF tc classifiers (loss, steering) and their pins |
-//! | [`qdisc::shaping::Shaping`] | faultline's root qdisc trees, IFB devices, records of replaced roots |
+//! | [`qdisc::shaping::Shaping`] | shaping faults' IFB devices and their qdiscs; older agents' records of replaced roots |
 //! | [`workers::Workers`] | stress worker processes and their cgroups |
 //! | [`disk::Disks`] | disk faults' directories (fill files, I/O files), I/O limits they set on cgroups, records of both |
 //! | [`freezer::Freezer`] | what pause faults froze (cgroups, stopped processes) and its durable record |

@@ -51,6 +51,48 @@ pub fn rate_egress(device: &str, rate_bps: u64) -> FaultSpec {
     }
 }
 
+/// `--proto tcp --port PORT`.
+fn tcp_port(port: u16) -> PacketMatch {
+    PacketMatch {
+        protocol: Protocol::Tcp.into(),
+        ports: vec![PortRange {
+            first: port.into(),
+            last: port.into(),
+        }],
+        cidrs: Vec::new(),
+    }
+}
+
+/// A tbf rate fault on the egress TCP traffic of `device` to one port:
+/// `rate --dev DEVICE --dir out --proto tcp --port PORT --rate BPS`.
+pub fn rate_egress_port(device: &str, rate_bps: u64, port: u16) -> FaultSpec {
+    FaultSpec {
+        kind: Some(Kind::Rate(RateSpec {
+            target: Some(ShapeTarget {
+                device: device.to_owned(),
+                direction: Direction::Egress.into(),
+                r#match: Some(tcp_port(port)),
+                ..Default::default()
+            }),
+            rate_bps,
+            ..Default::default()
+        })),
+    }
+}
+
+/// A loss fault on the egress TCP traffic of `device` to one port:
+/// `loss --dev DEVICE --dir out --proto tcp --port PORT --percent PERCENT`.
+pub fn loss_egress_port(device: &str, percent: f64, port: u16) -> FaultSpec {
+    FaultSpec {
+        kind: Some(Kind::Loss(LossSpec {
+            device: device.to_owned(),
+            direction: Direction::Egress.into(),
+            percent,
+            r#match: Some(tcp_port(port)),
+        })),
+    }
+}
+
 /// A loss fault on inbound UDP to `port` on `device`: `loss --dev DEVICE --dir in --percent P`.
 pub fn loss_in_udp(device: &str, port: u16, percent: f64) -> FaultSpec {
     FaultSpec {

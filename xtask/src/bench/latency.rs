@@ -296,8 +296,10 @@ pub fn run(ctx: &Ctx, runs: usize) -> Result<Section> {
          fault `active` (the agent validates, journals with fsync, changes the kernel, writes \
          its fsynced audit line), `Faults/Revert` until the answer with it `reverted`. Faults: \
          `block --dir in --proto tcp --port {PORT}` (a table, a chain and a rule in nftables \
-         over netlink) and `rate --dev <veth> --rate {RATE}` (faultline's htb root, a class, \
-         the tbf leaf and its eBPF steering classifier; revert restores the previous root). \
+         over netlink) and `rate --dev <veth> --rate {RATE}` (an IFB device of the fault's \
+         own with the tbf as its root, a clsact qdisc on the veth and the eBPF steering \
+         classifier in its egress hook, redirecting to the IFB; the veth's root is not \
+         touched; revert removes the classifier, the clsact qdisc and the IFB). \
          Baselines: the time from fork to exit of one process in the same namespace — `nft \
          '<add table; add chain; add rule>'` and `nft delete table` (one process each, the \
          fewest a shell-out tool can use), `tc qdisc replace dev <veth> root tbf rate {RATE} \
@@ -370,10 +372,16 @@ fn check_effects(
         "table inet faultline is still there after revert"
     );
     let id = ctx.rt.block_on(client.apply(rate.clone(), FAULT_FOR))?;
-    let shaped = ns.exec_ok(&["tc", "qdisc", "show", "dev", dev])?;
+    let ifb = format!("fl-{id}");
+    let shaped = ns.exec_ok(&["tc", "qdisc", "show", "dev", &ifb])?;
     ensure!(
-        shaped.contains("htb fa00:") && shaped.contains("tbf"),
-        "faultline's htb and tbf are not on {dev}: {shaped}"
+        shaped.contains("tbf fa01:"),
+        "faultline's tbf is not on {ifb}: {shaped}"
+    );
+    let during = root()?;
+    ensure!(
+        during == before,
+        "the rate fault changed the root qdisc of {dev}: {during} (before: {before})"
     );
     ctx.rt.block_on(client.revert(&id))?;
     let after = root()?;

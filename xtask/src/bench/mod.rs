@@ -4,12 +4,12 @@
 //! to something measured a moment before or after, on the same machine, does.
 //!
 //! This module owns the run: the root check, the release build, Ctrl-C, the order of the
-//! sections (each a module: [`latency`], [`fidelity`], [`overhead`], [`fanout`]), the rows they
-//! return and the machine they ran on. Everything the sections create (namespaces, agents,
-//! nftables tables, qdiscs, cgroups, pins, files) is held by guards ([`lab`], [`agent`]) that
-//! remove it on drop, also on an error or Ctrl-C; the run ends by checking that nothing named
-//! after it is left. A section that fails is reported as not measured, with its error, and the
-//! command then fails; Ctrl-C stops the run without writing anything.
+//! sections (each a module: [`latency`], [`fidelity`], [`overhead`], [`untargeted`],
+//! [`fanout`]), the rows they return and the machine they ran on. Everything the sections
+//! create (namespaces, agents, nftables tables, qdiscs, cgroups, pins, files) is held by guards
+//! ([`lab`], [`agent`]) that remove it on drop, also on an error or Ctrl-C; the run ends by
+//! checking that nothing named after it is left. A section that fails is reported as not
+//! measured, with its error, and the command then fails; Ctrl-C stops the run without writing anything.
 
 mod agent;
 mod bpfstats;
@@ -23,6 +23,7 @@ mod memory;
 mod overhead;
 mod report;
 mod traffic;
+mod untargeted;
 
 use std::{
     cell::Cell,
@@ -69,6 +70,7 @@ pub enum Part {
     Fidelity,
     Netem,
     Overhead,
+    Untargeted,
     Fanout,
 }
 
@@ -450,6 +452,7 @@ pub fn run(o: Options) -> Result<()> {
         "ping",
         "findmnt",
         "prometheus-node-exporter",
+        "iperf3",
     ] {
         host::find_program(tool).with_context(|| {
             format!("`{tool}` is not installed; `cargo xtask prereqs` installs it")
@@ -493,6 +496,11 @@ pub fn run(o: Options) -> Result<()> {
     let netem_at = sections.len();
     if wanted(Part::Overhead) {
         sections.push(section("overhead", &mut failed, || overhead::run(&ctx))?);
+    }
+    if wanted(Part::Untargeted) {
+        sections.push(section("untargeted traffic", &mut failed, || {
+            untargeted::run(&ctx)
+        })?);
     }
     if wanted(Part::Fanout) {
         sections.push(section("fan-out", &mut failed, || {

@@ -1,17 +1,17 @@
 //! The shaping families: netem (delay, jitter, loss, duplication, corruption, reordering, rate)
-//! and rate (a tbf bandwidth cap), on egress or, through an IFB device, on ingress.
+//! and rate (a tbf bandwidth cap), on egress or ingress.
 //!
-//! Only the traffic a fault names is shaped. On egress, faultline's htb root holds the fault's
-//! qdisc in a class of its own, and faultline's eBPF steering classifier sends the targeted
-//! packets (protocol, ports, networks, the cgroup of the sending socket) to it; everything else
-//! takes the default class, which does nothing. On ingress the same classifier redirects the
-//! targeted packets to the fault's IFB device, whose root is the fault's qdisc. The classifier
-//! stops steering at the deadline by itself, so the fault ends on time even if the agent dies.
-//!
-//! The interface's previous root qdisc is recorded (fsynced) before it is replaced and put back
-//! exactly on revert; another tool's root is replaced only when the request says `force`.
+//! Only the traffic a fault names is shaped. Each fault has an IFB device of its own whose root
+//! qdisc is the fault's netem or tbf; faultline's eBPF steering classifier, in the interface's
+//! clsact hook of the fault's direction, redirects the targeted packets (protocol, ports,
+//! networks, and on egress the cgroup of the sending socket) to it. Everything else passes the
+//! hook untouched: the interface's root qdisc stays whatever it was (the kernel's default,
+//! another tool's, a multi-queue device's `mq`), so no `force` is needed and untargeted traffic
+//! keeps its path. On egress the IFB sends the shaped packets back out of the interface; on
+//! ingress it hands them to the stack. The classifier stops steering at the deadline by itself,
+//! so the fault ends on time even if the agent dies.
 
-use std::{os::unix::fs::MetadataExt as _, path::PathBuf, time::Duration};
+use std::{os::unix::fs::MetadataExt as _, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -26,20 +26,15 @@ use super::{
     Claim, Connection, Deadline, Demands, Direction, Family, Host, PacketMatch, Protocol, Target,
 };
 use crate::{
-    errors::{EngineError, InvalidSpec, KernelError},
+    errors::{InvalidSpec, KernelError},
     kernel::{
         bpf::{
             config::{self as bpf_config, L4Filter, SteerConfig},
-            SteerHook, TcDirection,
+            TcDirection,
         },
         caps::{Capabilities, Capability},
         netdev,
-        qdisc::{
-            handle,
-            shaping::{ifb_name, ShapingError},
-            show_handle, Leaf, Prior, DEFAULT_MINOR, LEAF_MAJOR, ROOT_MAJOR, TARGET_MINOR,
-        },
-        rtnl::Rtnl,
+        qdisc::{handle, shaping::ifb_name, show_handle, Leaf, LEAF_MAJOR},
         workload::{Workload, WorkloadError},
         Attempts,
     },
@@ -170,27 +165,6 @@ impl<P: Shaper> ShapeSpec<P> {
         }
         what
     }
-
-    /// The root of the target interface now, and what replacing it would record.
-    fn inspect(&self, host: &Host<'_>, ifindex: u32) -> Result<Prior, EngineError> {
-        let admission = |e: ShapingError| EngineError::Apply {
-            id: "(admission)".to_owned(),
-            source: e.into(),
-        };
-        let rtnl = Rtnl::open().map_err(|e| admission(e.into()))?;
-        let tree = host.shaping.tree(&rtnl, ifindex).map_err(admission)?;
-        tree.prior(host.force)
-            .map_err(|refusal| EngineError::Occupied {
-                detail: refusal.message(&self.target.device),
-            })
-    }
-}
-
-fn describe_prior(prior: &Prior) -> String {
-    match prior {
-        Prior::KernelDefault { kind } => format!("{kind}, the kernel's default"),
-        Prior::Installed(q) => format!("{}, installed by another tool", q.describe()),
-    }
 }
 
 impl<P: Shaper + Serialize> Family for ShapeSpec<P> {
@@ -214,20 +188,12 @@ impl<P: Shaper + Serialize> Family for ShapeSpec<P> {
     }
 
     fn missing_capability(&self, caps: &Capabilities) -> Option<(String, String)> {
-        lacking::<P>(self.target.direction, caps)
-    }
-
-    fn admit(&self, host: &Host<'_>) -> Result<(), EngineError> {
-        if self.target.direction == Direction::Ingress {
-            return Ok(());
-        }
-        let ifindex = netdev::check_exists(&self.target.device).map_err(InvalidSpec::from)?;
-        self.inspect(host, ifindex).map(|_| ())
+        lacking::<P>(caps)
     }
 
     fn claims(&self) -> Vec<Claim> {
         vec![match self.target.direction {
-            Direction::Egress => Claim::RootQdisc {
+            Direction::Egress => Claim::EgressShaper {
                 device: self.target.device.clone(),
             },
             Direction::Ingress => Claim::IngressShaper {
@@ -257,108 +223,43 @@ impl<P: Shaper + Serialize> Family for ShapeSpec<P> {
     fn plan(&self, id: &str, deadline: Deadline, host: &Host<'_>) -> Vec<String> {
         let device = &self.target.device;
         let leaf = self.params.leaf();
+        let ifb = ifb_name(id);
         let what = format!(
             "{} for {}",
             self.params.describe(),
             humantime::format_duration(deadline.remaining)
         );
-        let steer = |hook| {
+        vec![
+            format!("netlink: create IFB device {ifb} and bring it up"),
+            format!(
+                "netlink: add {} {} as {ifb}'s root qdisc: {what}",
+                leaf.kind,
+                show_handle(handle(LEAF_MAJOR, 0))
+            ),
             host.classifiers.describe_steer(
                 id,
                 device,
-                hook,
+                self.tc_direction(),
+                &ifb,
                 &format!("send {} to it", self.what()),
-            )
-        };
-        match self.target.direction {
-            Direction::Egress => {
-                let root = handle(ROOT_MAJOR, 0);
-                let prior = netdev::check_exists(device)
-                    .ok()
-                    .map(|ifindex| match self.inspect(host, ifindex) {
-                        Ok(prior) => describe_prior(&prior),
-                        Err(e) => format!("cannot be replaced: {e}"),
-                    })
-                    .unwrap_or_else(|| "unknown".to_owned());
-                vec![
-                    format!(
-                        "record: {device}'s root qdisc now ({prior}), in {}",
-                        host.shaping.record_path(id).display()
-                    ),
-                    format!(
-                        "netlink: replace {device}'s root qdisc with htb {} (default class {}), \
-                         in one request",
-                        show_handle(root),
-                        show_handle(handle(ROOT_MAJOR, DEFAULT_MINOR))
-                    ),
-                    format!(
-                        "netlink: add htb classes {} (untargeted traffic) and {} (the fault's), \
-                         neither limiting",
-                        show_handle(handle(ROOT_MAJOR, DEFAULT_MINOR)),
-                        show_handle(handle(ROOT_MAJOR, TARGET_MINOR))
-                    ),
-                    format!(
-                        "netlink: add {} {} under {}: {what}",
-                        leaf.kind,
-                        show_handle(handle(LEAF_MAJOR, 0)),
-                        show_handle(handle(ROOT_MAJOR, TARGET_MINOR))
-                    ),
-                    steer(SteerHook::Root(root)),
-                    format!(
-                        "revert: put the recorded root qdisc back on {device} in one request \
-                         (the kernel's default: delete faultline's root)"
-                    ),
-                ]
-            }
-            Direction::Ingress => {
-                let ifb = ifb_name(id);
-                vec![
-                    format!("netlink: create IFB device {ifb} and bring it up"),
-                    format!(
-                        "netlink: add {} {} as {ifb}'s root qdisc: {what}",
-                        leaf.kind,
-                        show_handle(handle(LEAF_MAJOR, 0))
-                    ),
-                    steer(SteerHook::Ingress(0)),
-                    format!(
-                        "revert: remove the classifier (and a clsact qdisc it leaves idle), \
-                         delete {ifb}"
-                    ),
-                ]
-            }
-        }
+            ),
+            format!("{device}'s root qdisc: left as it is; untargeted packets do not leave it"),
+            format!(
+                "revert: remove the classifier (and a clsact qdisc it leaves idle), delete {ifb}"
+            ),
+        ]
     }
 
     fn apply(&self, id: &str, deadline: Deadline, host: &Host<'_>) -> Result<(), KernelError> {
-        let device = &self.target.device;
-        let leaf = self.params.leaf();
-        let mut config = self.steer_config(id, deadline, host)?;
-        match self.target.direction {
-            Direction::Egress => {
-                let ifindex = nix::net::if_::if_nametoindex(device.as_str()).map_err(|e| {
-                    ShapingError::Io {
-                        what: "no such interface:",
-                        path: PathBuf::from(device),
-                        source: e.into(),
-                    }
-                })?;
-                let root = host
-                    .shaping
-                    .install_egress(id, device, ifindex, host.force, &leaf)?;
-                config.classid = handle(ROOT_MAJOR, TARGET_MINOR);
-                host.classifiers
-                    .attach_steer(id, device, SteerHook::Root(root), &config)?;
-            }
-            Direction::Ingress => {
-                let ifb_index = host.shaping.install_ingress(id, &leaf)?;
-                host.classifiers.attach_steer(
-                    id,
-                    device,
-                    SteerHook::Ingress(ifb_index),
-                    &config,
-                )?;
-            }
-        }
+        let config = self.steer_config(id, deadline, host)?;
+        let ifb = host.shaping.install(id, &self.params.leaf())?;
+        host.classifiers.attach_steer(
+            id,
+            &self.target.device,
+            self.tc_direction(),
+            ifb,
+            &config,
+        )?;
         Ok(())
     }
 
@@ -372,28 +273,21 @@ impl<P: Shaper + Serialize> Family for ShapeSpec<P> {
 
     fn revert(&self, id: &str, host: &Host<'_>) -> Result<(), KernelError> {
         Target::release(id, host);
-        match self.target.direction {
-            Direction::Egress => {
-                // Independent objects: each is tried whatever became of the other.
-                let mut attempts = Attempts::default();
-                attempts.note(host.shaping.restore_root(id));
-                attempts.note(host.classifiers.detach(id));
-                attempts.finish()
-            }
-            Direction::Ingress => {
-                // The classifier first, and the IFB only once it is gone: packets redirected
-                // to a missing device are dropped, worse than shaped. The classifier stops at
-                // the deadline by itself, and the start-up sweep removes what is left.
-                host.classifiers.detach(id)?;
-                Ok(host.shaping.remove_ingress(id)?)
-            }
-        }
+        // The classifier first, and the IFB only once it is gone: packets redirected to a
+        // missing device are dropped, worse than shaped. The classifier stops at the deadline
+        // by itself, and the start-up sweep removes what is left.
+        host.classifiers.detach(id)?;
+        let mut attempts = Attempts::default();
+        attempts.note(host.shaping.remove(id));
+        // A fault an older agent applied on egress replaced the root and recorded what was
+        // there; with no record (every fault of this agent) this does nothing.
+        attempts.note(host.shaping.restore_root(id));
+        attempts.finish()
     }
 
     fn effect(&self, id: &str, host: &Host<'_>) -> Result<super::effect::Effect, KernelError> {
         let steered = host.classifiers.steered(id)?.unwrap_or_default();
-        let egress = (self.target.direction == Direction::Egress).then_some(&*self.target.device);
-        let leaf = host.shaping.leaf_stats(id, egress)?.unwrap_or_default();
+        let leaf = host.shaping.leaf_stats(id)?.unwrap_or_default();
         Ok(super::effect::Effect::new("packets steered")
             .hits(steered)
             .counter("packets_steered", steered)
@@ -405,8 +299,7 @@ impl<P: Shaper + Serialize> Family for ShapeSpec<P> {
     }
 
     fn objects(&self, id: &str, host: &Host<'_>) -> Result<Vec<String>, KernelError> {
-        let egress = (self.target.direction == Direction::Egress).then_some(&*self.target.device);
-        let mut lines = host.shaping.objects(id, egress)?;
+        let mut lines = host.shaping.objects(id)?;
         lines.extend(host.classifiers.pins(id));
         Ok(lines)
     }
@@ -430,19 +323,16 @@ impl<P: Shaper + Serialize> Family for ShapeSpec<P> {
     }
 }
 
-/// What a shaping fault in `direction` lacks on this host: `(feature, what to do instead)`.
-fn lacking<P: Shaper>(direction: Direction, caps: &Capabilities) -> Option<(String, String)> {
+/// What a shaping fault lacks on this host: `(feature, what to do instead)`. Both directions
+/// need the same: the leaf qdisc, IFB devices and eBPF tc classifiers.
+fn lacking<P: Shaper>(caps: &Capabilities) -> Option<(String, String)> {
     let (name, leaf) = P::needs(caps);
     if !leaf.available {
         // The capability's detail already says what works instead.
         return Some((name.to_owned(), leaf.detail.clone()));
     }
-    let around = match direction {
-        Direction::Egress => ("htb (sch_htb)", &caps.htb),
-        Direction::Ingress => ("IFB devices (ifb)", &caps.ifb),
-    };
-    if !around.1.available {
-        return Some((around.0.to_owned(), around.1.detail.clone()));
+    if !caps.ifb.available {
+        return Some(("IFB devices (ifb)".to_owned(), caps.ifb.detail.clone()));
     }
     (!caps.cls_bpf.available).then(|| {
         (
@@ -465,18 +355,9 @@ impl<P: Shaper + Serialize> super::readiness::Ready for ShapeSpec<P> {
             return no;
         }
         let (leaf, _) = P::needs(preflight.caps);
-        match (
-            lacking::<P>(Direction::Egress, preflight.caps),
-            lacking::<P>(Direction::Ingress, preflight.caps),
-        ) {
-            (None, None) => Readiness::Works(format!("{leaf}, both directions")),
-            (None, Some((feature, _))) => {
-                Readiness::Works(format!("{leaf}, egress only: ingress needs {feature}"))
-            }
-            (Some((feature, _)), None) => {
-                Readiness::Works(format!("{leaf}, ingress only: egress needs {feature}"))
-            }
-            (Some((feature, detail)), Some(_)) => Readiness::DoesNot {
+        match lacking::<P>(preflight.caps) {
+            None => Readiness::Works(format!("{leaf}, both directions")),
+            Some((feature, detail)) => Readiness::DoesNot {
                 because: format!("{feature} is missing"),
                 instead: detail,
             },

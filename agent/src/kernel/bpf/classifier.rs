@@ -12,7 +12,7 @@ use aya::programs::{
     tc::{NlOptions, TcAttachOptions},
     LinkOrder, SchedClassifier,
 };
-use faultline_common::{STEER_CLASSIFY, STEER_MATCH};
+use faultline_common::STEER_MATCH;
 
 use super::{
     config::{LossConfig, SteerConfig},
@@ -22,13 +22,13 @@ use super::{
 };
 use crate::kernel::{
     netdev::l2_len,
-    rtnl::{BpfFilter, FilterAction, Rtnl, CLSACT_INGRESS},
+    rtnl::{BpfFilter, Rtnl},
     Adapter, Attempts, KernelError, Swept,
 };
 
 /// After the loss classifier (priority 1) in the same hook, so that a packet the loss fault
 /// drops is not delayed first.
-const STEER_INGRESS_PRIORITY: u16 = 2;
+const STEER_PRIORITY: u16 = 2;
 /// Runs ahead of other cls_bpf filters (lower is earlier), so a filter that ends classification
 /// cannot hide packets from the fault.
 const NETLINK_PRIORITY: u16 = 1;
@@ -43,15 +43,6 @@ fn uses_tcx(direction: TcDirection) -> bool {
 pub(crate) struct Classifiers {
     root: PathBuf,
     spares: Spares,
-}
-
-/// Where the steering classifier of a shaping fault goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SteerHook {
-    /// Into faultline's root qdisc of the interface, whose handle (major << 16) this is.
-    Root(u32),
-    /// The interface's ingress hook (clsact), redirecting to the IFB with this index.
-    Ingress(u32),
 }
 
 impl Classifiers {
@@ -98,22 +89,15 @@ impl Classifiers {
         &self,
         id: &str,
         device: &str,
-        hook: SteerHook,
+        direction: TcDirection,
+        ifb: &str,
         what: &str,
     ) -> String {
-        let place = match hook {
-            SteerHook::Root(handle) => format!(
-                "as a cls_bpf filter of qdisc {:x}: on {device} (direct action, priority {NETLINK_PRIORITY})",
-                handle >> 16
-            ),
-            SteerHook::Ingress(_) => format!(
-                "to {device}'s clsact ingress hook as a cls_bpf filter with a mirred redirect to \
-                 the IFB (priority {STEER_INGRESS_PRIORITY}), adding the clsact qdisc if it has none"
-            ),
-        };
         format!(
-            "ebpf: load tc classifier {STEER_PROGRAM} to {what}; attach it {place}; pin it under {} \
-             (it stops steering at the deadline by itself)",
+            "ebpf: load tc classifier {STEER_PROGRAM} to {what}; attach it to {device}'s clsact \
+             {direction} hook as a cls_bpf filter with a mirred redirect to {ifb} (priority \
+             {STEER_PRIORITY}), adding the clsact qdisc if it has none; pin it under {} (it stops \
+             steering at the deadline by itself)",
             self.dir(id).display()
         )
     }
@@ -139,40 +123,23 @@ impl Classifiers {
         attach_program(program, &dir, device, direction, uses_tcx(direction))
     }
 
-    /// Loads a fresh copy of the steering classifier with `config`, attaches it at `hook` and
-    /// pins it. In the ingress hook it redirects to the IFB; in a root qdisc it names
-    /// `config.classid`.
+    /// Loads a fresh copy of the steering classifier with `config`, attaches it to `device`'s
+    /// clsact hook of `direction` as a filter that redirects what it matches to the IFB with
+    /// index `ifb`, and pins it. The interface's root qdisc is not touched: packets the
+    /// classifier does not match leave by the path they would take with no fault.
     pub(crate) fn attach_steer(
         &self,
         id: &str,
         device: &str,
-        hook: SteerHook,
+        direction: TcDirection,
+        ifb: u32,
         config: &SteerConfig,
     ) -> Result<(), BpfError> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
 
         let mut config = *config;
         config.filter.l2_len = l2_len(device)?;
-        let (pinned, parent, priority, action) = match hook {
-            SteerHook::Root(handle) => {
-                config.mode = STEER_CLASSIFY;
-                (
-                    Hook::SteerRoot,
-                    handle,
-                    NETLINK_PRIORITY,
-                    FilterAction::Classify,
-                )
-            }
-            SteerHook::Ingress(ifindex) => {
-                config.mode = STEER_MATCH;
-                (
-                    Hook::SteerIngress,
-                    CLSACT_INGRESS,
-                    STEER_INGRESS_PRIORITY,
-                    FilterAction::Redirect { ifindex },
-                )
-            }
-        };
+        config.mode = STEER_MATCH;
         let dir = self.prepare(id)?;
         let mut ebpf = self.spares.take(STEER_PROGRAM)?;
         configure(&mut ebpf, "STEER", &config)?;
@@ -184,7 +151,7 @@ impl Classifiers {
         let program = classifier(&mut ebpf, STEER_PROGRAM)?;
         let pin_path = dir.join(
             Attachment {
-                hook: pinned,
+                hook: Hook::Steer(direction),
                 device: device.to_owned(),
             }
             .pin_name(),
@@ -201,20 +168,18 @@ impl Classifiers {
             source: e.into(),
         })?;
         let rtnl = Rtnl::open()?;
-        if pinned == Hook::SteerIngress {
-            rtnl.add_clsact(device, ifindex)?;
-        }
+        rtnl.add_clsact(device, ifindex)?;
         let fd = program.fd().map_err(BpfError::Program)?;
         let raw = fd.as_fd().as_raw_fd() as u32;
         rtnl.add_bpf_filter(
             device,
             ifindex,
             &BpfFilter {
-                parent,
-                priority,
+                parent: direction.clsact_parent(),
+                priority: STEER_PRIORITY,
                 prog_fd: raw,
                 name: STEER_PROGRAM,
-                action,
+                redirect_to: ifb,
             },
         )?;
         Ok(())
@@ -333,9 +298,9 @@ fn unpin(path: &Path, name: &str) -> Result<(), BpfError> {
             remove_pin(path)?;
             rtnl.remove_idle_clsact(&device)?;
         }
-        Hook::SteerIngress => {
+        Hook::Steer(direction) => {
             let rtnl = Rtnl::open()?;
-            rtnl.delete_bpf_filters(&device, CLSACT_INGRESS, STEER_PROGRAM)?;
+            rtnl.delete_bpf_filters(&device, direction.clsact_parent(), STEER_PROGRAM)?;
             remove_pin(path)?;
             rtnl.remove_idle_clsact(&device)?;
         }

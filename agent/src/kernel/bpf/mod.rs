@@ -37,7 +37,7 @@ pub(crate) mod object;
 mod pins;
 mod stats;
 
-pub(crate) use classifier::{Classifiers, SteerHook};
+pub(crate) use classifier::Classifiers;
 pub(crate) use object::{verifier_tail, EBPF_OBJECT};
 
 #[derive(Debug, Error)]

@@ -1,6 +1,6 @@
 //! A fault's pins on the BPF filesystem: `<pin dir>/<fault id>/`, holding its maps and one pin
 //! per attachment whose name records the hook and the interface (`tcx-egress-eth0`,
-//! `cls-ingress-eth0`, `steer-root-eth0`), so that a revert, or a start-up sweep with no journal
+//! `cls-ingress-eth0`, `steer-egress-eth0`), so that a revert, or a start-up sweep with no journal
 //! entry, knows what to undo.
 
 use std::{fs, io, path::Path};
@@ -16,10 +16,12 @@ pub(super) enum Hook {
     Tcx(TcDirection),
     /// The loss classifier as a cls_bpf filter in the interface's clsact qdisc.
     Cls(TcDirection),
-    /// The steering classifier in the clsact ingress hook, redirecting to an IFB.
-    SteerIngress,
-    /// The steering classifier inside faultline's root qdisc, which owns it: removing that qdisc
-    /// removes the filter, so the pin only records it.
+    /// The steering classifier in the interface's clsact hook of this direction, redirecting
+    /// to the fault's IFB.
+    Steer(TcDirection),
+    /// The steering classifier inside a root qdisc of faultline's, as agents before the IFB
+    /// design attached it on egress: removing that qdisc removed the filter, so the pin only
+    /// records it. Still read, so that such a fault reverts after an upgrade.
     SteerRoot,
 }
 
@@ -34,7 +36,7 @@ impl Attachment {
         let (prefix, place) = match self.hook {
             Hook::Tcx(d) => ("tcx", d.to_string()),
             Hook::Cls(d) => ("cls", d.to_string()),
-            Hook::SteerIngress => ("steer", "ingress".to_owned()),
+            Hook::Steer(d) => ("steer", d.to_string()),
             Hook::SteerRoot => ("steer", "root".to_owned()),
         };
         format!("{prefix}-{place}-{}", self.device)
@@ -46,8 +48,8 @@ impl Attachment {
         let hook = match (prefix, place) {
             ("tcx", d) => Hook::Tcx(TcDirection::parse(d)?),
             ("cls", d) => Hook::Cls(TcDirection::parse(d)?),
-            ("steer", "ingress") => Hook::SteerIngress,
             ("steer", "root") => Hook::SteerRoot,
+            ("steer", d) => Hook::Steer(TcDirection::parse(d)?),
             _ => return None,
         };
         let device = parts.next()?.to_owned();
@@ -121,7 +123,8 @@ mod tests {
         assert_eq!(Attachment::from_pin_name(&a.pin_name()), Some(a));
         for hook in [
             Hook::SteerRoot,
-            Hook::SteerIngress,
+            Hook::Steer(TcDirection::Ingress),
+            Hook::Steer(TcDirection::Egress),
             Hook::Tcx(TcDirection::Egress),
         ] {
             let a = Attachment {

@@ -5,9 +5,8 @@
 //! psched time: the legacy fields are in psched ticks of 64 ns. tc derives the conversion from
 //! `/proc/net/psched`, which every kernel since 2.6.3x (PSCHED_SHIFT = 6, high-resolution timers)
 //! reports as `000003e8 00000040 000f4240 3b9aca00`; that gives tc's `tick_in_usec` of
-//! 1000 / 64 = 15.625 and a "HZ" of 10^9 for htb's default burst. Those values are hard-coded
-//! here instead of reading `/proc`, so encoding is pure and does not depend on the agent's mount
-//! namespace. Netlink carries everything in host byte order (`to_ne_bytes`).
+//! 1000 / 64 = 15.625. Those values are hard-coded here instead of reading `/proc`, so encoding
+//! is pure and does not depend on the agent's mount namespace. Netlink carries everything in host byte order (`to_ne_bytes`).
 
 use std::time::Duration;
 
@@ -21,8 +20,6 @@ const RTAB_DEFAULT_MTU: u32 = 2047;
 pub(super) const TIME_UNITS_PER_SEC: f64 = 1_000_000.0;
 /// psched ticks per microsecond.
 const TICKS_PER_USEC: f64 = 15.625;
-/// The "HZ" htb's default burst is computed with.
-pub(super) const PSCHED_HZ: u64 = 1_000_000_000;
 
 /// tc's `get_percent`: `rint(percent / 100 * UINT32_MAX)`, ties to even.
 pub(super) fn percent_to_u32(percent: f64) -> u32 {

@@ -1,24 +1,23 @@
-//! The shaping adapter: it owns what shaping faults put on the host — faultline's root qdisc
-//! trees, the IFB devices of ingress faults (named `fl-<fault id>`), and the durable record of
-//! the root each tree replaced — and finds them again at start-up to sweep what no fault
-//! accounts for.
+//! The shaping adapter: it owns what shaping faults put on the host — the IFB device of each
+//! fault (named `fl-<fault id>`), whose root is the fault's netem or tbf — and finds them again
+//! at start-up to sweep what no fault accounts for.
 //!
-//! Before the root of an interface is replaced, what was there is inspected and recorded (see
-//! [`Prior`]); the record is written and fsynced under the state directory (`kernel::durable`),
-//! so that a revert after a crash restores exactly the same qdisc. Replacing a root is one
-//! netlink request, so traffic never goes without a qdisc.
+//! An interface's own root qdisc is never replaced: the steering classifier redirects only the
+//! targeted packets, from the interface's clsact hook, to the fault's IFB (`kernel::bpf`), so
+//! every other packet leaves by the path it would take with no fault, whatever qdisc another
+//! tool installed there, and a multi-queue device keeps its queues.
+//!
+//! Agents before this design replaced the egress root with an htb tree of faultline's (handle
+//! `fa00:`), after recording (fsynced, under the state directory: `kernel::durable`) what the
+//! root held. Those records are still read: a revert or a start-up sweep puts that root back
+//! exactly, in one netlink request, so a fault of an older agent is undone after an upgrade.
 
-use std::{
-    io,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::{
-    handle, htb, is_ours, Leaf, Prior, Tree, DEFAULT_MINOR, LEAF_MAJOR, ROOT_MAJOR, TARGET_MINOR,
-};
+use super::{egress_root, handle, is_ours, Leaf, Prior, LEAF_MAJOR};
 use crate::kernel::{
     durable::{RecordError, Records},
     rtnl::{QdiscStats, Rtnl, RtnlError},
@@ -27,42 +26,31 @@ use crate::kernel::{
 
 /// Interfaces faultline creates are named `fl-<fault id>`.
 const IFB_PREFIX: &str = "fl-";
-/// htb classes of faultline's tree are meant never to limit: 400 Gbit/s is more than any link.
-const UNLIMITED_BYTES_PER_SEC: u64 = 50_000_000_000;
 
 #[derive(Debug, Error)]
 pub(crate) enum ShapingError {
     #[error(transparent)]
     Rtnl(#[from] RtnlError),
-    #[error("{what} {path}: {source}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
     #[error(transparent)]
     Record(#[from] RecordError),
-    #[error("the root qdisc changed since admission: {0}")]
-    Changed(String),
 }
 
-/// What a shaping fault recorded before it replaced a root.
+/// What a shaping fault of an older agent recorded before it replaced a root.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Record {
     pub(crate) device: String,
     pub(crate) prior: Prior,
 }
 
-/// The IFB device of fault `id`'s ingress shaping.
+/// The IFB device of fault `id`.
 pub(crate) fn ifb_name(id: &str) -> String {
     format!("{IFB_PREFIX}{id}")
 }
 
-/// faultline's qdisc trees and IFB devices, and the records of what they replaced.
+/// faultline's IFB devices, and the records of the roots older agents replaced.
 #[derive(Debug)]
 pub(crate) struct Shaping {
-    /// `<state dir>/qdisc/`, one `<fault id>.json` per replaced root.
+    /// `<state dir>/qdisc/`, one `<fault id>.json` per root an older agent replaced.
     records: Records,
 }
 
@@ -73,58 +61,13 @@ impl Shaping {
         }
     }
 
-    /// Where fault `id`'s record of the root it replaced is kept.
+    /// Where fault `id`'s record of a root it replaced is kept (faults of older agents).
     pub(crate) fn record_path(&self, id: &str) -> PathBuf {
         self.records.path(id)
     }
 
-    /// The egress tree of `ifindex` now.
-    pub(crate) fn tree(&self, rtnl: &Rtnl, ifindex: u32) -> Result<Tree, ShapingError> {
-        Ok(Tree::of(rtnl.qdiscs(ifindex)?))
-    }
-
-    /// Replaces `device`'s root with faultline's htb tree holding `leaf` in the targeted class;
-    /// returns the root's handle, for the steering classifier. What the root held is recorded
-    /// (fsynced) first: a crash from there on is reverted from the record.
-    pub(crate) fn install_egress(
-        &self,
-        id: &str,
-        device: &str,
-        ifindex: u32,
-        force: bool,
-        leaf: &Leaf,
-    ) -> Result<u32, ShapingError> {
-        let rtnl = Rtnl::open()?;
-        let prior = self
-            .tree(&rtnl, ifindex)?
-            .prior(force)
-            .map_err(|refusal| ShapingError::Changed(refusal.message(device)))?;
-        self.save(
-            id,
-            &Record {
-                device: device.to_owned(),
-                prior,
-            },
-        )?;
-        let root = handle(ROOT_MAJOR, 0);
-        let target = handle(ROOT_MAJOR, TARGET_MINOR);
-        let (qdisc, class) = htb_parts();
-        rtnl.replace_root(device, ifindex, "htb", root, &qdisc)?;
-        for minor in [DEFAULT_MINOR, TARGET_MINOR] {
-            rtnl.add_class(device, ifindex, root, handle(ROOT_MAJOR, minor), &class)?;
-        }
-        rtnl.add_qdisc(
-            device,
-            ifindex,
-            (target, handle(LEAF_MAJOR, 0)),
-            leaf.kind,
-            &leaf.options,
-        )?;
-        Ok(root)
-    }
-
     /// Creates fault `id`'s IFB device with `leaf` as its root; returns the device's index.
-    pub(crate) fn install_ingress(&self, id: &str, leaf: &Leaf) -> Result<u32, ShapingError> {
+    pub(crate) fn install(&self, id: &str, leaf: &Leaf) -> Result<u32, ShapingError> {
         let rtnl = Rtnl::open()?;
         let ifb = ifb_name(id);
         let index = rtnl.create_ifb(&ifb)?;
@@ -132,16 +75,10 @@ impl Shaping {
         Ok(index)
     }
 
-    /// The counters of fault `id`'s leaf qdisc (its netem or tbf): in the root tree of
-    /// `egress_device`, or at the root of the fault's IFB (ingress, `None`). `None` when the
-    /// leaf is not there (any more).
-    pub(crate) fn leaf_stats(
-        &self,
-        id: &str,
-        egress_device: Option<&str>,
-    ) -> Result<Option<QdiscStats>, ShapingError> {
-        let device = egress_device.map_or_else(|| ifb_name(id), str::to_owned);
-        let Ok(ifindex) = nix::net::if_::if_nametoindex(device.as_str()) else {
+    /// The counters of fault `id`'s leaf qdisc (its netem or tbf, at the root of its IFB);
+    /// `None` when it is not there (any more).
+    pub(crate) fn leaf_stats(&self, id: &str) -> Result<Option<QdiscStats>, ShapingError> {
+        let Ok(ifindex) = nix::net::if_::if_nametoindex(ifb_name(id).as_str()) else {
             return Ok(None);
         };
         Ok(Rtnl::open()?
@@ -151,24 +88,17 @@ impl Shaping {
             .map(|(_, _, stats)| stats))
     }
 
-    /// Fault `id`'s objects, one line each: the record of the root it replaced, and its
-    /// qdiscs (faultline's handles) at the root of `egress_device`, or its IFB device and the
-    /// qdiscs on it (ingress, `None`).
-    pub(crate) fn objects(
-        &self,
-        id: &str,
-        egress_device: Option<&str>,
-    ) -> Result<Vec<String>, ShapingError> {
+    /// Fault `id`'s objects, one line each: its IFB device and the qdiscs on it, and the record
+    /// of a root it replaced (a fault of an older agent).
+    pub(crate) fn objects(&self, id: &str) -> Result<Vec<String>, ShapingError> {
         let mut lines = Vec::new();
         let record = self.record_path(id);
         if record.exists() {
             lines.push(format!("record {}", record.display()));
         }
-        let device = egress_device.map_or_else(|| ifb_name(id), str::to_owned);
+        let device = ifb_name(id);
         if let Ok(ifindex) = nix::net::if_::if_nametoindex(device.as_str()) {
-            if egress_device.is_none() {
-                lines.push(format!("IFB device {device}"));
-            }
+            lines.push(format!("IFB device {device}"));
             let rtnl = Rtnl::open()?;
             for q in rtnl.qdiscs(ifindex)? {
                 if is_ours(q.handle) {
@@ -180,12 +110,13 @@ impl Shaping {
     }
 
     /// Deletes fault `id`'s IFB device; gone already is fine.
-    pub(crate) fn remove_ingress(&self, id: &str) -> Result<(), ShapingError> {
+    pub(crate) fn remove(&self, id: &str) -> Result<(), ShapingError> {
         Ok(Rtnl::open()?.delete_link(&ifb_name(id))?)
     }
 
-    /// Puts back the root qdisc recorded for fault `id`, if faultline's root is still there, and
-    /// forgets the record. Idempotent: no record means the root was never replaced.
+    /// Puts back the root qdisc recorded for fault `id` (a fault of an older agent), if
+    /// faultline's root is still there, and forgets the record. Idempotent: no record means the
+    /// root was never replaced, as with every fault of this agent.
     pub(crate) fn restore_root(&self, id: &str) -> Result<(), ShapingError> {
         let Some(record) = self.load(id)? else {
             return Ok(());
@@ -193,8 +124,7 @@ impl Shaping {
         let device = &record.device;
         if let Ok(ifindex) = nix::net::if_::if_nametoindex(device.as_str()) {
             let rtnl = Rtnl::open()?;
-            let tree = self.tree(&rtnl, ifindex)?;
-            match tree.root.filter(|root| is_ours(root.handle)) {
+            match egress_root(rtnl.qdiscs(ifindex)?).filter(|root| is_ours(root.handle)) {
                 Some(ours) => match &record.prior {
                     Prior::KernelDefault { .. } => {
                         rtnl.delete_root(device, ifindex, ours.handle)?
@@ -214,7 +144,7 @@ impl Shaping {
         self.forget(id)
     }
 
-    /// Writes and fsyncs fault `id`'s record before the root is touched.
+    #[cfg(test)]
     fn save(&self, id: &str, record: &Record) -> Result<(), ShapingError> {
         Ok(self.records.save(id, record)?)
     }
@@ -280,26 +210,6 @@ impl Adapter for Shaping {
         }
         swept
     }
-}
-
-/// The htb qdisc's and classes' options of faultline's egress tree. Neither class is meant to
-/// limit anything (a rate fault's cap is its tbf leaf), so both may use far more than any link.
-fn htb_parts() -> (Vec<u8>, Vec<u8>) {
-    let qdisc = htb::HtbQdiscOptions {
-        default_minor: u32::from(DEFAULT_MINOR),
-    }
-    .encode();
-    let class = htb::HtbClassOptions {
-        rate_bytes_per_sec: UNLIMITED_BYTES_PER_SEC,
-        ceil_bytes_per_sec: UNLIMITED_BYTES_PER_SEC,
-        burst_bytes: 256 << 10,
-        cburst_bytes: 256 << 10,
-        // htb's own upper bound without complaints in the kernel log.
-        quantum: 200_000,
-        prio: 0,
-    }
-    .encode();
-    (qdisc, class)
 }
 
 #[cfg(test)]

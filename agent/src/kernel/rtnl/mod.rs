@@ -7,8 +7,8 @@
 //! async, so `Rtnl` bridges the two in one place: each call runs to completion on the agent's
 //! runtime when there is one, else on a small runtime of the socket's own.
 //!
-//! Messages are typed (`netlink-packet-route`) except the `TCA_OPTIONS` payloads of netem, tbf
-//! and htb, for which that crate has no types: those come as bytes from `kernel::qdisc`, and
+//! Messages are typed (`netlink-packet-route`) except the `TCA_OPTIONS` payloads of netem and
+//! tbf, for which that crate has no types: those come as bytes from `kernel::qdisc`, and
 //! a snapshot of another tool's qdisc goes back byte for byte.
 
 use std::future::Future;
@@ -24,8 +24,7 @@ use thiserror::Error;
 mod tc;
 
 pub(crate) use tc::{
-    handle, show_handle, BpfFilter, FilterAction, QdiscRecord, QdiscStats, CLSACT_EGRESS,
-    CLSACT_INGRESS,
+    handle, show_handle, BpfFilter, QdiscRecord, QdiscStats, CLSACT_EGRESS, CLSACT_INGRESS,
 };
 
 #[derive(Debug, Error)]

@@ -1,4 +1,4 @@
-//! Traffic control over route netlink: qdiscs, htb classes, clsact hooks and cls_bpf filters.
+//! Traffic control over route netlink: qdiscs, clsact hooks and cls_bpf filters.
 
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use rtnetlink::{
@@ -65,24 +65,16 @@ pub(crate) fn handle(major: u16, minor: u16) -> u32 {
     (u32::from(major) << 16) | u32::from(minor)
 }
 
-/// A cls_bpf filter to add: where, which loaded program, and what it does.
+/// A steering filter to add: where, which loaded program, and the IFB its matches go to.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BpfFilter<'a> {
-    /// A qdisc handle, or a clsact hook (`ffff:fff2` for ingress).
+    /// A clsact hook ([`CLSACT_INGRESS`] or [`CLSACT_EGRESS`]).
     pub(crate) parent: u32,
     pub(crate) priority: u16,
     pub(crate) prog_fd: u32,
     pub(crate) name: &'a str,
-    pub(crate) action: FilterAction,
-}
-
-/// What a steering filter does with the packets its program matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum FilterAction {
-    /// Send them to the class the program names (direct action, in faultline's htb).
-    Classify,
-    /// Redirect them to the egress of interface `ifindex` (mirred), an IFB.
-    Redirect { ifindex: u32 },
+    /// The interface index of the IFB the matched packets are redirected to (mirred).
+    pub(crate) redirect_to: u32,
 }
 
 impl Rtnl {
@@ -192,57 +184,11 @@ impl Rtnl {
         })
     }
 
-    /// Adds qdisc `kind` with `options` below class `parent`.
-    pub(crate) fn add_qdisc(
-        &self,
-        device: &str,
-        ifindex: u32,
-        (parent, handle): (u32, u32),
-        kind: &str,
-        options: &[u8],
-    ) -> Result<(), RtnlError> {
-        self.run(async {
-            let message = tc_message(ifindex, handle, parent, kind, options);
-            self.send(
-                RouteNetlinkMessage::NewQueueDiscipline(message),
-                NLM_F_CREATE | NLM_F_EXCL,
-                format!(
-                    "cannot add {kind} {} under {}",
-                    show_handle(handle),
-                    show_handle(parent)
-                ),
-                device,
-            )
-            .await
-        })
-    }
-
-    /// Adds an htb class.
-    pub(crate) fn add_class(
-        &self,
-        device: &str,
-        ifindex: u32,
-        parent: u32,
-        classid: u32,
-        options: &[u8],
-    ) -> Result<(), RtnlError> {
-        self.run(async {
-            let message = tc_message(ifindex, classid, parent, "htb", options);
-            self.send(
-                RouteNetlinkMessage::NewTrafficClass(message),
-                NLM_F_CREATE | NLM_F_EXCL,
-                format!("cannot add htb class {}", show_handle(classid)),
-                device,
-            )
-            .await
-        })
-    }
-
-    /// Attaches the loaded eBPF classifier `prog_fd` to `parent` (a qdisc, or a clsact hook) as
-    /// a cls_bpf filter that does `action` with the packets it matches.
+    /// Attaches the loaded eBPF classifier `prog_fd` to clsact hook `parent` as a classic
+    /// cls_bpf filter whose action redirects the packets it matches to an IFB (mirred).
     ///
     /// A request of our own rather than the eBPF library's attach, which cannot set a filter's
-    /// class id or actions.
+    /// actions.
     pub(crate) fn add_bpf_filter(
         &self,
         device: &str,
@@ -255,12 +201,11 @@ impl Rtnl {
                 priority,
                 prog_fd,
                 name,
-                action,
+                redirect_to,
             } = *filter;
             use rtnetlink::packet_route::tc::{
                 TcAction, TcActionAttribute, TcActionGeneric, TcActionMirror, TcActionMirrorOption,
-                TcActionOption, TcActionType, TcBpfFlags, TcFilterBpfOption, TcMirror,
-                TcMirrorActionType,
+                TcActionOption, TcActionType, TcMirror, TcMirrorActionType,
             };
             const ETH_P_ALL: u16 = 0x0003;
             const TCA_BPF_ACT: u16 = 1;
@@ -268,37 +213,25 @@ impl Rtnl {
                 TcOption::Bpf(TcFilterBpfOption::ProgFd(prog_fd)),
                 TcOption::Bpf(TcFilterBpfOption::ProgName(name.to_owned())),
             ];
-            match action {
-                FilterAction::Classify => {
-                    // The kernel keeps only 16 bits of the class a program writes (the minor)
-                    // and takes the major from the filter's class id.
-                    options.push(TcOption::Bpf(TcFilterBpfOption::Flags(
-                        TcBpfFlags::DirectAction,
-                    )));
-                    options.push(TcOption::Bpf(TcFilterBpfOption::ClassId(parent.into())));
-                }
-                FilterAction::Redirect { ifindex } => {
-                    let mut mirred = TcMirror::default();
-                    mirred.generic = TcActionGeneric::default();
-                    mirred.generic.action = TcActionType::Stolen;
-                    mirred.eaction = TcMirrorActionType::EgressRedir;
-                    mirred.ifindex = ifindex;
-                    let mut act = TcAction::default();
-                    act.attributes = vec![
-                        TcActionAttribute::Kind(TcActionMirror::KIND.to_owned()),
-                        TcActionAttribute::Options(vec![TcActionOption::Mirror(
-                            TcActionMirrorOption::Parms(mirred),
-                        )]),
-                    ];
-                    let actions = vec![act];
-                    let mut bytes = vec![0; actions.as_slice().buffer_len()];
-                    actions.as_slice().emit(&mut bytes);
-                    options.push(TcOption::Bpf(TcFilterBpfOption::Other(DefaultNla::new(
-                        TCA_BPF_ACT,
-                        bytes,
-                    ))));
-                }
-            }
+            let mut mirred = TcMirror::default();
+            mirred.generic = TcActionGeneric::default();
+            mirred.generic.action = TcActionType::Stolen;
+            mirred.eaction = TcMirrorActionType::EgressRedir;
+            mirred.ifindex = redirect_to;
+            let mut act = TcAction::default();
+            act.attributes = vec![
+                TcActionAttribute::Kind(TcActionMirror::KIND.to_owned()),
+                TcActionAttribute::Options(vec![TcActionOption::Mirror(
+                    TcActionMirrorOption::Parms(mirred),
+                )]),
+            ];
+            let actions = vec![act];
+            let mut bytes = vec![0; actions.as_slice().buffer_len()];
+            actions.as_slice().emit(&mut bytes);
+            options.push(TcOption::Bpf(TcFilterBpfOption::Other(DefaultNla::new(
+                TCA_BPF_ACT,
+                bytes,
+            ))));
             let mut message = TcMessage::with_index(ifindex as i32);
             message.header.parent = parent.into();
             message.header.handle = 1u32.into();
