@@ -23,7 +23,8 @@ pub(crate) use self::{
     rate::RateParams,
 };
 use super::{
-    Claim, Connection, Deadline, Demands, Direction, Family, Host, PacketMatch, Protocol, Target,
+    Claim, Connection, Deadline, Demands, Direction, Ended, Family, Host, PacketMatch, Protocol,
+    Target,
 };
 use crate::{
     errors::{InvalidSpec, KernelError},
@@ -283,6 +284,19 @@ impl<P: Shaper + Serialize> Family for ShapeSpec<P> {
         // there; with no record (every fault of this agent) this does nothing.
         attempts.note(host.shaping.restore_root(id));
         attempts.finish()
+    }
+
+    fn end(&self, id: &str, host: &Host<'_>) -> Result<Ended, KernelError> {
+        if host.shaping.record_path(id).exists() {
+            // An older agent's fault replaced the root: only putting it back ends the effect.
+            return self.revert(id, host).map(|()| Ended::Clean);
+        }
+        // Without its classifier no packet reaches the IFB: that ends the fault. The IFB's
+        // deletion waits in the kernel (tens of milliseconds, the device's unregistration) and
+        // follows the answer, in `revert`.
+        Target::release(id, host);
+        host.classifiers.detach(id)?;
+        Ok(Ended::CleanupLeft)
     }
 
     fn effect(&self, id: &str, host: &Host<'_>) -> Result<super::effect::Effect, KernelError> {
