@@ -19,10 +19,11 @@ use crate::exec;
 /// `tzdata` that no real machine lacks, so a build passing there would prove nothing more.
 const VARIANT: &str = "minbase";
 
-const SUITE: &str = "bookworm";
+pub(crate) const SUITE: &str = "bookworm";
 
-/// The archive a new Debian 12 machine uses: the release, its updates and security updates.
-const SOURCES: &[&str] = &[
+/// The archive a new Debian 12 machine uses: the release, its updates and security updates
+/// (also the systemd guest's).
+pub(crate) const SOURCES: &[&str] = &[
     "deb http://deb.debian.org/debian bookworm main",
     "deb http://deb.debian.org/debian bookworm-updates main",
     "deb http://deb.debian.org/debian-security bookworm-security main",

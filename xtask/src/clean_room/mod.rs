@@ -18,7 +18,7 @@
 //! the outcome (an error, Ctrl-C), the room's processes are killed, its mounts undone and its
 //! tree removed (`room`).
 
-mod base;
+pub(crate) mod base;
 mod package;
 mod room;
 

@@ -21,14 +21,7 @@ use crate::{exec, test::seconds};
 /// recipe, kept across clones of the tree.
 pub const CACHE_DIR: &str = "/var/cache/faultline/systemd-guest";
 
-const SUITE: &str = "bookworm";
-
-/// The archive a Debian 12 machine uses: the release, its updates and security updates.
-const SOURCES: &[&str] = &[
-    "deb http://deb.debian.org/debian bookworm main",
-    "deb http://deb.debian.org/debian bookworm-updates main",
-    "deb http://deb.debian.org/debian-security bookworm-security main",
-];
+use crate::clean_room::base::{SOURCES, SUITE};
 
 /// On top of `minbase`: systemd as init (systemd-sysv) with udev and dbus, as a Debian server
 /// has them; the stock cloud kernel (what Debian runs on virtual machines) with initramfs-tools,
