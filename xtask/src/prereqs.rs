@@ -337,3 +337,81 @@ pub fn python_env_dir() -> std::path::PathBuf {
         .unwrap_or_else(|| host::workspace_root().join("target"))
         .join("python")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{HashMap, HashSet};
+
+    /// `cargo xtask` is how a new machine gets its prerequisites, so xtask itself must build
+    /// before any of them is there: nothing it links (normal or build dependencies) may look
+    /// for a system library. `pkg-config` (the crate) in that closure means something does; the
+    /// bench's nf_tables floor once brought libmnl's and broke `cargo xtask test` on a fresh
+    /// machine while CI, on a machine that had the headers, stayed green.
+    #[test]
+    fn xtask_builds_before_any_prerequisite_is_installed() {
+        let output = std::process::Command::new(env!("CARGO"))
+            .args(["metadata", "--format-version", "1"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("running cargo metadata");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let names: HashMap<&str, &str> = metadata["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["id"].as_str().unwrap(), p["name"].as_str().unwrap()))
+            .collect();
+        let nodes: HashMap<&str, &serde_json::Value> = metadata["resolve"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| (n["id"].as_str().unwrap(), n))
+            .collect();
+        let root = names
+            .iter()
+            .find(|(_, name)| **name == "xtask")
+            .map(|(id, _)| *id)
+            .expect("xtask in the workspace");
+        let (mut seen, mut todo, mut path) = (HashSet::new(), vec![root], HashMap::new());
+        while let Some(id) = todo.pop() {
+            if !seen.insert(id) {
+                continue;
+            }
+            for dep in nodes[id]["deps"].as_array().unwrap() {
+                let linked = dep["dep_kinds"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|k| matches!(k["kind"].as_str(), None | Some("build")));
+                let dep_id = dep["pkg"].as_str().unwrap();
+                if linked && !seen.contains(dep_id) {
+                    path.entry(dep_id).or_insert(id);
+                    todo.push(dep_id);
+                }
+            }
+        }
+        let offenders: Vec<String> = seen
+            .iter()
+            .filter(|id| names[**id] == "pkg-config")
+            .map(|id| {
+                let mut chain = vec![names[*id]];
+                let mut at = *id;
+                while let Some(parent) = path.get(at) {
+                    chain.push(names[*parent]);
+                    at = parent;
+                }
+                chain.reverse();
+                chain.join(" -> ")
+            })
+            .collect();
+        assert!(
+            offenders.is_empty(),
+            "xtask depends on a crate that needs a system library: {offenders:?}"
+        );
+    }
+}

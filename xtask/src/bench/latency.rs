@@ -171,7 +171,7 @@ pub fn run(ctx: &Ctx, runs: usize) -> Result<Section> {
     };
     let mut spawn_true = quiet(super::lab::command(ns, "true", [] as [&str; 0]));
     // The kernel's own time for the block's changes, on a socket kept open (see [`floor`]).
-    let floor = super::floor::NftFloor::open(ns)?;
+    let mut floor = super::floor::NftFloor::start(ns, &ctx.nft_floor)?;
     let lifetime_ms = FAULT_FOR.as_millis() as u64;
     let mut kernel = Series::default();
     let (mut scans, mut writes, mut spawns) = (Vec::new(), Vec::new(), Vec::new());

@@ -99,6 +99,8 @@ pub fn pause(time: Duration) -> Result<()> {
 /// client, and unique names.
 pub struct Ctx {
     pub bin: PathBuf,
+    /// `faultline-nft-floor` (see [`floor`]).
+    pub nft_floor: PathBuf,
     pub dir: PathBuf,
     pub rt: Runtime,
     next: Cell<u32>,
@@ -460,9 +462,17 @@ pub fn run(o: Options) -> Result<()> {
     }
     exec::run(&mut exec::command(
         "cargo",
-        ["build", "--release", "-p", "faultline"],
+        [
+            "build",
+            "--release",
+            "-p",
+            "faultline",
+            "-p",
+            "faultline-nft-floor",
+        ],
     ))?;
     let bin = vm::target_dir().join("release/faultline");
+    let nft_floor = vm::target_dir().join("release/faultline-nft-floor");
     let others = other_agents();
     for other in &others {
         println!("bench: warning: another faultline agent runs here ({other})");
@@ -472,6 +482,7 @@ pub fn run(o: Options) -> Result<()> {
     let machine = Machine::read(&run_dir.0)?;
     let ctx = Ctx {
         bin,
+        nft_floor,
         dir: run_dir.0.clone(),
         rt: tokio::runtime::Builder::new_current_thread()
             .enable_all()
