@@ -1,8 +1,9 @@
 //! `faultline fleet run` across real agents, each in its own network namespace: ten agents
 //! faulted and reverted at once, a guard that a fault breaks aborting the experiment, a guard
 //! broken and read from an agent's metrics stream reverting every agent, a killed
-//! controller whose faults the agents revert when its leases run out, and experiment files
-//! with mistakes refused before anything is applied.
+//! controller whose faults the agents revert when its leases run out, a controller that stops
+//! waiting for an agent that never answers its revert, and experiment files with mistakes
+//! refused before anything is applied.
 
 use std::{
     fs,
@@ -378,6 +379,103 @@ fn a_killed_controller_leaves_the_agents_to_revert_on_lease_expiry() -> Result<(
         reverted_after <= Duration::from_secs(3),
         "reverted {reverted_after:?} after the controller died, expected within lease + 1 s"
     );
+    agent.assert_clean()
+}
+
+/// SIGCONTs a stopped process when dropped, so that a failing test leaves no agent frozen.
+struct Stopped(libc::pid_t);
+
+impl Stopped {
+    fn stop(pid: u32) -> Result<Self> {
+        let pid = libc::pid_t::try_from(pid)?;
+        // SAFETY: kill(2) with a pid this test started and still owns.
+        ensure!(
+            unsafe { libc::kill(pid, libc::SIGSTOP) } == 0,
+            "SIGSTOP {pid}"
+        );
+        Ok(Self(pid))
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+#[test]
+fn a_controller_stops_waiting_for_an_agent_that_never_answers_its_revert() -> Result<()> {
+    const T: &str = "a_controller_stops_waiting_for_an_agent_that_never_answers_its_revert";
+    if !require_root(T) {
+        return Ok(());
+    }
+    let ns = Netns::create(&format!("fl-{}-{}-s", std::process::id(), unique()))?;
+    let agent = Agent::start(&ns)?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("frozen.yaml");
+    fs::write(
+        &file,
+        format!(
+            "name: frozen\ntargets:\n{}duration: 3s\nlease: 2s\nabort: {{on_agent_lost: false}}\nfaults:\n  - fault:\n      kind: block\n      direction: ingress\n      match: {{protocol: udp, ports: [{{first: 7302, last: 7302}}]}}\n",
+            targets(&[&agent])
+        ),
+    )?;
+    let mut command = Command::new(process::faultline_bin()?);
+    command.args(["fleet", "run", &file.display().to_string()]);
+    let controller = thread::spawn(move || process::run(command, Duration::from_secs(60)));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let active = agent.faults()?.into_iter().find(|f| f["state"] == "active");
+        if let Some(f) = active {
+            break f["id"].as_str().context("no id")?.to_owned();
+        }
+        ensure!(Instant::now() < deadline, "the controller applied nothing");
+        thread::sleep(Duration::from_millis(50));
+    };
+    // A frozen agent keeps its socket: connections are accepted by the kernel and never
+    // answered, as from a host whose packets are dropped.
+    let frozen = Stopped::stop(agent.pid().context("the agent's pid")?)?;
+    let stopped = Instant::now();
+    let output = controller
+        .join()
+        .map_err(|_| anyhow::anyhow!("the controller's thread panicked"))??;
+    let took = stopped.elapsed();
+    drop(frozen);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    note(
+        T,
+        format!("the controller ended {took:.2?} after the agent froze:\n{stdout}{stderr}"),
+    );
+    ensure!(
+        stdout.contains(&format!("not reverted: unix:{}: fault {id}: no answer within 5s; its lease (2s) reverts it on the agent", agent.socket().display())),
+        "{stdout}"
+    );
+    // 3 s of experiment, then 5 s for the revert and 5 s for the last snapshot.
+    ensure!(
+        took < Duration::from_secs(20),
+        "the controller waited {took:?} for a frozen agent"
+    );
+    // Thawed, the agent finds its lease and its own deadline (the experiment's end plus the
+    // lease) long run out, and reverts at once for whichever its timers see first.
+    let thawed = Instant::now();
+    loop {
+        let fault = agent.fault(&id)?;
+        if fault["state"] == "reverted" {
+            ensure!(
+                fault["reason"] == "lease expired" || fault["reason"] == "deadline",
+                "reverted for another reason: {fault}"
+            );
+            break;
+        }
+        ensure!(
+            thawed.elapsed() < Duration::from_secs(3),
+            "still {} 3 s after the agent was thawed",
+            fault["state"]
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
     agent.assert_clean()
 }
 

@@ -73,7 +73,13 @@ pub(crate) async fn run(global: &Global, o: Options) -> Result<(), Failure> {
                     .filter(|g| crate::fleet::experiment::selects(&g.select, t))
                     .map(|g| g.fault.family().summary())
                     .collect();
-                println!("  {}  {}", t.address, faults.join("; "));
+                // A target no fault selects is still watched (its guards, its scorecard).
+                let faults = if faults.is_empty() {
+                    "no faults (observed only)".to_owned()
+                } else {
+                    faults.join("; ")
+                };
+                println!("  {}  {faults}", t.address);
             }
             Ok(())
         }

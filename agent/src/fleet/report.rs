@@ -210,6 +210,9 @@ pub(crate) struct Report {
     /// Faults that acted on nothing, one line each (`host: fault id (kind) ...`): flagged by
     /// their agent while they ran, or with no hits when they ended.
     pub(crate) ineffective: Vec<String>,
+    /// Faults whose revert this controller could not get an answer for, one line each (`host:
+    /// fault id: why`): their agent reverts them when their lease runs out.
+    pub(crate) unreverted: Vec<String>,
     /// The guard breach that aborted the experiment, when one did: when it was sampled, seen
     /// and answered.
     pub(crate) guard_breach: Option<BreachTiming>,
@@ -258,6 +261,9 @@ impl Report {
         }
         for line in &self.ineffective {
             out.push_str(&format!("ineffective: {line}\n"));
+        }
+        for line in &self.unreverted {
+            out.push_str(&format!("not reverted: {line}\n"));
         }
         for (host, card) in &self.hosts {
             out.push_str(&format!("\n{host}  grade {}\n", card.grade));

@@ -412,19 +412,40 @@ pub(crate) async fn run(
         progress(format!("{outcome}; reverting everything"));
     }
 
-    // Revert everything, everywhere, at once.
+    // Revert everything, everywhere, at once. An agent cut off from this controller may never
+    // answer (its packets dropped); waiting longer than the lease gains nothing, since the
+    // agent reverts on its own when the lease runs out.
     let reverting = Instant::now();
-    let ended: Vec<Vec<pb::Fault>> = join_all(agents.iter_mut().map(|a| async move {
-        let mut ended = Vec::new();
-        for id in std::mem::take(&mut a.ids) {
-            // A fault that already ended (deadline, lease) answers with its final state.
-            if let Ok(reply) = a.faults.revert(pb::RevertRequest { id }).await {
-                ended.push(reply.into_inner());
+    let patience = experiment.lease.max(Duration::from_secs(5));
+    let (ended, unreverted): (Vec<Vec<pb::Fault>>, Vec<Vec<String>>) =
+        join_all(agents.iter_mut().map(|a| async move {
+            let (mut ended, mut unreverted) = (Vec::new(), Vec::new());
+            for id in std::mem::take(&mut a.ids) {
+                // A fault that already ended (deadline, lease) answers with its final state.
+                let request = pb::RevertRequest { id: id.clone() };
+                let why = match tokio::time::timeout(patience, a.faults.revert(request)).await {
+                    Ok(Ok(reply)) => {
+                        ended.push(reply.into_inner());
+                        continue;
+                    }
+                    Ok(Err(status)) => status.message().to_owned(),
+                    Err(_) => format!("no answer within {}", humantime::format_duration(patience)),
+                };
+                unreverted.push(format!(
+                    "{}: fault {id}: {why}; its lease ({}) reverts it on the agent",
+                    a.target.address,
+                    humantime::format_duration(experiment.lease)
+                ));
             }
-        }
-        ended
-    }))
-    .await;
+            (ended, unreverted)
+        }))
+        .await
+        .into_iter()
+        .unzip();
+    let unreverted: Vec<String> = unreverted.into_iter().flatten().collect();
+    for line in &unreverted {
+        progress(format!("not reverted: {line}"));
+    }
     let revert_seconds = reverting.elapsed().as_secs_f64();
     let reverted_at = SystemTime::now();
     progress(format!("reverted in {revert_seconds:.3}s"));
@@ -457,6 +478,7 @@ pub(crate) async fn run(
     )
     .with_applied(applied);
     report.ineffective = ineffective.lines;
+    report.unreverted = unreverted;
     report.reverted_at_unix = Some(unix_seconds(reverted_at));
     report.guard_breach = breach_seen.map(|b| BreachTiming {
         guard: b.guard,
@@ -526,6 +548,7 @@ fn report(
         revert_seconds,
         breaches,
         ineffective: Vec::new(),
+        unreverted: Vec::new(),
         guard_breach: None,
         reverted_at_unix: None,
         hosts,
