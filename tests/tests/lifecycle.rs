@@ -1,5 +1,6 @@
 //! The agent's own life: faults that outlive a killed agent and are reverted by the next one,
-//! a classifier that stops at its deadline with no agent at all, and a clean SIGTERM.
+//! a classifier that stops at its deadline with no agent at all, a clean SIGTERM, and a
+//! clean-up that a crash cut short, finished at the next start.
 
 use std::{
     net::SocketAddr,
@@ -312,5 +313,64 @@ fn automatic_reverts_are_audited_as_the_agents() -> Result<()> {
         ensure!(line["result"] == "ok", "{id}: {line:#}");
         ensure!(line["fault"]["kind"] == "block", "{id}: {line:#}");
     }
+    agent.assert_clean()
+}
+
+/// A crash after a revert was answered but before its clean-up was done: the journal entry
+/// then holds the fault as reverted (the engine rewrites it so before cleaning up). Start-up
+/// finishes the clean-up, lists the fault with the reason it ended for, and does not report
+/// or audit it reverted a second time. The entry is written here as the engine writes it,
+/// over the record of a block whose objects a SIGKILLed agent left, so the window need not
+/// be hit by chance.
+#[test]
+fn a_clean_up_cut_short_by_a_crash_is_finished_without_a_second_revert() -> Result<()> {
+    const T: &str = "a_clean_up_cut_short_by_a_crash_is_finished_without_a_second_revert";
+    if !require_root(T) {
+        return Ok(());
+    }
+    let lab = Lab::new()?;
+    let mut agent = Agent::start(&lab.a.ns)?;
+    let id = agent.apply(&[
+        "block", "--dir", "out", "--proto", "tcp", "--port", "9", "--for", "60s",
+    ])?;
+    agent.kill()?;
+    ensure!(
+        lab.a.ns.nft_table_exists()?,
+        "the block vanished with the agent"
+    );
+    let entry = agent.journal_dir().join(format!("{id}.json"));
+    let mut fault: serde_json::Value = serde_json::from_slice(&std::fs::read(&entry)?)?;
+    fault["state"] = "reverted".into();
+    fault["reason"] = "requested".into();
+    std::fs::write(&entry, serde_json::to_vec_pretty(&fault)?)?;
+
+    agent.restart()?;
+    ensure!(
+        !lab.a.ns.nft_table_exists()?,
+        "the block's table survived the restart"
+    );
+    ensure!(
+        entries(&agent.journal_dir())?.is_empty(),
+        "journal entries left: {:?}",
+        entries(&agent.journal_dir())?
+    );
+    let listed = agent.fault(&id)?;
+    ensure!(
+        listed["state"] == "reverted" && listed["reason"] == "requested",
+        "after the restart: {listed:#}"
+    );
+    let log = std::fs::read_to_string(agent.state_dir().join("audit.log"))?;
+    let again: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("automatic-revert") && l.contains(id.as_str()))
+        .collect();
+    ensure!(
+        again.is_empty(),
+        "the fault was audited reverted again: {again:?}"
+    );
+    note(
+        T,
+        "the clean-up was finished at start-up; no second revert was audited",
+    );
     agent.assert_clean()
 }

@@ -4,7 +4,9 @@
 //! their cgroup can be removed), so it runs here, in a task of its own: the family's
 //! [`Family::revert`] for the objects `end` left, the read-back that verifies nothing is left
 //! (residue makes the fault `reverted-with-residue`, as before), and the removal of its
-//! journal entry. The entry stays until then, so a crash in between is swept at start-up. The
+//! journal entry. The entry stays until then, rewritten first with the fault's final state,
+//! so a crash in between makes start-up finish the clean-up without reporting the fault
+//! reverted a second time (only a crash between the answer and that write does). The
 //! fault's claims hold until its clean-up is done: a new fault on the same object waits for it.
 //!
 //! [`Family::end`]: crate::faults::Family::end
@@ -51,9 +53,15 @@ impl Engine {
         let id = fault.id.clone();
         let removed = match ended {
             Ended::Clean => Ok(()),
-            Ended::CleanupLeft => {
-                tokio::task::block_in_place(|| fault.spec.family().revert(&fault.id, &self.host()))
-            }
+            Ended::CleanupLeft => tokio::task::block_in_place(|| {
+                // The entry says the fault has ended (and why), so that a crash before the
+                // clean-up is done makes start-up finish it quietly, instead of reverting and
+                // auditing again a fault whose revert was already answered and audited.
+                if let Err(e) = self.journal.record(&fault) {
+                    warn!(id = %fault.id, error = %e, "cannot journal that the fault has ended; a crash before its clean-up is done would report it reverted again");
+                }
+                fault.spec.family().revert(&fault.id, &self.host())
+            }),
         };
         let clean = self.verify_revert(&mut fault);
         let update = match (&removed, clean) {

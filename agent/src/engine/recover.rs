@@ -40,6 +40,26 @@ impl RevertReason {
 }
 
 impl Engine {
+    /// The clean-up of a fault that an earlier run reverted and did not finish cleaning up:
+    /// listed with the reason it ended for, not audited again.
+    fn finish_cleanup_at_start_up(&self, mut fault: Fault, recovery: &mut Recovery) {
+        match fault.spec.family().revert(&fault.id, &self.host()) {
+            Ok(()) => {
+                if let Err(e) = self.journal.remove(&fault.id) {
+                    warn!(id = %fault.id, error = %e, "cannot remove the journal entry of a cleaned-up fault");
+                }
+                info!(id = %fault.id, kind = fault.spec.kind(), reason = %fault.reason, "finished the clean-up of a fault reverted before the restart");
+            }
+            Err(e) => {
+                error!(id = %fault.id, error = %e, "cannot finish the clean-up of a fault reverted before the restart");
+                recovery.failed.push((fault.id.clone(), e.to_string()));
+                fault.state = FaultState::Failed;
+                fault.reason = format!("{}; its clean-up at start-up failed: {e}", fault.reason);
+            }
+        }
+        self.finish(&fault);
+    }
+
     /// Start-up reconcile: reverts every fault the journal left unfinished, then removes any
     /// faultline-tagged kernel object that no remaining journal entry accounts for.
     pub(crate) async fn recover(self: &Arc<Self>) -> Result<Recovery, EngineError> {
@@ -64,6 +84,12 @@ impl Engine {
             recovery.unreadable.push(entry.path.display().to_string());
         }
         for mut fault in faults {
+            if fault.state == FaultState::Reverted {
+                // Its revert was answered and audited before the crash; only its clean-up
+                // (objects that no longer acted) was left to do.
+                self.finish_cleanup_at_start_up(fault, &mut recovery);
+                continue;
+            }
             let reason = RevertReason::at_start_up(&fault, SystemTime::now());
             match fault.spec.family().revert(&fault.id, &self.host()) {
                 Ok(()) => {
