@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    check_percent, Claim, Connection, Deadline, Demands, Direction, Family, Host, PacketMatch,
-    Protocol,
+    check_percent, Claim, Connection, Deadline, Demands, Direction, Ended, Family, Host,
+    PacketMatch, Protocol,
 };
 use crate::{
     errors::{InvalidSpec, KernelError},
@@ -123,6 +123,19 @@ impl Family for LossSpec {
 
     fn revert(&self, id: &str, host: &Host<'_>) -> Result<(), KernelError> {
         host.classifiers.detach(id)
+    }
+
+    fn end(&self, id: &str, host: &Host<'_>) -> Result<Ended, KernelError> {
+        // The classifier stops at its own deadline: moving it to the past ends the loss with
+        // one map write. The detach (netlink, or a TCX link's release) follows the answer.
+        match host.classifiers.expire(id) {
+            Ok(true) => Ok(Ended::CleanupLeft),
+            Ok(false) => self.revert(id, host).map(|()| Ended::Clean),
+            Err(e) => {
+                tracing::warn!(id, error = %e, "cannot end the loss classifier by its deadline; detaching it");
+                self.revert(id, host).map(|()| Ended::Clean)
+            }
+        }
     }
 
     fn effect(&self, id: &str, host: &Host<'_>) -> Result<super::effect::Effect, KernelError> {

@@ -291,11 +291,19 @@ impl<P: Shaper + Serialize> Family for ShapeSpec<P> {
             // An older agent's fault replaced the root: only putting it back ends the effect.
             return self.revert(id, host).map(|()| Ended::Clean);
         }
-        // Without its classifier no packet reaches the IFB: that ends the fault. The IFB's
-        // deletion waits in the kernel (tens of milliseconds, the device's unregistration) and
-        // follows the answer, in `revert`.
+        // Once its classifier steers nothing no packet reaches the IFB: that ends the fault.
+        // Its deadline moved to the past does that with one map write; the classifier's detach
+        // and the IFB's deletion (which waits in the kernel, tens of milliseconds, for the
+        // device's unregistration) follow the answer, in `revert`.
         Target::release(id, host);
-        host.classifiers.detach(id)?;
+        match host.classifiers.expire(id) {
+            Ok(true) => {}
+            Ok(false) => host.classifiers.detach(id)?,
+            Err(e) => {
+                tracing::warn!(id, error = %e, "cannot end the steering classifier by its deadline; detaching it");
+                host.classifiers.detach(id)?;
+            }
+        }
         Ok(Ended::CleanupLeft)
     }
 

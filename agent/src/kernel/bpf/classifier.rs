@@ -196,6 +196,18 @@ impl Classifiers {
         Ok(dir)
     }
 
+    /// Ends fault `id`'s classifiers without detaching them: their pinned configuration's
+    /// deadline is moved to the past, and each classifier checks it on every packet, so from
+    /// the next packet on it drops or steers nothing. One map write (microseconds), where a
+    /// detach goes through netlink or a TCX link's release; [`Classifiers::detach`] follows.
+    /// Returns whether the fault had a classifier to end.
+    pub(crate) fn expire(&self, id: &str) -> Result<bool, BpfError> {
+        let dir = self.dir(id);
+        let loss = expire_pinned::<LossConfig>(&dir.join("config"), |c| c.deadline_ns = 0)?;
+        let steer = expire_pinned::<SteerConfig>(&dir.join("steer"), |c| c.deadline_ns = 0)?;
+        Ok(loss || steer)
+    }
+
     /// Detaches a fault's classifiers and removes its pins. Idempotent: a fault with nothing
     /// pinned any more is fine. The interface and hook come from the pin names, which also
     /// serves the start-up sweep, where no journal entry tells them.
@@ -272,6 +284,23 @@ impl Classifiers {
         swept.sort();
         Ok(swept)
     }
+}
+
+/// Rewrites the configuration pinned at `pin` (a one-entry array) with `change` applied;
+/// false when there is no such pin. The classifier reads the entry in place: only the field
+/// `change` writes differs between what it may see, so a read racing the write is harmless.
+fn expire_pinned<T: aya::Pod>(pin: &Path, change: impl FnOnce(&mut T)) -> Result<bool, BpfError> {
+    use aya::maps::{Array, Map, MapData};
+
+    if !pin.exists() {
+        return Ok(false);
+    }
+    let data = MapData::from_pin(pin).map_err(BpfError::Map)?;
+    let mut array: Array<MapData, T> = Array::try_from(Map::Array(data)).map_err(BpfError::Map)?;
+    let mut config = array.get(&0, 0).map_err(BpfError::Map)?;
+    change(&mut config);
+    array.set(0, config, 0).map_err(BpfError::Map)?;
+    Ok(true)
 }
 
 /// Undoes what the pin `name` at `path` records, and removes the pin.
