@@ -42,9 +42,10 @@ enum Task {
     /// Install the prerequisites and run the whole test suite
     ///
     /// Needs root. In order: rustfmt (nightly) check, clippy with warnings denied, unit and
-    /// integration tests (network namespaces), then the real-kernel VM layer and the package
-    /// under systemd in a Debian guest (`vm-test --systemd`), or a SKIP line saying why one did
-    /// not run. Stops at the first failing step.
+    /// integration tests (network namespaces), then the real-kernel VM layer, the package
+    /// under systemd in a Debian guest (`vm-test --systemd`) and a fleet of three such guests
+    /// (`vm-test --fleet`), or a SKIP line saying why one did not run. Stops at the first
+    /// failing step.
     Test(test::Options),
     /// Install only the prerequisites: apt packages, nightly Rust, clippy, bpf-linker
     ///
@@ -66,6 +67,13 @@ enum Task {
     /// Type=notify, faults under the unit's sandbox, stop, a SIGKILL and Restart=, a hard
     /// reboot with a fault active, and `systemd-analyze security`; results come back over the
     /// serial console.
+    ///
+    /// With --fleet, instead: three guests of that image on one virtual network (a qemu
+    /// multicast socket in a network namespace of the run's own), each agent listening with
+    /// mutual TLS on a certificate from `faultline certs`; one guest runs `faultline fleet run`
+    /// across the three: faults measured by traffic between the guests and graded, a guard that
+    /// breaches and aborts, and the controller cut off by its own `--force` block while the
+    /// other agents revert when their leases run out.
     VmTest(vm::Options),
     /// Measure faultline against baselines on this machine; writes docs/benchmarks.{md,json}
     ///

@@ -58,6 +58,7 @@ pub fn run(_: Options) -> Result<()> {
     })?;
     step("vm layer", vm_layer)?;
     step("systemd guest", systemd_guest)?;
+    step("fleet lab", fleet_lab)?;
     println!("all steps passed in {}", seconds(started.elapsed()));
     Ok(())
 }
@@ -101,6 +102,17 @@ fn systemd_guest() -> Result<Outcome> {
         )));
     }
     crate::systemd_guest::run().map(|()| Outcome::Passed)
+}
+
+/// A fleet across kernels (`cargo xtask vm-test --fleet`): three guests of the systemd
+/// guest's image, driven over mutual TLS by `faultline fleet run` from one of them.
+fn fleet_lab() -> Result<Outcome> {
+    if let Err(e) = vm::ensure_qemu() {
+        return Ok(Outcome::Skipped(format!(
+            "qemu-system-x86_64 is not available and could not be installed: {e:#}"
+        )));
+    }
+    crate::systemd_guest::run_fleet().map(|()| Outcome::Passed)
 }
 
 pub fn seconds(d: Duration) -> String {

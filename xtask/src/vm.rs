@@ -88,8 +88,13 @@ const RESULT_MARKER: &str = "FAULTLINE-VM-RESULT:";
 pub struct Options {
     /// Instead of the integration tests: the Debian package under its systemd unit, in a
     /// Debian 12 guest with systemd as PID 1 (the description above says what it checks)
-    #[arg(long, conflicts_with_all = ["test_args", "memory", "timeout"])]
+    #[arg(long, conflicts_with_all = ["test_args", "memory", "timeout", "fleet"])]
     pub systemd: bool,
+    /// Instead of the integration tests: a fleet across kernels, three Debian 12 guests with
+    /// the package under systemd, driven by `faultline fleet run` over mutual TLS from one of
+    /// them (the description above says what it checks)
+    #[arg(long, conflicts_with_all = ["test_args", "memory", "timeout"])]
+    pub fleet: bool,
     /// Kill the VM and fail after this many seconds
     #[arg(long, default_value_t = 1500)]
     timeout: u64,
@@ -106,6 +111,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             systemd: false,
+            fleet: false,
             timeout: 1500,
             memory: 2048,
             test_args: Vec::new(),
@@ -135,6 +141,9 @@ pub struct GuestRun {
 pub fn run(o: Options) -> Result<()> {
     if o.systemd {
         return crate::systemd_guest::run();
+    }
+    if o.fleet {
+        return crate::systemd_guest::run_fleet();
     }
     let started = Instant::now();
     run_guest(o)?.verdict?;
@@ -929,6 +938,16 @@ pub struct QemuRun {
 /// Runs qemu (its stdout piped: the serial console), streaming the console to our stdout as
 /// it arrives and keeping a copy; kills qemu after `timeout`.
 pub fn run_qemu(qemu: &mut std::process::Command, timeout: Duration) -> Result<QemuRun> {
+    run_qemu_labelled(qemu, timeout, None)
+}
+
+/// [`run_qemu`], with each console line shown after `label` (`[ctl] `), for several guests at
+/// once; the copy kept is unlabelled.
+pub fn run_qemu_labelled(
+    qemu: &mut std::process::Command,
+    timeout: Duration,
+    label: Option<String>,
+) -> Result<QemuRun> {
     qemu.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -946,14 +965,31 @@ pub fn run_qemu(qemu: &mut std::process::Command, timeout: Duration) -> Result<Q
         let mut buf = [0u8; 8192];
         let mut out = std::io::stdout();
         let mut filter = EscapeFilter::default();
+        // With a label, output waits for whole lines, so that guests' lines do not interleave.
+        let mut line = Vec::new();
         while let Ok(n) = stdout.read(&mut buf) {
             if n == 0 {
                 break;
             }
             let text = filter.feed(&buf[..n]);
-            let _ = out.write_all(&text);
-            let _ = out.flush();
             console.extend_from_slice(&text);
+            let Some(label) = &label else {
+                let _ = out.write_all(&text);
+                let _ = out.flush();
+                continue;
+            };
+            for &byte in &text {
+                line.push(byte);
+                if byte == b'\n' {
+                    let _ = out.write_all(&[label.as_bytes(), &line].concat());
+                    let _ = out.flush();
+                    line.clear();
+                }
+            }
+        }
+        if let (Some(label), false) = (&label, line.is_empty()) {
+            line.push(b'\n');
+            let _ = out.write_all(&[label.as_bytes(), &line].concat());
         }
         let _ = done_tx.send(());
         console

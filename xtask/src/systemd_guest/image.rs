@@ -28,7 +28,8 @@ use crate::clean_room::base::{SOURCES, SUITE};
 /// whose initrd loads virtio_blk for the root disk; what the package depends on (libmnl0,
 /// libnftnl11, so `dpkg -i` needs no network); and what the lab script measures with: iproute2
 /// for its namespace and veth pair, ping for loss and delay, netcat for the block and the rate
-/// cap, nftables and procps to look at what the agent left. No Python: the script is shell.
+/// cap, nftables and procps to look at what the agent left; jq for the JSON the CLI and the
+/// audit log write (the fleet lab's checks). No Python: the scripts are shell.
 const PACKAGES: &[&str] = &[
     "systemd",
     "systemd-sysv",
@@ -42,6 +43,7 @@ const PACKAGES: &[&str] = &[
     "procps",
     "iputils-ping",
     "netcat-openbsd",
+    "jq",
     "libmnl0",
     "libnftnl11",
 ];

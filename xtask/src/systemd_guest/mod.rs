@@ -9,6 +9,7 @@
 //! checks that nothing was left and prints `systemd-analyze security`. The serial console is
 //! the only way results come back; it is streamed as it arrives.
 
+mod fleet;
 mod image;
 
 use std::{
@@ -18,6 +19,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+pub use fleet::run as run_fleet;
 
 use crate::{exec, host, package, prereqs, test::seconds, vm};
 
@@ -106,51 +108,87 @@ fn lab_disk(work: &Path, deb: &Path) -> Result<PathBuf> {
     fs::copy(deb, tree.join("faultline.deb"))
         .with_context(|| format!("copying {}", deb.display()))?;
     fs::write(tree.join("run.sh"), LAB_SCRIPT).context("writing run.sh")?;
-    let image = work.join("lab.img");
-    let _ = fs::remove_file(&image);
+    ext4_image(&tree, &work.join("lab.img"))
+}
+
+/// `image`: an ext4 filesystem holding `tree` (which is then removed), for the guest's
+/// `/dev/vdb`, which its faultline-lab.service mounts and runs `run.sh` from.
+fn ext4_image(tree: &Path, image: &Path) -> Result<PathBuf> {
+    let _ = fs::remove_file(image);
     exec::run(
         exec::command("mkfs.ext4", ["-q", "-F", "-L", "fls-lab", "-d"])
-            .arg(&tree)
-            .arg(&image)
+            .arg(tree)
+            .arg(image)
             .arg("256M"),
     )?;
-    fs::remove_dir_all(&tree).with_context(|| format!("removing {}", tree.display()))?;
-    Ok(image)
+    fs::remove_dir_all(tree).with_context(|| format!("removing {}", tree.display()))?;
+    Ok(image.to_owned())
+}
+
+/// How a guest of the image is booted.
+struct Guest<'a> {
+    image: &'a image::Image,
+    /// A sparse copy of the image's disk, the guest's own.
+    disk: &'a Path,
+    lab: &'a Path,
+    memory_mib: u32,
+    cpus: u32,
+    /// qemu's arguments for the guest's network (`-nic none` for none).
+    network: Vec<String>,
+}
+
+impl Guest<'_> {
+    /// The qemu arguments (after the program) that boot this guest to its power-off or reboot.
+    fn args(&self) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = [
+            "-accel",
+            "tcg,thread=multi",
+            "-smp",
+            &self.cpus.to_string(),
+            "-cpu",
+            "max",
+            "-m",
+            &self.memory_mib.to_string(),
+            "-nographic",
+            "-no-reboot",
+        ]
+        .iter()
+        .map(Into::into)
+        .collect();
+        args.extend(self.network.iter().map(Into::into));
+        args.extend([
+            "-kernel".into(),
+            self.image.vmlinuz.clone().into_os_string(),
+            "-initrd".into(),
+            self.image.initrd.clone().into_os_string(),
+            "-drive".into(),
+            format!("file={},if=virtio,format=raw", self.disk.display()).into(),
+            "-drive".into(),
+            format!(
+                "file={},if=virtio,format=raw,readonly=on",
+                self.lab.display()
+            )
+            .into(),
+            // panic=-1 reboots at once on a panic, which -no-reboot turns into qemu exiting.
+            "-append".into(),
+            "root=/dev/vda rw console=ttyS0 panic=-1 quiet".into(),
+        ]);
+        args
+    }
 }
 
 /// One boot of the guest, to its power-off or reboot (qemu exits on either); the console.
 fn boot(image: &image::Image, disk: &Path, lab: &Path, which: &str) -> Result<String> {
     println!("systemd guest: {which}");
-    let mut qemu = exec::command(
-        "qemu-system-x86_64",
-        [
-            "-accel",
-            "tcg,thread=multi",
-            "-smp",
-            "2",
-            "-cpu",
-            "max",
-            "-m",
-            &MEMORY_MIB.to_string(),
-            "-nographic",
-            "-nic",
-            "none",
-            "-no-reboot",
-        ],
-    );
-    qemu.arg("-kernel")
-        .arg(&image.vmlinuz)
-        .arg("-initrd")
-        .arg(&image.initrd)
-        .arg("-drive")
-        .arg(format!("file={},if=virtio,format=raw", disk.display()))
-        .arg("-drive")
-        .arg(format!(
-            "file={},if=virtio,format=raw,readonly=on",
-            lab.display()
-        ))
-        // panic=-1 reboots at once on a panic, which -no-reboot turns into qemu exiting.
-        .args(["-append", "root=/dev/vda rw console=ttyS0 panic=-1 quiet"]);
+    let guest = Guest {
+        image,
+        disk,
+        lab,
+        memory_mib: MEMORY_MIB,
+        cpus: 2,
+        network: vec!["-nic".into(), "none".into()],
+    };
+    let mut qemu = exec::command("qemu-system-x86_64", guest.args());
     let run = vm::run_qemu(&mut qemu, BOOT_TIMEOUT)?;
     if run.timed_out {
         bail!(
@@ -168,10 +206,15 @@ fn boot(image: &image::Image, disk: &Path, lab: &Path, which: &str) -> Result<St
 
 /// The verdict of the console's last result line, if it has one.
 fn result(console: &str) -> Option<Result<(), String>> {
+    verdict(console, RESULT_MARKER)
+}
+
+/// The verdict of the console's last line starting with `marker` (`pass` or `fail <what>`).
+fn verdict(console: &str, marker: &str) -> Option<Result<(), String>> {
     let line = console
         .lines()
         .rev()
-        .find_map(|l| l.trim().strip_prefix(RESULT_MARKER))?
+        .find_map(|l| l.trim().strip_prefix(marker))?
         .trim();
     Some(match line {
         "pass" => Ok(()),
