@@ -671,9 +671,11 @@ impl Cgroups {
             .collect();
         for dir in &dirs {
             let kill = dir.join("cgroup.kill");
-            // cgroup.kill (v2, Linux 5.14) kills atomically, forks included.
+            // cgroup.kill (v2, Linux 5.14) kills atomically, forks included. Without it, one
+            // pass over the processes: this is a revert's `end`, which must not wait; a
+            // process forked meanwhile is caught by `remove`, which signals until none is left.
             if !(kill.exists() && write(&kill, "1").is_ok()) {
-                signal_all(dir)?;
+                signal_once(dir);
             }
         }
         Ok(dirs)
@@ -683,6 +685,7 @@ impl Cgroups {
     pub(crate) fn remove(&self, id: &str, within: Option<&[PathBuf]>) -> Result<(), CgroupError> {
         let dirs = self.kill(id, within)?;
         for dir in &dirs {
+            signal_all(dir)?;
             wait_empty(dir)?;
             match fs::remove_dir(dir) {
                 Ok(()) => {}
@@ -760,16 +763,23 @@ fn procs(dir: &Path) -> Vec<i32> {
 }
 
 /// SIGKILL to every process in a v1 cgroup, until none is left that could still fork.
-fn signal_all(dir: &Path) -> Result<(), CgroupError> {
+/// SIGKILLs every process in `dir` once; whether any was there.
+fn signal_once(dir: &Path) -> bool {
     use nix::{sys::signal, unistd::Pid};
+    let pids = procs(dir);
+    for &pid in &pids {
+        // Gone already is fine: that is what we want.
+        let _ = signal::kill(Pid::from_raw(pid), signal::Signal::SIGKILL);
+    }
+    !pids.is_empty()
+}
+
+/// SIGKILLs the processes in `dir` until none is left there (up to ten rounds, 10 ms apart):
+/// on cgroup v1 a process may fork between the read of `cgroup.procs` and the signal.
+fn signal_all(dir: &Path) -> Result<(), CgroupError> {
     for _ in 0..10 {
-        let pids = procs(dir);
-        if pids.is_empty() {
+        if !signal_once(dir) {
             break;
-        }
-        for pid in pids {
-            // Gone already is fine: that is what we want.
-            let _ = signal::kill(Pid::from_raw(pid), signal::Signal::SIGKILL);
         }
         thread::sleep(Duration::from_millis(10));
     }

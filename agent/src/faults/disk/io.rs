@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{check_dir, check_floor, space_of, Floor};
 use crate::{
     errors::{EngineError, InvalidSpec, KernelError},
-    faults::{Claim, Connection, Deadline, Demands, Family, Host},
+    faults::{Claim, Connection, Deadline, Demands, Ended, Family, Host},
     kernel::{
         cgroup::{Controller, Limits},
         disk::{
@@ -236,6 +236,14 @@ impl Family for DiskIoSpec {
         attempts.note(host.workers.remove(id));
         attempts.note(host.disks.release(id));
         attempts.finish()
+    }
+
+    fn end(&self, id: &str, host: &Host<'_>) -> Result<Ended, KernelError> {
+        // Killed workers do no more I/O: that ends the fault. Waiting for them to exit, the
+        // cgroup's removal and their directory's (whose file they hold open until then)
+        // follow the answer.
+        host.workers.stop(id)?;
+        Ok(Ended::CleanupLeft)
     }
 
     fn effect(
