@@ -22,6 +22,7 @@ mod latency;
 mod memory;
 mod overhead;
 mod report;
+mod revert;
 mod traffic;
 mod untargeted;
 
@@ -66,6 +67,7 @@ pub struct Options {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Part {
     Latency,
+    Revert,
     Memory,
     Fidelity,
     Netem,
@@ -496,6 +498,11 @@ pub fn run(o: Options) -> Result<()> {
     if wanted(Part::Latency) {
         sections.push(section("apply and revert latency", &mut failed, || {
             latency::run(&ctx, o.runs as usize)
+        })?);
+    }
+    if wanted(Part::Revert) {
+        sections.push(section("revert of every kind", &mut failed, || {
+            revert::run(&ctx)
         })?);
     }
     if wanted(Part::Memory) {
