@@ -203,6 +203,21 @@ fn judge(
     verdict
 }
 
+/// How long the last revert waits before it tries a broken connection again.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// Whether a failed call failed on the way (the connection), not at the agent, which answers
+/// with what it decided (not found, denied, failed).
+fn transient(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Internal
+            | tonic::Code::Cancelled
+    ) && !status.message().starts_with("reverting fault")
+}
+
 /// Runs `experiment` on the connected agents until it ends or `stop` resolves (Ctrl-C);
 /// `progress` receives a line for each step, for the operator.
 pub(crate) async fn run(
@@ -420,17 +435,32 @@ pub(crate) async fn run(
     let (ended, unreverted): (Vec<Vec<pb::Fault>>, Vec<Vec<String>>) =
         join_all(agents.iter_mut().map(|a| async move {
             let (mut ended, mut unreverted) = (Vec::new(), Vec::new());
+            let until = Instant::now() + patience;
             for id in std::mem::take(&mut a.ids) {
                 // A fault that already ended (deadline, lease) answers with its final state.
-                let request = pb::RevertRequest { id: id.clone() };
-                let why = match tokio::time::timeout(patience, a.faults.revert(request)).await {
-                    Ok(Ok(reply)) => {
-                        ended.push(reply.into_inner());
-                        continue;
+                // A connection that broke (the network between us was cut, and may be back:
+                // a fault of this experiment may have cut it) is tried again on a new one.
+                let why = loop {
+                    let request = pb::RevertRequest { id: id.clone() };
+                    let left = until.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(left, a.faults.revert(request)).await {
+                        Ok(Ok(reply)) => {
+                            ended.push(reply.into_inner());
+                            break None;
+                        }
+                        Ok(Err(status)) if transient(&status) && Instant::now() + RETRY < until => {
+                            tokio::time::sleep(RETRY).await;
+                        }
+                        Ok(Err(status)) => break Some(status.message().to_owned()),
+                        Err(_) => {
+                            break Some(format!(
+                                "no answer within {}",
+                                humantime::format_duration(patience)
+                            ))
+                        }
                     }
-                    Ok(Err(status)) => status.message().to_owned(),
-                    Err(_) => format!("no answer within {}", humantime::format_duration(patience)),
                 };
+                let Some(why) = why else { continue };
                 unreverted.push(format!(
                     "{}: fault {id}: {why}; its lease ({}) reverts it on the agent",
                     a.target.address,

@@ -371,6 +371,10 @@ EOF
     say "fleet run exited with $status"
     jq -e '.breaches | map(select(contains("lost"))) | length == 2' "$RUN/exp3.json" > /dev/null ||
         fail "the controller did not report a and b lost"
+    # Its block gone with the experiment's end, the controller reaches a and b again on new
+    # connections and hears their faults' final state instead of giving up on them.
+    jq -e '.unreverted | length == 0' "$RUN/exp3.json" > /dev/null ||
+        fail "the controller gave up on faults it could reach again: $(jq -c .unreverted "$RUN/exp3.json")"
     [ "$(connect "${IP[a]}" "$LISTEN_PORT")" = connected ] || fail "ctl's block outlived the experiment"
     tell a lease fleet-cutoff
     tell b lease fleet-cutoff
