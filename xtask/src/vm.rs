@@ -930,7 +930,7 @@ fn boot(kernel: &Kernel, initrd: &Path, o: &Options) -> Result<GuestRun> {
 pub struct QemuRun {
     pub console: String,
     pub status: std::process::ExitStatus,
-    /// qemu was killed at the timeout.
+    /// qemu was killed at the timeout (or its cutoff).
     pub timed_out: bool,
     pub took: Duration,
 }
@@ -938,15 +938,35 @@ pub struct QemuRun {
 /// Runs qemu (its stdout piped: the serial console), streaming the console to our stdout as
 /// it arrives and keeping a copy; kills qemu after `timeout`.
 pub fn run_qemu(qemu: &mut std::process::Command, timeout: Duration) -> Result<QemuRun> {
-    run_qemu_labelled(qemu, timeout, None)
+    run_qemu_labelled(qemu, timeout, None, &Cutoff::default())
+}
+
+/// A time, shared between the threads running several guests, after which a guest still
+/// running is killed (as at its timeout): set when the guest the others wait for has ended.
+#[derive(Default)]
+pub struct Cutoff(std::sync::Mutex<Option<Instant>>);
+
+impl Cutoff {
+    /// Kills what still runs `grace` from now.
+    pub fn set(&self, grace: Duration) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + grace);
+    }
+
+    fn passed(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|at| Instant::now() > at)
+    }
 }
 
 /// [`run_qemu`], with each console line shown after `label` (`[ctl] `), for several guests at
-/// once; the copy kept is unlabelled.
+/// once (the copy kept is unlabelled), and killed once `cutoff` has passed.
 pub fn run_qemu_labelled(
     qemu: &mut std::process::Command,
     timeout: Duration,
     label: Option<String>,
+    cutoff: &Cutoff,
 ) -> Result<QemuRun> {
     qemu.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -998,7 +1018,7 @@ pub fn run_qemu_labelled(
         if child.try_wait()?.is_some() {
             break false;
         }
-        if started.elapsed() > timeout {
+        if started.elapsed() > timeout || cutoff.passed() {
             let _ = child.kill();
             break true;
         }

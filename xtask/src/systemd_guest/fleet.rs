@@ -40,6 +40,8 @@ const MEMORY_MIB: u32 = 640;
 const CPUS: u32 = 1;
 /// The whole lab, boots included (the three guests took 3m40s here; see README).
 const TIMEOUT: Duration = Duration::from_secs(1500);
+/// How long a and b may run on once ctl has ended.
+const CUTOFF_GRACE: Duration = Duration::from_secs(60);
 
 /// `cargo xtask vm-test --fleet`.
 pub fn run() -> Result<()> {
@@ -85,6 +87,9 @@ pub fn run() -> Result<()> {
         .context("the lab network's namespace")?;
     let qemu = host::find_program("qemu-system-x86_64")
         .context("qemu-system-x86_64 is not installed; `cargo xtask prereqs` installs it")?;
+    // a and b serve ctl until it says it is done: once ctl has ended, however it ended, they
+    // get a minute to finish their checks and power off, then they are killed.
+    let cutoff = vm::Cutoff::default();
     let runs: Vec<(&str, Result<vm::QemuRun>)> = thread::scope(|scope| {
         let booted: Vec<_> = disks
             .iter()
@@ -109,9 +114,16 @@ pub fn run() -> Result<()> {
                     .current_dir(host::workspace_root())
                     .env("PATH", host::child_path());
                 let label = format!("[{role:>3}] ");
+                let cutoff = &cutoff;
                 (
                     **role,
-                    scope.spawn(move || vm::run_qemu_labelled(&mut command, TIMEOUT, Some(label))),
+                    scope.spawn(move || {
+                        let run = vm::run_qemu_labelled(&mut command, TIMEOUT, Some(label), cutoff);
+                        if **role == "ctl" {
+                            cutoff.set(CUTOFF_GRACE);
+                        }
+                        run
+                    }),
                 )
             })
             .collect();
@@ -134,8 +146,9 @@ pub fn run() -> Result<()> {
         match run {
             Err(e) => failures.push(format!("{role}: {e:#}")),
             Ok(run) if run.timed_out => failures.push(format!(
-                "{role}: did not power off within {}; qemu killed",
-                seconds(TIMEOUT)
+                "{role}: did not power off within {} (or {} after ctl ended); qemu killed",
+                seconds(TIMEOUT),
+                seconds(CUTOFF_GRACE)
             )),
             Ok(run) => {
                 println!(
@@ -145,7 +158,7 @@ pub fn run() -> Result<()> {
                 );
                 match super::verdict(&run.console, RESULT_MARKER) {
                     Some(Ok(())) => {}
-                    Some(Err(what)) => failures.push(what),
+                    Some(Err(what)) => failures.push(format!("{role}: {what}")),
                     None => failures.push(format!(
                         "{role}: powered off without a `{RESULT_MARKER}` line; see its console"
                     )),
@@ -197,7 +210,7 @@ fn certificates(work: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// `<work>/lab-<role>.img`: the package, `run.sh`, `role`, and `tls/agent/` (the guest's
+/// `<work>/lab-<role>.img`: the package, `run.sh`, `lib.sh`, `role`, and `tls/agent/` (the guest's
 /// certificate, key and the CA; never the CA's key), plus `tls/controller/` on ctl.
 fn lab_disk(work: &Path, role: &str, deb: &Path, certs: &Path) -> Result<PathBuf> {
     let tree = work.join(format!("lab-{role}"));
@@ -205,6 +218,7 @@ fn lab_disk(work: &Path, role: &str, deb: &Path, certs: &Path) -> Result<PathBuf
     fs::copy(deb, tree.join("faultline.deb"))
         .with_context(|| format!("copying {}", deb.display()))?;
     fs::write(tree.join("run.sh"), SCRIPT).context("writing run.sh")?;
+    fs::write(tree.join("lib.sh"), super::LIB_SCRIPT).context("writing lib.sh")?;
     fs::write(tree.join("role"), role).context("writing role")?;
     copy_dir(&certs.join(role), &tree.join("tls/agent"))?;
     if role == "ctl" {

@@ -27,27 +27,15 @@ TLS=/etc/faultline/tls
 RUN=/run/fleet-lab
 mkdir -p "$RUN"
 
-say() { echo "fleet: $*" >&2; }
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
-MAIN=$$
+PREFIX=fleet
+RESULT_MARKER="FAULTLINE-FLEET-RESULT:"
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 
-fail() {
-    say "FAILED: $*"
-    say "--- journalctl -u faultline (last 30 lines)"
-    journalctl -u faultline --no-pager -n 30 2>&1 | sed 's/^/fleet:   /' >&2
-    echo "FAULTLINE-FLEET-RESULT: fail $ROLE: $*" >&2
-    systemctl poweroff --no-block
-    [ "$BASHPID" = "$MAIN" ] || kill -KILL "$MAIN"
-    exit 1
+diagnose() {
+    echo "--- journalctl -u faultline (last 30 lines)"
+    journalctl -u faultline --no-pager -n 30
 }
-
-step() {
-    STEP="$1"
-    STEP_START=$(now)
-    say "== $STEP"
-}
-done_step() { say "ok: $STEP ($(since "$STEP_START")s)"; }
 
 # The faultline CLI against one of the three agents, over mutual TLS with the controller's
 # certificate.
@@ -398,6 +386,5 @@ case "$ROLE" in
     a | b) serve ;;
     *) fail "unknown role $ROLE" ;;
 esac
-echo "FAULTLINE-FLEET-RESULT: pass" >&2
-systemctl poweroff --no-block
-exit 0
+echo "$RESULT_MARKER pass" >&2
+finish 0

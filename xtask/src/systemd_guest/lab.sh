@@ -18,38 +18,17 @@ DEV=fls-b0
 PORT=7070
 RATE_PORT=7071
 
-# stderr, like stdout, is the console; and it stays the console inside $(...).
-say() { echo "lab: $*" >&2; }
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
-MAIN=$$
+PREFIX=lab
+RESULT_MARKER="FAULTLINE-SYSTEMD-RESULT:"
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 
-finish() {
-    systemctl poweroff --no-block
-    exit "$1"
+diagnose() {
+    echo "--- systemctl status faultline"
+    systemctl status faultline --no-pager -l | tail -n 20
+    echo "--- journalctl -u faultline (last 40 lines)"
+    journalctl -u faultline --no-pager -n 40
 }
-
-# Fails the run from the main shell or from inside $(...): the verdict goes to the console,
-# and the main shell is stopped too.
-fail() {
-    say "FAILED: $*"
-    say "--- systemctl status faultline"
-    systemctl status faultline --no-pager -l 2>&1 | tail -n 20 | sed 's/^/lab:   /' >&2
-    say "--- journalctl -u faultline (last 40 lines)"
-    journalctl -u faultline --no-pager -n 40 2>&1 | sed 's/^/lab:   /' >&2
-    echo "FAULTLINE-SYSTEMD-RESULT: fail $*" >&2
-    systemctl poweroff --no-block
-    [ "$BASHPID" = "$MAIN" ] || kill -KILL "$MAIN"
-    exit 1
-}
-
-# step NAME: starts timing a check; done_step prints its time.
-step() {
-    STEP="$1"
-    STEP_START=$(now)
-    say "== $STEP"
-}
-done_step() { say "ok: $STEP ($(since "$STEP_START")s)"; }
 
 fl() { faultline "$@"; }
 
@@ -349,5 +328,5 @@ case "$(cat "$STATE/phase" 2>/dev/null || echo 1)" in
     2) phase2 ;;
     *) fail "unknown phase $(cat "$STATE/phase")" ;;
 esac
-echo "FAULTLINE-SYSTEMD-RESULT: pass"
+echo "$RESULT_MARKER pass"
 finish 0

@@ -25,6 +25,8 @@ use crate::{exec, host, package, prereqs, test::seconds, vm};
 
 /// The check script; run by the image's faultline-lab.service from the lab disk.
 const LAB_SCRIPT: &str = include_str!("lab.sh");
+/// What the check scripts share; on each lab disk beside `run.sh`, which sources it.
+const LIB_SCRIPT: &str = include_str!("lib.sh");
 
 /// The first boot ends with this line, just before the guest reboots without shutting down.
 const REBOOT_MARKER: &str = "FAULTLINE-SYSTEMD-REBOOT";
@@ -100,7 +102,8 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// `<work>/lab.img`: an ext4 image holding the package as `faultline.deb` and `run.sh`.
+/// `<work>/lab.img`: an ext4 image holding the package as `faultline.deb`, `run.sh` and
+/// `lib.sh`.
 fn lab_disk(work: &Path, deb: &Path) -> Result<PathBuf> {
     let tree = work.join("lab");
     let _ = fs::remove_dir_all(&tree);
@@ -108,6 +111,7 @@ fn lab_disk(work: &Path, deb: &Path) -> Result<PathBuf> {
     fs::copy(deb, tree.join("faultline.deb"))
         .with_context(|| format!("copying {}", deb.display()))?;
     fs::write(tree.join("run.sh"), LAB_SCRIPT).context("writing run.sh")?;
+    fs::write(tree.join("lib.sh"), LIB_SCRIPT).context("writing lib.sh")?;
     ext4_image(&tree, &work.join("lab.img"))
 }
 
