@@ -375,6 +375,16 @@ pub(crate) async fn connect_tls(
 ) -> Result<Channel, tonic::transport::Error> {
     Endpoint::from_shared(url.to_owned())?
         .tls_config(tls.config())?
+        // A remote agent may be cut off without a word (its packets dropped, by a fault of
+        // the experiment among others): HTTP/2 pings find the dead connection within seconds,
+        // and the channel's next call opens a new one instead of waiting on the old one.
+        .http2_keep_alive_interval(CLIENT_KEEPALIVE)
+        .keep_alive_timeout(CLIENT_KEEPALIVE)
+        .keep_alive_while_idle(true)
         .connect()
         .await
 }
+
+/// How often a client pings an agent's remote listener over HTTP/2, and how long it waits for
+/// the answer before it drops the connection.
+const CLIENT_KEEPALIVE: Duration = Duration::from_secs(2);
