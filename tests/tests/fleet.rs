@@ -25,6 +25,36 @@ fn fleet(args: &[&str], timeout: Duration) -> Result<std::process::Output> {
     process::run(command, timeout)
 }
 
+/// The id of the first fault a controller made active on `agent` (within 20 s).
+fn first_active(agent: &Agent) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let active = agent.faults()?.into_iter().find(|f| f["state"] == "active");
+        if let Some(f) = active {
+            return Ok(f["id"].as_str().context("no id")?.to_owned());
+        }
+        ensure!(Instant::now() < deadline, "the controller applied nothing");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Fault `id` once `agent` has reverted it, which must happen within `limit`.
+fn reverted_within(agent: &Agent, id: &str, limit: Duration) -> Result<Value> {
+    let started = Instant::now();
+    loop {
+        let fault = agent.fault(id)?;
+        if fault["state"] == "reverted" {
+            return Ok(fault);
+        }
+        ensure!(
+            started.elapsed() < limit,
+            "fault {id} still {} after {limit:?}",
+            fault["state"]
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn targets(agents: &[&Agent]) -> String {
     agents
         .iter()
@@ -341,36 +371,18 @@ fn a_killed_controller_leaves_the_agents_to_revert_on_lease_expiry() -> Result<(
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let id = loop {
-        let active = agent.faults()?.into_iter().find(|f| f["state"] == "active");
-        if let Some(f) = active {
-            break f["id"].as_str().context("no id")?.to_owned();
-        }
-        ensure!(Instant::now() < deadline, "the controller applied nothing");
-        thread::sleep(Duration::from_millis(50));
-    };
+    let id = first_active(&agent)?;
     // Renewals are every lease / 3; let a few happen, then kill the controller.
     thread::sleep(Duration::from_secs(3));
     controller.kill()?;
     let killed = Instant::now();
     controller.wait()?;
-    let reverted_after = loop {
-        let fault = agent.fault(&id)?;
-        if fault["state"] == "reverted" {
-            ensure!(
-                fault["reason"].as_str().unwrap_or("").contains("lease"),
-                "reverted for another reason: {fault}"
-            );
-            break killed.elapsed();
-        }
-        ensure!(
-            killed.elapsed() < Duration::from_secs(10),
-            "still {} 10 s after the controller died",
-            fault["state"]
-        );
-        thread::sleep(Duration::from_millis(50));
-    };
+    let fault = reverted_within(&agent, &id, Duration::from_secs(10))?;
+    let reverted_after = killed.elapsed();
+    ensure!(
+        fault["reason"] == "lease expired",
+        "reverted for another reason: {fault}"
+    );
     note(
         T,
         format!("controller SIGKILLed; the agent reverted {reverted_after:.2?} later (lease 2 s)"),
@@ -424,15 +436,7 @@ fn a_controller_stops_waiting_for_an_agent_that_never_answers_its_revert() -> Re
     let mut command = Command::new(process::faultline_bin()?);
     command.args(["fleet", "run", &file.display().to_string()]);
     let controller = thread::spawn(move || process::run(command, Duration::from_secs(60)));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let id = loop {
-        let active = agent.faults()?.into_iter().find(|f| f["state"] == "active");
-        if let Some(f) = active {
-            break f["id"].as_str().context("no id")?.to_owned();
-        }
-        ensure!(Instant::now() < deadline, "the controller applied nothing");
-        thread::sleep(Duration::from_millis(50));
-    };
+    let id = first_active(&agent)?;
     // A frozen agent keeps its socket: connections are accepted by the kernel and never
     // answered, as from a host whose packets are dropped.
     let frozen = Stopped::stop(agent.pid().context("the agent's pid")?)?;
@@ -459,23 +463,11 @@ fn a_controller_stops_waiting_for_an_agent_that_never_answers_its_revert() -> Re
     );
     // Thawed, the agent finds its lease and its own deadline (the experiment's end plus the
     // lease) long run out, and reverts at once for whichever its timers see first.
-    let thawed = Instant::now();
-    loop {
-        let fault = agent.fault(&id)?;
-        if fault["state"] == "reverted" {
-            ensure!(
-                fault["reason"] == "lease expired" || fault["reason"] == "deadline",
-                "reverted for another reason: {fault}"
-            );
-            break;
-        }
-        ensure!(
-            thawed.elapsed() < Duration::from_secs(3),
-            "still {} 3 s after the agent was thawed",
-            fault["state"]
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    let fault = reverted_within(&agent, &id, Duration::from_secs(3))?;
+    ensure!(
+        fault["reason"] == "lease expired" || fault["reason"] == "deadline",
+        "reverted for another reason: {fault}"
+    );
     agent.assert_clean()
 }
 
