@@ -185,6 +185,12 @@ impl Classifiers {
         Ok(())
     }
 
+    /// Loads ahead, in the background, the spares of the classifiers faults have taken (see
+    /// `Spares`); called once an apply has answered.
+    pub(crate) fn prepare_ahead(&self) {
+        self.spares.refill();
+    }
+
     fn prepare(&self, id: &str) -> Result<PathBuf, BpfError> {
         ensure_bpffs(&self.root)?;
         let dir = self.dir(id);
