@@ -98,6 +98,12 @@ impl Faults for FaultsService {
                 .with_fault(target)
                 .with_result(&result),
         );
+        if !matches!(&result, Ok(pb::ApplyResponse { fault: None, .. })) {
+            // A task of its own, which runs while the answer goes out: whatever the apply used
+            // up is prepared again for the next one.
+            let engine = Arc::clone(&self.engine);
+            tokio::spawn(async move { engine.prepare_ahead() });
+        }
         result.map(Response::new)
     }
 

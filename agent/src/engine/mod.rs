@@ -432,6 +432,12 @@ impl Engine {
         Ok(ApplyOutcome::Applied(Box::new(fault)))
     }
 
+    /// Prepares ahead what the next apply would otherwise wait for (see
+    /// [`crate::faults::Adapters::prepare_ahead`]); for after an apply's answer.
+    pub(crate) fn prepare_ahead(&self) {
+        self.adapters.prepare_ahead();
+    }
+
     /// Waits for the fault's deadline; a watched family is asked every [`LIVENESS_PERIOD`]
     /// whether its target is still there. Returns why the fault is due.
     async fn until_due(

@@ -454,6 +454,13 @@ impl Adapters {
         }
     }
 
+    /// Prepares ahead, in the background, what the next fault's apply would otherwise wait
+    /// for (the classifiers' spares). Called after an apply has answered, not during one: the
+    /// preparation's CPU would slow the apply down.
+    pub(crate) fn prepare_ahead(&self) {
+        self.classifiers.prepare_ahead();
+    }
+
     /// Sweeps every adapter in turn: each removes what belongs to no fault in `keep`. What
     /// pauses froze is thawed first; a classifier goes before the qdisc tree it steers into;
     /// I/O workers before the files they hold open.

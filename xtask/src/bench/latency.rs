@@ -172,8 +172,17 @@ pub fn run(ctx: &Ctx, runs: usize) -> Result<Section> {
     let mut spawn_true = quiet(super::lab::command(ns, "true", [] as [&str; 0]));
     // The kernel's own time for the block's changes, on a socket kept open (see [`floor`]).
     let mut floor = super::floor::NftFloor::start(ns, &ctx.nft_floor)?;
+    // The same for the rate fault, on a route netlink socket kept open (see [`rate_floor`]).
+    let mut rate_floor = super::rate_floor::RateFloor::start(
+        ns,
+        dev,
+        RATE_BPS,
+        TC_BURST.parse().context("the tbf burst")?,
+        Duration::from_millis(50),
+    )?;
     let lifetime_ms = FAULT_FOR.as_millis() as u64;
     let mut kernel = Series::default();
+    let mut rate_kernel = Series::default();
     let (mut scans, mut writes, mut spawns) = (Vec::new(), Vec::new(), Vec::new());
     let mut details = serde_json::Map::new();
     let (mut fl_block, mut fl_rate, mut nft, mut tc) = (
@@ -202,6 +211,10 @@ pub fn run(ctx: &Ctx, runs: usize) -> Result<Section> {
         let kernel_end = floor.end()?;
         floor.remove()?;
         record(&mut kernel, (kernel_apply, kernel_end));
+        let rate_apply = rate_floor.apply().context("the rate floor's apply")?;
+        let rate_end = rate_floor.end().context("the rate floor's end")?;
+        rate_floor.remove().context("the rate floor's removal")?;
+        record(&mut rate_kernel, (rate_apply, rate_end));
         if counted {
             scans.push(scanned);
             writes.push(written);
@@ -210,6 +223,12 @@ pub fn run(ctx: &Ctx, runs: usize) -> Result<Section> {
     }
     // The apply's floor, summed per round so that both halves share a moment.
     let apply_floor: Vec<f64> = kernel
+        .apply
+        .iter()
+        .zip(&writes)
+        .map(|(k, w)| k + w)
+        .collect();
+    let rate_apply_floor: Vec<f64> = rate_kernel
         .apply
         .iter()
         .zip(&writes)
@@ -232,6 +251,16 @@ pub fn run(ctx: &Ctx, runs: usize) -> Result<Section> {
         "block floor".to_owned(),
         json!({ "apply_ms": apply_floor.json(), "kernel_apply_ms": kernel_apply.json(),
                 "kernel_end_ms": kernel_end.json() }),
+    );
+    let (rate_apply_floor, rate_kernel_apply, rate_kernel_end) = (
+        Summary::of(&rate_apply_floor),
+        Summary::of(&rate_kernel.apply),
+        Summary::of(&rate_kernel.revert),
+    );
+    details.insert(
+        "rate floor".to_owned(),
+        json!({ "apply_ms": rate_apply_floor.json(), "kernel_apply_ms": rate_kernel_apply.json(),
+                "kernel_end_ms": rate_kernel_end.json() }),
     );
     let mut rows = Vec::new();
     for (fault, fl, tool, tool_name) in [
@@ -280,6 +309,22 @@ pub fn run(ctx: &Ctx, runs: usize) -> Result<Section> {
                         ),
                 );
             }
+            if fault == "rate (tbf)" && what == "apply" {
+                rows.push(
+                    Row::new("rate (tbf) apply p50, against its floor", "ms")
+                        .values(
+                            fs.p50,
+                            rate_apply_floor.p50,
+                            "floor: fsynced write + the route netlink changes",
+                        )
+                        .ratio(|r| format!("{r:.2}x the floor"))
+                        .goal(
+                            "≤ 1.25x the floor",
+                            fs.p50 <= 1.25 * rate_apply_floor.p50,
+                            format!("{:.2}x", fs.p50 / rate_apply_floor.p50),
+                        ),
+                );
+            }
             if fault == "block" && what == "revert" {
                 rows.push(
                     Row::new("block revert p50, against its floor", "ms")
@@ -325,7 +370,13 @@ pub fn run(ctx: &Ctx, runs: usize) -> Result<Section> {
          elements, base chain, rule) sent as one batch by xtask on a netlink socket it keeps \
          open took {:.3} ms (p50) to be acknowledged, and the batch that ends the block (the \
          chain's flush) {:.3} ms; the apply's floor is that batch plus the journal-like \
-         write, summed per round, {:.3} ms (p50).",
+         write, summed per round, {:.3} ms (p50). The rate fault's floor, in the same rounds: \
+         the same route netlink changes as faultline's rate fault (an IFB device created and \
+         brought up, its index looked up, then one batch of its tbf root, a clsact qdisc on the \
+         veth and a cls_bpf filter with a mirred redirect to the IFB, the smallest program the \
+         kernel takes), sent by xtask on a socket it keeps open, took {:.3} ms (p50) until the \
+         last was acknowledged, and the filter's removal (what ends the effect) {:.3} ms; with \
+         the journal-like write, summed per round, {:.3} ms (p50).",
         writes.p50,
         writes.p99,
         spawns.p50,
@@ -336,6 +387,9 @@ pub fn run(ctx: &Ctx, runs: usize) -> Result<Section> {
         kernel_apply.p50,
         kernel_end.p50,
         apply_floor.p50,
+        rate_kernel_apply.p50,
+        rate_kernel_end.p50,
+        rate_apply_floor.p50,
     );
     drop(client);
     drop(agent);

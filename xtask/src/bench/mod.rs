@@ -21,6 +21,7 @@ mod lab;
 mod latency;
 mod memory;
 mod overhead;
+mod rate_floor;
 mod report;
 mod revert;
 mod traffic;

@@ -22,7 +22,7 @@ use super::{
 };
 use crate::kernel::{
     netdev::l2_len,
-    rtnl::{BpfFilter, Rtnl},
+    rtnl::{self, BpfFilter, Rtnl},
     Adapter, Attempts, KernelError, Swept,
 };
 
@@ -167,22 +167,30 @@ impl Classifiers {
             path: PathBuf::from(device),
             source: e.into(),
         })?;
-        let rtnl = Rtnl::open()?;
-        rtnl.add_clsact(device, ifindex)?;
         let fd = program.fd().map_err(BpfError::Program)?;
         let raw = fd.as_fd().as_raw_fd() as u32;
-        rtnl.add_bpf_filter(
-            device,
-            ifindex,
-            &BpfFilter {
-                parent: direction.clsact_parent(),
-                priority: STEER_PRIORITY,
-                prog_fd: raw,
-                name: STEER_PROGRAM,
-                redirect_to: ifb,
-            },
-        )?;
+        // The qdisc and the filter in one exchange: the kernel handles them in order.
+        rtnl::exchange(vec![
+            rtnl::clsact_request(device, ifindex),
+            rtnl::bpf_filter_request(
+                device,
+                ifindex,
+                &BpfFilter {
+                    parent: direction.clsact_parent(),
+                    priority: STEER_PRIORITY,
+                    prog_fd: raw,
+                    name: STEER_PROGRAM,
+                    redirect_to: ifb,
+                },
+            ),
+        ])?;
         Ok(())
+    }
+
+    /// Loads ahead, in the background, the spares of the classifiers faults have taken (see
+    /// `Spares`); called once an apply has answered.
+    pub(crate) fn prepare_ahead(&self) {
+        self.spares.refill();
     }
 
     fn prepare(&self, id: &str) -> Result<PathBuf, BpfError> {
@@ -397,7 +405,7 @@ fn attach_program(
         path: PathBuf::from(device),
         source: e.into(),
     })?;
-    Rtnl::open()?.add_clsact(device, ifindex)?;
+    rtnl::exchange(vec![rtnl::clsact_request(device, ifindex)])?;
     let link_id = program
         .attach_with_options(
             device,

@@ -20,7 +20,7 @@ use thiserror::Error;
 use super::{egress_root, handle, is_ours, Leaf, Prior, LEAF_MAJOR};
 use crate::kernel::{
     durable::{RecordError, Records},
-    rtnl::{QdiscStats, Rtnl, RtnlError},
+    rtnl::{self, QdiscStats, Rtnl, RtnlError},
     Adapter, Swept,
 };
 
@@ -68,10 +68,15 @@ impl Shaping {
 
     /// Creates fault `id`'s IFB device with `leaf` as its root; returns the device's index.
     pub(crate) fn install(&self, id: &str, leaf: &Leaf) -> Result<u32, ShapingError> {
-        let rtnl = Rtnl::open()?;
         let ifb = ifb_name(id);
-        let index = rtnl.create_ifb(&ifb)?;
-        rtnl.replace_root(&ifb, index, leaf.kind, handle(LEAF_MAJOR, 0), &leaf.options)?;
+        let index = rtnl::create_ifb(&ifb)?;
+        rtnl::exchange(vec![rtnl::root_request(
+            &ifb,
+            index,
+            leaf.kind,
+            handle(LEAF_MAJOR, 0),
+            &leaf.options,
+        )])?;
         Ok(index)
     }
 

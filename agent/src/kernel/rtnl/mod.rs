@@ -21,10 +21,13 @@ use rtnetlink::{
 };
 use thiserror::Error;
 
+mod batch;
 mod tc;
 
+pub(crate) use batch::{exchange, Request};
 pub(crate) use tc::{
-    handle, show_handle, BpfFilter, QdiscRecord, QdiscStats, CLSACT_EGRESS, CLSACT_INGRESS,
+    bpf_filter_request, clsact_request, handle, root_request, show_handle, BpfFilter, QdiscRecord,
+    QdiscStats, CLSACT_EGRESS, CLSACT_INGRESS,
 };
 
 #[derive(Debug, Error)]
@@ -48,6 +51,43 @@ impl RtnlError {
         matches!(self, RtnlError::Netlink { source: rtnetlink::Error::NetlinkError(e), .. }
             if matches!(e.raw_code().abs(), libc::ENOENT | libc::EINVAL | libc::ENODEV))
     }
+}
+
+/// Creates IFB device `name` and brings it up; returns its index. One exchange on the apply
+/// path's socket: the creation and the lookup of the new device's index in one datagram.
+pub(crate) fn create_ifb(name: &str) -> Result<u32, RtnlError> {
+    use rtnetlink::{
+        packet_core::{NLM_F_CREATE, NLM_F_EXCL},
+        packet_route::link::{LinkAttribute, LinkMessage},
+    };
+    let mut lookup = LinkMessage::default();
+    lookup
+        .attributes
+        .push(LinkAttribute::IfName(name.to_owned()));
+    let replies = exchange(vec![
+        Request {
+            message: RouteNetlinkMessage::NewLink(LinkIfb::new(name).up().build()),
+            flags: NLM_F_CREATE | NLM_F_EXCL,
+            what: "cannot create the IFB device".to_owned(),
+            device: name.to_owned(),
+            done_if: None,
+        },
+        Request {
+            message: RouteNetlinkMessage::GetLink(lookup),
+            flags: 0,
+            what: "cannot look up the interface".to_owned(),
+            device: name.to_owned(),
+            done_if: None,
+        },
+    ])?;
+    replies
+        .into_iter()
+        .flatten()
+        .find_map(|reply| match reply {
+            RouteNetlinkMessage::NewLink(link) => Some(link.header.index),
+            _ => None,
+        })
+        .ok_or_else(|| RtnlError::NoDevice(name.to_owned()))
 }
 
 /// A route netlink socket, and the runtime its answers are read on.
@@ -120,26 +160,6 @@ impl Rtnl {
             }
         }
         Ok(())
-    }
-
-    /// Creates an IFB device and brings it up; returns its index.
-    pub(crate) fn create_ifb(&self, name: &str) -> Result<u32, RtnlError> {
-        self.run(async {
-            let error = |what: &str, source| RtnlError::Netlink {
-                what: what.to_owned(),
-                device: name.to_owned(),
-                source,
-            };
-            self.handle
-                .link()
-                .add(LinkIfb::new(name).up().build())
-                .execute()
-                .await
-                .map_err(|e| error("cannot create the IFB device", e))?;
-            self.find_link(name)
-                .await?
-                .ok_or_else(|| RtnlError::NoDevice(name.to_owned()))
-        })
     }
 
     /// The index of interface `name`, if there is one.

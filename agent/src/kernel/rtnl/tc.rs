@@ -10,7 +10,10 @@ use rtnetlink::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{Rtnl, RtnlError};
+use super::{
+    batch::{exchange, Request},
+    Rtnl, RtnlError,
+};
 
 const TCA_OPTIONS: u16 = 2;
 /// The parent of a clsact qdisc's ingress hook (`ffff:fff2`).
@@ -169,86 +172,7 @@ impl Rtnl {
         handle: u32,
         options: &[u8],
     ) -> Result<(), RtnlError> {
-        self.run(async {
-            let message = tc_message(ifindex, handle, TcHandle::ROOT.into(), kind, options);
-            self.send(
-                RouteNetlinkMessage::NewQueueDiscipline(message),
-                NLM_F_CREATE | NLM_F_REPLACE,
-                format!(
-                    "cannot install {kind} {} as the root qdisc",
-                    show_handle(handle)
-                ),
-                device,
-            )
-            .await
-        })
-    }
-
-    /// Attaches the loaded eBPF classifier `prog_fd` to clsact hook `parent` as a classic
-    /// cls_bpf filter whose action redirects the packets it matches to an IFB (mirred).
-    ///
-    /// A request of our own rather than the eBPF library's attach, which cannot set a filter's
-    /// actions.
-    pub(crate) fn add_bpf_filter(
-        &self,
-        device: &str,
-        ifindex: u32,
-        filter: &BpfFilter<'_>,
-    ) -> Result<(), RtnlError> {
-        self.run(async {
-            let BpfFilter {
-                parent,
-                priority,
-                prog_fd,
-                name,
-                redirect_to,
-            } = *filter;
-            use rtnetlink::packet_route::tc::{
-                TcAction, TcActionAttribute, TcActionGeneric, TcActionMirror, TcActionMirrorOption,
-                TcActionOption, TcActionType, TcMirror, TcMirrorActionType,
-            };
-            const ETH_P_ALL: u16 = 0x0003;
-            const TCA_BPF_ACT: u16 = 1;
-            let mut options = vec![
-                TcOption::Bpf(TcFilterBpfOption::ProgFd(prog_fd)),
-                TcOption::Bpf(TcFilterBpfOption::ProgName(name.to_owned())),
-            ];
-            let mut mirred = TcMirror::default();
-            mirred.generic = TcActionGeneric::default();
-            mirred.generic.action = TcActionType::Stolen;
-            mirred.eaction = TcMirrorActionType::EgressRedir;
-            mirred.ifindex = redirect_to;
-            let mut act = TcAction::default();
-            act.attributes = vec![
-                TcActionAttribute::Kind(TcActionMirror::KIND.to_owned()),
-                TcActionAttribute::Options(vec![TcActionOption::Mirror(
-                    TcActionMirrorOption::Parms(mirred),
-                )]),
-            ];
-            let actions = vec![act];
-            let mut bytes = vec![0; actions.as_slice().buffer_len()];
-            actions.as_slice().emit(&mut bytes);
-            options.push(TcOption::Bpf(TcFilterBpfOption::Other(DefaultNla::new(
-                TCA_BPF_ACT,
-                bytes,
-            ))));
-            let mut message = TcMessage::with_index(ifindex as i32);
-            message.header.parent = parent.into();
-            message.header.handle = 1u32.into();
-            message.header.info = (u32::from(priority) << 16) | u32::from(ETH_P_ALL.to_be());
-            message.attributes.push(TcAttribute::Kind("bpf".to_owned()));
-            message.attributes.push(TcAttribute::Options(options));
-            self.send(
-                RouteNetlinkMessage::NewTrafficFilter(message),
-                NLM_F_CREATE | NLM_F_EXCL,
-                format!(
-                    "cannot attach the classifier {name} at {}",
-                    show_handle(parent)
-                ),
-                device,
-            )
-            .await
-        })
+        exchange(vec![root_request(device, ifindex, kind, handle, options)]).map(drop)
     }
 
     /// Deletes the root qdisc of `ifindex` if it is `handle`; the kernel then installs its
@@ -273,28 +197,6 @@ impl Rtnl {
                 .await
             {
                 Err(e) if e.is_gone() => Ok(()),
-                other => other,
-            }
-        })
-    }
-
-    /// Adds a clsact qdisc to `device` unless it has one.
-    pub(crate) fn add_clsact(&self, device: &str, ifindex: u32) -> Result<(), RtnlError> {
-        let message = tc_message(ifindex, 0xffff_0000, TcHandle::CLSACT.into(), "clsact", &[]);
-        self.run(async {
-            match self
-                .send(
-                    RouteNetlinkMessage::NewQueueDiscipline(message),
-                    NLM_F_CREATE | NLM_F_EXCL,
-                    "cannot add a clsact qdisc",
-                    device,
-                )
-                .await
-            {
-                Err(RtnlError::Netlink {
-                    source: rtnetlink::Error::NetlinkError(e),
-                    ..
-                }) if e.raw_code().abs() == libc::EEXIST => Ok(()),
                 other => other,
             }
         })
@@ -415,6 +317,110 @@ impl Rtnl {
                 device: device.to_owned(),
                 source,
             })
+    }
+}
+
+/// The request that puts `kind` with `options` at the root of `ifindex`, replacing what is
+/// there.
+pub(crate) fn root_request(
+    device: &str,
+    ifindex: u32,
+    kind: &str,
+    handle: u32,
+    options: &[u8],
+) -> Request {
+    Request {
+        message: RouteNetlinkMessage::NewQueueDiscipline(tc_message(
+            ifindex,
+            handle,
+            TcHandle::ROOT.into(),
+            kind,
+            options,
+        )),
+        flags: NLM_F_CREATE | NLM_F_REPLACE,
+        what: format!(
+            "cannot install {kind} {} as the root qdisc",
+            show_handle(handle)
+        ),
+        device: device.to_owned(),
+        done_if: None,
+    }
+}
+
+/// The request that adds a clsact qdisc to `device`; one there already is fine.
+pub(crate) fn clsact_request(device: &str, ifindex: u32) -> Request {
+    Request {
+        message: RouteNetlinkMessage::NewQueueDiscipline(tc_message(
+            ifindex,
+            0xffff_0000,
+            TcHandle::CLSACT.into(),
+            "clsact",
+            &[],
+        )),
+        flags: NLM_F_CREATE | NLM_F_EXCL,
+        what: "cannot add a clsact qdisc".to_owned(),
+        device: device.to_owned(),
+        done_if: Some(libc::EEXIST),
+    }
+}
+
+/// The request that attaches the loaded eBPF classifier `prog_fd` to clsact hook `parent` as
+/// a classic cls_bpf filter whose action redirects the packets it matches to an IFB (mirred).
+///
+/// A request of our own rather than the eBPF library's attach, which cannot set a filter's
+/// actions.
+pub(crate) fn bpf_filter_request(device: &str, ifindex: u32, filter: &BpfFilter<'_>) -> Request {
+    use rtnetlink::packet_route::tc::{
+        TcAction, TcActionAttribute, TcActionGeneric, TcActionMirror, TcActionMirrorOption,
+        TcActionOption, TcActionType, TcMirror, TcMirrorActionType,
+    };
+    const ETH_P_ALL: u16 = 0x0003;
+    const TCA_BPF_ACT: u16 = 1;
+    let BpfFilter {
+        parent,
+        priority,
+        prog_fd,
+        name,
+        redirect_to,
+    } = *filter;
+    let mut options = vec![
+        TcOption::Bpf(TcFilterBpfOption::ProgFd(prog_fd)),
+        TcOption::Bpf(TcFilterBpfOption::ProgName(name.to_owned())),
+    ];
+    let mut mirred = TcMirror::default();
+    mirred.generic = TcActionGeneric::default();
+    mirred.generic.action = TcActionType::Stolen;
+    mirred.eaction = TcMirrorActionType::EgressRedir;
+    mirred.ifindex = redirect_to;
+    let mut act = TcAction::default();
+    act.attributes = vec![
+        TcActionAttribute::Kind(TcActionMirror::KIND.to_owned()),
+        TcActionAttribute::Options(vec![TcActionOption::Mirror(TcActionMirrorOption::Parms(
+            mirred,
+        ))]),
+    ];
+    let actions = vec![act];
+    let mut bytes = vec![0; actions.as_slice().buffer_len()];
+    actions.as_slice().emit(&mut bytes);
+    options.push(TcOption::Bpf(TcFilterBpfOption::Other(DefaultNla::new(
+        TCA_BPF_ACT,
+        bytes,
+    ))));
+    let mut message = TcMessage::with_index(ifindex as i32);
+    message.header.parent = parent.into();
+    message.header.handle = 1u32.into();
+    message.header.info = (u32::from(priority) << 16) | u32::from(ETH_P_ALL.to_be());
+    message.attributes.push(TcAttribute::Kind("bpf".to_owned()));
+    message.attributes.push(TcAttribute::Options(options));
+    Request {
+        message: RouteNetlinkMessage::NewTrafficFilter(message),
+        flags: NLM_F_CREATE | NLM_F_EXCL,
+        what: format!(
+            "cannot attach the classifier {name} at {}",
+            show_handle(parent)
+        ),
+        device: device.to_owned(),
+        done_if: None,
     }
 }
 
