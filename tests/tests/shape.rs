@@ -179,6 +179,27 @@ impl Drop for TestCgroup {
 
 /// Goodput of a transfer sent by a shell that first moves itself into `cgroup` (or stays where
 /// it is), so its socket belongs to that cgroup.
+/// A goodput under a 5 Mbit/s cap, measured again once when it falls below 4.5: a sender
+/// that loses the CPU (the emulated guest under load: 4.12 once, with 99 Mbit/s uncapped
+/// beside it) does not fill the cap, while a cap set too low stays low the second time. Above
+/// the cap is never measured again.
+fn under_the_cap(test: &str, measure: impl Fn() -> Result<f64>) -> Result<f64> {
+    let first = measure()?;
+    if mbit(first) >= 4.5 {
+        return Ok(first);
+    }
+    let second = measure()?;
+    note(
+        test,
+        format!(
+            "{:.2} Mbit/s under the cap, measured again: {:.2} Mbit/s",
+            mbit(first),
+            mbit(second)
+        ),
+    );
+    Ok(second)
+}
+
 fn rate_from_cgroup(lab: &Lab, cgroup: Option<&PathBuf>, port: u16) -> Result<f64> {
     let addr = SocketAddr::from((lab.b.v4, port));
     let listener = tcp_listen(&lab.b.ns, addr)?;
@@ -231,8 +252,8 @@ fn rate_targets_a_cgroup() -> Result<()> {
     let id = agent.apply(&[
         "rate", "--dev", &lab.a.dev, "--rate", "5mbit", "--cgroup", &name, "--for", "60s",
     ])?;
-    let inside = rate_from_cgroup(&lab, Some(&cgroup.0), P)?;
-    let sub = rate_from_cgroup(&lab, Some(&below.0), P + 2)?;
+    let inside = under_the_cap(T, || rate_from_cgroup(&lab, Some(&cgroup.0), P))?;
+    let sub = under_the_cap(T, || rate_from_cgroup(&lab, Some(&below.0), P + 2))?;
     let outside = rate_from_cgroup(&lab, None, Q)?;
     note(
         T,
