@@ -45,3 +45,24 @@ pub fn skip(test: &str, reason: impl std::fmt::Display) {
 pub fn note(test: &str, line: impl std::fmt::Display) {
     let _ = writeln!(std::io::stderr(), "[{test}] {line}");
 }
+
+/// How long what a revert leaves for after its answer may take to go. The answer means the
+/// fault no longer acts; removing what does not end the effect (a clsact qdisc, an IFB, a
+/// table, a cgroup) follows it, on the agent's own time.
+pub const AFTER_REVERT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads `read` until it returns `want` or [`AFTER_REVERT`] has passed, and returns the last
+/// reading: for comparing the kernel's state after a revert with the state before the fault.
+pub fn settled<T: PartialEq>(
+    want: &T,
+    mut read: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let until = std::time::Instant::now() + AFTER_REVERT;
+    loop {
+        let now = read()?;
+        if &now == want || std::time::Instant::now() >= until {
+            return Ok(now);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

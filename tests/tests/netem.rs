@@ -9,7 +9,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{ensure, Context as _, Result};
 use faultline_tests::{
-    note, require_root, skip,
+    note, require_root, settled, skip,
     traffic::{median_rtt, udp_loss, udp_rtts},
     Agent, Lab, Netns,
 };
@@ -340,7 +340,7 @@ fn netem_revert_and_crash_restore_the_exact_prior_tree() -> Result<()> {
     let id = agent.apply(&delay)?;
     agent.revert(&id)?;
     ensure!(
-        lab.a.ns.qdiscs(&dev)? == pristine,
+        settled(&pristine, || lab.a.ns.qdiscs(&dev))? == pristine,
         "the qdiscs are not as they were with the kernel's default root"
     );
 
@@ -353,7 +353,7 @@ fn netem_revert_and_crash_restore_the_exact_prior_tree() -> Result<()> {
     let id = agent.apply(&delay)?;
     agent.revert(&id)?;
     ensure!(
-        lab.a.ns.qdiscs(&dev)? == before,
+        settled(&before, || lab.a.ns.qdiscs(&dev))? == before,
         "the tbf root is not as it was"
     );
 

@@ -8,9 +8,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{ensure, Context as _, Result};
 use faultline_tests::{
-    note, process, require_root, skip,
+    note, process, require_root, settled, skip,
     traffic::{receive_rate_bps, tcp_listen, tcp_rate_bps},
-    unique, Agent, Lab, Netns,
+    unique, Agent, Lab, Netns, AFTER_REVERT,
 };
 use serde_json::Value;
 
@@ -90,14 +90,16 @@ fn rate_egress_caps_only_the_targeted_port() -> Result<()> {
 
     agent.revert(&id)?;
     ensure!(
-        !lab.a.ns.exec_succeeds(&["ip", "link", "show", &ifb])?,
-        "{ifb} is still there after revert"
+        !settled(&false, || lab
+            .a
+            .ns
+            .exec_succeeds(&["ip", "link", "show", &ifb]))?,
+        "{ifb} is still there {AFTER_REVERT:?} after revert"
     );
+    let after = settled(&before, || lab.a.ns.qdiscs(&lab.a.dev))?;
     ensure!(
-        lab.a.ns.qdiscs(&lab.a.dev)? == before,
-        "the qdiscs after revert differ from before:\n{}\n{}",
-        lab.a.ns.qdiscs(&lab.a.dev)?,
-        before
+        after == before,
+        "the qdiscs {AFTER_REVERT:?} after revert differ from before:\n{after}\n{before}"
     );
     let after = tcp_rate_bps(&lab.a.ns, &lab.b.ns, to_p, TRANSFER, TIMEOUT)?;
     ensure!(
@@ -151,8 +153,11 @@ fn rate_ingress_goes_through_an_ifb() -> Result<()> {
 
     agent.revert(&id)?;
     ensure!(
-        !lab.b.ns.exec_succeeds(&["ip", "link", "show", &ifb])?,
-        "{ifb} is still there after revert"
+        !settled(&false, || lab
+            .b
+            .ns
+            .exec_succeeds(&["ip", "link", "show", &ifb]))?,
+        "{ifb} is still there {AFTER_REVERT:?} after revert"
     );
     agent.assert_clean()
 }
@@ -340,7 +345,7 @@ fn another_tools_root_is_left_alone_without_force() -> Result<()> {
         mbit(capped)
     );
     agent.revert(&id)?;
-    let after = lab.a.ns.qdiscs(&lab.a.dev)?;
+    let after = settled(&before, || lab.a.ns.qdiscs(&lab.a.dev))?;
     note(T, format!("qdiscs before and after: {before}"));
     ensure!(
         after == before,

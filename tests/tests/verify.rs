@@ -7,7 +7,7 @@
 use std::{fs, path::PathBuf, thread, time::Duration};
 
 use anyhow::{ensure, Context as _, Result};
-use faultline_tests::{note, require_root, Agent, Lab};
+use faultline_tests::{note, require_root, settled, Agent, Lab};
 use serde_json::Value;
 
 fn lines(fault: &Value, field: &str) -> Vec<String> {
@@ -113,7 +113,7 @@ fn a_rule_added_to_a_blocks_chain_is_reported() -> Result<()> {
     );
     agent.revert(&id)?;
     ensure!(
-        !lab.a.ns.nft_table_exists()?,
+        !settled(&false, || lab.a.ns.nft_table_exists())?,
         "the table (with the added rule) is still there"
     );
     agent.assert_clean()
