@@ -9,6 +9,7 @@ use std::{
     fs,
     net::SocketAddr,
     process::{Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -84,24 +85,38 @@ fn ten_agents_are_faulted_and_reverted_at_once() -> Result<()> {
     )?;
     let path = file.display().to_string();
     let started = Instant::now();
+    let over = AtomicBool::new(false);
     let (output, seen_active) = thread::scope(|scope| {
-        let run = scope.spawn(|| fleet(&["run", &path, "-o", "json"], Duration::from_secs(90)));
-        // While it runs, every agent holds the block (each is asked until it does, or the
-        // experiment is over).
-        let active = agents
+        let run = scope.spawn(|| {
+            let output = fleet(&["run", &path, "-o", "json"], Duration::from_secs(90));
+            over.store(true, Ordering::SeqCst);
+            output
+        });
+        // While it runs, every agent holds the block: each is asked until it does, or the
+        // experiment is over. All at once: one after another, in the emulated guest (a CLI
+        // call there takes about a second), the last agents were asked after the experiment
+        // had ended.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let checks: Vec<_> = agents
             .iter()
-            .map(|a| -> Result<bool> {
-                let deadline = Instant::now() + Duration::from_secs(10);
-                loop {
-                    let holds = a.faults()?.iter().any(|f| {
-                        f["state"] == "active" && f["labels"]["experiment"] == "ten agents"
-                    });
-                    if holds || Instant::now() > deadline || run.is_finished() {
-                        return Ok(holds);
+            .map(|a| {
+                let over = &over;
+                scope.spawn(move || -> Result<bool> {
+                    loop {
+                        let holds = a.faults()?.iter().any(|f| {
+                            f["state"] == "active" && f["labels"]["experiment"] == "ten agents"
+                        });
+                        if holds || Instant::now() > deadline || over.load(Ordering::SeqCst) {
+                            return Ok(holds);
+                        }
+                        thread::sleep(Duration::from_millis(100));
                     }
-                    thread::sleep(Duration::from_millis(100));
-                }
+                })
             })
+            .collect();
+        let active = checks
+            .into_iter()
+            .map(|c| c.join().expect("check thread panicked"))
             .collect::<Result<Vec<bool>>>();
         (run.join().expect("fleet thread panicked"), active)
     });
