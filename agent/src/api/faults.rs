@@ -140,11 +140,12 @@ impl Faults for FaultsService {
             .admit(&request, Rpc::Revert, Some(Target::id(&id)))?;
         // Looked up first so that a failed revert is still audited with what the fault was.
         let known = self.engine.get(&id).ok();
-        let result = self
+        // Held until the audit line is written and the answer made (dropped on return).
+        let (result, _answering) = self
             .engine
-            .revert(&id, RevertReason::Requested)
-            .await
-            .map_err(from_engine);
+            .revert_answering(&id, RevertReason::Requested)
+            .await;
+        let result = result.map_err(from_engine);
         let target = match (&result, &known) {
             (Ok(fault), _) | (Err(_), Some(fault)) => Target::fault(fault),
             (Err(_), None) => Target::id(&id),

@@ -22,7 +22,7 @@ use std::{
 };
 
 use tokio::{
-    sync::{broadcast, watch},
+    sync::{broadcast, oneshot, watch},
     task::AbortHandle,
     time::Instant,
 };
@@ -46,6 +46,7 @@ mod recover;
 pub(crate) mod space;
 mod verify;
 
+pub(crate) use cleanup::Answering;
 pub(crate) use fault::{Fault, FaultState};
 use guard::Guard;
 use journal::Journal;
@@ -403,7 +404,7 @@ impl Engine {
                 // Reverting in a task of its own: a revert request aborts this timer, and must
                 // never abort a revert half-way.
                 tokio::spawn(async move {
-                    if let Err(e) = engine.revert_for(&id, reason, detail, |_| true).await {
+                    if let Err(e) = engine.revert_for(&id, reason, detail, |_| true, None).await {
                         error!(id, reason = reason.as_str(), error = %e, "automatic revert failed");
                     }
                 });
@@ -606,7 +607,21 @@ impl Engine {
         id: &str,
         reason: RevertReason,
     ) -> Result<Fault, EngineError> {
-        self.revert_for(id, reason, None, |_| true).await
+        self.revert_for(id, reason, None, |_| true, None).await
+    }
+
+    /// [`Engine::revert`] for a caller that answers for it: what the revert leaves for after
+    /// its answer waits until the returned [`Answering`] is dropped, once the answer is made.
+    pub(crate) async fn revert_answering(
+        &self,
+        id: &str,
+        reason: RevertReason,
+    ) -> (Result<Fault, EngineError>, Answering) {
+        let (answering, answered) = Answering::new();
+        let result = self
+            .revert_for(id, reason, None, |_| true, Some(answered))
+            .await;
+        (result, answering)
     }
 
     /// Reverts one fault if `still_due` says so, asked under the registry lock: a timer that
@@ -617,7 +632,7 @@ impl Engine {
         reason: RevertReason,
         still_due: impl FnOnce(&Entry) -> bool,
     ) -> Result<Fault, EngineError> {
-        self.revert_for(id, reason, None, still_due).await
+        self.revert_for(id, reason, None, still_due, None).await
     }
 
     /// [`Engine::revert_when`], with what happened in the fault's reason after the reason
@@ -628,6 +643,7 @@ impl Engine {
         reason: RevertReason,
         detail: Option<String>,
         still_due: impl FnOnce(&Entry) -> bool,
+        answered: Option<oneshot::Receiver<()>>,
     ) -> Result<Fault, EngineError> {
         let mut fault = {
             let mut registry = self.registry();
@@ -666,7 +682,7 @@ impl Engine {
                 let fault = self.finish_ended(&fault, ended);
                 info!(id = %fault.id, kind = fault.spec.kind(), reason = reason.as_str(), "fault reverted");
                 self.audit_automatic(&fault, reason);
-                self.clean_up_later(fault.clone(), ended);
+                self.clean_up_later(fault.clone(), ended, answered);
                 Ok(fault)
             }
             Err(source) => {
