@@ -114,8 +114,10 @@ fn connect_health_counts_refused_successful_and_retransmitted_connects() -> Resu
         );
     }
 
-    // SYNs lost for 2 s (eBPF loss, its deadline ends it): the SYNs at 0 s and 1 s are dropped,
-    // the one at 3 s gets through.
+    // SYNs lost for 5 s (eBPF loss, its deadline ends it). Linux 6.1 retransmits a SYN after
+    // 1, 3 and 7 s (three dropped); since 6.5 the first four come a second apart
+    // (tcp_syn_linear_timeouts), and five are dropped. Under emulation the apply itself took
+    // 1.8 s of a fault's time (the classifier's load): the fault lasts long enough to leave some.
     let lossy = SocketAddr::from((lab.b.v4, OPEN + 10));
     let _listener = tcp_listen(&lab.b.ns, lossy)?;
     let loss = agent.apply(&[
@@ -129,7 +131,7 @@ fn connect_health_counts_refused_successful_and_retransmitted_connects() -> Resu
         "--port",
         &lossy.port().to_string(),
         "--for",
-        "2s",
+        "5s",
     ])?;
     let started = Instant::now();
     tcp_connect(&lab.a.ns, lossy, Duration::from_secs(10))?.context("connect through loss")?;
@@ -137,12 +139,10 @@ fn connect_health_counts_refused_successful_and_retransmitted_connects() -> Resu
     let retried = wait_for(&agent, lossy, |d| count(d, "successes") >= 1)?;
     note(
         T,
-        format!("connect through 2 s of SYN loss took {took:?}: {retried}"),
+        format!("connect through 5 s of SYN loss took {took:?}: {retried}"),
     );
-    // Two SYNs fall in the 2 s when the apply is quick; under emulation loading the classifier
-    // eats into the fault's time, and fewer may.
     ensure!(
-        (1..=2).contains(&count(&retried, "syn_retransmits")) && count(&retried, "successes") == 1,
+        (1..=5).contains(&count(&retried, "syn_retransmits")) && count(&retried, "successes") == 1,
         "expected SYN retransmits and then a success: {retried}"
     );
     // Over by now on a quick host; under emulation its deadline may still be ahead.
