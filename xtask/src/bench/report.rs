@@ -110,7 +110,9 @@ fn markdown(r: &Report, table: &str) -> String {
         "# Benchmarks\n\nWritten by `cargo xtask bench` (xtask/src/bench/); run it again to \
          update this file and `benchmarks.json` beside it. Every figure below was measured in \
          one run on the machine described, side by side with its baseline, measured in the same \
-         run: the ratios carry over to other machines better than the absolute times do.\n\n",
+         run: the ratios carry over to other machines better than the absolute times do. The \
+         gRPC calls are timed by the bench's own client, built with optimizations, in the \
+         same process as the timer.\n\n",
     );
     let _ = writeln!(out, "| | |\n| --- | --- |");
     let _ = writeln!(
