@@ -242,26 +242,22 @@ pub fn run(ctx: &Ctx, runs: usize) -> Result<Section> {
 
     // The floors: an apply journals (one fsynced write) and then changes the kernel; a revert
     // ends the effect with one batch.
-    let (apply_floor, kernel_apply, kernel_end) = (
-        Summary::of(&apply_floor),
-        Summary::of(&kernel.apply),
-        Summary::of(&kernel.revert),
-    );
-    details.insert(
-        "block floor".to_owned(),
-        json!({ "apply_ms": apply_floor.json(), "kernel_apply_ms": kernel_apply.json(),
-                "kernel_end_ms": kernel_end.json() }),
-    );
-    let (rate_apply_floor, rate_kernel_apply, rate_kernel_end) = (
-        Summary::of(&rate_apply_floor),
-        Summary::of(&rate_kernel.apply),
-        Summary::of(&rate_kernel.revert),
-    );
-    details.insert(
-        "rate floor".to_owned(),
-        json!({ "apply_ms": rate_apply_floor.json(), "kernel_apply_ms": rate_kernel_apply.json(),
-                "kernel_end_ms": rate_kernel_end.json() }),
-    );
+    let mut floor = |name: &str, apply: &[f64], kernel: &Series| {
+        let summaries = (
+            Summary::of(apply),
+            Summary::of(&kernel.apply),
+            Summary::of(&kernel.revert),
+        );
+        details.insert(
+            format!("{name} floor"),
+            json!({ "apply_ms": summaries.0.json(), "kernel_apply_ms": summaries.1.json(),
+                    "kernel_end_ms": summaries.2.json() }),
+        );
+        summaries
+    };
+    let (apply_floor, kernel_apply, kernel_end) = floor("block", &apply_floor, &kernel);
+    let (rate_apply_floor, rate_kernel_apply, rate_kernel_end) =
+        floor("rate", &rate_apply_floor, &rate_kernel);
     let mut rows = Vec::new();
     for (fault, fl, tool, tool_name) in [
         ("block", &fl_block, &nft, "`nft` binary"),

@@ -99,13 +99,7 @@ impl RateFloor {
         )])?;
         let ifb = self.index(IFB)?;
         let tbf = tc_message(ifb, 0xfa01_0000, TcHandle::ROOT.into(), "tbf", &self.tbf());
-        let clsact = tc_message(
-            self.dev,
-            0xffff_0000,
-            TcHandle::CLSACT.into(),
-            "clsact",
-            &[],
-        );
+        let clsact = self.clsact();
         self.exchange(vec![
             (
                 RouteNetlinkMessage::NewQueueDiscipline(tbf),
@@ -138,19 +132,24 @@ impl RateFloor {
 
     /// Removes the clsact qdisc and the IFB device (not timed).
     pub fn remove(&mut self) -> Result<()> {
-        let clsact = tc_message(
-            self.dev,
-            0xffff_0000,
-            TcHandle::CLSACT.into(),
-            "clsact",
-            &[],
-        );
+        let clsact = self.clsact();
         let mut link = LinkMessage::default();
         link.header.index = self.index(IFB)?;
         self.exchange(vec![
             (RouteNetlinkMessage::DelQueueDiscipline(clsact), 0),
             (RouteNetlinkMessage::DelLink(link), 0),
         ])
+    }
+
+    /// The clsact qdisc of the bench's device.
+    fn clsact(&self) -> TcMessage {
+        tc_message(
+            self.dev,
+            0xffff_0000,
+            TcHandle::CLSACT.into(),
+            "clsact",
+            &[],
+        )
     }
 
     /// tbf's parameters as `tc` sends them, less the rate table (the kernel computes its own

@@ -70,13 +70,7 @@ impl Shaping {
     pub(crate) fn install(&self, id: &str, leaf: &Leaf) -> Result<u32, ShapingError> {
         let ifb = ifb_name(id);
         let index = rtnl::create_ifb(&ifb)?;
-        rtnl::exchange(vec![rtnl::root_request(
-            &ifb,
-            index,
-            leaf.kind,
-            handle(LEAF_MAJOR, 0),
-            &leaf.options,
-        )])?;
+        rtnl::replace_root(&ifb, index, leaf.kind, handle(LEAF_MAJOR, 0), &leaf.options)?;
         Ok(index)
     }
 
@@ -135,7 +129,7 @@ impl Shaping {
                         rtnl.delete_root(device, ifindex, ours.handle)?
                     }
                     Prior::Installed(q) => {
-                        rtnl.replace_root(device, ifindex, &q.kind, q.handle, &q.options)?
+                        rtnl::replace_root(device, ifindex, &q.kind, q.handle, &q.options)?
                     }
                 },
                 None => tracing::info!(

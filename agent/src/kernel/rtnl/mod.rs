@@ -26,7 +26,7 @@ mod tc;
 
 pub(crate) use batch::{exchange, Request};
 pub(crate) use tc::{
-    bpf_filter_request, clsact_request, handle, root_request, show_handle, BpfFilter, QdiscRecord,
+    bpf_filter_request, clsact_request, handle, replace_root, show_handle, BpfFilter, QdiscRecord,
     QdiscStats, CLSACT_EGRESS, CLSACT_INGRESS,
 };
 

@@ -162,19 +162,6 @@ impl Rtnl {
         })
     }
 
-    /// Puts `kind` with `options` at the root of `ifindex` in one request, replacing what is
-    /// there.
-    pub(crate) fn replace_root(
-        &self,
-        device: &str,
-        ifindex: u32,
-        kind: &str,
-        handle: u32,
-        options: &[u8],
-    ) -> Result<(), RtnlError> {
-        exchange(vec![root_request(device, ifindex, kind, handle, options)]).map(drop)
-    }
-
     /// Deletes the root qdisc of `ifindex` if it is `handle`; the kernel then installs its
     /// default. Gone already is fine.
     pub(crate) fn delete_root(
@@ -320,15 +307,21 @@ impl Rtnl {
     }
 }
 
-/// The request that puts `kind` with `options` at the root of `ifindex`, replacing what is
-/// there.
-pub(crate) fn root_request(
+/// Puts `kind` with `options` at the root of `ifindex`, replacing what is there: one request
+/// on the apply path's socket.
+pub(crate) fn replace_root(
     device: &str,
     ifindex: u32,
     kind: &str,
     handle: u32,
     options: &[u8],
-) -> Request {
+) -> Result<(), RtnlError> {
+    exchange(vec![root_request(device, ifindex, kind, handle, options)]).map(drop)
+}
+
+/// The request that puts `kind` with `options` at the root of `ifindex`, replacing what is
+/// there.
+fn root_request(device: &str, ifindex: u32, kind: &str, handle: u32, options: &[u8]) -> Request {
     Request {
         message: RouteNetlinkMessage::NewQueueDiscipline(tc_message(
             ifindex,
