@@ -73,6 +73,12 @@ fn ten_agents_are_faulted_and_reverted_at_once() -> Result<()> {
         .map(|i| Netns::create(&format!("fl-{pid}-{}-f{i}", unique())))
         .collect::<Result<_>>()?;
     let agents: Vec<Agent> = namespaces.iter().map(Agent::start).collect::<Result<_>>()?;
+    // Each agent loads its connect-health programs in the background after start-up. Under
+    // emulation ten such loads at once took the guest's CPUs for seconds, and the controller's
+    // lease renewals went unanswered: the experiment starts once every agent is done.
+    for agent in &agents {
+        agent.wait_for_tcp_health()?;
+    }
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("ten.yaml");
     fs::write(
