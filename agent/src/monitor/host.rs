@@ -408,8 +408,15 @@ fn is_nvme_partition_stem(stem: &str) -> bool {
 /// keyed `Prefix:Name`. Parsed here rather than with procfs: it has no reader for
 /// /proc/net/netstat, and its /proc/net/snmp reader insists on every field of every protocol,
 /// so a kernel that drops one (UDP-Lite is on its way out) would cost us the TCP counters.
-fn snmp_table(text: &str, file: &'static str) -> Result<HashMap<String, String>, HostError> {
-    let mut table = HashMap::new();
+/// The counters of the rows `keep` names (`"Tcp:"`) in /proc/net/snmp or /proc/net/netstat, by
+/// (prefix, name), borrowed from the text: a scrape reads a few hundred counters and keeps
+/// fourteen. Every row pair is checked, kept or not.
+fn snmp_table<'a>(
+    text: &'a str,
+    file: &'static str,
+    keep: &str,
+) -> Result<HashMap<(&'a str, &'a str), &'a str>, HostError> {
+    let mut table = HashMap::with_capacity(128);
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     while let Some(names) = lines.next() {
         let format = |detail: String| HostError::Format { file, detail };
@@ -424,30 +431,41 @@ fn snmp_table(text: &str, file: &'static str) -> Result<HashMap<String, String>,
                 "header {prefix:?} followed by values for {value_prefix:?}"
             )));
         };
-        let names: Vec<&str> = names.collect();
-        let values: Vec<&str> = values.collect();
-        if names.len() != values.len() {
-            return Err(format(format!(
-                "{prefix} has {} names but {} values",
-                names.len(),
-                values.len()
-            )));
+        let (mut named, mut valued) = (0usize, 0usize);
+        loop {
+            match (names.next(), values.next()) {
+                (Some(name), Some(value)) => {
+                    if prefix == keep {
+                        table.insert((prefix, name), value);
+                    }
+                    named += 1;
+                    valued += 1;
+                }
+                (Some(_), None) => named += 1,
+                (None, Some(_)) => valued += 1,
+                (None, None) => break,
+            }
         }
-        for (name, value) in names.into_iter().zip(values) {
-            table.insert(format!("{prefix}{name}"), value.to_owned());
+        if named != valued {
+            return Err(format(format!(
+                "{prefix} has {named} names but {valued} values"
+            )));
         }
     }
     Ok(table)
 }
 
 fn tcp_counters(snmp: &str, netstat: &str) -> Result<TcpCounters, HostError> {
-    let snmp = snmp_table(snmp, "/proc/net/snmp")?;
-    let netstat = snmp_table(netstat, "/proc/net/netstat")?;
-    let get = |table: &HashMap<String, String>, file: &'static str, key: &str| {
-        let value = table.get(key).ok_or_else(|| HostError::Format {
-            file,
-            detail: format!("no {key} counter"),
-        })?;
+    let snmp = snmp_table(snmp, "/proc/net/snmp", "Tcp:")?;
+    let netstat = snmp_table(netstat, "/proc/net/netstat", "TcpExt:")?;
+    let get = |table: &HashMap<(&str, &str), &str>, file: &'static str, key: &str| {
+        let (prefix, name) = key.split_at(key.find(':').map_or(0, |colon| colon + 1));
+        let value = table
+            .get(&(prefix, name))
+            .ok_or_else(|| HostError::Format {
+                file,
+                detail: format!("no {key} counter"),
+            })?;
         value.parse::<u64>().map_err(|_| HostError::Format {
             file,
             detail: format!("{key} is {value:?}, not a counter"),
@@ -630,11 +648,11 @@ IpExt: 0 123456789012
 
     #[test]
     fn snmp_tables_refuse_mismatched_lines() {
-        let err = snmp_table("Tcp: A B\nUdp: 1 2\n", "/proc/net/snmp").unwrap_err();
+        let err = snmp_table("Tcp: A B\nUdp: 1 2\n", "/proc/net/snmp", "Tcp:").unwrap_err();
         assert!(err.to_string().contains("Udp"), "{err}");
-        let err = snmp_table("Tcp: A B\nTcp: 1\n", "/proc/net/snmp").unwrap_err();
+        let err = snmp_table("Tcp: A B\nTcp: 1\n", "/proc/net/snmp", "Tcp:").unwrap_err();
         assert!(err.to_string().contains("2 names but 1 values"), "{err}");
-        assert!(snmp_table("Tcp: A B\n", "/proc/net/snmp").is_err());
+        assert!(snmp_table("Tcp: A B\n", "/proc/net/snmp", "Tcp:").is_err());
         let err = tcp_counters(SNMP, "TcpExt: ListenOverflows\nTcpExt: 1\n").unwrap_err();
         assert!(err.to_string().contains("TcpExt:ListenDrops"), "{err}");
     }
