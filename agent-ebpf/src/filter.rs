@@ -1,6 +1,8 @@
 //! The packet filter that every classifier applies before it acts: protocol, destination
 //! ports and remote networks, read straight from the packet.
 
+use core::mem::size_of;
+
 use aya_ebpf::programs::TcContext;
 use faultline_common::{PacketFilter, L4_ANY, L4_TCP, L4_UDP, MAX_CIDRS, MAX_PORT_RANGES};
 
@@ -22,6 +24,31 @@ macro_rules! unrolled {
     };
 }
 
+/// Headers past this many bytes into the packet are copied by the kernel's helper. The bound is
+/// also what lets the verifier accept a packet pointer moved by a computed offset.
+const MAX_DIRECT: usize = 1023;
+
+/// The `T` at `offset` bytes into the packet (from its link-layer header, in both directions):
+/// read in place when it lies in the packet's linear part, as the headers do on nearly every
+/// path, and copied by `bpf_skb_load_bytes` only when it does not (a head split across pages).
+/// Reading every header through the helper (five calls a packet) made the loss classifier cost
+/// 245 ns per untargeted packet; in place, 108 ns (kernel.bpf_stats_enabled, whose own clock
+/// reads are in both figures; request/response traffic on a veth, Linux 6.18, 2-core Xeon VM).
+#[inline(always)]
+fn load<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+    if offset <= MAX_DIRECT {
+        let at = ctx.data() + offset;
+        // At least two bytes: for one, LLVM rewrites `at + 1 <= end` as `at < end`, from which
+        // the verifier learns no packet range. A byte that ends the packet is copied instead.
+        if at + size_of::<T>().max(2) <= ctx.data_end() {
+            // SAFETY: inside the packet's linear data, as just checked (and as the verifier
+            // checks again); headers need not be aligned there.
+            return Some(unsafe { (at as *const T).read_unaligned() });
+        }
+    }
+    ctx.load(offset).ok()
+}
+
 /// Whether the packet is one the fault targets; `None` when it is too short to tell.
 ///
 /// Lists are checked entry by entry with constant indices (see `unrolled!`), and every
@@ -33,27 +60,27 @@ pub fn matches(ctx: &TcContext, filter: &PacketFilter) -> Option<bool> {
     // Only IP packets are subject to the fault; ARP and other link-layer traffic passes.
     let (proto, l4, first_fragment) = match u16::from_be(ctx.skb.protocol() as u16) {
         ETH_P_IP => {
-            let version_ihl: u8 = ctx.load(l3).ok()?;
+            let version_ihl: u8 = load(ctx, l3)?;
             if version_ihl >> 4 != 4 {
                 return Some(false);
             }
-            let addr: u32 = ctx.load(l3 + if ingress { 12 } else { 16 }).ok()?;
+            let addr: u32 = load(ctx, l3 + if ingress { 12 } else { 16 })?;
             if !v4_matches(filter, addr) {
                 return Some(false);
             }
             let ihl = ((version_ihl & 0x0f) as usize) * 4;
-            let fragment: u16 = u16::from_be(ctx.load(l3 + 6).ok()?);
-            let proto: u8 = ctx.load(l3 + 9).ok()?;
+            let fragment: u16 = u16::from_be(load(ctx, l3 + 6)?);
+            let proto: u8 = load(ctx, l3 + 9)?;
             (proto, l3 + ihl, fragment & 0x1fff == 0)
         }
         ETH_P_IPV6 => {
-            let addr: [u64; 2] = ctx.load(l3 + if ingress { 8 } else { 24 }).ok()?;
+            let addr: [u64; 2] = load(ctx, l3 + if ingress { 8 } else { 24 })?;
             if !v6_matches(filter, addr) {
                 return Some(false);
             }
             // The next header is taken as the transport: packets with extension headers
             // do not match a protocol or port filter.
-            let proto: u8 = ctx.load(l3 + 6).ok()?;
+            let proto: u8 = load(ctx, l3 + 6)?;
             (proto, l3 + 40, true)
         }
         _ => return Some(false),
@@ -69,7 +96,7 @@ pub fn matches(ctx: &TcContext, filter: &PacketFilter) -> Option<bool> {
         return Some(false);
     }
     // TCP and UDP both keep the destination port two bytes into their header.
-    let dport = u16::from_be(ctx.load::<u16>(l4 + 2).ok()?);
+    let dport = u16::from_be(load::<u16>(ctx, l4 + 2)?);
     let port_in = |i: usize| {
         let range = &filter.ports[i];
         i < n_ports && range.first <= dport && dport <= range.last

@@ -67,8 +67,9 @@ pub fn faultline_steer(ctx: TcContext) -> i32 {
 /// Whether the fault is live and the packet one it targets.
 #[inline(always)]
 fn steers(ctx: &TcContext, config: &SteerConfig) -> bool {
-    // SAFETY: a helper without arguments.
-    if unsafe { bpf_ktime_get_ns() } >= config.deadline_ns {
+    // The packet's own headers first, the helper calls after: traffic the fault does not target
+    // should cost as little as possible.
+    if !matches(ctx, &config.filter).unwrap_or(false) {
         return false;
     }
     // SAFETY: the helper only reads the socket the packet belongs to, if any (none: 0). The
@@ -80,5 +81,7 @@ fn steers(ctx: &TcContext, config: &SteerConfig) -> bool {
     {
         return false;
     }
-    matches(ctx, &config.filter).unwrap_or(false)
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    now < config.deadline_ns
 }
