@@ -31,7 +31,7 @@ use crate::exec;
 const TARGET_PORT: u16 = 9;
 const IPERF_PORT: u16 = 5201;
 const RR_PORT: u16 = 7100;
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
 const STREAMS: &str = "4";
 /// Seconds of each iperf3 run.
 const IPERF_SECONDS: &str = "3";
@@ -229,6 +229,25 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
         let figures = measure(ctx, queues)?;
         let none = &figures[0];
         let (base_tput, base_rr) = (median(&none.throughput), median(&none.rr_p50));
+        // How far the unfaulted rounds alone spread: a ratio within it is not told apart from
+        // the machine's own variation.
+        let spread = |v: &[f64], scale: f64, unit: &str| {
+            let (lo, hi) = v
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+                    (lo.min(*x), hi.max(*x))
+                });
+            format!(
+                "median of {} rounds; the no-fault rounds ranged {:.2}–{:.2} {unit}",
+                v.len(),
+                lo / scale,
+                hi / scale
+            )
+        };
+        let (tput_spread, rr_spread) = (
+            spread(&none.throughput, 1e9, "Gbit/s"),
+            spread(&none.rr_p50, 1.0, "µs"),
+        );
         for (i, condition) in Condition::ALL.iter().enumerate().skip(1) {
             let f = &figures[i];
             let (tput, rr) = (median(&f.throughput), median(&f.rr_p50));
@@ -236,7 +255,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
             rows.push(
                 Row::new(
                     format!(
-                        "untargeted iperf3 throughput, {}, {device}",
+                        "untargeted iperf3 throughput, {}, {device} — {tput_spread}",
                         condition.name()
                     ),
                     "Gbit/s",
@@ -253,7 +272,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
             rows.push(
                 Row::new(
                     format!(
-                        "untargeted TCP request/response p50, {}, {device}",
+                        "untargeted TCP request/response p50, {}, {device} — {rr_spread}",
                         condition.name()
                     ),
                     "µs",
