@@ -334,48 +334,36 @@ pub fn run(ctx: &Ctx, runs: usize) -> Result<Section> {
                 };
                 rows.push(row);
             }
-            if fault == "block" && what == "apply" {
-                let floor_name = "floor: fsynced write + one nf_tables batch";
+            if what == "apply" {
+                let (floor, with_call, floor_name) = if fault == "block" {
+                    (
+                        &apply_floor,
+                        &apply_floor_call,
+                        "floor: fsynced write + one nf_tables batch",
+                    )
+                } else {
+                    (
+                        &rate_apply_floor,
+                        &rate_apply_floor_call,
+                        "floor: fsynced write + the route netlink changes",
+                    )
+                };
                 rows.push(
-                    Row::new("block apply p50, against its floor", "ms")
-                        .values(fs.p50, apply_floor.p50, floor_name)
+                    Row::new(format!("{fault} apply p50, against its floor"), "ms")
+                        .values(fs.p50, floor.p50, floor_name)
                         .ratio(|r| format!("{r:.2}x the floor"))
                         .goal(
                             "≤ 1.25x the floor",
-                            fs.p50 <= 1.25 * apply_floor.p50,
-                            against_floor(fs.p50, apply_floor.p50, calls.p50),
+                            fs.p50 <= 1.25 * floor.p50,
+                            against_floor(fs.p50, floor.p50, calls.p50),
                         ),
                 );
                 rows.push(
                     Row::new(
-                        "block apply p50, against its floor and the call's own costs",
+                        format!("{fault} apply p50, against its floor and the call's own costs"),
                         "ms",
                     )
-                    .values(fs.p50, apply_floor_call.p50, CALL_FLOOR)
-                    .ratio(|r| format!("{r:.2}x")),
-                );
-            }
-            if fault == "rate (tbf)" && what == "apply" {
-                rows.push(
-                    Row::new("rate (tbf) apply p50, against its floor", "ms")
-                        .values(
-                            fs.p50,
-                            rate_apply_floor.p50,
-                            "floor: fsynced write + the route netlink changes",
-                        )
-                        .ratio(|r| format!("{r:.2}x the floor"))
-                        .goal(
-                            "≤ 1.25x the floor",
-                            fs.p50 <= 1.25 * rate_apply_floor.p50,
-                            against_floor(fs.p50, rate_apply_floor.p50, calls.p50),
-                        ),
-                );
-                rows.push(
-                    Row::new(
-                        "rate (tbf) apply p50, against its floor and the call's own costs",
-                        "ms",
-                    )
-                    .values(fs.p50, rate_apply_floor_call.p50, CALL_FLOOR)
+                    .values(fs.p50, with_call.p50, CALL_FLOOR)
                     .ratio(|r| format!("{r:.2}x")),
                 );
             }
