@@ -408,14 +408,14 @@ fn is_nvme_partition_stem(stem: &str) -> bool {
 /// keyed `Prefix:Name`. Parsed here rather than with procfs: it has no reader for
 /// /proc/net/netstat, and its /proc/net/snmp reader insists on every field of every protocol,
 /// so a kernel that drops one (UDP-Lite is on its way out) would cost us the TCP counters.
-/// The counters of the rows `keep` names (`"Tcp:"`) in /proc/net/snmp or /proc/net/netstat, by
-/// (prefix, name), borrowed from the text: a scrape reads a few hundred counters and keeps
-/// fourteen. Every row pair is checked, kept or not.
+/// The counters of the row `keep` names (`"Tcp:"`) in /proc/net/snmp or /proc/net/netstat, by
+/// name, borrowed from the text: a scrape reads a few hundred counters and keeps fourteen.
+/// Every row pair is checked, kept or not.
 fn snmp_table<'a>(
     text: &'a str,
     file: &'static str,
     keep: &str,
-) -> Result<HashMap<(&'a str, &'a str), &'a str>, HostError> {
+) -> Result<HashMap<&'a str, &'a str>, HostError> {
     let mut table = HashMap::with_capacity(128);
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     while let Some(names) = lines.next() {
@@ -436,7 +436,7 @@ fn snmp_table<'a>(
             match (names.next(), values.next()) {
                 (Some(name), Some(value)) => {
                     if prefix == keep {
-                        table.insert((prefix, name), value);
+                        table.insert(name, value);
                     }
                     named += 1;
                     valued += 1;
@@ -458,36 +458,33 @@ fn snmp_table<'a>(
 fn tcp_counters(snmp: &str, netstat: &str) -> Result<TcpCounters, HostError> {
     let snmp = snmp_table(snmp, "/proc/net/snmp", "Tcp:")?;
     let netstat = snmp_table(netstat, "/proc/net/netstat", "TcpExt:")?;
-    let get = |table: &HashMap<(&str, &str), &str>, file: &'static str, key: &str| {
-        let (prefix, name) = key.split_at(key.find(':').map_or(0, |colon| colon + 1));
-        let value = table
-            .get(&(prefix, name))
-            .ok_or_else(|| HostError::Format {
-                file,
-                detail: format!("no {key} counter"),
-            })?;
+    let get = |table: &HashMap<&str, &str>, file: &'static str, prefix: &str, name: &str| {
+        let value = table.get(name).ok_or_else(|| HostError::Format {
+            file,
+            detail: format!("no {prefix}{name} counter"),
+        })?;
         value.parse::<u64>().map_err(|_| HostError::Format {
             file,
-            detail: format!("{key} is {value:?}, not a counter"),
+            detail: format!("{prefix}{name} is {value:?}, not a counter"),
         })
     };
-    let tcp = |key: &str| get(&snmp, "/proc/net/snmp", key);
-    let ext = |key: &str| get(&netstat, "/proc/net/netstat", key);
+    let tcp = |name: &str| get(&snmp, "/proc/net/snmp", "Tcp:", name);
+    let ext = |name: &str| get(&netstat, "/proc/net/netstat", "TcpExt:", name);
     Ok(TcpCounters {
-        active_opens: tcp("Tcp:ActiveOpens")?,
-        passive_opens: tcp("Tcp:PassiveOpens")?,
-        attempt_fails: tcp("Tcp:AttemptFails")?,
-        estab_resets: tcp("Tcp:EstabResets")?,
-        curr_estab: tcp("Tcp:CurrEstab")?,
-        in_segs: tcp("Tcp:InSegs")?,
-        out_segs: tcp("Tcp:OutSegs")?,
-        retrans_segs: tcp("Tcp:RetransSegs")?,
-        in_errs: tcp("Tcp:InErrs")?,
-        out_rsts: tcp("Tcp:OutRsts")?,
-        listen_overflows: ext("TcpExt:ListenOverflows")?,
-        listen_drops: ext("TcpExt:ListenDrops")?,
-        syn_retrans: ext("TcpExt:TCPSynRetrans")?,
-        timeouts: ext("TcpExt:TCPTimeouts")?,
+        active_opens: tcp("ActiveOpens")?,
+        passive_opens: tcp("PassiveOpens")?,
+        attempt_fails: tcp("AttemptFails")?,
+        estab_resets: tcp("EstabResets")?,
+        curr_estab: tcp("CurrEstab")?,
+        in_segs: tcp("InSegs")?,
+        out_segs: tcp("OutSegs")?,
+        retrans_segs: tcp("RetransSegs")?,
+        in_errs: tcp("InErrs")?,
+        out_rsts: tcp("OutRsts")?,
+        listen_overflows: ext("ListenOverflows")?,
+        listen_drops: ext("ListenDrops")?,
+        syn_retrans: ext("TCPSynRetrans")?,
+        timeouts: ext("TCPTimeouts")?,
     })
 }
 

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use super::{
     faster,
     grpc::{self, Client, FaultSpec},
-    interrupted, Ctx, Row, Section, Summary,
+    interrupted, CallCosts, Ctx, Row, Section, Summary,
 };
 use crate::exec;
 
@@ -183,22 +183,9 @@ pub fn run(ctx: &Ctx, runs: usize) -> Result<Section> {
         fs::File::open(&journal_like)?.sync_all()?;
         Ok(ms(started.elapsed()))
     };
-    // What every acknowledged call pays besides its own work, as in the revert section: a gRPC
-    // call answered from memory, and the audit log's line appended and fdatasync'ed before the
-    // answer. Neither is in the apply's floor; beside it they show how much of the gap to the
-    // floor is the call itself.
-    let mut audit = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(journal_like.join("audit-like.log"))
-        .context("opening the audit floor's file")?;
-    let mut call_costs = |client: &mut Client| -> Result<f64> {
-        let started = Instant::now();
-        std::io::Write::write_all(&mut audit, &[b'x'; 300])?;
-        audit.sync_data()?;
-        ctx.rt.block_on(client.info()).context("Agent/Info")?;
-        Ok(ms(started.elapsed()))
-    };
+    // What every acknowledged call pays besides its own work, as in the revert section. Neither
+    // part is in the apply's floor; beside it they show how much of the gap is the call itself.
+    let mut costs = CallCosts::open(&journal_like.join("audit-like.log"))?;
     let mut spawn_true = quiet(super::lab::command(ns, "true", [] as [&str; 0]));
     // The kernel's own time for the block's changes, on a socket kept open (see [`floor`]).
     let mut floor = super::floor::NftFloor::start(ns, &ctx.nft_floor)?;
@@ -238,7 +225,8 @@ pub fn run(ctx: &Ctx, runs: usize) -> Result<Section> {
         let scanned = scan()?;
         let written = durable_write().context("timing a journal-like durable write")?;
         let spawned = ms(timed(&mut spawn_true)?);
-        let call_cost = call_costs(&mut client).context("timing a call's own costs")?;
+        let (line, call) = costs.time(ctx, &mut client)?;
+        let call_cost = ms(line + call);
         let kernel_apply = floor.apply(PORT, lifetime_ms)?;
         let kernel_end = floor.end()?;
         floor.remove()?;

@@ -77,6 +77,37 @@ pub enum Part {
     Fanout,
 }
 
+/// What every acknowledged call pays besides its own work, timed apart: the audit log's line
+/// (300 bytes appended to a file on the agents' filesystem and fdatasync'ed, as the agent does
+/// before every answer) and a gRPC call answered from memory (`Agent/Info`).
+pub struct CallCosts {
+    audit: fs::File,
+}
+
+impl CallCosts {
+    pub fn open(path: &Path) -> Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let audit = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok(Self { audit })
+    }
+
+    /// The audit-like line's time and the call's.
+    pub fn time(&mut self, ctx: &Ctx, client: &mut grpc::Client) -> Result<(Duration, Duration)> {
+        let started = Instant::now();
+        std::io::Write::write_all(&mut self.audit, &[b'x'; 300])?;
+        self.audit.sync_data()?;
+        let line = started.elapsed();
+        let started = Instant::now();
+        ctx.rt.block_on(client.info()).context("Agent/Info")?;
+        Ok((line, started.elapsed()))
+    }
+}
+
 /// Fails once Ctrl-C was pressed; long loops call it so the run stops promptly.
 pub fn interrupted() -> Result<()> {
     if host::interrupted() {

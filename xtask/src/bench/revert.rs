@@ -6,8 +6,6 @@
 
 use std::{
     fs,
-    io::Write as _,
-    os::unix::fs::OpenOptionsExt as _,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -19,7 +17,7 @@ use faultline_proto::v1::{
 };
 use serde_json::json;
 
-use super::{grpc, interrupted, Ctx, Row, Section, Summary};
+use super::{grpc, interrupted, CallCosts, Ctx, Row, Section, Summary};
 
 /// Rounds per kind, after one uncounted.
 const ROUNDS: usize = 40;
@@ -125,13 +123,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
             }),
         ),
     ];
-    let mut audit = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(ctx.dir.join("revert-audit-floor.log"))
-        .context("opening the audit floor's file")?;
-    let line = [b'x'; 300];
+    let mut costs = CallCosts::open(&ctx.dir.join("revert-audit-floor.log"))?;
     let (mut audit_floor, mut empty_call, mut floors) = (Vec::new(), Vec::new(), Vec::new());
     let mut reverts: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -148,13 +140,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
                 .block_on(client.revert(&id))
                 .with_context(|| format!("reverting a {kind} fault"))?;
             let took = started.elapsed();
-            let started = Instant::now();
-            audit.write_all(&line)?;
-            audit.sync_data()?;
-            let fsync = started.elapsed();
-            let started = Instant::now();
-            ctx.rt.block_on(client.info()).context("Agent/Info")?;
-            let call = started.elapsed();
+            let (fsync, call) = costs.time(ctx, &mut client)?;
             if round > 0 {
                 reverts[i].push(ms(took));
                 audit_floor.push(ms(fsync));
